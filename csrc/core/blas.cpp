@@ -1,0 +1,39 @@
+#include "core/blas.h"
+
+#include <climits>
+#include <mutex>
+
+#include <cblas.h>
+
+#include "core/common.h"
+
+namespace phi {
+
+namespace {
+// OpenBLAS keeps its own pthread pool; we never want it (two pools alternating on the same cores
+// halve throughput), so its thread count is pinned to 1 before the first call.
+void ensure_single_threaded() {
+  static std::once_flag once;
+  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+}
+
+int blas_int(int64_t v) {
+  if (v > INT_MAX) throw Error(ErrorCode::unsupported, "gemm", "dimension " + std::to_string(v) + " exceeds the BLAS 32-bit index range");
+  return static_cast<int>(v);
+}
+}  // namespace
+
+void sgemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                    int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  ensure_single_threaded();
+  scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                    blas_int(m), blas_int(n), blas_int(k), alpha, a, blas_int(lda), b, blas_int(ldb), beta, c,
+                    blas_int(ldc));
+}
+
+std::string blas_config() {
+  ensure_single_threaded();
+  return std::string(scipy_openblas_get_config()) + " (core: " + scipy_openblas_get_corename() + ")";
+}
+
+}  // namespace phi

@@ -1,0 +1,122 @@
+// Core types shared by every kernel: dtypes, tensor views, errors, attributes.
+// Nothing here knows about Python; the bindings in csrc/python translate.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+// Hot loops are compiled twice on x86-64 (AVX2+FMA and baseline) and the loader picks the clone
+// the CPU supports (GCC/Clang function multi-versioning via ifunc), so one binary is fast on a
+// modern CPU and never executes an illegal instruction on an old one.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
+#define PHI_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define PHI_HOT
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PHI_RESTRICT __restrict__
+#else
+#define PHI_RESTRICT
+#endif
+
+namespace phi {
+
+enum class DType : uint8_t { f32, f16, bf16, f64, i8, u8, i32, i64, boolean, undefined };
+
+const char* dtype_name(DType dt);
+size_t dtype_size(DType dt);
+
+enum class ErrorCode : uint8_t {
+  invalid_argument,  // bad shape, dtype, value or attribute -> phi_engine.errors.InvalidRequestError
+  unsupported,       // valid but not implemented here -> UnsupportedError
+  not_found,         // unknown op or name -> NotFoundError
+  resource,          // allocation failed, memory budget exceeded -> ResourceError
+  internal,          // a bug -> PhiEngineError
+};
+
+// Every native failure is a phi::Error whose message starts with "[op] ".
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& op, const std::string& message)
+      : std::runtime_error("[" + op + "] " + message), code_(code) {}
+  ErrorCode code() const noexcept { return code_; }
+
+ private:
+  ErrorCode code_;
+};
+
+[[noreturn]] inline void fail(const std::string& op, const std::string& message) {
+  throw Error(ErrorCode::invalid_argument, op, message);
+}
+
+inline void check(bool ok, const std::string& op, const std::string& message) {
+  if (!ok) fail(op, message);
+}
+
+using Shape = std::vector<int64_t>;
+
+std::string shape_str(const Shape& shape);
+int64_t numel(const Shape& shape);
+
+// Shape and dtype of a value, without data.
+struct TensorDesc {
+  DType dtype = DType::undefined;
+  Shape shape;
+
+  bool present() const { return dtype != DType::undefined; }
+  int64_t ndim() const { return static_cast<int64_t>(shape.size()); }
+  int64_t numel() const { return phi::numel(shape); }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
+};
+
+// A dense, C-contiguous tensor in memory the caller owns. Non-contiguous inputs are made
+// contiguous at the boundary (bindings, plan builder), so kernels only see dense rows.
+struct TensorView {
+  void* data = nullptr;
+  TensorDesc desc;
+
+  bool present() const { return desc.present(); }
+  const Shape& shape() const { return desc.shape; }
+  DType dtype() const { return desc.dtype; }
+  int64_t numel() const { return desc.numel(); }
+  template <typename T>
+  T* ptr() const {
+    return static_cast<T*>(data);
+  }
+};
+
+// Operator attributes: the values an ONNX node or a Python call passes by name.
+using AttrValue = std::variant<int64_t, double, std::string, std::vector<int64_t>, std::vector<double>>;
+
+class Attrs {
+ public:
+  Attrs() = default;
+  explicit Attrs(std::map<std::string, AttrValue> values) : values_(std::move(values)) {}
+
+  bool has(const std::string& name) const { return values_.count(name) != 0; }
+  void set(const std::string& name, AttrValue value) { values_[name] = std::move(value); }
+  const std::map<std::string, AttrValue>& values() const { return values_; }
+
+  int64_t get_int(const std::string& op, const std::string& name, int64_t fallback) const;
+  double get_float(const std::string& op, const std::string& name, double fallback) const;
+  std::string get_string(const std::string& op, const std::string& name, const std::string& fallback) const;
+  std::vector<int64_t> get_ints(const std::string& op, const std::string& name,
+                                const std::vector<int64_t>& fallback) const;
+  std::vector<double> get_floats(const std::string& op, const std::string& name,
+                                 const std::vector<double>& fallback) const;
+
+ private:
+  std::map<std::string, AttrValue> values_;
+};
+
+// Normalises a possibly negative axis against ndim, failing with the op's name when out of range.
+int64_t normalize_axis(const std::string& op, int64_t axis, int64_t ndim);
+
+}  // namespace phi

@@ -1,0 +1,22 @@
+// What the CPU can do, detected once at run time, and a measurement of its FMA peak.
+#pragma once
+
+#include <string>
+
+namespace phi {
+
+struct CpuFeatures {
+  std::string arch;
+  bool avx2 = false, fma = false, f16c = false, avx512f = false, neon = false;
+};
+
+const CpuFeatures& cpu_features();
+
+// The BLAS the GEMM driver calls (name, version, core type it picked).
+std::string blas_info();
+
+// GFLOP/s of float32 FMAs on `threads` threads over about `seconds`, from independent FMA chains
+// (the widest vectors the CPU has, up to 256-bit): the ceiling GEMM efficiency is quoted against.
+double measure_fma_peak(int threads, double seconds);
+
+}  // namespace phi

@@ -1,0 +1,36 @@
+// Runtime facts and settings: CPU features, thread counts, the BLAS in use.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "core/cpu_features.h"
+#include "core/threadpool.h"
+
+namespace py = pybind11;
+
+namespace phi::py_bind {
+
+void init_runtime(py::module_& m) {
+  m.def("available_cpus", &available_cpus, "CPUs this process may run on (affinity aware).");
+  m.def("get_num_threads", &default_threads, "Threads a kernel call uses when it does not say.");
+  m.def("set_num_threads", &set_default_threads, py::arg("threads"),
+        "Set the default threads per kernel call (0: all available CPUs).");
+  m.def("cpu_features", [] {
+    const CpuFeatures& f = cpu_features();
+    py::dict d;
+    d["arch"] = f.arch;
+    d["avx2"] = f.avx2;
+    d["fma"] = f.fma;
+    d["f16c"] = f.f16c;
+    d["avx512f"] = f.avx512f;
+    d["neon"] = f.neon;
+    return d;
+  }, "What the CPU supports, as detected at run time.");
+  m.def("blas_info", &blas_info, "The BLAS library the GEMM driver calls and its configuration.");
+  m.def("measure_fma_peak", [](int threads, double seconds) {
+    py::gil_scoped_release release;
+    return measure_fma_peak(threads, seconds);
+  }, py::arg("threads") = 1, py::arg("seconds") = 0.2,
+     "Measure the machine's float32 FMA rate in GFLOP/s with independent FMA chains on `threads` threads.");
+}
+
+}  // namespace phi::py_bind

@@ -1,0 +1,61 @@
+"""The one importer of the compiled core (``phi_engine._core``).
+
+It loads the OpenBLAS library the core was linked against (from the ``scipy_openblas32``
+package) before importing the extension, so the loader finds it wherever pip put it, and reports
+what was built: ``HAS_NATIVE`` and ``HAS_CUDA``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from types import ModuleType
+from typing import Any
+
+from phi_engine.errors import PhiEngineError
+
+__all__ = ["HAS_CUDA", "HAS_NATIVE", "core", "cuda", "require_core"]
+
+
+def _preload_openblas() -> None:
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return  # the extension's own rpath may still find it; import will say if not
+    lib = os.path.join(scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so")
+    if os.path.exists(lib):
+        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+
+
+_import_error: BaseException | None = None
+core: Any
+try:
+    _preload_openblas()
+    from phi_engine import _core as core
+except ImportError as exc:  # a source checkout without a build, or a broken install
+    core = None
+    _import_error = exc
+
+cuda: ModuleType | None
+try:
+    from phi_engine import _core_cuda as cuda  # type: ignore[attr-defined,no-redef]
+except ImportError:
+    cuda = None
+
+HAS_NATIVE: bool = core is not None
+HAS_CUDA: bool = cuda is not None
+
+
+def require_core() -> Any:
+    """Return the compiled core module.
+
+    Raises:
+        PhiEngineError: the extension was not built or cannot be loaded (the message says why
+            and how to build it).
+    """
+    if core is None:
+        raise PhiEngineError(
+            "phi_engine's native core (phi_engine._core) is not available: "
+            f"{_import_error}. Install the package with `pip install .` so the extension is built."
+        )
+    return core

@@ -1,0 +1,46 @@
+"""What this machine offers phi_engine, and the process-wide thread setting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phi_engine._native import HAS_CUDA, cuda, require_core
+from phi_engine.errors import InvalidRequestError
+
+
+def devices() -> list[dict[str, Any]]:
+    """List the devices phi_engine can run on here.
+
+    Returns:
+        One dict per device: ``{"kind": "cpu", "cores", "features", "blas"}`` for the CPU, and
+        ``{"kind": "cuda", "index", "name", "memory_bytes"}`` for each CUDA device when the CUDA
+        module was built and a GPU is present.
+    """
+    core = require_core()
+    found: list[dict[str, Any]] = [
+        {
+            "kind": "cpu",
+            "cores": core.available_cpus(),
+            "features": core.cpu_features(),
+            "blas": core.blas_info(),
+        }
+    ]
+    if HAS_CUDA and cuda is not None:
+        found.extend({"kind": "cuda", **info} for info in cuda.device_list())
+    return found
+
+
+def get_num_threads() -> int:
+    """Threads a kernel call uses when it does not say."""
+    return int(require_core().get_num_threads())
+
+
+def set_num_threads(threads: int) -> None:
+    """Set the default threads per kernel call (0 restores: all CPUs this process may use).
+
+    Raises:
+        InvalidRequestError: ``threads`` is not a non-negative integer.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise InvalidRequestError("threads must be a non-negative integer", field="threads")
+    require_core().set_num_threads(threads)

@@ -1,0 +1,1 @@
+"""Backends that execute compiled plans: ``cpu`` (the native core) and ``reference`` (numpy)."""
