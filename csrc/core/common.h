@@ -13,9 +13,11 @@
 
 // Hot loops are compiled twice on x86-64 (AVX2+FMA and baseline) and the loader picks the clone
 // the CPU supports (GCC/Clang function multi-versioning via ifunc), so one binary is fast on a
-// modern CPU and never executes an illegal instruction on an old one.
+// modern CPU and never executes an illegal instruction on an old one. `flatten` inlines every
+// call in the body (templates and math helpers included) so that all of it is compiled for the
+// clone's ISA; a callee left out of line would be built for the baseline only.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
-#define PHI_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define PHI_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
 #else
 #define PHI_HOT
 #endif
@@ -56,9 +58,19 @@ class Error : public std::runtime_error {
   throw Error(ErrorCode::invalid_argument, op, message);
 }
 
+inline void check(bool ok, const std::string& op, const char* message) {
+  if (!ok) fail(op, message);
+}
 inline void check(bool ok, const std::string& op, const std::string& message) {
   if (!ok) fail(op, message);
 }
+
+// Like check(), but the message expression is evaluated only on failure: use it whenever the
+// message is built (concatenation, shape_str), which would otherwise cost allocations per call.
+#define PHI_CHECK(cond, op, ...)                   \
+  do {                                             \
+    if (!(cond)) ::phi::fail((op), (__VA_ARGS__)); \
+  } while (0)
 
 using Shape = std::vector<int64_t>;
 

@@ -53,6 +53,17 @@ __attribute__((target("avx2,fma"))) double fma_loop_avx2(int64_t iters) {
   _mm256_storeu_ps(out, s);
   return out[0];  // consumed so the loop is not removed
 }
+
+__attribute__((target("avx512f"))) double fma_loop_avx512(int64_t iters) {
+  __m512 acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(0.001f * c);
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
+  __m512 s = acc[0];
+  for (int c = 1; c < kChains; ++c) s = _mm512_add_ps(s, acc[c]);
+  return _mm512_reduce_add_ps(s);
+}
 #endif
 
 double fma_loop_scalar(int64_t iters) {
@@ -64,9 +75,13 @@ double fma_loop_scalar(int64_t iters) {
   return acc[0];
 }
 
-// Returns (flops per iteration, elapsed seconds) of one run.
+// Runs `iters` iterations and returns the flops of one iteration.
 double run_loop(int64_t iters, double* sink) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (cpu_features().avx512f) {
+    *sink += fma_loop_avx512(iters);
+    return 2.0 * 16 * kChains;
+  }
   if (cpu_features().avx2 && cpu_features().fma) {
     *sink += fma_loop_avx2(iters);
     return 2.0 * 8 * kChains;

@@ -16,7 +16,8 @@ const CpuFeatures& cpu_features();
 std::string blas_info();
 
 // GFLOP/s of float32 FMAs on `threads` threads over about `seconds`, from independent FMA chains
-// (the widest vectors the CPU has, up to 256-bit): the ceiling GEMM efficiency is quoted against.
+// (the widest vectors the CPU has: AVX-512, AVX2 or portable): the ceiling GEMM efficiency is
+// quoted against, since BLAS uses the widest vectors too.
 double measure_fma_peak(int threads, double seconds);
 
 }  // namespace phi

@@ -30,16 +30,27 @@ const char* act_name(Act act) {
 
 namespace {
 
-// One row: x = x + bias_row + residual_row (each optional), then the activation. The switch is
-// outside the loops so every case is a straight vectorisable loop.
+// One row: x += bias_row; x += residual_row (each optional); x = act(x). Separate passes over a
+// row that is hot in L1, because a condition inside the loop would stop it from vectorising.
 template <math::Act A>
 inline void row_kernel(float* PHI_RESTRICT x, int64_t n, const float* PHI_RESTRICT bias, float row_bias,
                        const float* PHI_RESTRICT res, float lo, float hi) {
+  if (bias) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) x[j] += bias[j];
+  }
+  if (row_bias != 0.0f) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) x[j] += row_bias;
+  }
+  if (res) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) x[j] += res[j];
+  }
+  if constexpr (A == math::Act::none) return;
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
-    float v = x[j] + row_bias;
-    if (bias) v += bias[j];
-    if (res) v += res[j];
+    float v = x[j];
     if constexpr (A == math::Act::relu) v = math::relu(v);
     if constexpr (A == math::Act::gelu) v = math::gelu(v);
     if constexpr (A == math::Act::gelu_tanh) v = math::gelu_tanh(v);

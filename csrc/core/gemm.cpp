@@ -90,7 +90,7 @@ BiasSpec check_bias(const std::string& op, const TensorDesc& bias, int64_t n) {
   spec.present = true;
   int64_t count = bias.numel();
   bool row_vector = bias.ndim() <= 1 || (bias.ndim() == 2 && bias.shape[0] == 1);
-  check(row_vector && (count == n || count == 1), op,
+  PHI_CHECK(row_vector && (count == n || count == 1), op,
         "bias must have shape (" + std::to_string(n) + ",) or be a scalar, got " + shape_str(bias.shape));
   spec.scalar = count == 1 && n != 1;
   return spec;
@@ -138,14 +138,14 @@ class GemmKernel final : public Kernel {
     k_ = ta_ ? a.shape[0] : a.shape[1];
     int64_t kb = tb_ ? b.shape[1] : b.shape[0];
     n_ = tb_ ? b.shape[0] : b.shape[1];
-    check(k_ == kb, op,
+    PHI_CHECK(k_ == kb, op,
           "inner dimensions differ: A" + std::string(ta_ ? "ᵀ" : "") + " is " + std::to_string(m_) + "x" + std::to_string(k_) +
               ", B" + std::string(tb_ ? "ᵀ" : "") + " is " + std::to_string(kb) + "x" + std::to_string(n_));
     ep_.n = n_;
     ep_.bias = check_bias(op, in[2], n_);
     if (in[3].present()) {
       expect_float(op, in[3], "residual");
-      check(in[3].shape == Shape{m_, n_}, op,
+      PHI_CHECK((in[3].shape == Shape{m_, n_}), op,
             "residual must have the output shape " + shape_str({m_, n_}) + ", got " + shape_str(in[3].shape));
     }
     parse_activation(op, attrs, ep_.base);
@@ -180,18 +180,18 @@ class MatMulKernel final : public Kernel {
     TensorDesc a = in[0], b = in[1];
     expect_float(op, a, "A");
     expect_float(op, b, "B");
-    check(a.ndim() >= 1 && b.ndim() >= 1, op, "operands must have rank >= 1");
+    PHI_CHECK(a.ndim() >= 1 && b.ndim() >= 1, op, "operands must have rank >= 1");
     tb_ = attrs.get_int(op, "trans_b", 0) != 0;
     alpha_ = static_cast<float>(attrs.get_float(op, "alpha", 1.0));
     bool a_vec = a.ndim() == 1, b_vec = b.ndim() == 1;
-    check(!(b_vec && tb_), op, "trans_b needs B of rank >= 2");
+    PHI_CHECK(!(b_vec && tb_), op, "trans_b needs B of rank >= 2");
     if (a_vec) a.shape.insert(a.shape.begin(), 1);
     if (b_vec) b.shape.push_back(1);
     m_ = a.shape[a.ndim() - 2];
     k_ = a.shape[a.ndim() - 1];
     int64_t kb = tb_ ? b.shape[b.ndim() - 1] : b.shape[b.ndim() - 2];
     n_ = tb_ ? b.shape[b.ndim() - 2] : b.shape[b.ndim() - 1];
-    check(k_ == kb, op, "inner dimensions differ: A is " + shape_str(in[0].shape) + ", B is " + shape_str(in[1].shape) +
+    PHI_CHECK(k_ == kb, op, "inner dimensions differ: A is " + shape_str(in[0].shape) + ", B is " + shape_str(in[1].shape) +
                             (tb_ ? " (transposed)" : ""));
     // Broadcast batch dimensions (numpy rules, right-aligned).
     Shape ba(a.shape.begin(), a.shape.end() - 2), bb(b.shape.begin(), b.shape.end() - 2);
@@ -200,7 +200,7 @@ class MatMulKernel final : public Kernel {
     bb.insert(bb.begin(), nb - bb.size(), 1);
     Shape batch(nb);
     for (size_t i = 0; i < nb; ++i) {
-      check(ba[i] == bb[i] || ba[i] == 1 || bb[i] == 1, op,
+      PHI_CHECK(ba[i] == bb[i] || ba[i] == 1 || bb[i] == 1, op,
             "batch dimensions do not broadcast: " + shape_str(in[0].shape) + " and " + shape_str(in[1].shape));
       batch[i] = std::max(ba[i], bb[i]);
     }
@@ -216,7 +216,7 @@ class MatMulKernel final : public Kernel {
     ep_.bias = check_bias(op, in[2], n_);
     if (in[3].present()) {
       expect_float(op, in[3], "residual");
-      check(in[3].shape == out, op, "residual must have the output shape " + shape_str(out) + ", got " + shape_str(in[3].shape));
+      PHI_CHECK(in[3].shape == out, op, "residual must have the output shape " + shape_str(out) + ", got " + shape_str(in[3].shape));
     }
     parse_activation(op, attrs, ep_.base);
     outputs_ = {TensorDesc{DType::f32, out}};

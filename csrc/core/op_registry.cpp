@@ -55,7 +55,7 @@ std::unique_ptr<Kernel> make_kernel(const std::string& name, const std::vector<T
     fail(name, "expects " + expected + " inputs, got " + std::to_string(n));
   }
   for (int i = 0; i < std::min(n, min_in); ++i)
-    check(inputs[i].present(), name, "input " + std::to_string(i) + " is required");
+    PHI_CHECK(inputs[i].present(), name, "input " + std::to_string(i) + " is required");
   std::vector<TensorDesc> padded = inputs;
   if (max_in >= 0) padded.resize(static_cast<size_t>(max_in));
   auto kernel = make(padded, attrs);
@@ -64,7 +64,7 @@ std::unique_ptr<Kernel> make_kernel(const std::string& name, const std::vector<T
 }
 
 void expect_dtype(const std::string& op, const TensorDesc& d, DType dt, const std::string& what) {
-  check(d.dtype == dt, op, what + " must be " + dtype_name(dt) + ", got " + dtype_name(d.dtype));
+  PHI_CHECK(d.dtype == dt, op, what + " must be " + dtype_name(dt) + ", got " + dtype_name(d.dtype));
 }
 
 void expect_float(const std::string& op, const TensorDesc& d, const std::string& what) {
@@ -72,7 +72,7 @@ void expect_float(const std::string& op, const TensorDesc& d, const std::string&
 }
 
 void expect_rank(const std::string& op, const TensorDesc& d, int64_t rank, const std::string& what) {
-  check(d.ndim() == rank, op,
+  PHI_CHECK(d.ndim() == rank, op,
         what + " must have rank " + std::to_string(rank) + ", got shape " + shape_str(d.shape));
 }
 

@@ -11,11 +11,16 @@
 namespace phi {
 
 int available_cpus() {
+  // Read once: the affinity mask is fixed for the life of a serving process, and this is asked
+  // on every kernel call.
+  static const int cpus = [] {
 #if defined(__linux__)
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
 #endif
-  return std::max(1u, std::thread::hardware_concurrency());
+    return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  }();
+  return cpus;
 }
 
 namespace {

@@ -4,6 +4,16 @@
 
 namespace phi::py_bind {
 
+namespace {
+// numpy.ascontiguousarray semantics through pybind11's numpy API table (no numpy headers needed).
+PyObject* PyArray_FromAny_(PyObject* obj) {
+  auto& api = py::detail::npy_api::get();
+  return api.PyArray_FromAny_(obj, nullptr, 0, 0,
+                              py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ENSUREARRAY_,
+                              nullptr);
+}
+}  // namespace
+
 DType dtype_from_numpy(const py::dtype& dt, const std::string& op, const std::string& what) {
   switch (dt.kind()) {
     case 'f':
@@ -20,7 +30,8 @@ DType dtype_from_numpy(const py::dtype& dt, const std::string& op, const std::st
       if (dt.itemsize() == 1) return DType::u8;
       break;
     case 'b':
-      return DType::boolean;
+      if (dt.itemsize() == 1) return DType::boolean;
+      break;
     default:
       break;
   }
@@ -29,16 +40,16 @@ DType dtype_from_numpy(const py::dtype& dt, const std::string& op, const std::st
 
 py::dtype dtype_to_numpy(DType dt) {
   switch (dt) {
-    case DType::f32: return py::dtype("float32");
-    case DType::f64: return py::dtype("float64");
-    case DType::f16: return py::dtype("float16");
-    case DType::i8: return py::dtype("int8");
-    case DType::u8: return py::dtype("uint8");
-    case DType::i32: return py::dtype("int32");
-    case DType::i64: return py::dtype("int64");
-    case DType::boolean: return py::dtype("bool");
+    case DType::f32: return py::dtype::of<float>();
+    case DType::f64: return py::dtype::of<double>();
+    case DType::f16: return py::dtype(23);  // NPY_HALF: numpy's type number for float16
+    case DType::i8: return py::dtype::of<int8_t>();
+    case DType::u8: return py::dtype::of<uint8_t>();
+    case DType::i32: return py::dtype::of<int32_t>();
+    case DType::i64: return py::dtype::of<int64_t>();
+    case DType::boolean: return py::dtype::of<bool>();
     case DType::bf16:  // numpy has no bfloat16: stored as raw 16-bit words
-      return py::dtype("uint16");
+      return py::dtype::of<uint16_t>();
     case DType::undefined: break;
   }
   throw Error(ErrorCode::internal, "convert", "no numpy dtype for " + std::string(dtype_name(dt)));
@@ -54,12 +65,15 @@ DType dtype_from_name(const std::string& name, const std::string& op) {
 Input to_input(const py::handle& obj, const std::string& op, const std::string& what) {
   Input in;
   if (obj.is_none()) return in;
-  if (!py::isinstance<py::array>(obj)) fail(op, what + " must be a numpy array, got " + std::string(py::str(obj.get_type().attr("__name__"))));
-  auto arr = py::reinterpret_borrow<py::array>(obj);
-  in.view.desc.dtype = dtype_from_numpy(arr.dtype(), op, what);
-  // Dense rows for the kernels; numpy copies only when the input is not already C-contiguous.
-  in.array = py::array::ensure(arr, py::array::c_style);
-  if (!in.array) throw py::error_already_set();
+  // Dense rows for the kernels: numpy converts array-likes and copies only what is not already
+  // a C-contiguous array; the dtype is kept (never silently cast) and checked below.
+  PyObject* arr = PyArray_FromAny_(obj.ptr());
+  if (!arr) {
+    PyErr_Clear();
+    fail(op, what + " is not array-like (" + std::string(py::str(obj.get_type().attr("__name__"))) + ")");
+  }
+  in.array = py::reinterpret_steal<py::array>(arr);
+  in.view.desc.dtype = dtype_from_numpy(in.array.dtype(), op, what);
   in.view.desc.shape.assign(in.array.shape(), in.array.shape() + in.array.ndim());
   in.view.data = const_cast<void*>(in.array.data());
   return in;

@@ -23,8 +23,19 @@ def _preload_openblas() -> None:
     except ImportError:
         return  # the extension's own rpath may still find it; import will say if not
     lib = os.path.join(scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so")
-    if os.path.exists(lib):
+    if not os.path.exists(lib):
+        return
+    # The core calls this OpenBLAS single-threaded from its own pool; without this it would start
+    # an idle pthread pool of its own at load. Only this library's constructor sees the setting.
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
         ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
 _import_error: BaseException | None = None

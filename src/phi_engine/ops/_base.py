@@ -1,4 +1,10 @@
-"""Shared plumbing of the eager op wrappers: argument checks and the call into the core."""
+"""Shared plumbing of the eager op wrappers: the call into the core.
+
+Inputs go to the core as they are: it converts array-likes with numpy (copying only what is not
+already a C-contiguous array), refuses dtypes it does not support, and raises
+:class:`~phi_engine.errors.InvalidRequestError` naming the op. Keeping this path thin matters:
+it is the whole overhead of a small eager call.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +19,11 @@ from phi_engine.errors import InvalidRequestError
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "clip")
 
 
-def as_array(x: Any, op: str, name: str) -> np.ndarray | None:
-    """Turn an array-like into a numpy array, refusing objects numpy cannot type."""
-    if x is None or isinstance(x, np.ndarray):
-        return x
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"[{op}] {name} is not array-like: {exc}", field=name) from None
-    if arr.dtype == object:
-        raise InvalidRequestError(f"[{op}] {name} is not a numeric array", field=name)
-    return arr
-
-
 def run(op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, threads: int = 0) -> list[np.ndarray]:
     """Run the native op ``op`` on ``inputs`` (None for an absent optional input)."""
-    if not isinstance(threads, int) or threads < 0:
+    if type(threads) is not int or threads < 0:
         raise InvalidRequestError(f"[{op}] threads must be a non-negative integer", field="threads")
-    arrays = [as_array(x, op, f"input {i}") for i, x in enumerate(inputs)]
-    result: list[np.ndarray] = require_core().run_op(op, arrays, attrs or {}, threads)
+    result: list[np.ndarray] = require_core().run_op(op, inputs, attrs or {}, threads)
     return result
 
 
