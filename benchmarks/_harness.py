@@ -24,7 +24,9 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs"
 
 
-def interleaved_medians(fns: Sequence[Callable[[], object]], min_time: float = 0.3, min_runs: int = 7) -> list[float]:
+def interleaved_medians(
+    fns: Sequence[Callable[[], object]], min_time: float = 0.3, min_runs: int = 7
+) -> list[float]:
     """Median seconds of each function, timed in alternation so drift hits all of them alike.
 
     Each function runs once untimed (warm-up), then rounds of one call each repeat until every

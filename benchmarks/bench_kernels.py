@@ -15,9 +15,9 @@ import math
 import pathlib
 
 import numpy as np
-from _harness import interleaved_medians, machine, markdown_table
 from threadpoolctl import threadpool_limits
 
+from _harness import interleaved_medians, machine, markdown_table
 from phi_engine import ops
 from phi_engine._native import core
 from phi_engine.runtime import reference as ref
@@ -34,10 +34,17 @@ def gelu_tanh_numpy(x: np.ndarray) -> np.ndarray:
 def bench_gemm(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> list[object]:
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
-    np.testing.assert_allclose(ops.gemm(a, b, threads=threads), ref.gemm(a, b), rtol=1e-4, atol=1e-3 * math.sqrt(k))
+    np.testing.assert_allclose(
+        ops.gemm(a, b, threads=threads), ref.gemm(a, b), rtol=1e-4, atol=1e-3 * math.sqrt(k)
+    )
     ours, numpy = interleaved_medians([lambda: ops.gemm(a, b, threads=threads), lambda: a @ b])
     flops = 2.0 * m * n * k
-    return [f"{m}x{k}x{n}", f"{flops / ours / 1e9:.1f}", f"{flops / numpy / 1e9:.1f}", f"{numpy / ours:.2f}"]
+    return [
+        f"{m}x{k}x{n}",
+        f"{flops / ours / 1e9:.1f}",
+        f"{flops / numpy / 1e9:.1f}",
+        f"{numpy / ours:.2f}",
+    ]
 
 
 def bench_mlp(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> list[object]:
@@ -45,21 +52,38 @@ def bench_mlp(m: int, k: int, n: int, threads: int, rng: np.random.Generator) ->
     w = rng.standard_normal((k, n), dtype=np.float32) / math.sqrt(k)
     bias = rng.standard_normal(n, dtype=np.float32)
     expected = ref.gemm(x, w, bias, "gelu_tanh")
-    np.testing.assert_allclose(ops.gemm(x, w, bias, "gelu_tanh", threads=threads), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        ops.gemm(x, w, bias, "gelu_tanh", threads=threads), expected, rtol=1e-4, atol=1e-4
+    )
     np.testing.assert_allclose(gelu_tanh_numpy(x @ w + bias), expected, rtol=1e-4, atol=1e-4)
     ours, numpy = interleaved_medians(
-        [lambda: ops.gemm(x, w, bias, "gelu_tanh", threads=threads), lambda: gelu_tanh_numpy(x @ w + bias)]
+        [
+            lambda: ops.gemm(x, w, bias, "gelu_tanh", threads=threads),
+            lambda: gelu_tanh_numpy(x @ w + bias),
+        ]
     )
-    return [f"linear+bias+gelu {m}x{k}x{n}", f"{ours * 1e6:.0f} µs", f"{numpy * 1e6:.0f} µs", f"{numpy / ours:.2f}"]
+    return [
+        f"linear+bias+gelu {m}x{k}x{n}",
+        f"{ours * 1e6:.0f} µs",
+        f"{numpy * 1e6:.0f} µs",
+        f"{numpy / ours:.2f}",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--write", action="store_true", help="append the tables to benchmarks/RESULTS.md"
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    out = [f"### bench_kernels — {datetime.date.today()} — {machine()}", "", f"BLAS: {core.blas_info()}", ""]
+    out = [
+        f"### bench_kernels — {datetime.date.today()} — {machine()}",
+        "",
+        f"BLAS: {core.blas_info()}",
+        "",
+    ]
     for threads in args.threads:
         with threadpool_limits(threads):  # numpy's BLAS gets the same thread count as ours
             peak = core.measure_fma_peak(threads, 0.5)
@@ -69,14 +93,23 @@ def main() -> None:
                 row.insert(3, f"{float(row[1]) / peak:.0%}")
             mlp = [bench_mlp(m, 384, 1536, threads, rng) for m in (1, 8, 32)]
         out += [f"**{threads} thread(s)** — measured FMA peak {peak:.1f} GFLOP/s", ""]
-        out += [markdown_table(["GEMM M×K×N", "phi GFLOP/s", "numpy GFLOP/s", "phi % of peak", "phi / numpy"], rows), ""]
-        out += [markdown_table(["fused layer", "phi (fused)", "numpy (unfused)", "speed-up"], mlp), ""]
+        out += [
+            markdown_table(
+                ["GEMM M×K×N", "phi GFLOP/s", "numpy GFLOP/s", "phi % of peak", "phi / numpy"], rows
+            ),
+            "",
+        ]
+        out += [
+            markdown_table(["fused layer", "phi (fused)", "numpy (unfused)", "speed-up"], mlp),
+            "",
+        ]
     text = "\n".join(out)
     print(text)
     if args.write:
         path = pathlib.Path(__file__).with_name("RESULTS.md")
         with path.open("a") as f:
-            f.write("\n" + f"Command: `python benchmarks/bench_kernels.py --threads {' '.join(map(str, args.threads))}`\n\n")
+            threads = " ".join(map(str, args.threads))
+            f.write(f"\nCommand: `python benchmarks/bench_kernels.py --threads {threads}`\n\n")
             f.write(text + "\n")
 
 

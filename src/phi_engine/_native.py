@@ -8,6 +8,7 @@ what was built: ``HAS_NATIVE`` and ``HAS_CUDA``.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 from types import ModuleType
 from typing import Any
@@ -31,6 +32,8 @@ def _preload_openblas() -> None:
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        pass  # importing the core will then fail and say why
     finally:
         if saved is None:
             del os.environ["OPENBLAS_NUM_THREADS"]
@@ -38,20 +41,18 @@ def _preload_openblas() -> None:
             os.environ["OPENBLAS_NUM_THREADS"] = saved
 
 
-_import_error: BaseException | None = None
-core: Any
-try:
-    _preload_openblas()
-    from phi_engine import _core as core
-except ImportError as exc:  # a source checkout without a build, or a broken install
-    core = None
-    _import_error = exc
+def _load(name: str) -> tuple[Any, BaseException | None]:
+    try:
+        return importlib.import_module(name), None
+    except ImportError as exc:  # a source checkout without a build, or a broken install
+        return None, exc
 
+
+_preload_openblas()
+core: Any
+core, _import_error = _load("phi_engine._core")
 cuda: ModuleType | None
-try:
-    from phi_engine import _core_cuda as cuda  # type: ignore[attr-defined,no-redef]
-except ImportError:
-    cuda = None
+cuda, _ = _load("phi_engine._core_cuda")
 
 HAS_NATIVE: bool = core is not None
 HAS_CUDA: bool = cuda is not None

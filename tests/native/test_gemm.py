@@ -10,7 +10,15 @@ from phi_engine.errors import InvalidRequestError
 from phi_engine.runtime import reference as ref
 
 ACTS = ["none", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "clip"]
-SHAPES = [(1, 1, 1), (1, 384, 1536), (3, 5, 7), (13, 17, 19), (32, 384, 1536), (97, 64, 1), (257, 129, 131)]
+SHAPES = [
+    (1, 1, 1),
+    (1, 384, 1536),
+    (3, 5, 7),
+    (13, 17, 19),
+    (32, 384, 1536),
+    (97, 64, 1),
+    (257, 129, 131),
+]
 
 
 def randn(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -43,7 +51,9 @@ def test_gemm_transposes_residual_alpha(
     b = randn(rng, n, k) if trans_b else randn(rng, k, n)
     bias, res = randn(rng, n), randn(rng, m, n)
     out = ops.gemm(a, b, bias, "relu", residual=res, alpha=0.5, trans_a=trans_a, trans_b=trans_b)
-    expected = ref.gemm(a, b, bias, "relu", residual=res, alpha=0.5, trans_a=trans_a, trans_b=trans_b)
+    expected = ref.gemm(
+        a, b, bias, "relu", residual=res, alpha=0.5, trans_a=trans_a, trans_b=trans_b
+    )
     assert_close_gemm(out, expected, k)
 
 
@@ -83,7 +93,9 @@ def test_gemm_thread_counts_agree(rng: np.random.Generator, threads: int) -> Non
         ((12, 33, 16), (12, 16, 33)),
     ],
 )
-def test_matmul_broadcasting(rng: np.random.Generator, sa: tuple[int, ...], sb: tuple[int, ...]) -> None:
+def test_matmul_broadcasting(
+    rng: np.random.Generator, sa: tuple[int, ...], sb: tuple[int, ...]
+) -> None:
     a, b = randn(rng, *sa), randn(rng, *sb)
     out = ops.matmul(a, b)
     expected = ref.matmul(a, b)
@@ -107,12 +119,36 @@ def test_matmul_attention_heads(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     ("args", "kwargs", "match"),
     [
-        ((np.ones((2, 3), np.float64), np.ones((3, 2), np.float32)), {}, r"\[gemm\] A must be float32"),
-        ((np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)), {}, r"\[gemm\] inner dimensions"),
-        ((np.ones((2, 3, 1), np.float32), np.ones((3, 2), np.float32)), {}, r"\[gemm\] A must have rank 2"),
-        ((np.ones((2, 3), np.float32), np.ones((3, 2), np.float32), np.ones(3, np.float32)), {}, r"\[gemm\] bias"),
-        ((np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)), {"activation": "swish"}, r"unknown activation"),
-        ((np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)), {"alpha": float("nan")}, r"must be finite"),
+        (
+            (np.ones((2, 3), np.float64), np.ones((3, 2), np.float32)),
+            {},
+            r"\[gemm\] A must be float32",
+        ),
+        (
+            (np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)),
+            {},
+            r"\[gemm\] inner dimensions",
+        ),
+        (
+            (np.ones((2, 3, 1), np.float32), np.ones((3, 2), np.float32)),
+            {},
+            r"\[gemm\] A must have rank 2",
+        ),
+        (
+            (np.ones((2, 3), np.float32), np.ones((3, 2), np.float32), np.ones(3, np.float32)),
+            {},
+            r"\[gemm\] bias",
+        ),
+        (
+            (np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)),
+            {"activation": "swish"},
+            r"unknown activation",
+        ),
+        (
+            (np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)),
+            {"alpha": float("nan")},
+            r"must be finite",
+        ),
         (
             (np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)),
             {"residual": np.ones((2, 3), np.float32)},
@@ -120,7 +156,9 @@ def test_matmul_attention_heads(rng: np.random.Generator) -> None:
         ),
     ],
 )
-def test_gemm_bad_input(args: tuple[np.ndarray, ...], kwargs: dict[str, object], match: str) -> None:
+def test_gemm_bad_input(
+    args: tuple[np.ndarray, ...], kwargs: dict[str, object], match: str
+) -> None:
     with pytest.raises(InvalidRequestError, match=match):
         ops.gemm(*args, **kwargs)  # type: ignore[arg-type]
 

@@ -22,12 +22,18 @@ def test_all_is_pinned() -> None:
 def test_import_is_fast_and_lazy() -> None:
     code = (
         "import sys, time; t = time.perf_counter(); import phi_engine; "
-        "print(time.perf_counter() - t); print('numpy' in sys.modules, 'phi_engine._core' in sys.modules)"
+        "print(time.perf_counter() - t); "
+        "print('numpy' in sys.modules, 'phi_engine._core' in sys.modules)"
     )
     # Best of three fresh interpreters: the first may pay for a cold disk cache.
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(3)]
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(3)
+    ]
     seconds = min(float(r.stdout.split()[0]) for r in runs)
-    assert runs[0].stdout.split()[1:] == ["False", "False"], "import phi_engine must not load numpy or the core"
+    assert runs[0].stdout.split()[1:] == ["False", "False"], (
+        "import phi_engine must not load numpy or the core"
+    )
     assert seconds < 0.3
 
 

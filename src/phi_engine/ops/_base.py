@@ -19,7 +19,9 @@ from phi_engine.errors import InvalidRequestError
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "clip")
 
 
-def run(op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, threads: int = 0) -> list[np.ndarray]:
+def run(
+    op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, threads: int = 0
+) -> list[np.ndarray]:
     """Run the native op ``op`` on ``inputs`` (None for an absent optional input)."""
     if type(threads) is not int or threads < 0:
         raise InvalidRequestError(f"[{op}] threads must be a non-negative integer", field="threads")
@@ -27,6 +29,8 @@ def run(op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, thr
     return result
 
 
-def run1(op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, threads: int = 0) -> np.ndarray:
+def run1(
+    op: str, inputs: Sequence[Any], attrs: dict[str, Any] | None = None, threads: int = 0
+) -> np.ndarray:
     """Run an op with a single output and return it."""
     return run(op, inputs, attrs, threads)[0]

@@ -6,29 +6,40 @@ import math
 
 import numpy as np
 
-_erf = np.frompyfunc(math.erf, 1, 1)
+_erf_ufunc = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf in float64, element by element through the math module (numpy has no erf)."""
+    return np.asarray(_erf_ufunc(np.asarray(x, np.float64)), dtype=np.float64)
 
 
 def apply_activation(
-    x: np.ndarray, activation: str | None, clip_min: float | None = None, clip_max: float | None = None
+    x: np.ndarray,
+    activation: str | None,
+    clip_min: float | None = None,
+    clip_max: float | None = None,
 ) -> np.ndarray:
     """Apply a named activation (see :data:`phi_engine.ops._base.ACTIVATIONS`) to ``x``."""
     x = np.asarray(x, dtype=np.float64)
+    y: np.ndarray
     match activation or "none":
         case "none" | "identity":
-            return x
+            y = x
         case "relu":
-            return np.maximum(x, 0.0)
+            y = np.maximum(x, 0.0)
         case "gelu":
-            return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+            y = 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
         case "gelu_tanh":
-            return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+            y = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
         case "tanh":
-            return np.tanh(x)
+            y = np.tanh(x)
         case "sigmoid":
-            return 1.0 / (1.0 + np.exp(-x))
+            y = 1.0 / (1.0 + np.exp(-x))
         case "clip":
             lo = -np.inf if clip_min is None else clip_min
             hi = np.inf if clip_max is None else clip_max
-            return np.clip(x, lo, hi)
-    raise ValueError(f"unknown activation {activation!r}")
+            y = np.clip(x, lo, hi)
+        case _:
+            raise ValueError(f"unknown activation {activation!r}")
+    return y
