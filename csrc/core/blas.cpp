@@ -31,6 +31,13 @@ void sgemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                     blas_int(ldc));
 }
 
+void sgemv_rowmajor(bool trans_a, int64_t m, int64_t n, float alpha, const float* a, int64_t lda, const float* x,
+                    int64_t incx, float beta, float* y, int64_t incy) {
+  ensure_single_threaded();
+  scipy_cblas_sgemv(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, blas_int(m), blas_int(n), alpha, a,
+                    blas_int(lda), x, blas_int(incx), beta, y, blas_int(incy));
+}
+
 std::string blas_config() {
   ensure_single_threaded();
   return std::string(scipy_openblas_get_config()) + " (core: " + scipy_openblas_get_corename() + ")";

@@ -51,6 +51,12 @@ void run_tile(const GemmArgs& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1)
   float* c = g.c + i0 * g.ldc + j0;
   if (g.k == 0) {
     for (int64_t i = 0; i < i1 - i0; ++i) std::memset(c + i * g.ldc, 0, sizeof(float) * (j1 - j0));
+  } else if (i1 - i0 == 1) {
+    // One row (batch-1 inference): a matrix-vector product, which BLAS does at memory speed,
+    // where its GEMM path would pack B for a single row. c = op(B)^T a_row.
+    int64_t inc_a = g.trans_a ? g.lda : 1;
+    if (g.trans_b) sgemv_rowmajor(false, j1 - j0, g.k, g.alpha, b, g.ldb, a, inc_a, 0.0f, c, 1);
+    else sgemv_rowmajor(true, g.k, j1 - j0, g.alpha, b, g.ldb, a, inc_a, 0.0f, c, 1);
   } else {
     sgemm_rowmajor(g.trans_a, g.trans_b, i1 - i0, j1 - j0, g.k, g.alpha, a, g.lda, b, g.ldb, 0.0f, c, g.ldc);
   }
