@@ -18,7 +18,7 @@ from phi_engine.runtime import reference as ref
         ((2, 3, 4), [0, -1]),
         ((2, 3, 4), [4, 0, 2]),
         ((1,), []),
-        ((5, 0), [0, 7, 0]),
+        ((5, 0), [0, 0, 7]),
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.bool_, np.float16])
