@@ -1,0 +1,396 @@
+// phi_engine._core_cuda: the Python face of the CUDA kernels. The only pybind11 code of the CUDA
+// module. It works on device addresses (Python ints) so that callers can pass memory of their
+// own (DeviceBuffer, CuPy, anything with __cuda_array_interface__); phi_engine.runtime.cuda
+// checks shapes and dtypes against the arrays and is the API users see.
+//
+// Importing the module needs no GPU: the CUDA runtime is linked statically and loads the driver
+// on first use, so on a machine without one device_count() is 0 and device_status() says why.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda/gemm.h"
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+
+namespace py = pybind11;
+
+namespace phi::cuda {
+namespace {
+
+using Dims = std::vector<int64_t>;
+
+const char* error_class(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::invalid_argument: return "InvalidRequestError";
+    case ErrorCode::unsupported: return "UnsupportedError";
+    case ErrorCode::not_found: return "NotFoundError";
+    case ErrorCode::resource: return "ResourceError";
+    case ErrorCode::internal: return "PhiEngineError";
+  }
+  return "PhiEngineError";
+}
+
+void raise(const char* cls, const char* message) {
+  py::object errors = py::module_::import("phi_engine.errors");
+  PyErr_SetString(errors.attr(cls).ptr(), message);
+}
+
+[[noreturn]] void invalid(const std::string& op, const std::string& message) {
+  fail_cuda(ErrorCode::invalid_argument, op, message);
+}
+
+template <typename T>
+T* device_ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+void check_dims(const std::string& op, const Dims& dims, const char* name) {
+  if (dims.size() > static_cast<size_t>(kMaxDims)) {
+    invalid(op, std::string(name) + " has " + std::to_string(dims.size()) + " dimensions; at most " +
+                    std::to_string(kMaxDims) + " are supported");
+  }
+  for (int64_t d : dims) {
+    if (d < 0) invalid(op, std::string(name) + " has a negative dimension");
+  }
+}
+
+void check_sizes(const std::string& op, std::initializer_list<int64_t> sizes) {
+  for (int64_t s : sizes) {
+    if (s < 0) invalid(op, "sizes must be non-negative");
+  }
+}
+
+void check_address(const std::string& op, uintptr_t address, const char* name, bool needed) {
+  if (needed && address == 0) invalid(op, std::string(name) + " is a null device address");
+}
+
+// Left-pads `dims` with 1s to `ndim` dimensions.
+Dims pad_to(const Dims& dims, size_t ndim) {
+  Dims padded(ndim - dims.size(), 1);
+  padded.insert(padded.end(), dims.begin(), dims.end());
+  return padded;
+}
+
+Act parse_act(const std::string& op, const std::string& name) {
+  if (name.empty() || name == "none" || name == "identity") return Act::none;
+  if (name == "relu") return Act::relu;
+  if (name == "gelu") return Act::gelu;
+  if (name == "gelu_tanh") return Act::gelu_tanh;
+  if (name == "tanh") return Act::tanh;
+  if (name == "sigmoid") return Act::sigmoid;
+  if (name == "clip") return Act::clip;
+  invalid(op, "unknown activation '" + name + "' (expected none, relu, gelu, gelu_tanh, tanh, sigmoid or clip)");
+}
+
+BinaryOp parse_binary(const std::string& name) {
+  if (name == "add") return BinaryOp::add;
+  if (name == "sub") return BinaryOp::sub;
+  if (name == "mul") return BinaryOp::mul;
+  if (name == "div") return BinaryOp::div;
+  if (name == "maximum") return BinaryOp::maximum;
+  if (name == "minimum") return BinaryOp::minimum;
+  if (name == "pow") return BinaryOp::pow;
+  invalid("binary", "unknown op '" + name + "' (expected add, sub, mul, div, maximum, minimum or pow)");
+}
+
+UnaryOp parse_unary(const std::string& name) {
+  static const std::pair<const char*, UnaryOp> names[] = {
+      {"neg", UnaryOp::neg},          {"abs", UnaryOp::abs},
+      {"exp", UnaryOp::exp},          {"log", UnaryOp::log},
+      {"sqrt", UnaryOp::sqrt},        {"reciprocal", UnaryOp::reciprocal},
+      {"erf", UnaryOp::erf},          {"relu", UnaryOp::relu},
+      {"gelu", UnaryOp::gelu},        {"gelu_tanh", UnaryOp::gelu_tanh},
+      {"tanh", UnaryOp::tanh},        {"sigmoid", UnaryOp::sigmoid},
+      {"clip", UnaryOp::clip},        {"leaky_relu", UnaryOp::leaky_relu},
+  };
+  for (const auto& [text, op] : names) {
+    if (name == text) return op;
+  }
+  invalid("unary", "unknown op '" + name +
+                       "' (expected neg, abs, exp, log, sqrt, reciprocal, erf, relu, gelu, gelu_tanh, tanh, "
+                       "sigmoid, clip or leaky_relu)");
+}
+
+Epilogue make_epilogue(const std::string& op, uintptr_t bias, uintptr_t residual, const std::string& activation,
+                       double clip_min, double clip_max) {
+  Epilogue ep;
+  ep.bias = device_ptr<const float>(bias);
+  ep.residual = device_ptr<const float>(residual);
+  ep.act = parse_act(op, activation);
+  ep.clip_min = static_cast<float>(clip_min);
+  ep.clip_max = static_cast<float>(clip_max);
+  if (ep.act == Act::clip && !(ep.clip_min <= ep.clip_max)) invalid(op, "clip_min must not exceed clip_max");
+  return ep;
+}
+
+// The bytes of a host buffer, which must be C-contiguous.
+py::buffer_info contiguous_info(const py::buffer& buffer, bool writable, const char* op) {
+  py::buffer_info info = buffer.request(writable);
+  py::ssize_t expected = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] != 1 && info.strides[d] != expected) invalid(op, "host array must be C-contiguous");
+    expected *= info.shape[d];
+  }
+  return info;
+}
+
+void gemm(uintptr_t a, uintptr_t b, uintptr_t c, int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b,
+          double alpha, uintptr_t bias, uintptr_t residual, const std::string& activation, double clip_min,
+          double clip_max, bool tf32) {
+  check_sizes("gemm", {m, n, k});
+  const bool any = m > 0 && n > 0;
+  check_address("gemm", c, "c", any);
+  check_address("gemm", a, "a", any && k > 0);
+  check_address("gemm", b, "b", any && k > 0);
+  GemmArgs g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = device_ptr<const float>(a);
+  g.b = device_ptr<const float>(b);
+  g.c = device_ptr<float>(c);
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.alpha = static_cast<float>(alpha);
+  g.tf32 = tf32;
+  g.epilogue = make_epilogue("gemm", bias, residual, activation, clip_min, clip_max);
+  gemm_f32(g);
+}
+
+void gemm_epilogue(uintptr_t c, int64_t m, int64_t n, uintptr_t bias, uintptr_t residual,
+                   const std::string& activation, double clip_min, double clip_max) {
+  check_sizes("gemm_epilogue", {m, n});
+  check_address("gemm_epilogue", c, "c", m > 0 && n > 0);
+  const Epilogue ep = make_epilogue("gemm_epilogue", bias, residual, activation, clip_min, clip_max);
+  check_cuda(launch_gemm_epilogue(device_ptr<float>(c), m, n, ep, default_stream()), "gemm_epilogue");
+}
+
+void binary(const std::string& op, uintptr_t a, const Dims& a_shape, uintptr_t b, const Dims& b_shape,
+            uintptr_t out, const Dims& out_shape, const std::string& activation, double clip_min,
+            double clip_max) {
+  const BinaryOp kind = parse_binary(op);
+  ActParams act;
+  act.act = parse_act(op, activation);
+  act.lo = static_cast<float>(clip_min);
+  act.hi = static_cast<float>(clip_max);
+  if (act.act == Act::clip && !(act.lo <= act.hi)) invalid(op, "clip_min must not exceed clip_max");
+  check_dims(op, a_shape, "a");
+  check_dims(op, b_shape, "b");
+  check_dims(op, out_shape, "out");
+  if (a_shape.size() > out_shape.size() || b_shape.size() > out_shape.size()) {
+    invalid(op, "out must have as many dimensions as the larger operand");
+  }
+  const Dims pa = pad_to(a_shape, out_shape.size());
+  const Dims pb = pad_to(b_shape, out_shape.size());
+  int64_t n = 1;
+  for (size_t d = 0; d < out_shape.size(); ++d) {
+    const bool agree = pa[d] == pb[d] || pa[d] == 1 || pb[d] == 1;
+    if (!agree || out_shape[d] != (pa[d] == 1 ? pb[d] : pa[d])) {
+      invalid(op, "shapes do not broadcast to the output shape (dimension " + std::to_string(d) + ")");
+    }
+    n *= out_shape[d];
+  }
+  check_address(op, a, "a", n > 0);
+  check_address(op, b, "b", n > 0);
+  check_address(op, out, "out", n > 0);
+  check_cuda(launch_binary(kind, device_ptr<const float>(a), pa.data(), device_ptr<const float>(b), pb.data(),
+                           device_ptr<float>(out), out_shape.data(), static_cast<int>(out_shape.size()), act,
+                           default_stream()),
+             op);
+}
+
+void unary(const std::string& op, uintptr_t x, uintptr_t out, int64_t n, double p0, double p1) {
+  const UnaryOp kind = parse_unary(op);
+  check_sizes(op, {n});
+  check_address(op, x, "x", n > 0);
+  check_address(op, out, "out", n > 0);
+  if (kind == UnaryOp::clip && !(p0 <= p1)) invalid(op, "min must not exceed max");
+  check_cuda(launch_unary(kind, device_ptr<const float>(x), device_ptr<float>(out), n, static_cast<float>(p0),
+                          static_cast<float>(p1), default_stream()),
+             op);
+}
+
+SoftmaxMask make_mask(uintptr_t mask, const Dims& mask_shape, const Dims& shape) {
+  SoftmaxMask m;
+  if (mask == 0) return m;
+  check_dims("softmax", mask_shape, "mask");
+  if (mask_shape.size() > shape.size()) invalid("softmax", "mask has more dimensions than x");
+  const Dims pm = pad_to(mask_shape, shape.size());
+  // Element strides of the dense mask, 0 along the dimensions it broadcasts over.
+  Dims stride(shape.size());
+  int64_t s = 1;
+  for (size_t d = shape.size(); d-- > 0;) {
+    if (pm[d] != 1 && pm[d] != shape[d]) {
+      invalid("softmax", "mask does not broadcast to x (dimension " + std::to_string(d) + ")");
+    }
+    stride[d] = pm[d] == 1 ? 0 : s;
+    s *= pm[d];
+  }
+  m.data = device_ptr<const float>(mask);
+  m.outer_ndim = static_cast<int>(shape.size()) - 1;
+  for (int d = 0; d < m.outer_ndim; ++d) {
+    m.outer_shape[d] = shape[d];
+    m.outer_stride[d] = stride[d];
+  }
+  m.col_stride = stride.back();
+  return m;
+}
+
+void softmax(uintptr_t x, uintptr_t out, const Dims& shape, double scale, uintptr_t mask, const Dims& mask_shape) {
+  check_dims("softmax", shape, "x");
+  if (shape.empty()) invalid("softmax", "x must have at least one dimension");
+  if (!std::isfinite(scale)) invalid("softmax", "scale must be finite");
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < shape.size(); ++d) rows *= shape[d];
+  const int64_t cols = shape.back();
+  const SoftmaxMask m = make_mask(mask, mask_shape, shape);
+  const bool any = rows > 0 && cols > 0;
+  check_address("softmax", x, "x", any);
+  check_address("softmax", out, "out", any);
+  check_cuda(launch_softmax(device_ptr<const float>(x), device_ptr<float>(out), rows, cols,
+                            static_cast<float>(scale), m, default_stream()),
+             "softmax");
+}
+
+void layer_norm(uintptr_t x, uintptr_t out, int64_t rows, int64_t cols, uintptr_t gamma, uintptr_t beta,
+                uintptr_t residual, double epsilon) {
+  check_sizes("layer_norm", {rows, cols});
+  if (!std::isfinite(epsilon) || !(static_cast<float>(epsilon) > 0.0f)) {
+    invalid("layer_norm", "epsilon must be finite and > 0 in float32");
+  }
+  const bool any = rows > 0 && cols > 0;
+  check_address("layer_norm", x, "x", any);
+  check_address("layer_norm", out, "out", any);
+  check_address("layer_norm", gamma, "gamma", any);
+  check_cuda(launch_layer_norm(device_ptr<const float>(x), device_ptr<const float>(residual),
+                               device_ptr<const float>(gamma), device_ptr<const float>(beta), device_ptr<float>(out),
+                               rows, cols, static_cast<float>(epsilon), default_stream()),
+             "layer_norm");
+}
+
+py::list device_list() {
+  py::list devices;
+  for (int i = 0; i < device_count(); ++i) {
+    const DeviceInfo info = device_info(i);
+    py::dict d;
+    d["index"] = info.index;
+    d["name"] = info.name;
+    d["memory_bytes"] = info.memory_bytes;
+    d["compute_capability"] = std::to_string(info.major) + "." + std::to_string(info.minor);
+    d["multiprocessors"] = info.multiprocessors;
+    d["l2_bytes"] = info.l2_bytes;
+    d["shared_per_block_optin"] = info.shared_per_block_optin;
+    devices.append(d);
+  }
+  return devices;
+}
+
+void bind_runtime(py::module_& m) {
+  m.def("device_count", &device_count, "CUDA devices visible here (0 without a driver or a GPU).");
+  m.def("device_status", &device_status, "Why there is no device (the runtime's message), or '' when there is one.");
+  m.def("device_list", &device_list,
+        "One dict per device: index, name, memory_bytes, compute_capability, multiprocessors, l2_bytes, "
+        "shared_per_block_optin.");
+  m.def("runtime_version", &runtime_version, "The CUDA runtime version built in, as 1000 * major + 10 * minor.");
+  m.def("driver_version", &driver_version, "The driver's CUDA version (0 without a driver).");
+  m.def("synchronize", [] {
+    py::gil_scoped_release release;
+    synchronize();
+  }, "Wait for all queued work on the current device.");
+
+  py::class_<DeviceBuffer>(m, "DeviceBuffer", "Device memory, freed when the object goes away.")
+      .def(py::init<size_t>(), py::arg("nbytes"))
+      .def_property_readonly("ptr", [](const DeviceBuffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
+      .def_property_readonly("nbytes", &DeviceBuffer::nbytes);
+
+  py::class_<Event>(m, "Event", "A CUDA event for timing work on the default stream.")
+      .def(py::init<>())
+      .def("record", &Event::record, "Record the event after the work queued so far.")
+      .def("synchronize", [](Event& e) {
+        py::gil_scoped_release release;
+        e.synchronize();
+      }, "Wait until the event has completed.")
+      .def("elapsed_ms", &Event::elapsed_ms, py::arg("end"), "Milliseconds from this event to `end`.");
+
+  m.def("copy_to_device", [](uintptr_t dst, const py::buffer& src) {
+    const py::buffer_info info = contiguous_info(src, false, "copy_to_device");
+    const size_t nbytes = static_cast<size_t>(info.size * info.itemsize);
+    check_address("copy_to_device", dst, "dst", nbytes > 0);
+    py::gil_scoped_release release;
+    copy_to_device(device_ptr<void>(dst), info.ptr, nbytes);
+  }, py::arg("dst"), py::arg("src"), "Copy a C-contiguous host array to device address `dst` (waits).");
+  m.def("copy_to_host", [](const py::buffer& dst, uintptr_t src) {
+    const py::buffer_info info = contiguous_info(dst, true, "copy_to_host");
+    const size_t nbytes = static_cast<size_t>(info.size * info.itemsize);
+    check_address("copy_to_host", src, "src", nbytes > 0);
+    py::gil_scoped_release release;
+    copy_to_host(info.ptr, device_ptr<const void>(src), nbytes);
+  }, py::arg("dst"), py::arg("src"),
+     "Fill a C-contiguous, writable host array from device address `src` after all queued work.");
+  m.def("copy_device", [](uintptr_t dst, uintptr_t src, size_t nbytes) {
+    check_address("copy_device", dst, "dst", nbytes > 0);
+    check_address("copy_device", src, "src", nbytes > 0);
+    copy_device(device_ptr<void>(dst), device_ptr<const void>(src), nbytes);
+  }, py::arg("dst"), py::arg("src"), py::arg("nbytes"), "Queue a device-to-device copy.");
+  m.def("fill_bytes", [](uintptr_t dst, int value, size_t nbytes) {
+    check_address("fill_bytes", dst, "dst", nbytes > 0);
+    fill_bytes(device_ptr<void>(dst), value, nbytes);
+  }, py::arg("dst"), py::arg("value"), py::arg("nbytes"), "Queue a memset of `nbytes` bytes to `value`.");
+}
+
+void bind_kernels(py::module_& m) {
+  constexpr double inf = INFINITY;
+  m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("m"), py::arg("n"), py::arg("k"),
+        py::kw_only(), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
+        py::arg("bias") = 0, py::arg("residual") = 0, py::arg("activation") = "none", py::arg("clip_min") = -inf,
+        py::arg("clip_max") = inf, py::arg("tf32") = false,
+        "Queue c = act(alpha * op(a) @ op(b) + bias + residual) (float32, row-major, device addresses; 0 = absent).");
+  m.def("gemm_epilogue", &gemm_epilogue, py::arg("c"), py::arg("m"), py::arg("n"), py::kw_only(),
+        py::arg("bias") = 0, py::arg("residual") = 0, py::arg("activation") = "none", py::arg("clip_min") = -inf,
+        py::arg("clip_max") = inf, "Queue c = act(c + bias + residual) in place on the m x n matrix c.");
+  m.def("binary", &binary, py::arg("op"), py::arg("a"), py::arg("a_shape"), py::arg("b"), py::arg("b_shape"),
+        py::arg("out"), py::arg("out_shape"), py::kw_only(), py::arg("activation") = "none",
+        py::arg("clip_min") = -inf, py::arg("clip_max") = inf,
+        "Queue out = act(op(a, b)) with numpy broadcasting; op is add, sub, mul, div, maximum, minimum or pow.");
+  m.def("unary", &unary, py::arg("op"), py::arg("x"), py::arg("out"), py::arg("n"), py::kw_only(),
+        py::arg("p0") = 0.0, py::arg("p1") = 0.0,
+        "Queue out = op(x) over n float32 elements (clip: bounds p0, p1; leaky_relu: slope p0).");
+  m.def("softmax", &softmax, py::arg("x"), py::arg("out"), py::arg("shape"), py::kw_only(), py::arg("scale") = 1.0,
+        py::arg("mask") = 0, py::arg("mask_shape") = Dims{},
+        "Queue softmax over the last axis of x (shape `shape`) of x * scale + mask, the float32 mask "
+        "(0 = none) of shape `mask_shape` broadcasting to x.");
+  m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("cols"),
+        py::arg("gamma"), py::kw_only(), py::arg("beta") = 0, py::arg("residual") = 0, py::arg("epsilon") = 1e-5,
+        "Queue layer normalisation of each row of x (+ residual), scaled by gamma and shifted by beta.");
+}
+
+}  // namespace
+}  // namespace phi::cuda
+
+PYBIND11_MODULE(_core_cuda, m) {
+  m.doc() = "phi_engine CUDA kernels (private; use phi_engine.runtime.cuda).";
+#ifdef PHI_CUDA_ARCHITECTURES
+  m.attr("architectures") = PHI_CUDA_ARCHITECTURES;
+#else
+  m.attr("architectures") = "";
+#endif
+  m.attr("has_cublas") = phi::cuda::has_cublas();
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const phi::Error& e) {
+      phi::cuda::raise(phi::cuda::error_class(e.code()), e.what());
+    } catch (const std::bad_alloc&) {
+      phi::cuda::raise("ResourceError", "[cuda:alloc] out of host memory");
+    }
+  });
+  phi::cuda::bind_runtime(m);
+  phi::cuda::bind_kernels(m);
+}

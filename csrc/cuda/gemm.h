@@ -1,0 +1,32 @@
+// float32 GEMM on the GPU: cuBLAS for the product, then the fused epilogue kernel.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/kernels.h"
+
+namespace phi::cuda {
+
+// Row-major operands, dense: a is m x k (k x m when trans_a), b is k x n (n x k when trans_b),
+// c is m x n. All pointers are device pointers.
+struct GemmArgs {
+  int64_t m = 0, n = 0, k = 0;
+  const float* a = nullptr;
+  bool trans_a = false;
+  const float* b = nullptr;
+  bool trans_b = false;
+  float* c = nullptr;
+  float alpha = 1.0f;
+  // Let cuBLAS use TF32 tensor cores (10-bit mantissa inputs, ~3e-4 relative error) instead of
+  // full float32 FMA.
+  bool tf32 = false;
+  Epilogue epilogue;
+};
+
+// Whether this build links cuBLAS; gemm_f32 throws UnsupportedError when it does not.
+bool has_cublas();
+
+// c = epilogue(alpha * op(a) @ op(b)), queued on the default stream.
+void gemm_f32(const GemmArgs& args);
+
+}  // namespace phi::cuda

@@ -1,0 +1,93 @@
+// GEMM through cuBLAS. cuBLAS is column-major; a row-major matrix X is the column-major X^T, so
+// the row-major C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T: the same
+// call with A and B swapped and m and n swapped, no data moved.
+#include <cublas_v2.h>
+
+#include <climits>
+#include <mutex>
+#include <unordered_map>
+
+#include "cuda/gemm.h"
+#include "cuda/runtime.h"
+
+namespace phi::cuda {
+
+namespace {
+
+ErrorCode code_of(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return ErrorCode::unsupported;
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return ErrorCode::resource;
+    default:
+      return ErrorCode::internal;
+  }
+}
+
+void check_cublas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    fail_cuda(code_of(status), "gemm",
+              std::string(what) + ": " + cublasGetStatusName(status) + ": " + cublasGetStatusString(status));
+  }
+}
+
+// One handle per device, created on first use. A handle holds mutable state (stream, math mode),
+// so calls that set it and enqueue the product hold the mutex; enqueueing is asynchronous, so the
+// lock is held for microseconds. The handles are never destroyed: destroying them from a static
+// destructor at exit races the CUDA runtime's own teardown.
+std::mutex handles_mutex;
+std::unordered_map<int, cublasHandle_t> handles;
+
+cublasHandle_t handle_for(int device) {
+  auto it = handles.find(device);
+  if (it != handles.end()) return it->second;
+  cublasHandle_t handle = nullptr;
+  check_cublas(cublasCreate(&handle), "cublasCreate");
+  handles.emplace(device, handle);
+  return handle;
+}
+
+void check_fits_int(int64_t value, const char* name) {
+  if (value > INT_MAX) {
+    fail_cuda(ErrorCode::unsupported, "gemm",
+              std::string(name) + " = " + std::to_string(value) + " exceeds cuBLAS's 32-bit dimensions");
+  }
+}
+
+}  // namespace
+
+bool has_cublas() { return true; }
+
+void gemm_f32(const GemmArgs& g) {
+  if (g.m <= 0 || g.n <= 0) return;
+  check_fits_int(g.m, "m");
+  check_fits_int(g.n, "n");
+  check_fits_int(g.k, "k");
+  if (g.k == 0) {
+    // An empty sum: C = 0 (cuBLAS would leave C untouched, scaled by beta), then the epilogue.
+    fill_bytes(g.c, 0, static_cast<size_t>(g.m * g.n) * sizeof(float));
+  } else {
+    const int m = static_cast<int>(g.m), n = static_cast<int>(g.n), k = static_cast<int>(g.k);
+    // Column-major views: B stored k x n (or n x k) row-major is n x k (or k x n) column-major.
+    const cublasOperation_t op_b = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_a = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const int ldb = g.trans_b ? k : n;
+    const int lda = g.trans_a ? m : k;
+    const float beta = 0.0f;
+    int device = 0;
+    check_cuda(cudaGetDevice(&device), "gemm");
+    std::lock_guard<std::mutex> lock(handles_mutex);
+    cublasHandle_t handle = handle_for(device);
+    check_cublas(cublasSetStream(handle, default_stream()), "cublasSetStream");
+    check_cublas(cublasSetMathMode(handle, g.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+                 "cublasSetMathMode");
+    check_cublas(cublasSgemm(handle, op_b, op_a, n, m, k, &g.alpha, g.b, ldb, g.a, lda, &beta, g.c, n),
+                 "cublasSgemm");
+  }
+  check_cuda(launch_gemm_epilogue(g.c, g.m, g.n, g.epilogue, default_stream()), "gemm");
+}
+
+}  // namespace phi::cuda

@@ -1,0 +1,84 @@
+// Launchers of the CUDA kernels. Each takes device pointers to dense, C-contiguous float32 data,
+// queues its work on `stream` and returns at once; the returned cudaError_t is the launch's
+// status (cudaGetLastError), never a wait on the result. Shapes are validated by the caller
+// (csrc/cuda/bind_cuda.cpp and phi_engine.runtime.cuda): these functions trust their arguments.
+// Outputs must not overlap inputs (the pointers are __restrict__), except the epilogue's c,
+// which is updated in place by design.
+//
+// Only CUDA runtime types appear here, so host translation units compiled by the C++ compiler
+// can call the launchers without including any device code.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace phi::cuda {
+
+// The most dimensions a broadcast elementwise op or a softmax mask may have.
+constexpr int kMaxDims = 8;
+
+// Activations a GEMM epilogue may fuse; the same names as phi::math::Act on the CPU.
+enum class Act : int { none, relu, gelu, gelu_tanh, tanh, sigmoid, clip };
+
+enum class BinaryOp : int { add, sub, mul, div, maximum, minimum, pow };
+
+enum class UnaryOp : int {
+  neg, abs, exp, log, sqrt, reciprocal, erf, relu, gelu, gelu_tanh, tanh, sigmoid, clip, leaky_relu
+};
+
+// An activation fused after a binary op, with clip's bounds (read for Act::clip only).
+struct ActParams {
+  Act act = Act::none;
+  float lo = 0.0f;
+  float hi = 0.0f;
+};
+
+// c = act(c + bias[col] + residual) in place, on the m x n row-major matrix c. bias (n values)
+// and residual (m x n) may be null. clip_min/clip_max are read for Act::clip only.
+struct Epilogue {
+  const float* bias = nullptr;
+  const float* residual = nullptr;
+  Act act = Act::none;
+  float clip_min = 0.0f;
+  float clip_max = 0.0f;
+
+  bool empty() const { return bias == nullptr && residual == nullptr && act == Act::none; }
+};
+
+cudaError_t launch_gemm_epilogue(float* c, int64_t m, int64_t n, const Epilogue& ep, cudaStream_t stream);
+
+// out = act(op(a, b)) with numpy broadcasting. a_shape and b_shape are left-padded with 1s to
+// ndim dimensions; out holds the broadcast shape, which the caller has checked they agree on.
+cudaError_t launch_binary(BinaryOp op, const float* a, const int64_t* a_shape, const float* b,
+                          const int64_t* b_shape, float* out, const int64_t* out_shape, int ndim,
+                          const ActParams& act, cudaStream_t stream);
+
+// out[i] = op(x[i]) for n elements. clip reads its bounds from p0, p1; leaky_relu its slope
+// from p0.
+cudaError_t launch_unary(UnaryOp op, const float* x, float* out, int64_t n, float p0, float p1,
+                         cudaStream_t stream);
+
+// Where the mask value of a softmax row lives: row r of x (shape outer... x cols) reads its mask
+// at offset sum_d coord_d(r) * outer_stride[d] plus col * col_stride, where coord(r) is r
+// unravelled over outer_shape. A stride of 0 broadcasts that dimension.
+struct SoftmaxMask {
+  const float* data = nullptr;  // added to the scaled logits; null: no mask
+  int outer_ndim = 0;
+  int64_t outer_shape[kMaxDims] = {};
+  int64_t outer_stride[kMaxDims] = {};
+  int64_t col_stride = 0;
+};
+
+// Softmax over each row of the rows x cols matrix x: out = exp(z - max z) / sum exp(z - max z),
+// z = x * scale + mask. Elements with z = -inf get 0. As in numpy (and the CPU kernel), a row
+// whose max is not finite (all -inf, a +inf, a NaN) comes out all NaN.
+cudaError_t launch_softmax(const float* x, float* out, int64_t rows, int64_t cols, float scale,
+                           const SoftmaxMask& mask, cudaStream_t stream);
+
+// out = (v - mean(v)) / sqrt(var(v) + epsilon) * gamma + beta over each row of v = x + residual
+// (rows x cols). residual and beta may be null; gamma and beta hold cols values.
+cudaError_t launch_layer_norm(const float* x, const float* residual, const float* gamma, const float* beta,
+                              float* out, int64_t rows, int64_t cols, float epsilon, cudaStream_t stream);
+
+}  // namespace phi::cuda

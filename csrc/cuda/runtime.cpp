@@ -1,0 +1,158 @@
+#include "cuda/runtime.h"
+
+namespace phi::cuda {
+
+namespace {
+
+ErrorCode code_of(cudaError_t err) {
+  switch (err) {
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorSystemDriverMismatch:
+    case cudaErrorCompatNotSupportedOnDevice:
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorUnsupportedPtxVersion:
+      return ErrorCode::unsupported;
+    case cudaErrorMemoryAllocation:
+      return ErrorCode::resource;
+    default:
+      return ErrorCode::internal;
+  }
+}
+
+std::string describe(cudaError_t err) {
+  std::string text = std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+  if (err == cudaErrorNoKernelImageForDevice) {
+    text += " (this build of phi_engine._core_cuda has no code for this GPU; rebuild with "
+            "CMAKE_CUDA_ARCHITECTURES naming its compute capability)";
+  }
+  return text;
+}
+
+}  // namespace
+
+void throw_cuda_error(const std::string& op, cudaError_t err) {
+  // Reset the runtime's last-error slot so the next call starts clean; a sticky error (a fault
+  // inside a kernel) stays and every later call reports it again, which is the truth.
+  (void)cudaGetLastError();
+  throw Error(code_of(err), "cuda:" + op, describe(err));
+}
+
+void fail_cuda(ErrorCode code, const std::string& op, const std::string& message) {
+  throw Error(code, "cuda:" + op, message);
+}
+
+int device_count() noexcept {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+std::string device_status() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (err == cudaErrorInsufficientDriver && driver_version() == 0) {
+      return "no NVIDIA driver is installed (" + describe(err) + ")";
+    }
+    return describe(err);
+  }
+  return count > 0 ? std::string() : std::string("no CUDA device found");
+}
+
+DeviceInfo device_info(int index) {
+  const int count = device_count();
+  if (index < 0 || index >= count) {
+    fail_cuda(ErrorCode::invalid_argument, "device_info",
+         "device index " + std::to_string(index) + " out of range (" + std::to_string(count) + " devices)");
+  }
+  cudaDeviceProp prop{};
+  check_cuda(cudaGetDeviceProperties(&prop, index), "device_info");
+  DeviceInfo info;
+  info.index = index;
+  info.name = prop.name;
+  info.memory_bytes = prop.totalGlobalMem;
+  int value = 0;
+  check_cuda(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, index), "device_info");
+  check_cuda(cudaDeviceGetAttribute(&info.minor, cudaDevAttrComputeCapabilityMinor, index), "device_info");
+  check_cuda(cudaDeviceGetAttribute(&info.multiprocessors, cudaDevAttrMultiProcessorCount, index), "device_info");
+  check_cuda(cudaDeviceGetAttribute(&value, cudaDevAttrL2CacheSize, index), "device_info");
+  info.l2_bytes = static_cast<size_t>(value);
+  check_cuda(cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, index), "device_info");
+  info.shared_per_block_optin = static_cast<size_t>(value);
+  return info;
+}
+
+int runtime_version() {
+  int version = 0;
+  if (cudaRuntimeGetVersion(&version) != cudaSuccess) (void)cudaGetLastError();
+  return version;
+}
+
+int driver_version() {
+  int version = 0;
+  if (cudaDriverGetVersion(&version) != cudaSuccess) (void)cudaGetLastError();
+  return version;
+}
+
+void require_device(const std::string& op) {
+  if (device_count() == 0) {
+    fail_cuda(ErrorCode::unsupported, op, "no CUDA device is available here: " + device_status());
+  }
+}
+
+DeviceBuffer::DeviceBuffer(size_t nbytes) : nbytes_(nbytes) {
+  // cudaMalloc(0) may return null or a unique pointer; a 1-byte allocation keeps data() a real,
+  // 256-byte aligned device address for empty tensors too.
+  check_cuda(cudaMalloc(&data_, nbytes == 0 ? 1 : nbytes), "alloc");
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  // cudaFree waits for the kernels still using the memory. Its error cannot be thrown from a
+  // destructor; a sticky fault it might report is reported again by the next call that checks.
+  if (data_ != nullptr && cudaFree(data_) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void copy_to_device(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  check_cuda(cudaMemcpy(dst, src, nbytes, cudaMemcpyHostToDevice), "copy_to_device");
+}
+
+void copy_to_host(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  check_cuda(cudaMemcpy(dst, src, nbytes, cudaMemcpyDeviceToHost), "copy_to_host");
+}
+
+void copy_device(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  check_cuda(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, default_stream()), "copy_device");
+}
+
+void fill_bytes(void* dst, int value, size_t nbytes) {
+  if (nbytes == 0) return;
+  check_cuda(cudaMemsetAsync(dst, value, nbytes, default_stream()), "fill_bytes");
+}
+
+void synchronize() { check_cuda(cudaDeviceSynchronize(), "synchronize"); }
+
+Event::Event() { check_cuda(cudaEventCreate(&event_), "event"); }
+
+Event::~Event() {
+  if (event_ != nullptr && cudaEventDestroy(event_) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void Event::record() { check_cuda(cudaEventRecord(event_, default_stream()), "event"); }
+
+void Event::synchronize() { check_cuda(cudaEventSynchronize(event_), "event"); }
+
+float Event::elapsed_ms(const Event& end) const {
+  float ms = 0.0f;
+  check_cuda(cudaEventElapsedTime(&ms, event_, end.event_), "event");
+  return ms;
+}
+
+}  // namespace phi::cuda

@@ -1,0 +1,105 @@
+// CUDA runtime plumbing of the CUDA module: runtime errors as phi::Error, what devices exist,
+// device memory, copies and events. Host code only; the kernels are in the .cu files.
+//
+// Every operation runs on the legacy default stream, so it is ordered after whatever the caller
+// (or CuPy/PyTorch on their default streams) queued before it, and copies back to the host wait
+// for the kernels before them.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/common.h"
+
+namespace phi::cuda {
+
+// The stream every op is queued on.
+inline cudaStream_t default_stream() { return nullptr; }
+
+// Throws phi::Error "[cuda:<op>] <cudaErrorName>: <description>". The code says whether the
+// caller can do anything about it: no driver or no device -> unsupported, out of device memory
+// -> resource, anything else (a failed launch, a fault in a kernel) -> internal.
+[[noreturn]] void throw_cuda_error(const std::string& op, cudaError_t err);
+
+inline void check_cuda(cudaError_t err, const std::string& op) {
+  if (err != cudaSuccess) throw_cuda_error(op, err);
+}
+
+// "[cuda:<op>] message" with the given code.
+[[noreturn]] void fail_cuda(ErrorCode code, const std::string& op, const std::string& message);
+
+// Devices the runtime sees; 0 when there is no driver or no GPU (never throws).
+int device_count() noexcept;
+
+// Why device_count() is 0 ("" when there is a device): the runtime's own error description.
+std::string device_status();
+
+struct DeviceInfo {
+  int index = 0;
+  std::string name;
+  int major = 0;
+  int minor = 0;
+  int multiprocessors = 0;
+  size_t memory_bytes = 0;
+  size_t l2_bytes = 0;
+  size_t shared_per_block_optin = 0;
+};
+
+DeviceInfo device_info(int index);
+
+// The CUDA runtime version the module was built with and the driver's, as 1000 * major + 10 * minor.
+int runtime_version();
+int driver_version();
+
+// Fails with UnsupportedError naming `op` when no device can run it.
+void require_device(const std::string& op);
+
+// Device memory that frees itself. Allocation failure throws ResourceError.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t nbytes);
+  ~DeviceBuffer();
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+};
+
+// Host <-> device copies; both wait until the copy is done (and to_host until every kernel
+// queued before it has finished), so host memory may be reused on return.
+void copy_to_device(void* dst, const void* src, size_t nbytes);
+void copy_to_host(void* dst, const void* src, size_t nbytes);
+// Device -> device, queued on the default stream.
+void copy_device(void* dst, const void* src, size_t nbytes);
+// Sets nbytes bytes to `value`, queued on the default stream.
+void fill_bytes(void* dst, int value, size_t nbytes);
+// Waits for all work on the current device.
+void synchronize();
+
+// A timing event on the default stream.
+class Event {
+ public:
+  Event();
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  void record();
+  void synchronize();
+  // Milliseconds from this event to `end`; both must have been recorded and completed.
+  float elapsed_ms(const Event& end) const;
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+}  // namespace phi::cuda

@@ -1,0 +1,275 @@
+"""conv2d and pooling against the numpy reference.
+
+Conv tolerance: rtol 1e-4 and an absolute term growing like sqrt(C/groups * kh * kw), the
+float32 accumulation error of a dot product of that length over unit normals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phi_engine import ops
+from phi_engine.errors import InvalidRequestError
+from phi_engine.runtime import reference as ref
+
+
+def randn(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def assert_close_conv(actual: np.ndarray, expected: np.ndarray, k: int) -> None:
+    assert actual.dtype == np.float32 and actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * max(1.0, np.sqrt(k)))
+
+
+# (N, C, H, W, M, kh, kw, strides, pads, dilations, groups)
+CONVS = [
+    (1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1),  # all ones
+    (1, 8, 7, 9, 16, 1, 1, 1, 0, 1, 1),  # pointwise: a plain GEMM
+    (3, 16, 14, 13, 32, 1, 1, 1, 0, 1, 1),
+    (2, 8, 9, 9, 4, 1, 1, 2, 0, 1, 1),  # 1x1 stride 2 goes through im2col
+    (1, 3, 17, 19, 5, 3, 3, 1, 1, 1, 1),
+    (3, 7, 13, 11, 5, 3, 3, 1, 1, 1, 1),  # primes
+    (2, 16, 23, 29, 24, 3, 3, 2, 1, 1, 1),  # stride 2
+    (1, 6, 15, 15, 6, 3, 3, 1, 2, 2, 1),  # dilation 2
+    (2, 8, 12, 10, 12, 3, 3, 1, 1, 1, 2),  # groups 2
+    (1, 12, 11, 11, 6, 3, 1, 1, (1, 0, 1, 0), 1, 3),  # groups 3, non-square kernel
+    (2, 4, 10, 12, 3, 2, 5, (2, 3), (0, 1, 2, 0), (2, 1), 1),  # asymmetric everything
+    (1, 3, 5, 5, 4, 5, 5, 1, 0, 1, 1),  # kernel = image: 1x1 output
+    (1, 3, 4, 6, 2, 7, 7, 1, 3, 1, 1),  # kernel larger than the image, padding covers it
+    (3, 16, 14, 14, 16, 3, 3, 1, 1, 1, 16),  # depthwise
+    (1, 32, 15, 17, 32, 3, 3, 2, 1, 1, 32),  # depthwise stride 2
+    (2, 8, 13, 9, 8, 3, 3, 1, 2, 2, 8),  # depthwise dilation 2
+    (1, 5, 9, 10, 5, 5, 5, 1, (2, 1, 0, 3), 1, 5),  # depthwise 5x5 asymmetric pads
+    (1, 8, 21, 37, 8, 3, 3, 1, 1, 1, 8),  # depthwise, wide odd rows
+    (2, 6, 19, 45, 6, 3, 3, 2, 1, 1, 6),  # depthwise, wide rows, stride 2
+    (1, 4, 17, 50, 4, 5, 5, 1, (2, 1, 0, 3), 2, 4),  # depthwise, dilation 2, asymmetric pads
+    (1, 3, 5, 18, 3, 1, 3, 1, 0, 1, 3),  # depthwise 1x3, no padding
+    (1, 4, 8, 8, 8, 3, 3, 1, 1, 1, 4),  # channel multiplier 2: grouped GEMM path
+    (2, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1),  # ResNet-like, large-ish
+    (1, 3, 57, 61, 8, 7, 7, 2, 3, 1, 1),  # stem-like
+    (1, 2048, 8, 8, 4, 3, 3, 1, 1, 1, 1),  # huge K, narrow rows: one-row blocks
+]
+
+
+def _conv_case(rng: np.random.Generator, case: tuple) -> tuple[np.ndarray, np.ndarray, dict, int]:  # type: ignore[type-arg]
+    n, c, h, w, m, kh, kw, strides, pads, dilations, groups = case
+    x, wt = randn(rng, n, c, h, w), randn(rng, m, c // groups, kh, kw)
+    kw_args = {"strides": strides, "pads": pads, "dilations": dilations, "groups": groups}
+    return x, wt, kw_args, (c // groups) * kh * kw
+
+
+@pytest.mark.parametrize("case", CONVS)
+def test_conv2d_shapes(rng: np.random.Generator, case: tuple) -> None:  # type: ignore[type-arg]
+    x, w, kw, k = _conv_case(rng, case)
+    assert_close_conv(ops.conv2d(x, w, **kw), ref.conv2d(x, w, **kw), k)
+
+
+EPILOGUES = [
+    ("none", {}),
+    ("relu", {}),
+    ("clip", {"clip_min": 0.0, "clip_max": 6.0}),  # relu6
+    ("gelu", {}),
+    ("sigmoid", {}),
+]
+
+
+# One of each path: pointwise, im2col with stride 2, grouped, depthwise (stride 1 and 2, narrow
+# and wide rows), channel multiplier.
+EPILOGUE_CASES = [CONVS[i] for i in (2, 6, 8, 13, 14, 17, 21)]
+
+
+@pytest.mark.parametrize("case", EPILOGUE_CASES)
+@pytest.mark.parametrize(("act", "clip"), EPILOGUES)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_conv2d_epilogue(
+    rng: np.random.Generator,
+    case: tuple,
+    act: str,
+    clip: dict,
+    with_residual: bool,  # type: ignore[type-arg]
+) -> None:
+    x, w, kw, k = _conv_case(rng, case)
+    bias = randn(rng, w.shape[0])
+    shape = ref.conv2d(x, w, **kw).shape
+    res = randn(rng, *shape) if with_residual else None
+    out = ops.conv2d(x, w, bias, act, residual=res, **kw, **clip)
+    assert_close_conv(out, ref.conv2d(x, w, bias, act, residual=res, **kw, **clip), k)
+
+
+# Each large enough (> 4 MFLOP) for the kernel to use both threads.
+THREADED = [
+    (1, 32, 40, 40, 32, 3, 3, 1, 1, 1, 1),  # one image: its row blocks are split
+    (3, 16, 33, 31, 24, 3, 3, 2, 1, 1, 1),  # batch images are split
+    (3, 64, 30, 30, 64, 1, 1, 1, 0, 1, 1),  # pointwise
+    (2, 64, 24, 24, 64, 3, 3, 1, 1, 2, 2),  # grouped, dilated
+    (2, 96, 48, 48, 96, 3, 3, 1, 1, 1, 96),  # depthwise
+    (1, 256, 4, 4, 256, 3, 3, 1, 1, 1, 1),  # one block only: the GEMM takes the threads
+]
+
+
+@pytest.mark.parametrize("case", THREADED)
+def test_conv2d_threads_agree(rng: np.random.Generator, case: tuple) -> None:  # type: ignore[type-arg]
+    x, w, kw, k = _conv_case(rng, case)
+    bias = randn(rng, w.shape[0])
+    one = ops.conv2d(x, w, bias, "relu", threads=1, **kw)
+    two = ops.conv2d(x, w, bias, "relu", threads=2, **kw)
+    np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-6 * np.sqrt(k))
+    assert_close_conv(two, ref.conv2d(x, w, bias, "relu", **kw), k)
+
+
+def test_conv2d_batch_one_vs_three(rng: np.random.Generator) -> None:
+    x, w = randn(rng, 3, 16, 20, 18), randn(rng, 24, 16, 3, 3)
+    bias = randn(rng, 24)
+    batch = ops.conv2d(x, w, bias, "relu", pads=1)
+    for i in range(3):
+        single = ops.conv2d(x[i : i + 1], w, bias, "relu", pads=1)
+        np.testing.assert_allclose(batch[i : i + 1], single, rtol=1e-6, atol=1e-5)
+
+
+def test_conv2d_noncontiguous(rng: np.random.Generator) -> None:
+    x = randn(rng, 2, 9, 30, 26)[:, ::2, ::2, 1:]  # (2, 5, 15, 25), strided
+    w = randn(rng, 7, 3, 3, 5).transpose(0, 3, 2, 1)  # (7, 5, 3, 3), transposed
+    bias = randn(rng, 14)[::2]
+    res = randn(rng, 2, 5, 15, 7).transpose(0, 3, 2, 1)  # (2, 7, 15, 5), transposed
+    kw = {"strides": (1, 5), "pads": 1}
+    out = ops.conv2d(x, w, bias, "relu", residual=res, **kw)
+    assert_close_conv(out, ref.conv2d(x, w, bias, "relu", residual=res, **kw), 45)
+
+
+def _conv_error(match: str, x: np.ndarray, w: np.ndarray, **kw: object) -> None:
+    with pytest.raises(InvalidRequestError, match=rf"\[conv2d\].*{match}"):
+        ops.conv2d(x, w, **kw)  # type: ignore[arg-type]
+
+
+def test_conv2d_bad_inputs() -> None:
+    x, w = np.ones((1, 4, 8, 8), np.float32), np.ones((6, 4, 3, 3), np.float32)
+    _conv_error("float32", x.astype(np.float64), w)
+    _conv_error("float32", x, w.astype(np.float16))
+    _conv_error("rank 4", x[0], w)
+    _conv_error("rank 4", x, w[0])
+    _conv_error("input channels per group", x, np.ones((6, 3, 3, 3), np.float32))
+    _conv_error("divisible by groups", x, np.ones((6, 4, 3, 3), np.float32), groups=4)
+    _conv_error("divisible by groups", x, np.ones((6, 1, 3, 3), np.float32), groups=3)
+    _conv_error("groups must be positive", x, w, groups=0)
+    _conv_error("strides must be positive", x, w, strides=0)
+    _conv_error("dilations must be positive", x, w, dilations=(1, -1))
+    _conv_error("pads must be non-negative", x, w, pads=(0, -1, 0, 0))
+    _conv_error("pads must have 4", x, w, pads=(1, 1))
+    _conv_error("larger than the padded input", x, np.ones((6, 4, 9, 3), np.float32))
+    _conv_error("bias", x, w, bias=np.ones(5, np.float32))
+    _conv_error("residual", x, w, residual=np.ones((1, 6, 8, 8), np.float32))
+    _conv_error("activation", x, w, activation="swish")
+    _conv_error("strides", x, w, strides="ab")
+
+
+# ---- pooling ------------------------------------------------------------------------------
+
+# (N, C, H, W, kernel, strides, pads, dilations, ceil_mode)
+POOLS = [
+    (1, 1, 1, 1, 1, 1, 0, 1, False),
+    (2, 3, 8, 8, 2, 2, 0, 1, False),
+    (1, 4, 9, 11, 3, 2, 1, 1, False),  # ResNet stem max pool on odd sizes
+    (1, 4, 9, 11, 3, 2, 1, 1, True),
+    (2, 5, 13, 7, 3, 1, 1, 1, False),
+    (1, 3, 10, 10, 2, 3, 0, 1, True),  # ceil mode: a partial last window
+    (1, 2, 7, 7, 3, 3, (1, 0, 1, 2), 1, True),  # the last window would start in the end pad
+    (3, 2, 12, 17, (2, 3), (1, 2), (1, 1, 0, 2), 1, False),
+    (1, 3, 15, 14, 3, 1, 2, 2, False),  # dilation 2
+    (1, 3, 15, 14, (3, 2), (2, 3), (2, 1, 2, 1), (2, 3), True),
+    (4, 64, 28, 28, 3, 2, 1, 1, False),  # large-ish
+]
+
+
+@pytest.mark.parametrize("case", POOLS)
+def test_max_pool2d(rng: np.random.Generator, case: tuple) -> None:  # type: ignore[type-arg]
+    n, c, h, w, kernel, strides, pads, dilations, ceil_mode = case
+    x = randn(rng, n, c, h, w)
+    kw = {"strides": strides, "pads": pads, "dilations": dilations, "ceil_mode": ceil_mode}
+    out = ops.max_pool2d(x, kernel, **kw)
+    np.testing.assert_array_equal(out, ref.max_pool2d(x, kernel, **kw), strict=True)
+
+
+@pytest.mark.parametrize("case", POOLS)
+@pytest.mark.parametrize("count_include_pad", [False, True])
+def test_avg_pool2d(rng: np.random.Generator, case: tuple, count_include_pad: bool) -> None:  # type: ignore[type-arg]
+    n, c, h, w, kernel, strides, pads, dilations, ceil_mode = case
+    x = randn(rng, n, c, h, w)
+    kw = {
+        "strides": strides,
+        "pads": pads,
+        "dilations": dilations,
+        "ceil_mode": ceil_mode,
+        "count_include_pad": count_include_pad,
+    }
+    out = ops.avg_pool2d(x, kernel, **kw)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref.avg_pool2d(x, kernel, **kw), rtol=1e-5, atol=1e-6)
+
+
+def test_pool_known_values() -> None:
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(ops.max_pool2d(x, 2, strides=2), [[[[5, 7], [13, 15]]]])
+    # 3x3 windows, pad 1: the corner window holds 4 real cells (0, 1, 4, 5) of 9.
+    avg = ops.avg_pool2d(x, 3, strides=3, pads=1)
+    incl = ops.avg_pool2d(x, 3, strides=3, pads=1, count_include_pad=True)
+    assert avg[0, 0, 0, 0] == pytest.approx(2.5) and incl[0, 0, 0, 0] == pytest.approx(10 / 9)
+    # ceil mode: 5 -> windows at 0 and 2 of size 2, stride 2, and a partial one at 4.
+    y = np.arange(5, dtype=np.float32).reshape(1, 1, 1, 5)
+    np.testing.assert_array_equal(
+        ops.avg_pool2d(y, (1, 2), strides=2, ceil_mode=True), [[[[0.5, 2.5, 4]]]]
+    )
+
+
+@pytest.mark.parametrize("op", [ops.max_pool2d, ops.avg_pool2d])
+def test_pool_threads_and_noncontiguous(rng: np.random.Generator, op: object) -> None:
+    x = randn(rng, 3, 40, 31, 30)[:, ::2, :, ::-1]
+    pool = ops.max_pool2d if op is ops.max_pool2d else ops.avg_pool2d
+    reference = ref.max_pool2d if op is ops.max_pool2d else ref.avg_pool2d
+    one = pool(x, 3, strides=2, pads=1, threads=1)
+    np.testing.assert_array_equal(one, pool(x, 3, strides=2, pads=1, threads=2))
+    np.testing.assert_allclose(one, reference(x, 3, strides=2, pads=1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+def test_pool_bad_inputs(op: str) -> None:
+    pool = getattr(ops, op)
+    x = np.ones((1, 2, 6, 6), np.float32)
+    cases = [
+        ("float32", (x.astype(np.float64), 2), {}),
+        ("rank 4", (x[0], 2), {}),
+        ("kernel_shape must be positive", (x, 0), {}),
+        ("kernel_shape must have 2", (x, (2, 2, 2)), {}),
+        ("strides must be positive", (x, 2), {"strides": (1, 0)}),
+        ("dilations must be positive", (x, 2), {"dilations": 0}),
+        ("pads must be smaller", (x, 2), {"pads": 2}),
+        ("pads must be non-negative", (x, 2), {"pads": -1}),
+        ("larger than the padded input", (x, 7), {}),
+    ]
+    for match, args, kw in cases:
+        with pytest.raises(InvalidRequestError, match=rf"\[{op}\].*{match}"):
+            pool(*args, **kw)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1), (2, 3, 1, 1), (1, 5, 7, 9), (3, 64, 56, 56), (2, 3, 4, 5, 6), (8, 2, 97)]
+)
+def test_global_avg_pool(rng: np.random.Generator, shape: tuple[int, ...]) -> None:
+    x = randn(rng, *shape) + 3.0  # a non-zero mean, so relative error means something
+    expected = ref.global_avg_pool(x)
+    out = ops.global_avg_pool(x, threads=1)
+    assert out.shape == (*shape[:2], *([1] * (len(shape) - 2)))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ops.global_avg_pool(x[:, ::-1], threads=2), expected[:, ::-1], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_global_avg_pool_bad_inputs() -> None:
+    with pytest.raises(InvalidRequestError, match=r"\[global_avg_pool\].*float32"):
+        ops.global_avg_pool(np.ones((1, 2, 3), np.int32))
+    with pytest.raises(InvalidRequestError, match=r"\[global_avg_pool\].*rank"):
+        ops.global_avg_pool(np.ones((2, 3), np.float32))
+    with pytest.raises(InvalidRequestError, match=r"\[global_avg_pool\].*non-empty"):
+        ops.global_avg_pool(np.ones((2, 3, 0), np.float32))

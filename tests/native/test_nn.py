@@ -1,0 +1,286 @@
+"""softmax, log_softmax, layer_norm, rms_norm and batch_norm against the numpy reference.
+
+Tolerances (native float32 against float64 references):
+- softmax: rtol 1e-5, atol 1e-6 (``scale * x + mask`` rounded to float32 shifts each exponent by
+  ~|t|·6e-8; exp has < 2e-7 relative error; the row sum is a float32 reduction).
+- log_softmax: rtol 1e-5, atol 1e-5 (the same errors, now additive on values of order |t|).
+- layer_norm / rms_norm / batch_norm: rtol 1e-5, atol 1e-5 for unit-scale inputs (float32
+  statistics over a row; outputs of order gamma·N(0, 1)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from phi_engine import ops
+from phi_engine._native import require_core
+from phi_engine.errors import InvalidRequestError, UnsupportedError
+from phi_engine.runtime import reference as ref
+
+F32 = np.float32
+NEG_INF = F32(-np.inf)
+
+
+def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return np.asarray(rng.standard_normal(shape) * scale, dtype=F32)
+
+
+def close_softmax(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.dtype == F32 and actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def close_log_softmax(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.dtype == F32 and actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def close_norm(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.dtype == F32 and actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- softmax ---------------------------------------------------------------------------------
+
+SOFTMAX_CASES = [
+    ((1,), -1),
+    ((7,), 0),
+    ((3, 1), -1),
+    ((13, 17), -1),
+    ((13, 17), 0),  # strided axis
+    ((2, 3, 5, 7), 1),
+    ((2, 3, 5, 7), -2),
+    ((4, 127, 1), 1),  # trailing size-1 dims: still contiguous rows
+    ((5, 1031), -1),
+    ((3, 100, 131), 1),  # strided, inner > one 64-column block
+]
+
+
+@pytest.mark.parametrize(("shape", "axis"), SOFTMAX_CASES)
+@pytest.mark.parametrize("scale", [1.0, 0.125])
+def test_softmax(rng: np.random.Generator, shape: tuple[int, ...], axis: int, scale: float) -> None:
+    x = randn(rng, *shape, scale=4.0)
+    close_softmax(ops.softmax(x, axis=axis, scale=scale), ref.softmax(x, axis=axis, scale=scale))
+    close_log_softmax(ops.log_softmax(x, axis, scale=scale), ref.log_softmax(x, axis, scale=scale))
+
+
+ATTENTION_MASKS = [(2, 1, 1, 48), (48, 48), (2, 1, 48, 48), (2, 3, 48, 48), (), (48, 1), (1,)]
+
+
+@pytest.mark.parametrize("mask_shape", ATTENTION_MASKS)
+@pytest.mark.parametrize("axis", [-1, 2])
+def test_softmax_attention_mask(
+    rng: np.random.Generator, mask_shape: tuple[int, ...], axis: int
+) -> None:
+    # Q·Kᵀ scores [batch, heads, q, k] with an additive mask: 0 kept, -inf or -1e4 dropped.
+    x = randn(rng, 2, 3, 48, 48, scale=8.0)
+    mask = np.where(rng.random(mask_shape) < 0.3, NEG_INF, F32(0)).astype(F32)
+    mask_axis = axis if axis < 0 else axis - 4
+    # A mask constant along the softmax axis shifts whole rows: -inf there gives NaN rows (in
+    # both), but -1e4 would leave float32 t = x/8 - 1e4 a 1e-3 resolution in any float32
+    # engine, so large finite values go only into masks that vary along the axis.
+    if mask.ndim >= -mask_axis and mask.shape[mask_axis] > 1:
+        mask.reshape(-1)[::5] = -1e4
+        np.moveaxis(mask, mask_axis, 0)[0] = 0  # every softmax row keeps a position
+    scale = 1 / np.sqrt(64)
+    close_softmax(
+        ops.softmax(x, mask, axis=axis, scale=scale), ref.softmax(x, mask, axis=axis, scale=scale)
+    )
+    close_log_softmax(
+        ops.log_softmax(x, axis, mask=mask, scale=scale),
+        ref.log_softmax(x, axis, mask=mask, scale=scale),
+    )
+
+
+def test_softmax_masked_entries_are_exactly_zero(rng: np.random.Generator) -> None:
+    x = randn(rng, 6, 40)
+    mask = np.triu(np.full((6, 40), -np.inf, F32), k=1)  # causal-style mask
+    y = ops.softmax(x, mask)
+    assert np.all(y[mask == -np.inf] == 0)
+    close_softmax(y, ref.softmax(x, mask))
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_non_finite_rows_match_numpy(axis: int) -> None:
+    x = np.array(
+        [
+            [-np.inf, -np.inf, -np.inf, -np.inf],  # all -inf: NaN
+            [1.0, np.inf, 2.0, 3.0],  # +inf: NaN
+            [1.0, np.nan, 2.0, 3.0],  # NaN: NaN
+            [-np.inf, 1.0, -np.inf, 2.0],  # some -inf: 0 there
+            [1.0, 2.0, 3.0, 4.0],
+        ],
+        dtype=F32,
+    )
+    if axis == 0:
+        x = np.ascontiguousarray(x.T)
+    for fn in ("softmax", "log_softmax"):
+        out = getattr(ops, fn)(x, axis=axis)
+        expected = getattr(ref, fn)(x, axis=axis)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)  # NaN where numpy has NaN
+
+
+def test_softmax_large_threads_agree(rng: np.random.Generator) -> None:
+    x = randn(rng, 8192, 128, scale=3.0)  # 1M elements
+    mask = np.where(rng.random((8, 1, 128)) < 0.1, NEG_INF, F32(0)).astype(F32)
+    x4 = x.reshape(8, 8, 128, 128)
+    one = ops.softmax(x4, mask, scale=0.5, threads=1)
+    two = ops.softmax(x4, mask, scale=0.5, threads=2)
+    np.testing.assert_array_equal(one, two)
+    close_softmax(two, ref.softmax(x4, mask, scale=0.5))
+    one = ops.softmax(x, axis=0, threads=1)
+    np.testing.assert_array_equal(one, ops.softmax(x, axis=0, threads=2))
+    close_softmax(one, ref.softmax(x, axis=0))
+
+
+def test_softmax_long_row(rng: np.random.Generator) -> None:
+    x = randn(rng, 1, 1 << 20, scale=3.0)
+    close_softmax(ops.softmax(x), ref.softmax(x))
+    close_log_softmax(ops.log_softmax(x), ref.log_softmax(x))
+
+
+def test_softmax_noncontiguous(rng: np.random.Generator) -> None:
+    x = randn(rng, 40, 70).T[::2]  # (35, 40) view
+    mask = randn(rng, 80)[::2]  # strided (40,)
+    close_softmax(ops.softmax(x, mask), ref.softmax(x, mask))
+
+
+# ---- layer norm / rms norm -------------------------------------------------------------------
+
+NORM_CASES = [
+    ((1,), -1, (1,)),
+    ((7,), 0, (7,)),
+    ((13, 17), -1, (17,)),
+    ((13, 17), 0, (13, 17)),
+    ((2, 3, 5, 7), -1, (1, 7)),  # gamma with a leading 1
+    ((2, 3, 5, 7), 2, (5, 7)),
+    ((2, 3, 5, 7), -3, (1, 3, 5, 7)),
+    ((31, 384), -1, (384,)),
+    ((5, 1031), -1, (1031,)),
+]
+
+
+@pytest.mark.parametrize(("shape", "axis", "gshape"), NORM_CASES)
+def test_layer_norm(
+    rng: np.random.Generator, shape: tuple[int, ...], axis: int, gshape: tuple[int, ...]
+) -> None:
+    x, gamma, beta = randn(rng, *shape), randn(rng, *gshape), randn(rng, *gshape)
+    res = randn(rng, *shape)
+    close_norm(ops.layer_norm(x, gamma, beta, axis), ref.layer_norm(x, gamma, beta, axis))
+    close_norm(ops.layer_norm(x, gamma, axis=axis), ref.layer_norm(x, gamma, axis=axis))
+    close_norm(
+        ops.layer_norm(x, gamma, beta, axis, 1e-3, res),
+        ref.layer_norm(x, gamma, beta, axis, 1e-3, res),
+    )
+
+
+@pytest.mark.parametrize(("shape", "axis", "gshape"), NORM_CASES)
+def test_rms_norm(
+    rng: np.random.Generator, shape: tuple[int, ...], axis: int, gshape: tuple[int, ...]
+) -> None:
+    x, gamma = randn(rng, *shape), randn(rng, *gshape)
+    close_norm(ops.rms_norm(x, gamma, axis), ref.rms_norm(x, gamma, axis))
+    close_norm(ops.rms_norm(x, gamma, axis, 1e-2), ref.rms_norm(x, gamma, axis, 1e-2))
+
+
+def test_layer_norm_offset_rows_are_stable(rng: np.random.Generator) -> None:
+    # Two-pass statistics: a mean far from 0 does not cancel the variance away.
+    x = randn(rng, 64, 384) + F32(50)
+    gamma, beta = randn(rng, 384), randn(rng, 384)
+    close_norm(ops.layer_norm(x, gamma, beta), ref.layer_norm(x, gamma, beta))
+
+
+def test_norms_large_threads_agree(rng: np.random.Generator) -> None:
+    x, res = randn(rng, 4096, 384), randn(rng, 4096, 384)
+    gamma, beta = randn(rng, 384), randn(rng, 384)
+    one = ops.layer_norm(x, gamma, beta, residual=res, threads=1)
+    np.testing.assert_array_equal(one, ops.layer_norm(x, gamma, beta, residual=res, threads=2))
+    close_norm(one, ref.layer_norm(x, gamma, beta, residual=res))
+    one = ops.rms_norm(x, gamma, threads=1)
+    np.testing.assert_array_equal(one, ops.rms_norm(x, gamma, threads=2))
+    close_norm(one, ref.rms_norm(x, gamma))
+
+
+def test_norms_noncontiguous(rng: np.random.Generator) -> None:
+    x = randn(rng, 96, 50).T  # (50, 96), Fortran order
+    gamma = randn(rng, 192)[::2]
+    res = randn(rng, 50, 192)[:, ::2]
+    close_norm(ops.layer_norm(x, gamma, residual=res), ref.layer_norm(x, gamma, residual=res))
+    close_norm(ops.rms_norm(x, gamma), ref.rms_norm(x, gamma))
+
+
+# ---- batch norm --------------------------------------------------------------------------------
+
+
+def bn_params(rng: np.random.Generator, c: int) -> tuple[np.ndarray, ...]:
+    var = np.asarray(rng.uniform(0.1, 2.0, c), dtype=F32)
+    return randn(rng, c), randn(rng, c), randn(rng, c), var
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (2, 3, 11), (2, 16, 7, 9), (1, 3, 2, 5, 4)])
+def test_batch_norm(rng: np.random.Generator, shape: tuple[int, ...]) -> None:
+    x = randn(rng, *shape)
+    params = bn_params(rng, shape[1])
+    close_norm(ops.batch_norm(x, *params), ref.batch_norm(x, *params))
+    close_norm(ops.batch_norm(x, *params, 1e-3), ref.batch_norm(x, *params, 1e-3))
+
+
+def test_batch_norm_large_threads_agree(rng: np.random.Generator) -> None:
+    x = randn(rng, 4, 64, 56, 56)  # 800K elements
+    params = bn_params(rng, 64)
+    one = ops.batch_norm(x, *params, threads=1)
+    np.testing.assert_array_equal(one, ops.batch_norm(x, *params, threads=2))
+    close_norm(one, ref.batch_norm(x, *params))
+    xt = x.transpose(0, 1, 3, 2)  # non-contiguous
+    close_norm(ops.batch_norm(xt, *params), ref.batch_norm(xt, *params))
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+ONES = np.ones((4, 6), F32)
+C6 = np.ones(6, F32)
+Call = Callable[[], Any]
+
+
+@pytest.mark.parametrize(
+    ("op", "call"),
+    [
+        ("softmax", lambda: ops.softmax(np.ones((4, 6), np.int64))),
+        ("softmax", lambda: ops.softmax(ONES.astype(np.float64))),
+        ("softmax", lambda: ops.softmax(ONES, axis=2)),
+        ("softmax", lambda: ops.softmax(np.float32(1.0))),
+        ("softmax", lambda: ops.softmax(ONES, np.ones(4, F32))),
+        ("softmax", lambda: ops.softmax(ONES, np.ones((2, 4, 6), F32))),
+        ("softmax", lambda: ops.softmax(ONES, np.ones(6, np.int32))),
+        ("softmax", lambda: ops.softmax(ONES, scale=float("inf"))),
+        ("log_softmax", lambda: ops.log_softmax(ONES, -3)),
+        ("layer_norm", lambda: ops.layer_norm(ONES, np.ones(4, F32))),
+        ("layer_norm", lambda: ops.layer_norm(ONES, np.ones((6, 1), F32))),
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, np.ones(5, F32))),
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, epsilon=0.0)),
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, epsilon=-1e-5)),
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, epsilon=float("nan"))),
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, epsilon=1e-50)),
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, residual=np.ones((4, 1), F32))),
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, axis=5)),
+        ("layer_norm", lambda: ops.layer_norm(ONES.astype(np.int32), C6)),
+        ("rms_norm", lambda: ops.rms_norm(ONES, C6, epsilon=float("inf"))),
+        ("rms_norm", lambda: ops.rms_norm(ONES, C6.astype(np.float64))),
+        ("batch_norm", lambda: ops.batch_norm(C6, C6, C6, C6, C6)),
+        ("batch_norm", lambda: ops.batch_norm(ONES.T, C6, C6, C6, C6)),
+        ("batch_norm", lambda: ops.batch_norm(ONES, C6, C6, C6, C6, epsilon=0.0)),
+        ("batch_norm", lambda: ops.batch_norm(ONES, C6, C6, C6, np.ones(6, np.int64))),
+    ],
+)
+def test_errors(op: str, call: Call) -> None:
+    with pytest.raises(InvalidRequestError, match=rf"\[{op}\]"):
+        call()
+
+
+def test_batch_norm_training_mode_unsupported() -> None:
+    with pytest.raises(UnsupportedError, match=r"\[batch_norm\] training"):
+        require_core().run_op("batch_norm", [ONES, C6, C6, C6, C6], {"training_mode": 1}, 0)
