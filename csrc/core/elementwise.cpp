@@ -133,7 +133,9 @@ PHI_ALWAYS_INLINE float activate(float v, float lo, float hi) {
 
 // ---- unary -----------------------------------------------------------------------------------
 
-enum class UnOp : uint8_t { neg, abs, exp, log, sqrt, reciprocal, relu, gelu, gelu_tanh, tanh, sigmoid, erf, clip, leaky_relu };
+enum class UnOp : uint8_t {
+  neg, abs, exp, log, sqrt, reciprocal, relu, gelu, gelu_tanh, tanh, sigmoid, erf, clip, leaky_relu
+};
 
 struct UnaryParams {
   float lo = -std::numeric_limits<float>::infinity();
@@ -398,7 +400,8 @@ class BinaryKernel final : public Kernel {
     const std::string op = spec.name;
     const DType dt = in[0].dtype;
     bool ok = dt == DType::f32 || (spec.ints && (dt == DType::i64 || dt == DType::i32));
-    check(ok, op, std::string("inputs must be float32") + (spec.ints ? ", int64 or int32" : "") + ", got " + dtype_name(dt));
+    check(ok, op,
+          std::string("inputs must be float32") + (spec.ints ? ", int64 or int32" : "") + ", got " + dtype_name(dt));
     check(in[1].dtype == dt, op,
           std::string("inputs must have the same dtype, got ") + dtype_name(dt) + " and " + dtype_name(in[1].dtype));
     driver_ = RunDriver(plan_broadcast(op, {in[0].shape, in[1].shape}));
@@ -444,7 +447,9 @@ class BinaryKernel final : public Kernel {
     const T* a = in[0].ptr<const T>();
     const T* b = in[1].ptr<const T>();
     U* y = out[0].ptr<U>();
-    driver_.run(threads, [&](const auto& off, int64_t pos, const Runs& r) { fn(spec_.op, a + off[0], b + off[1], y + pos, r); });
+    driver_.run(threads, [&](const auto& off, int64_t pos, const Runs& r) {
+      fn(spec_.op, a + off[0], b + off[1], y + pos, r);
+    });
   }
 
   BinarySpec spec_;

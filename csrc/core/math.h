@@ -1,5 +1,5 @@
 // Branch-free float32 math that the compiler vectorises inside `#pragma omp simd` loops and
-// PHI_HOT functions (libm calls would block vectorisation). Accuracy is stated per function and
+// PHI_HOT functions (libm calls would block vectorisation). NaN propagates as in libm. Accuracy is stated per function and
 // checked against numpy in tests/native.
 #pragma once
 
@@ -20,8 +20,8 @@ inline float bits_to_float(int32_t i) {
 // subnormal, whose arithmetic costs ~100 cycles) and about 1.6e38 above, which no softmax, sigmoid
 // or tanh needs. Cephes expf polynomial after range reduction by ln 2.
 inline float exp(float x) {
-  x = x < 88.0f ? x : 88.0f;
-  x = x > -86.0f ? x : -86.0f;
+  x = x > 88.0f ? 88.0f : x;  // comparisons written so that NaN falls through unchanged
+  x = x < -86.0f ? -86.0f : x;
   // Round x / ln2 to nearest with the 1.5*2^23 trick (no rint call, so it vectorises on SSE2).
   float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - n * 0.693359375f;
@@ -38,8 +38,8 @@ inline float exp(float x) {
 
 // Inputs clamped to +-80 so neither the result nor any intermediate is subnormal.
 inline float sigmoid(float x) {
-  x = x < 80.0f ? x : 80.0f;
-  x = x > -80.0f ? x : -80.0f;
+  x = x > 80.0f ? 80.0f : x;
+  x = x < -80.0f ? -80.0f : x;
   return 1.0f / (1.0f + exp(-x));
 }
 
@@ -58,7 +58,7 @@ inline float tanh(float x) {
 // 1 in float32, so exp(-x^2) never goes subnormal.
 inline float erf(float x) {
   float ax = x < 0 ? -x : x;
-  ax = ax < 4.0f ? ax : 4.0f;
+  ax = ax > 4.0f ? 4.0f : ax;
   float t = 1.0f / (1.0f + 0.3275911f * ax);
   float p = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
   float y = 1.0f - p * exp(-ax * ax);
@@ -71,7 +71,7 @@ inline float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
-inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
+inline float relu(float x) { return x < 0.0f ? 0.0f : x; }  // NaN stays NaN, as in numpy
 
 // Activations a GEMM, conv or elementwise epilogue may fuse.
 enum class Act : uint8_t { none, relu, gelu, gelu_tanh, tanh, sigmoid, clip };

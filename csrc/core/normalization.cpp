@@ -32,7 +32,8 @@ PHI_ALWAYS_INLINE float usable_max(float m) { return std::isfinite(m) ? m : kNaN
 template <class F>
 PHI_ALWAYS_INLINE double block_sum(int64_t n, F term) {
   double total = 0.0;
-  for (int64_t b = 0; b < n; b += kSumBlock) total += lane_reduce<LaneOp::sum>(b, std::min(n, b + kSumBlock), 0.0f, term);
+  for (int64_t b = 0; b < n; b += kSumBlock)
+    total += lane_reduce<LaneOp::sum>(b, std::min(n, b + kSumBlock), 0.0f, term);
   return total;
 }
 
@@ -169,7 +170,8 @@ class SoftmaxKernel final : public Kernel {
       expect_float(op, mask, "mask");
       plan_ = plan_broadcast(op, {x.shape, mask.shape});
       check(plan_.out_shape == x.shape, op,
-            "mask of shape " + shape_str(mask.shape) + " does not broadcast to the input's shape " + shape_str(x.shape));
+            "mask of shape " + shape_str(mask.shape) + " does not broadcast to the input's shape " +
+                shape_str(x.shape));
       // Element strides of the mask over the input's dimensions (0 where it broadcasts).
       mask_strides_.assign(x.shape.size(), 0);
       int64_t stride = 1;
@@ -381,7 +383,8 @@ class BatchNormKernel final : public Kernel {
     for (int i = 1; i <= 4; ++i) {
       expect_float(op, in[i], names[i - 1]);
       check(in[i].shape == Shape{c_}, op,
-            std::string(names[i - 1]) + " must have shape (" + std::to_string(c_) + ",), got " + shape_str(in[i].shape));
+            std::string(names[i - 1]) + " must have shape (" + std::to_string(c_) + ",), got " +
+                shape_str(in[i].shape));
     }
     outputs_ = {x};
   }

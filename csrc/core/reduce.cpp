@@ -362,8 +362,9 @@ class ArgKernel final : public Kernel {
       int64_t bi = o * blocks;
       for (int64_t t = o * blocks + 1; t < (o + 1) * blocks; ++t) {
         if (idx[t] < 0) continue;
-        bool take = max_ ? (last_ ? replaces<true, true>(vals[t], vals[bi]) : replaces<true, false>(vals[t], vals[bi]))
-                         : (last_ ? replaces<false, true>(vals[t], vals[bi]) : replaces<false, false>(vals[t], vals[bi]));
+        const float v = vals[t], b = vals[bi];
+        const bool take = max_ ? (last_ ? replaces<true, true>(v, b) : replaces<true, false>(v, b))
+                               : (last_ ? replaces<false, true>(v, b) : replaces<false, false>(v, b));
         if (take) bi = t;
       }
       y[o] = idx[bi];

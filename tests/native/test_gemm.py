@@ -64,6 +64,15 @@ def test_gemm_scalar_bias_and_noncontiguous(rng: np.random.Generator) -> None:
     assert_close_gemm(ops.gemm(a, b, bias), ref.gemm(a, b, bias), 30)
 
 
+@pytest.mark.parametrize("act", ACTS)
+def test_gemm_epilogue_propagates_nan(rng: np.random.Generator, act: str) -> None:
+    a, b = randn(rng, 4, 8), randn(rng, 8, 5)
+    a[1, 3] = np.nan  # row 1 of the output is NaN before the activation
+    out = ops.gemm(a, b, None, act, clip_min=-1.0, clip_max=1.0)
+    assert np.isnan(out[1]).all()
+    assert np.isfinite(np.delete(out, 1, axis=0)).all()
+
+
 def test_gemm_k_zero_gives_epilogue_of_zero(rng: np.random.Generator) -> None:
     bias = randn(rng, 5)
     out = ops.gemm(np.empty((3, 0), np.float32), np.empty((0, 5), np.float32), bias, "relu")
