@@ -11,13 +11,13 @@
 #include <variant>
 #include <vector>
 
-// Hot loops are compiled twice on x86-64 (AVX2+FMA and baseline) and the loader picks the clone
-// the CPU supports (GCC/Clang function multi-versioning via ifunc), so one binary is fast on a
-// modern CPU and never executes an illegal instruction on an old one. `flatten` inlines every
+// Hot loops are compiled three times on x86-64 (AVX-512, AVX2+FMA, baseline) and the loader
+// picks the clone the CPU supports (GCC/Clang function multi-versioning via ifunc), so one binary
+// is fast on a modern CPU and never executes an illegal instruction on an old one. `flatten` inlines every
 // call in the body (templates and math helpers included) so that all of it is compiled for the
 // clone's ISA; a callee left out of line would be built for the baseline only.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
-#define PHI_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
+#define PHI_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 #else
 #define PHI_HOT
 #endif
