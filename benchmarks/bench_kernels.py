@@ -70,6 +70,25 @@ def bench_mlp(m: int, k: int, n: int, threads: int, rng: np.random.Generator) ->
     ]
 
 
+def bench_alternation(size: int, threads: int, rng: np.random.Generator) -> list[object]:
+    """Each library alone, then calls alternating: a second BLAS pool spinning beside ours would
+    show up as a slowdown of the alternating medians over the lone ones."""
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    (ours_alone,) = interleaved_medians([lambda: ops.gemm(a, b, threads=threads)])
+    (numpy_alone,) = interleaved_medians([lambda: a @ b])
+    ours_alt, numpy_alt = interleaved_medians(
+        [lambda: ops.gemm(a, b, threads=threads), lambda: a @ b]
+    )
+    return [
+        f"{size}³",
+        f"{ours_alone * 1e6:.0f} / {ours_alt * 1e6:.0f} µs",
+        f"{numpy_alone * 1e6:.0f} / {numpy_alt * 1e6:.0f} µs",
+        f"{ours_alone / ours_alt:.2f}",
+        f"{numpy_alone / numpy_alt:.2f}",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -92,6 +111,7 @@ def main() -> None:
             for row in rows:
                 row.insert(3, f"{float(row[1]) / peak:.0%}")
             mlp = [bench_mlp(m, 384, 1536, threads, rng) for m in (1, 8, 32)]
+            alternation = [bench_alternation(s, threads, rng) for s in (256, 1024)]
         out += [f"**{threads} thread(s)** — measured FMA peak {peak:.1f} GFLOP/s", ""]
         out += [
             markdown_table(
@@ -103,6 +123,14 @@ def main() -> None:
             markdown_table(["fused layer", "phi (fused)", "numpy (unfused)", "speed-up"], mlp),
             "",
         ]
+        header = [
+            "GEMM",
+            "phi alone / alternating",
+            "numpy alone / alternating",
+            "phi kept",
+            "numpy kept",
+        ]
+        out += [markdown_table(header, alternation), ""]
     text = "\n".join(out)
     print(text)
     if args.write:
