@@ -104,7 +104,9 @@ def main() -> None:
         "",
     ]
     for threads in args.threads:
-        with threadpool_limits(threads):  # numpy's BLAS gets the same thread count as ours
+        # numpy's BLAS gets the same thread count as ours (ours ignores threadpoolctl: its BLAS
+        # always runs single-threaded inside the core's own pool).
+        with threadpool_limits(threads):
             peak = core.measure_fma_peak(threads, 0.5)
             rows = [bench_gemm(s, s, s, threads, rng) for s in SQUARE]
             rows += [bench_gemm(m, k, n, threads, rng) for m, k, n in SKINNY]

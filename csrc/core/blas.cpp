@@ -1,7 +1,6 @@
 #include "core/blas.h"
 
 #include <climits>
-#include <mutex>
 
 #include <cblas.h>
 
@@ -11,10 +10,11 @@ namespace phi {
 
 namespace {
 // OpenBLAS keeps its own pthread pool; we never want it (two pools alternating on the same cores
-// halve throughput), so its thread count is pinned to 1 before the first call.
+// halve throughput), so its thread count is pinned to 1. Checked before every call, because
+// threadpoolctl (which scikit-learn and others call) resets every BLAS in the process, ours too,
+// and each tile would then start OpenBLAS threads of its own on top of our pool.
 void ensure_single_threaded() {
-  static std::once_flag once;
-  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
 }
 
 int blas_int(int64_t v) {
