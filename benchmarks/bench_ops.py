@@ -39,7 +39,7 @@ def layer_norm_numpy(x: np.ndarray, res: np.ndarray, g: np.ndarray, b: np.ndarra
 
 
 def gelu_tanh_numpy(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
 
 
 def bandwidth_row(
