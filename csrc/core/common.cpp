@@ -1,5 +1,7 @@
 #include "core/common.h"
 
+#include <algorithm>
+#include <cmath>
 #include <sstream>
 
 namespace phi {
@@ -46,6 +48,31 @@ int64_t numel(const Shape& shape) {
   return n;
 }
 
+int64_t checked_numel(const std::string& op, const Shape& shape, size_t elem_size, const char* what, int index) {
+  auto name = [&] {
+    std::string s = what;
+    if (index >= 0) s.append(" ").append(std::to_string(index));
+    return s;
+  };
+  bool empty = false;
+  for (int64_t d : shape) {
+    PHI_CHECK(d >= 0, op, name() + " has a negative dimension in shape " + shape_str(shape));
+    empty = empty || d == 0;
+  }
+  if (empty) return 0;
+  // Dividing the budget down never overflows, unlike multiplying the dimensions up.
+  const int64_t limit = kMaxTensorBytes / static_cast<int64_t>(std::max<size_t>(elem_size, 1));
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d > limit / n)
+      throw Error(ErrorCode::resource, op,
+                  name() + " of shape " + shape_str(shape) + " would span more than " +
+                      std::to_string(kMaxTensorBytes) + " bytes, the most one tensor may");
+    n *= d;
+  }
+  return n;
+}
+
 namespace {
 template <typename T>
 const T* lookup(const std::map<std::string, AttrValue>& values, const std::string& op, const std::string& name,
@@ -68,6 +95,14 @@ double Attrs::get_float(const std::string& op, const std::string& name, double f
   if (const double* d = std::get_if<double>(&it->second)) return *d;
   if (const int64_t* i = std::get_if<int64_t>(&it->second)) return static_cast<double>(*i);
   fail(op, "attribute '" + name + "' must be a number");
+}
+
+float Attrs::get_f32(const std::string& op, const std::string& name, float fallback) const {
+  if (!has(name)) return fallback;
+  const double d = get_float(op, name, 0.0);
+  const float f = static_cast<float>(d);
+  PHI_CHECK(std::isfinite(f), op, "attribute '" + name + "' must be finite in float32, got " + std::to_string(d));
+  return f;
 }
 
 std::string Attrs::get_string(const std::string& op, const std::string& name, const std::string& fallback) const {

@@ -28,6 +28,14 @@
 #define PHI_RESTRICT
 #endif
 
+// Forces the inline loop templates into the PHI_HOT function that calls them, so each loop is
+// compiled inside that function's clones rather than once for the baseline ISA.
+#if defined(__GNUC__) || defined(__clang__)
+#define PHI_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define PHI_ALWAYS_INLINE inline
+#endif
+
 namespace phi {
 
 enum class DType : uint8_t { f32, f16, bf16, f64, i8, u8, i32, i64, boolean, undefined };
@@ -77,6 +85,16 @@ using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);
 int64_t numel(const Shape& shape);
 
+// The most bytes one tensor may span: beyond any memory a machine has, and small enough that
+// kernels may add and multiply sizes and offsets below it without overflowing int64.
+constexpr int64_t kMaxTensorBytes = int64_t{1} << 48;
+
+// The element count of `shape`, failing naming `op` when a dimension is negative or a tensor of
+// that shape and element size would span more than kMaxTensorBytes. Shapes declared by a caller
+// (infer, plans) or computed from attributes pass through it before anything is sized from them.
+// The message names `what` (and `index`, when >= 0), formatted only on failure.
+int64_t checked_numel(const std::string& op, const Shape& shape, size_t elem_size, const char* what, int index = -1);
+
 // Shape and dtype of a value, without data.
 struct TensorDesc {
   DType dtype = DType::undefined;
@@ -118,6 +136,10 @@ class Attrs {
 
   int64_t get_int(const std::string& op, const std::string& name, int64_t fallback) const;
   double get_float(const std::string& op, const std::string& name, double fallback) const;
+  // A number a float32 kernel uses as is (a bound, a slope, a scale): it must be finite once
+  // rounded to float32, since 1e39 passes as a finite double and becomes inf. The fallback,
+  // used when the attribute is absent, is returned unchecked (an unbounded clip uses inf).
+  float get_f32(const std::string& op, const std::string& name, float fallback) const;
   std::string get_string(const std::string& op, const std::string& name, const std::string& fallback) const;
   std::vector<int64_t> get_ints(const std::string& op, const std::string& name,
                                 const std::vector<int64_t>& fallback) const;

@@ -79,26 +79,10 @@ PHI_HOT void depthwise_plane(const float* PHI_RESTRICT x, const float* PHI_RESTR
   for (int64_t oh = 0; oh < g.oh; ++oh) {
     float* o = out + oh * g.ow;
     std::fill(o, o + g.ow, 0.0f);
-    for (int64_t i = 0; i < g.kh; ++i) {
-      int64_t ih = oh * g.sh - g.pt + i * g.dh;
-      if (ih < 0 || ih >= g.h) continue;
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const Span sp = spans[j];
-        if (sp.lo == sp.hi) continue;
-        const float wv = w[i * g.kw + j];
-        const float* src = x + ih * g.w + sp.lo * g.sw + j * g.dw - g.pl;
-        float* d = o + sp.lo;
-        const int64_t n = sp.hi - sp.lo;
-        if (g.sw == 1) {
-#pragma omp simd
-          for (int64_t t = 0; t < n; ++t) d[t] += wv * src[t];
-        } else {
-          const int64_t s = g.sw;
-#pragma omp simd
-          for (int64_t t = 0; t < n; ++t) d[t] += wv * src[t * s];
-        }
-      }
-    }
+    for_each_tap(x, g, spans, oh, o, [&](int64_t i, int64_t j, const float* src, float* d, int64_t n) {
+      const float wv = w[i * g.kw + j];
+      join_row(d, src, n, g.sw, [wv](float acc, float v) { return acc + wv * v; });
+    });
   }
 }
 
@@ -123,29 +107,32 @@ class Conv2dKernel final : public Kernel {
     g_.kw = w.shape[3];
     groups_ = attrs.get_int(op, "groups", 1);
     check(groups_ >= 1, op, "groups must be positive");
-    check(c_ % groups_ == 0 && m_ % groups_ == 0, op,
-          "input channels (" + std::to_string(c_) + ") and output channels (" + std::to_string(m_) +
-              ") must both be divisible by groups (" + std::to_string(groups_) + ")");
-    check(w.shape[1] * groups_ == c_, op,
-          "w has " + std::to_string(w.shape[1]) + " input channels per group, but x has " + std::to_string(c_) +
-              " channels in " + std::to_string(groups_) + " group(s)");
+    PHI_CHECK(c_ % groups_ == 0 && m_ % groups_ == 0, op,
+              "input channels (" + std::to_string(c_) + ") and output channels (" + std::to_string(m_) +
+                  ") must both be divisible by groups (" + std::to_string(groups_) + ")");
+    PHI_CHECK(w.shape[1] * groups_ == c_, op,
+              "w has " + std::to_string(w.shape[1]) + " input channels per group, but x has " + std::to_string(c_) +
+                  " channels in " + std::to_string(groups_) + " group(s)");
     if (attrs.has("kernel_shape"))
-      check(attrs.get_ints(op, "kernel_shape", {}) == Shape{g_.kh, g_.kw}, op,
-            "kernel_shape does not match w's shape " + shape_str(w.shape));
+      PHI_CHECK(attrs.get_ints(op, "kernel_shape", {}) == (Shape{g_.kh, g_.kw}), op,
+                "kernel_shape does not match w's shape " + shape_str(w.shape));
     parse_window(op, attrs, g_);
     g_.oh = window_out_size(g_.h, g_.extent_h(), g_.sh, g_.pt, g_.pb, false);
     g_.ow = window_out_size(g_.w, g_.extent_w(), g_.sw, g_.pl, g_.pr, false);
-    check(g_.oh > 0 && g_.ow > 0, op,
-          "the dilated kernel (" + std::to_string(g_.extent_h()) + "x" + std::to_string(g_.extent_w()) +
-              ") is larger than the padded input " + shape_str(x.shape));
-    Shape out{n_, m_, g_.oh, g_.ow};
+    PHI_CHECK(g_.oh > 0 && g_.ow > 0, op,
+              "the dilated kernel (" + std::to_string(g_.extent_h()) + "x" + std::to_string(g_.extent_w()) +
+                  ") is larger than the padded input " + shape_str(x.shape));
+    const Shape out{n_, m_, g_.oh, g_.ow};
+    checked_numel(op, out, sizeof(float), "output");  // before the work split is sized from it
     if (in[2].present()) {
       expect_float(op, in[2], "bias");
-      check(in[2].shape == Shape{m_}, op, "bias must have shape (" + std::to_string(m_) + ",), got " + shape_str(in[2].shape));
+      PHI_CHECK(in[2].shape == Shape{m_}, op,
+                "bias must have shape (" + std::to_string(m_) + ",), got " + shape_str(in[2].shape));
     }
     if (in[3].present()) {
       expect_float(op, in[3], "residual");
-      check(in[3].shape == out, op, "residual must have the output shape " + shape_str(out) + ", got " + shape_str(in[3].shape));
+      PHI_CHECK(in[3].shape == out, op,
+                "residual must have the output shape " + shape_str(out) + ", got " + shape_str(in[3].shape));
     }
     parse_activation(op, attrs, ep_);
     ep_.bias_per_row = true;  // one bias per output channel = per row of each GEMM

@@ -39,7 +39,8 @@ BroadcastPlan plan_broadcast(const std::string& op, const std::vector<Shape>& sh
     padded.push_back(std::move(ps));
   }
   p.out_shape = out;
-  p.total = numel(out);
+  // Each operand is within bounds, but (N, 1) against (1, N) squares the size: check the product.
+  p.total = checked_numel(op, out, 1, "the broadcast result");
   for (size_t i = 0; i < rank; ++i) {
     if (out[i] == 1) continue;
     std::array<int64_t, kMaxBroadcastOperands> stride{};
@@ -174,11 +175,11 @@ class UnaryKernel final : public Kernel {
   UnaryKernel(const std::string& op, UnOp kind, const std::vector<TensorDesc>& in, const Attrs& attrs) : op_(kind) {
     expect_float(op, in[0], "input");
     if (kind == UnOp::clip) {
-      prm_.lo = static_cast<float>(attrs.get_float(op, "min", -INFINITY));
-      prm_.hi = static_cast<float>(attrs.get_float(op, "max", INFINITY));
+      prm_.lo = attrs.get_f32(op, "min", -INFINITY);
+      prm_.hi = attrs.get_f32(op, "max", INFINITY);
       check(prm_.lo <= prm_.hi, op, "min must not exceed max");
     }
-    if (kind == UnOp::leaky_relu) prm_.alpha = static_cast<float>(attrs.get_float(op, "alpha", 0.01));
+    if (kind == UnOp::leaky_relu) prm_.alpha = attrs.get_f32(op, "alpha", 0.01f);
     outputs_ = {in[0]};
   }
 
@@ -400,10 +401,10 @@ class BinaryKernel final : public Kernel {
     const std::string op = spec.name;
     const DType dt = in[0].dtype;
     bool ok = dt == DType::f32 || (spec.ints && (dt == DType::i64 || dt == DType::i32));
-    check(ok, op,
-          std::string("inputs must be float32") + (spec.ints ? ", int64 or int32" : "") + ", got " + dtype_name(dt));
-    check(in[1].dtype == dt, op,
-          std::string("inputs must have the same dtype, got ") + dtype_name(dt) + " and " + dtype_name(in[1].dtype));
+    PHI_CHECK(ok, op,
+              std::string("inputs must be float32") + (spec.ints ? ", int64 or int32" : "") + ", got " + dtype_name(dt));
+    PHI_CHECK(in[1].dtype == dt, op,
+              std::string("inputs must have the same dtype, got ") + dtype_name(dt) + " and " + dtype_name(in[1].dtype));
     driver_ = RunDriver(plan_broadcast(op, {in[0].shape, in[1].shape}));
     parse_activation(op, attrs, ep_);
     if (ep_.act != math::Act::none) {
@@ -504,10 +505,10 @@ class WhereKernel final : public Kernel {
     const std::string op = "where";
     expect_dtype(op, in[0], DType::boolean, "condition");
     const DType dt = in[1].dtype;
-    check(dt == DType::f32 || dt == DType::i64 || dt == DType::i32 || dt == DType::boolean, op,
-          std::string("x must be float32, int64, int32 or bool, got ") + dtype_name(dt));
-    check(in[2].dtype == dt, op,
-          std::string("x and y must have the same dtype, got ") + dtype_name(dt) + " and " + dtype_name(in[2].dtype));
+    PHI_CHECK(dt == DType::f32 || dt == DType::i64 || dt == DType::i32 || dt == DType::boolean, op,
+              std::string("x must be float32, int64, int32 or bool, got ") + dtype_name(dt));
+    PHI_CHECK(in[2].dtype == dt, op,
+              std::string("x and y must have the same dtype, got ") + dtype_name(dt) + " and " + dtype_name(in[2].dtype));
     driver_ = RunDriver(plan_broadcast(op, {in[0].shape, in[1].shape, in[2].shape}));
     outputs_ = {TensorDesc{dt, driver_.plan().out_shape}};
   }

@@ -18,14 +18,6 @@
 
 #include "core/common.h"
 
-// Forces the inline loop templates into the PHI_HOT function that calls them, so each loop is
-// compiled inside that function's AVX2 clone rather than once for the baseline ISA.
-#if defined(__GNUC__) || defined(__clang__)
-#define PHI_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define PHI_ALWAYS_INLINE inline
-#endif
-
 namespace phi {
 
 constexpr int kMaxBroadcastOperands = 3;

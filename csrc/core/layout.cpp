@@ -236,13 +236,13 @@ class TransposeKernel final : public Kernel {
     Shape perm(static_cast<size_t>(r));
     std::iota(perm.rbegin(), perm.rend(), 0);
     if (attrs.has("perm")) perm = attrs.get_ints(op, "perm", perm);
-    check(static_cast<int64_t>(perm.size()) == r, op,
-          "perm must have " + std::to_string(r) + " axes for a tensor of shape " + shape_str(x.shape) + ", got " +
-              std::to_string(perm.size()));
+    PHI_CHECK(static_cast<int64_t>(perm.size()) == r, op,
+              "perm must have " + std::to_string(r) + " axes for a tensor of shape " + shape_str(x.shape) + ", got " +
+                  std::to_string(perm.size()));
     std::vector<bool> seen(static_cast<size_t>(r), false);
     for (auto& p : perm) {
       p = normalize_axis(op, p, r);
-      check(!seen[p], op, "perm repeats axis " + std::to_string(p));
+      PHI_CHECK(!seen[p], op, "perm repeats axis " + std::to_string(p));
       seen[p] = true;
     }
     Shape src_strides = dense_strides(x.shape), out(static_cast<size_t>(r));
@@ -292,11 +292,10 @@ class SliceKernel final : public Kernel {
     std::vector<bool> seen(static_cast<size_t>(r), false);
     for (size_t i = 0; i < k; ++i) {
       int64_t a = normalize_axis(op, axes[i], r);
-      check(!seen[a], op, "axis " + std::to_string(a) + " is repeated");
+      PHI_CHECK(!seen[a], op, "axis " + std::to_string(a) + " is repeated");
       seen[a] = true;
-      check(steps[i] != 0, op, "steps must be non-zero");
-      resolve(x.shape[a], starts[i], ends[i], steps[i], start[a], out[a]);
-      step[a] = steps[i];
+      PHI_CHECK(steps[i] != 0, op, "steps must be non-zero");
+      step[a] = resolve(x.shape[a], starts[i], ends[i], steps[i], start[a], out[a]);
     }
     Shape src_strides = dense_strides(x.shape);
     copy_.es = dtype_size(x.dtype);
@@ -314,20 +313,25 @@ class SliceKernel final : public Kernel {
   }
 
  private:
-  // The ONNX Slice clamping rules for one axis of length dim.
-  static void resolve(int64_t dim, int64_t s, int64_t e, int64_t step, int64_t& start, int64_t& len) {
+  // The ONNX Slice clamping rules for one axis of length dim; returns the step to walk it with.
+  // A step longer than the axis takes at most one element, so it is clamped to the axis length:
+  // the same slice, and `step * stride` and `-step` can no longer overflow (INT64_MIN has no negation).
+  static int64_t resolve(int64_t dim, int64_t s, int64_t e, int64_t step, int64_t& start, int64_t& len) {
+    const int64_t span = std::max<int64_t>(dim, 1);
+    step = std::clamp<int64_t>(step, -span, span);
     if (s < 0) s += dim;
     if (e < 0) e += dim;
     if (step > 0) {
       s = std::clamp<int64_t>(s, 0, dim);
       e = std::clamp<int64_t>(e, 0, dim);
-      len = e > s ? (e - s + step - 1) / step : 0;
+      len = e > s ? (e - s - 1) / step + 1 : 0;
     } else {
       s = std::clamp<int64_t>(s, 0, std::max<int64_t>(dim - 1, 0));
       e = std::clamp<int64_t>(e, -1, std::max<int64_t>(dim - 1, -1));
-      len = (dim > 0 && s > e) ? (s - e + (-step) - 1) / (-step) : 0;
+      len = (dim > 0 && s > e) ? (s - e - 1) / -step + 1 : 0;
     }
     start = len > 0 ? s : 0;
+    return step;
   }
 
   StridedCopy copy_;
@@ -344,8 +348,8 @@ class GatherKernel final : public Kernel {
     const TensorDesc& data = in[0];
     const TensorDesc& idx = in[1];
     check(data.ndim() >= 1, op, "data must have rank >= 1");
-    check(idx.dtype == DType::i32 || idx.dtype == DType::i64, op,
-          std::string("indices must be int32 or int64, got ") + dtype_name(idx.dtype));
+    PHI_CHECK(idx.dtype == DType::i32 || idx.dtype == DType::i64, op,
+              std::string("indices must be int32 or int64, got ") + dtype_name(idx.dtype));
     axis_ = normalize_axis(op, attrs.get_int(op, "axis", 0), data.ndim());
     Shape out(data.shape.begin(), data.shape.begin() + axis_);
     out.insert(out.end(), idx.shape.begin(), idx.shape.end());
@@ -415,14 +419,14 @@ class ConcatKernel final : public Kernel {
     offsets_.push_back(0);
     for (size_t i = 0; i < in.size(); ++i) {
       const TensorDesc& t = in[i];
-      check(t.present(), op, "input " + std::to_string(i) + " is missing");
-      check(t.dtype == first.dtype, op,
-            "input " + std::to_string(i) + " is " + dtype_name(t.dtype) + " but input 0 is " + dtype_name(first.dtype));
+      PHI_CHECK(t.present(), op, "input " + std::to_string(i) + " is missing");
+      PHI_CHECK(t.dtype == first.dtype, op,
+                "input " + std::to_string(i) + " is " + dtype_name(t.dtype) + " but input 0 is " + dtype_name(first.dtype));
       bool same = t.ndim() == r;
       for (int64_t d = 0; same && d < r; ++d) same = d == axis || t.shape[d] == first.shape[d];
-      check(same, op,
-            "input " + std::to_string(i) + " has shape " + shape_str(t.shape) + ", which differs from input 0 " +
-                shape_str(first.shape) + " outside axis " + std::to_string(axis));
+      PHI_CHECK(same, op,
+                "input " + std::to_string(i) + " has shape " + shape_str(t.shape) + ", which differs from input 0 " +
+                    shape_str(first.shape) + " outside axis " + std::to_string(axis));
       out[axis] += t.shape[axis];
       row_bytes_.push_back(t.shape[axis] * inner);
       offsets_.push_back(offsets_.back() + row_bytes_.back());

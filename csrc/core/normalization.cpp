@@ -160,8 +160,7 @@ class SoftmaxKernel final : public Kernel {
     expect_float(op, x, "input");
     check(x.ndim() >= 1, op, "input must have rank >= 1");
     axis_ = normalize_axis(op, attrs.get_int(op, "axis", -1), x.ndim());
-    scale_ = static_cast<float>(attrs.get_float(op, "scale", 1.0));
-    check(std::isfinite(scale_), op, "scale must be finite");
+    scale_ = attrs.get_f32(op, "scale", 1.0f);
     n_ = x.shape[axis_];
     outer_ = numel(Shape(x.shape.begin(), x.shape.begin() + axis_));
     inner_ = numel(Shape(x.shape.begin() + axis_ + 1, x.shape.end()));
@@ -169,9 +168,9 @@ class SoftmaxKernel final : public Kernel {
       const TensorDesc& mask = in[1];
       expect_float(op, mask, "mask");
       plan_ = plan_broadcast(op, {x.shape, mask.shape});
-      check(plan_.out_shape == x.shape, op,
-            "mask of shape " + shape_str(mask.shape) + " does not broadcast to the input's shape " +
-                shape_str(x.shape));
+      PHI_CHECK(plan_.out_shape == x.shape, op,
+                "mask of shape " + shape_str(mask.shape) + " does not broadcast to the input's shape " +
+                    shape_str(x.shape));
       // Element strides of the mask over the input's dimensions (0 where it broadcasts).
       mask_strides_.assign(x.shape.size(), 0);
       int64_t stride = 1;
@@ -257,11 +256,14 @@ class SoftmaxKernel final : public Kernel {
 // Two-pass statistics over the cached row: the mean of x - x[0] (so a large common offset does
 // not eat the float32 mantissa), then the mean squared deviation. One-pass E[x²] - E[x]² cancels
 // catastrophically when |mean| >> std.
-PHI_HOT void layer_norm_row(const float* PHI_RESTRICT x, const float* PHI_RESTRICT res, const float* PHI_RESTRICT g,
+PHI_HOT void layer_norm_row(const float* PHI_RESTRICT x_in, const float* PHI_RESTRICT res, const float* PHI_RESTRICT g,
                             const float* PHI_RESTRICT b, float* PHI_RESTRICT y, int64_t n, float eps) {
+  // With a residual, h = x + res is staged in y and read back from there; `x` is then based on y,
+  // so reads through it and writes through y do not break the restrict promise made for x_in.
+  const float* x = x_in;
   if (res) {
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) y[j] = x[j] + res[j];
+    for (int64_t j = 0; j < n; ++j) y[j] = x_in[j] + res[j];
     x = y;
   }
   const float shift = x[0];
@@ -289,11 +291,10 @@ PHI_HOT void rms_norm_row(const float* PHI_RESTRICT x, const float* PHI_RESTRICT
   for (int64_t j = 0; j < n; ++j) y[j] = x[j] * rstd * g[j];
 }
 
-float read_epsilon(const std::string& op, const Attrs& attrs, double fallback) {
-  double eps = attrs.get_float(op, "epsilon", fallback);
-  check(std::isfinite(eps) && eps > 0.0 && static_cast<float>(eps) > 0.0f, op,
-        "epsilon must be finite and > 0 in float32, got " + std::to_string(eps));
-  return static_cast<float>(eps);
+float read_epsilon(const std::string& op, const Attrs& attrs, float fallback) {
+  const float eps = attrs.get_f32(op, "epsilon", fallback);
+  PHI_CHECK(eps > 0.0f, op, "epsilon must be > 0 in float32, got " + std::to_string(attrs.get_float(op, "epsilon", 0.0)));
+  return eps;
 }
 
 // gamma / beta cover the normalised dimensions x.shape[axis:]: equal to them up to leading 1s.
@@ -303,7 +304,7 @@ void expect_norm_param(const std::string& op, const TensorDesc& p, const Shape& 
   while (!s.empty() && s.front() == 1 && s.size() > norm.size()) s.erase(s.begin());
   Shape want = norm;
   while (want.size() > s.size() && want.front() == 1) want.erase(want.begin());
-  check(s == want, op, what + " must have the normalised shape " + shape_str(norm) + ", got " + shape_str(p.shape));
+  PHI_CHECK(s == want, op, what + " must have the normalised shape " + shape_str(norm) + ", got " + shape_str(p.shape));
 }
 
 // ONNX LayerNormalization (normalise over x.shape[axis:]) and RMSNormalization, with layer norm's
@@ -316,7 +317,7 @@ class RowNormKernel final : public Kernel {
     expect_float(op, x, "input");
     check(x.ndim() >= 1, op, "input must have rank >= 1");
     int64_t axis = normalize_axis(op, attrs.get_int(op, "axis", -1), x.ndim());
-    eps_ = read_epsilon(op, attrs, rms ? 1e-6 : 1e-5);
+    eps_ = read_epsilon(op, attrs, rms ? 1e-6f : 1e-5f);
     Shape norm(x.shape.begin() + axis, x.shape.end());
     d_ = numel(norm);
     rows_ = numel(Shape(x.shape.begin(), x.shape.begin() + axis));
@@ -324,8 +325,8 @@ class RowNormKernel final : public Kernel {
     if (!rms && in[2].present()) expect_norm_param(op, in[2], norm, "beta");
     if (!rms && in[3].present()) {
       expect_float(op, in[3], "residual");
-      check(in[3].shape == x.shape, op,
-            "residual must have the input's shape " + shape_str(x.shape) + ", got " + shape_str(in[3].shape));
+      PHI_CHECK(in[3].shape == x.shape, op,
+                "residual must have the input's shape " + shape_str(x.shape) + ", got " + shape_str(in[3].shape));
     }
     outputs_ = {x};
   }
@@ -372,19 +373,19 @@ class BatchNormKernel final : public Kernel {
     const std::string op = "batch_norm";
     const TensorDesc& x = in[0];
     expect_float(op, x, "input");
-    check(x.ndim() >= 2, op, "input must have rank >= 2 (N, C, ...), got shape " + shape_str(x.shape));
+    PHI_CHECK(x.ndim() >= 2, op, "input must have rank >= 2 (N, C, ...), got shape " + shape_str(x.shape));
     if (attrs.get_int(op, "training_mode", 0) != 0)
       throw Error(ErrorCode::unsupported, op, "training mode is not supported (inference only)");
-    eps_ = read_epsilon(op, attrs, 1e-5);
+    eps_ = read_epsilon(op, attrs, 1e-5f);
     c_ = x.shape[1];
     spatial_ = numel(Shape(x.shape.begin() + 2, x.shape.end()));
     planes_ = x.shape[0] * c_;
     const char* names[] = {"scale", "bias", "mean", "var"};
     for (int i = 1; i <= 4; ++i) {
       expect_float(op, in[i], names[i - 1]);
-      check(in[i].shape == Shape{c_}, op,
-            std::string(names[i - 1]) + " must have shape (" + std::to_string(c_) + ",), got " +
-                shape_str(in[i].shape));
+      PHI_CHECK(in[i].shape == Shape{c_}, op,
+                std::string(names[i - 1]) + " must have shape (" + std::to_string(c_) + ",), got " +
+                    shape_str(in[i].shape));
     }
     outputs_ = {x};
   }

@@ -56,10 +56,17 @@ std::unique_ptr<Kernel> make_kernel(const std::string& name, const std::vector<T
   }
   for (int i = 0; i < std::min(n, min_in); ++i)
     PHI_CHECK(inputs[i].present(), name, "input " + std::to_string(i) + " is required");
+  // Shapes from numpy arrays are always sane, but declared ones (infer, plans) may not be; every
+  // factory may then multiply dimensions freely.
+  for (int i = 0; i < n; ++i)
+    if (inputs[i].present()) checked_numel(name, inputs[i].shape, dtype_size(inputs[i].dtype), "input", i);
   std::vector<TensorDesc> padded = inputs;
   if (max_in >= 0) padded.resize(static_cast<size_t>(max_in));
   auto kernel = make(padded, attrs);
   kernel->arity_ = padded.size();
+  // Outputs sized from attributes (reshape, pads) get the same check before anyone allocates them.
+  for (size_t i = 0; i < kernel->outputs_.size(); ++i)
+    checked_numel(name, kernel->outputs_[i].shape, dtype_size(kernel->outputs_[i].dtype), "output", static_cast<int>(i));
   return kernel;
 }
 

@@ -12,6 +12,10 @@ namespace {
 
 const std::string kPlan = "plan";
 constexpr size_t kNoWorkspace = std::numeric_limits<size_t>::max();
+// An arena may hold several values of up to kMaxTensorBytes each; offsets below this never overflow.
+constexpr size_t kMaxArenaBytes = size_t{1} << 56;
+
+[[noreturn]] void too_big(const std::string& message) { throw Error(ErrorCode::resource, kPlan, message); }
 
 size_t align_up(size_t bytes) { return (bytes + kPlanAlignment - 1) / kPlanAlignment * kPlanAlignment; }
 
@@ -133,9 +137,9 @@ void Plan::check_building(const char* what) const {
 }
 
 int Plan::check_slot(int value, const std::string& what) const {
-  check(value >= 0 && static_cast<size_t>(value) < values_.size(), kPlan,
-        what + " refers to slot " + std::to_string(value) + ", but the plan has " + std::to_string(values_.size()) +
-            " values");
+  PHI_CHECK(value >= 0 && static_cast<size_t>(value) < values_.size(), kPlan,
+            what + " refers to slot " + std::to_string(value) + ", but the plan has " + std::to_string(values_.size()) +
+                " values");
   return value;
 }
 
@@ -152,8 +156,8 @@ int Plan::new_value(const TensorDesc& desc, ValueKind kind, int index) {
 int Plan::add_input(const std::string& name, const TensorDesc& desc) {
   check_building("add an input");
   check(!name.empty(), kPlan, "an input needs a name");
-  check(desc.present(), kPlan, "input '" + name + "' needs a dtype");
-  for (const Port& p : inputs_) check(p.name != name, kPlan, "input '" + name + "' is declared twice");
+  PHI_CHECK(desc.present(), kPlan, "input '" + name + "' needs a dtype");
+  for (const Port& p : inputs_) PHI_CHECK(p.name != name, kPlan, "input '" + name + "' is declared twice");
   int slot = new_value(desc, ValueKind::input, static_cast<int>(inputs_.size()));
   inputs_.push_back(Port{name, slot});
   return slot;
@@ -198,13 +202,13 @@ std::vector<int> Plan::add_step(const std::string& op, const std::vector<int>& i
   }
   const auto& produced = kernel->outputs();
   if (!expected.empty()) {
-    check(expected.size() == produced.size(), kPlan,
-          where + " declares " + std::to_string(expected.size()) + " outputs, the kernel has " +
-              std::to_string(produced.size()));
+    PHI_CHECK(expected.size() == produced.size(), kPlan,
+              where + " declares " + std::to_string(expected.size()) + " outputs, the kernel has " +
+                  std::to_string(produced.size()));
     for (size_t i = 0; i < produced.size(); ++i)
-      check(same_desc(expected[i], produced[i]), kPlan,
-            where + " output " + std::to_string(i) + " is declared " + desc_str(expected[i]) + " but the kernel infers " +
-                desc_str(produced[i]));
+      PHI_CHECK(same_desc(expected[i], produced[i]), kPlan,
+                where + " output " + std::to_string(i) + " is declared " + desc_str(expected[i]) + " but the kernel infers " +
+                    desc_str(produced[i]));
   }
   std::vector<int> slots;
   slots.reserve(produced.size());
@@ -219,7 +223,7 @@ void Plan::mark_output(int value, const std::string& name) {
   check_building("mark an output");
   check_slot(value, "output '" + name + "'");
   check(!name.empty(), kPlan, "an output needs a name");
-  for (const Port& p : outputs_) check(p.name != name, kPlan, "output '" + name + "' is declared twice");
+  for (const Port& p : outputs_) PHI_CHECK(p.name != name, kPlan, "output '" + name + "' is declared twice");
   outputs_.push_back(Port{name, value});
 }
 
@@ -275,6 +279,9 @@ void Plan::plan_memory() {
   for (size_t s = 0; s < steps_.size(); ++s) {
     size_t bytes = steps_[s].kernel->workspace_bytes();
     if (bytes == 0) continue;
+    if (bytes > kMaxArenaBytes)
+      too_big("step " + std::to_string(s) + " (" + steps_[s].op + ") needs a workspace of " + std::to_string(bytes) +
+              " bytes, more than an arena may hold");
     max_workspace = std::max(max_workspace, align_up(bytes));
     int step = static_cast<int>(s);
     regions_.push_back(MemoryRegion{-1, step, 0, align_up(bytes), step, step});
@@ -300,6 +307,9 @@ void Plan::plan_memory() {
       if (offset + r.bytes <= begin) break;
       offset = std::max(offset, end);
     }
+    // Values are each below kMaxTensorBytes, but enough of them alive at once could still
+    // overflow the sum: refuse the plan rather than wrap around to a small arena.
+    if (offset > kMaxArenaBytes - r.bytes) too_big("the arena would need more than " + std::to_string(kMaxArenaBytes) + " bytes");
     r.offset = offset;
     arena = std::max(arena, offset + r.bytes);
     placed.push_back(i);

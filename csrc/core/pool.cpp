@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "core/conv.h"
+#include "core/elementwise.h"
 #include "core/op_registry.h"
 
 namespace phi {
@@ -14,31 +15,42 @@ namespace phi {
 namespace {
 
 constexpr double kOpsPerThread = 1e6;  // below this a helper thread costs more than it saves
+constexpr int64_t kNaNCheckFloats = 256;  // max pooling checks its input for NaN in blocks of 1 KiB
 
-// Max over the window, padding as -inf (it never wins). NaN inputs are not propagated.
+// Max over the window, padding as -inf (it never wins). A NaN in the window gives NaN, as numpy's
+// max and PyTorch's max_pool2d do (ONNX Runtime drops it). The NaN-aware select costs three vector
+// operations where a plain max costs one, so an output row takes it only once a NaN has been seen:
+// each input row is checked just before the first output row that reads it, in the same sweep,
+// so the check overlaps the pooling instead of costing a separate pass over memory.
+template <bool NaNAware>
+PHI_ALWAYS_INLINE void max_pool_row(const float* x, const Window2d& g, const Span* spans, int64_t oh, float* o) {
+  std::fill(o, o + g.ow, -std::numeric_limits<float>::infinity());
+  for_each_tap(x, g, spans, oh, o, [&](int64_t, int64_t, const float* src, float* d, int64_t n) {
+    // Once d holds NaN no compare replaces it, so a NaN tap anywhere in the window sticks.
+    if constexpr (NaNAware) join_row(d, src, n, g.sw, [](float acc, float v) { return v > acc || v != v ? v : acc; });
+    else join_row(d, src, n, g.sw, [](float acc, float v) { return v > acc ? v : acc; });
+  });
+}
+
 PHI_HOT void max_pool_plane(const float* PHI_RESTRICT x, const Window2d& g, const Span* spans,
                             float* PHI_RESTRICT out) {
+  int64_t checked = 0;  // input rows [0, checked) hold no NaN
+  bool nan = false;
   for (int64_t oh = 0; oh < g.oh; ++oh) {
-    float* o = out + oh * g.ow;
-    std::fill(o, o + g.ow, -std::numeric_limits<float>::infinity());
-    for (int64_t i = 0; i < g.kh; ++i) {
-      int64_t ih = oh * g.sh - g.pt + i * g.dh;
-      if (ih < 0 || ih >= g.h) continue;
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const Span sp = spans[j];
-        if (sp.lo == sp.hi) continue;
-        const float* src = x + ih * g.w + sp.lo * g.sw + j * g.dw - g.pl;
-        float* d = o + sp.lo;
-        const int64_t n = sp.hi - sp.lo, s = g.sw;
-        if (s == 1) {
-#pragma omp simd
-          for (int64_t t = 0; t < n; ++t) d[t] = src[t] > d[t] ? src[t] : d[t];
-        } else {
-#pragma omp simd
-          for (int64_t t = 0; t < n; ++t) d[t] = src[t * s] > d[t] ? src[t * s] : d[t];
-        }
-      }
+    const int64_t last = std::min(g.h, oh * g.sh - g.pt + g.extent_h());  // one past the last row read
+    if (!nan && last > checked) {
+      // Whole blocks of rows at a time: checking a short row costs more in loop overhead.
+      const int64_t upto = std::min(g.h, std::max(last, checked + kNaNCheckFloats / std::max<int64_t>(g.w, 1)));
+      const float* rows = x + checked * g.w;
+      const int64_t n = (upto - checked) * g.w;
+      int32_t seen = 0;
+#pragma omp simd reduction(| : seen)
+      for (int64_t i = 0; i < n; ++i) seen |= rows[i] != rows[i];
+      nan = seen != 0;
+      checked = upto;
     }
+    if (nan) max_pool_row<true>(x, g, spans, oh, out + oh * g.ow);
+    else max_pool_row<false>(x, g, spans, oh, out + oh * g.ow);
   }
 }
 
@@ -48,24 +60,9 @@ PHI_HOT void avg_pool_plane(const float* PHI_RESTRICT x, const Window2d& g, cons
   for (int64_t oh = 0; oh < g.oh; ++oh) {
     float* o = out + oh * g.ow;
     std::fill(o, o + g.ow, 0.0f);
-    for (int64_t i = 0; i < g.kh; ++i) {
-      int64_t ih = oh * g.sh - g.pt + i * g.dh;
-      if (ih < 0 || ih >= g.h) continue;
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const Span sp = spans[j];
-        if (sp.lo == sp.hi) continue;
-        const float* src = x + ih * g.w + sp.lo * g.sw + j * g.dw - g.pl;
-        float* d = o + sp.lo;
-        const int64_t n = sp.hi - sp.lo, s = g.sw;
-        if (s == 1) {
-#pragma omp simd
-          for (int64_t t = 0; t < n; ++t) d[t] += src[t];
-        } else {
-#pragma omp simd
-          for (int64_t t = 0; t < n; ++t) d[t] += src[t * s];
-        }
-      }
-    }
+    for_each_tap(x, g, spans, oh, o, [&](int64_t, int64_t, const float* src, float* d, int64_t n) {
+      join_row(d, src, n, g.sw, [](float acc, float v) { return acc + v; });
+    });
     const float* inv = inv_count + oh * g.ow;
 #pragma omp simd
     for (int64_t t = 0; t < g.ow; ++t) o[t] *= inv[t];
@@ -82,15 +79,20 @@ PHI_HOT float plane_sum(const float* PHI_RESTRICT x, int64_t n) {
 // Taps of each output position along one axis that count towards an average's divisor: those
 // inside the input, or (count_include_pad) inside the padded input, but never the extra cells a
 // ceil-mode window hangs past the end pad (ONNX AveragePool, as PyTorch and ONNX Runtime count).
+// Tap t of output o sits at o * stride - pad_begin + t * dilation; the taps inside [lo, hi) are a
+// contiguous run of t, counted in O(1) so a huge kernel costs nothing here.
 std::vector<int64_t> tap_counts(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t dilation,
                                 int64_t pad_begin, int64_t pad_end, bool include_pad) {
   std::vector<int64_t> counts(static_cast<size_t>(out), 0);
-  int64_t lo = include_pad ? -pad_begin : 0, hi = include_pad ? in + pad_end : in;
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t t = 0; t < k; ++t) {
-      int64_t p = o * stride - pad_begin + t * dilation;
-      counts[o] += (p >= lo && p < hi) ? 1 : 0;
-    }
+  const int64_t lo = include_pad ? -pad_begin : 0, hi = include_pad ? in + pad_end : in;
+  auto first_at_or_after = [dilation](int64_t distance) {  // smallest t >= 0 with t * dilation >= distance
+    return distance <= 0 ? 0 : (distance + dilation - 1) / dilation;
+  };
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t base = o * stride - pad_begin;
+    const int64_t t0 = first_at_or_after(lo - base), t1 = std::min(k, first_at_or_after(hi - base));
+    counts[o] = std::max<int64_t>(0, t1 - t0);
+  }
   return counts;
 }
 
@@ -103,7 +105,7 @@ class Pool2dKernel final : public Kernel {
     expect_rank(op, x, 4, "x (N, C, H, W)");
     check(attrs.has("kernel_shape"), op, "attribute 'kernel_shape' is required");
     auto k = attrs.get_ints(op, "kernel_shape", {});
-    check(k.size() == 2, op, "kernel_shape must have 2 values, got " + std::to_string(k.size()));
+    PHI_CHECK(k.size() == 2, op, "kernel_shape must have 2 values, got " + std::to_string(k.size()));
     g_.kh = k[0];
     g_.kw = k[1];
     parse_window(op, attrs, g_);
@@ -116,9 +118,11 @@ class Pool2dKernel final : public Kernel {
     g_.w = x.shape[3];
     g_.oh = window_out_size(g_.h, g_.extent_h(), g_.sh, g_.pt, g_.pb, ceil_mode);
     g_.ow = window_out_size(g_.w, g_.extent_w(), g_.sw, g_.pl, g_.pr, ceil_mode);
-    check(g_.oh > 0 && g_.ow > 0, op,
-          "the (dilated) kernel " + std::to_string(g_.extent_h()) + "x" + std::to_string(g_.extent_w()) +
-              " is larger than the padded input " + shape_str(x.shape));
+    PHI_CHECK(g_.oh > 0 && g_.ow > 0, op,
+              "the (dilated) kernel " + std::to_string(g_.extent_h()) + "x" + std::to_string(g_.extent_w()) +
+                  " is larger than the padded input " + shape_str(x.shape));
+    const Shape out{x.shape[0], x.shape[1], g_.oh, g_.ow};
+    checked_numel(op, out, sizeof(float), "output");  // before sizing per-position tables from it
     spans_ = column_spans(g_);
     if (!max_) {
       bool include_pad = attrs.get_int(op, "count_include_pad", 0) != 0;
@@ -127,11 +131,13 @@ class Pool2dKernel final : public Kernel {
       inv_count_.resize(static_cast<size_t>(g_.oh * g_.ow));
       for (int64_t i = 0; i < g_.oh; ++i)
         for (int64_t j = 0; j < g_.ow; ++j) {
+          // A window on padding only averages nothing: 0 / 0, NaN, as ONNX Runtime gives and
+          // as reduce_mean gives for an empty reduction.
           int64_t c = ch[i] * cw[j];
-          inv_count_[i * g_.ow + j] = c > 0 ? 1.0f / static_cast<float>(c) : 0.0f;
+          inv_count_[i * g_.ow + j] = c > 0 ? 1.0f / static_cast<float>(c) : std::numeric_limits<float>::quiet_NaN();
         }
     }
-    outputs_ = {TensorDesc{DType::f32, {x.shape[0], x.shape[1], g_.oh, g_.ow}}};
+    outputs_ = {TensorDesc{DType::f32, out}};
   }
 
   void run(const TensorView* in, TensorView* out, void*, const ExecContext& ctx) const override {
@@ -163,10 +169,10 @@ class GlobalAvgPoolKernel final : public Kernel {
     const std::string op = "global_avg_pool";
     const TensorDesc& x = in[0];
     expect_float(op, x, "x");
-    check(x.ndim() >= 3, op, "x must be (N, C, spatial...) of rank >= 3, got shape " + shape_str(x.shape));
+    PHI_CHECK(x.ndim() >= 3, op, "x must be (N, C, spatial...) of rank >= 3, got shape " + shape_str(x.shape));
     planes_ = x.shape[0] * x.shape[1];
     size_ = numel(Shape(x.shape.begin() + 2, x.shape.end()));
-    check(size_ > 0, op, "spatial dimensions must be non-empty, got shape " + shape_str(x.shape));
+    PHI_CHECK(size_ > 0, op, "spatial dimensions must be non-empty, got shape " + shape_str(x.shape));
     Shape out(x.shape.size(), 1);
     out[0] = x.shape[0];
     out[1] = x.shape[1];

@@ -165,7 +165,7 @@ class ReduceKernel final : public Kernel {
     std::vector<bool> reduced(static_cast<size_t>(rank), axes.empty() && !noop);
     for (int64_t a : axes) {
       int64_t ax = normalize_axis(op, a, rank);
-      check(!reduced[ax], op, "axis " + std::to_string(a) + " is listed twice");
+      PHI_CHECK(!reduced[ax], op, "axis " + std::to_string(a) + " is listed twice");
       reduced[ax] = true;
     }
     Shape out_shape;

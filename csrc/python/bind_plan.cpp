@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,40 +22,36 @@ const std::string kPlan = "plan";
 
 py::tuple desc_tuple(const TensorDesc& d) { return py::make_tuple(dtype_name(d.dtype), shape_to_tuple(d.shape)); }
 
-DType dtype_from_object(const py::handle& obj) {
-  if (py::isinstance<py::str>(obj)) return dtype_from_name(obj.cast<std::string>(), kPlan);
-  return dtype_from_numpy(py::dtype::from_args(py::reinterpret_borrow<py::object>(obj)), kPlan, "dtype");
-}
+bool is_list(const py::handle& obj) { return py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj); }
 
 TensorDesc desc_from_pair(const py::handle& item) {
-  check(py::isinstance<py::sequence>(item) && !py::isinstance<py::str>(item) && py::len(item) == 2, kPlan,
-        "an output desc must be a (dtype, shape) pair");
+  check(is_list(item) && py::len(item) == 2, kPlan, "an output desc must be a (dtype, shape) pair");
   auto pair = py::reinterpret_borrow<py::sequence>(item);
-  return TensorDesc{dtype_from_object(pair[0]), shape_from_sequence(pair[1], kPlan)};
+  return TensorDesc{dtype_from_object(pair[0], kPlan), shape_from_sequence(pair[1], kPlan)};
+}
+
+// A slot number; the plan itself checks it against the values it has.
+int slot_from(const py::handle& obj, const std::string& what) {
+  const int64_t slot = int_from(obj, kPlan, what);
+  PHI_CHECK(slot >= 0, kPlan, "slot numbers are non-negative, got " + std::to_string(slot));
+  PHI_CHECK(slot <= std::numeric_limits<int>::max(), kPlan,
+            what + " refers to slot " + std::to_string(slot) + ", past the most a plan may have");
+  return static_cast<int>(slot);
 }
 
 // None -> -1 (an absent optional input); slots themselves are never negative.
-std::vector<int> slots_from(const py::sequence& seq) {
+std::vector<int> slots_from(const py::handle& seq) {
+  check(is_list(seq), kPlan, "step inputs must be a list of slot numbers or None");
   std::vector<int> slots;
   slots.reserve(py::len(seq));
-  for (auto item : seq) {
-    if (item.is_none()) {
-      slots.push_back(-1);
-      continue;
-    }
-    check(py::isinstance<py::int_>(item) && !py::isinstance<py::bool_>(item), kPlan,
-          "step inputs must be slot numbers or None, got " + std::string(py::repr(item)));
-    auto slot = item.cast<int64_t>();
-    check(slot >= 0, kPlan, "slot numbers are non-negative, got " + std::to_string(slot));
-    slots.push_back(static_cast<int>(slot));
-  }
+  for (auto item : seq) slots.push_back(item.is_none() ? -1 : slot_from(item, "a step input"));
   return slots;
 }
 
-std::shared_ptr<const Constant> constant_from_array(const py::handle& obj) {
+std::shared_ptr<Constant> constant_from_array(const py::handle& obj) {
   Input in = to_input(obj, kPlan, "constant");
   check(in.view.present(), kPlan, "a constant cannot be None");
-  return std::make_shared<const Constant>(in.view.desc, in.view.data);
+  return std::make_shared<Constant>(in.view.desc, in.view.data);
 }
 
 std::string input_list(const Plan& plan) {
@@ -106,7 +103,7 @@ Bound bind_run(const Plan& plan, const py::object& inputs) {
   }
   b.outputs.reserve(plan.num_outputs());
   for (size_t j = 0; j < plan.num_outputs(); ++j) {
-    b.outputs.push_back(allocate(plan.output_desc(j)));
+    b.outputs.push_back(allocate(plan.output_desc(j), kPlan));
     b.out_views.push_back(view_of(b.outputs.back(), plan.output_desc(j)));
   }
   return b;
@@ -118,10 +115,10 @@ py::dict outputs_dict(const Plan& plan, const Bound& b) {
   return out;
 }
 
-py::dict run(const Plan& plan, const py::object& inputs, int threads) {
-  Bound b = bind_run(plan, inputs);
+py::dict run(const Plan& plan, const py::object& inputs, const py::object& threads) {
   RunOptions options;
-  options.threads = threads;
+  options.threads = threads_from(threads, kPlan);
+  Bound b = bind_run(plan, inputs);
   {
     py::gil_scoped_release release;
     plan.run(b.in_views, b.out_views, options);
@@ -129,11 +126,11 @@ py::dict run(const Plan& plan, const py::object& inputs, int threads) {
   return outputs_dict(plan, b);
 }
 
-py::tuple run_profiled(const Plan& plan, const py::object& inputs, int threads) {
+py::tuple run_profiled(const Plan& plan, const py::object& inputs, const py::object& threads) {
+  RunOptions options;
+  options.threads = threads_from(threads, kPlan);
   Bound b = bind_run(plan, inputs);
   std::vector<int64_t> step_ns(plan.num_steps(), 0);
-  RunOptions options;
-  options.threads = threads;
   options.step_ns = step_ns.data();
   {
     py::gil_scoped_release release;
@@ -162,17 +159,12 @@ py::list ports(const Plan& plan, bool inputs) {
   return out;
 }
 
-}  // namespace
-
-void init_plan(py::module_& m) {
+// Constant: shared, immutable weights.
+void bind_constant(py::module_& m) {
   py::class_<Constant, std::shared_ptr<Constant>>(m, "Constant", R"doc(An immutable weight tensor in aligned
 memory, shareable between plans (one model's plans for several shape buckets hold one copy).)doc")
-      .def(py::init([](const py::object& array) {
-             Input in = to_input(array, kPlan, "constant");
-             check(in.view.present(), kPlan, "a constant cannot be None");
-             return std::make_shared<Constant>(in.view.desc, in.view.data);
-           }),
-           py::arg("array"), R"doc(Copy an array (or array-like) into a new constant.
+      .def(py::init([](const py::object& array) { return constant_from_array(array); }), py::arg("array"),
+           R"doc(Copy an array (or array-like) into a new constant.
 
 Raises:
     InvalidRequestError: not array-like, or an unsupported dtype.
@@ -180,17 +172,18 @@ Raises:
       .def_property_readonly("dtype", [](const Constant& c) { return dtype_name(c.desc().dtype); })
       .def_property_readonly("shape", [](const Constant& c) { return shape_to_tuple(c.desc().shape); })
       .def_property_readonly("nbytes", [](const Constant& c) { return c.desc().nbytes(); });
+}
 
-  py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan", R"doc(An ordered list of prepared kernel calls over
-numbered values (slots), run on a preallocated arena with the GIL released.
+using PlanClass = py::class_<Plan, std::shared_ptr<Plan>>;
 
-Build it with add_input / add_constant / add_step / mark_output, then finalize() once; after
-that it is immutable and run() may be called from many threads at once.)doc")
-      .def(py::init<>())
+// add_input / add_constant / add_step / mark_output / finalize: one thread, before runs.
+void bind_building(PlanClass& cls) {
+  cls
       .def(
           "add_input",
-          [](Plan& p, const std::string& name, const py::object& dtype, const py::object& shape) {
-            return p.add_input(name, TensorDesc{dtype_from_object(dtype), shape_from_sequence(shape, kPlan)});
+          [](Plan& p, const py::object& name, const py::object& dtype, const py::object& shape) {
+            return p.add_input(str_from(name, kPlan, "an input name"),
+                               TensorDesc{dtype_from_object(dtype, kPlan), shape_from_sequence(shape, kPlan)});
           },
           py::arg("name"), py::arg("dtype"), py::arg("shape"), R"doc(Declare a named input of a fixed dtype and shape.
 
@@ -222,11 +215,14 @@ Raises:
 )doc")
       .def(
           "add_step",
-          [](Plan& p, const std::string& op, const py::sequence& inputs, const py::dict& attrs,
+          [](Plan& p, const py::object& op_obj, const py::object& inputs, const py::object& attrs,
              const py::object& outputs) {
+            const std::string op = str_from(op_obj, kPlan, "the op name");
             std::vector<TensorDesc> expected;
-            if (!outputs.is_none())
-              for (auto item : py::reinterpret_borrow<py::sequence>(outputs)) expected.push_back(desc_from_pair(item));
+            if (!outputs.is_none()) {
+              check(is_list(outputs), kPlan, "outputs must be a list of (dtype, shape) pairs");
+              for (auto item : outputs) expected.push_back(desc_from_pair(item));
+            }
             return p.add_step(op, slots_from(inputs), to_attrs(attrs, op), expected);
           },
           py::arg("op"), py::arg("inputs"), py::arg("attrs") = py::dict(), py::arg("outputs") = py::none(),
@@ -246,7 +242,12 @@ Raises:
     InvalidRequestError: bad slots, shapes, dtypes or attributes (the message names the step and op).
     NotFoundError: no op of that name.
 )doc")
-      .def("mark_output", &Plan::mark_output, py::arg("slot"), py::arg("name"),
+      .def(
+          "mark_output",
+          [](Plan& p, const py::object& slot, const py::object& name) {
+            p.mark_output(slot_from(slot, "an output slot"), str_from(name, kPlan, "an output name"));
+          },
+          py::arg("slot"), py::arg("name"),
            R"doc(Make a slot a named output of the plan.
 
 A value produced by a step is written straight into the output array; an input or a constant
@@ -259,8 +260,13 @@ Raises:
 
 Raises:
     InvalidRequestError: no outputs, or already finalized.
-)doc")
-      .def("run", &run, py::arg("inputs"), py::arg("threads") = 0,
+)doc");
+}
+
+// run / run_profiled: any number of threads at once, the GIL released.
+void bind_running(PlanClass& cls) {
+  cls
+      .def("run", &run, py::arg("inputs"), py::arg("threads") = py::int_(0),
            R"doc(Run the plan with the GIL released.
 
 Args:
@@ -274,16 +280,21 @@ Returns:
 Raises:
     InvalidRequestError: a missing or unknown input, a wrong dtype or shape, or the plan is not finalized.
 )doc")
-      .def("run_profiled", &run_profiled, py::arg("inputs"), py::arg("threads") = 0,
+      .def("run_profiled", &run_profiled, py::arg("inputs"), py::arg("threads") = py::int_(0),
            R"doc(Run the plan like run(), timing every step.
 
 Returns:
     (outputs, step_ns): the outputs dict and each step's wall time in nanoseconds.
-)doc")
-      .def("desc", [](const Plan& p, int slot) { return desc_tuple(p.value_desc(slot)); }, py::arg("slot"),
-           "The (dtype name, shape tuple) of a slot.")
-      .def("kind", [](const Plan& p, int slot) { return kind_name(p.value_kind(slot)); }, py::arg("slot"),
-           "What a slot is: 'input', 'constant' or 'intermediate'.")
+)doc");
+}
+
+// Slots, steps, ports and the memory plan, for the Python face and tests.
+void bind_inspection(PlanClass& cls) {
+  cls
+      .def("desc", [](const Plan& p, const py::object& slot) { return desc_tuple(p.value_desc(slot_from(slot, "slot"))); },
+           py::arg("slot"), "The (dtype name, shape tuple) of a slot.")
+      .def("kind", [](const Plan& p, const py::object& slot) { return kind_name(p.value_kind(slot_from(slot, "slot"))); },
+           py::arg("slot"), "What a slot is: 'input', 'constant' or 'intermediate'.")
       .def("memory_plan", [](const Plan& p) {
             py::list out;
             for (const MemoryRegion& r : p.memory_plan()) {
@@ -331,6 +342,21 @@ offset, bytes and its lifetime first..last (steps, inclusive). Empty before fina
             return out;
           },
           "(op, input slots, output slots) of each step; -1 marks an absent optional input.");
+}
+
+}  // namespace
+
+void init_plan(py::module_& m) {
+  bind_constant(m);
+  PlanClass cls(m, "Plan", R"doc(An ordered list of prepared kernel calls over
+numbered values (slots), run on a preallocated arena with the GIL released.
+
+Build it with add_input / add_constant / add_step / mark_output, then finalize() once; after
+that it is immutable and run() may be called from many threads at once.)doc");
+  cls.def(py::init<>());
+  bind_building(cls);
+  bind_running(cls);
+  bind_inspection(cls);
 }
 
 }  // namespace phi::py_bind

@@ -273,3 +273,104 @@ def test_global_avg_pool_bad_inputs() -> None:
         ops.global_avg_pool(np.ones((2, 3), np.float32))
     with pytest.raises(InvalidRequestError, match=r"\[global_avg_pool\].*non-empty"):
         ops.global_avg_pool(np.ones((2, 3, 0), np.float32))
+
+
+# ---- robustness: NaN, windows on padding only, extreme attributes, random cases -------------
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_max_pool_propagates_nan(rng: np.random.Generator, threads: int) -> None:
+    # numpy's max and PyTorch's max_pool2d give NaN for a window holding one; the native sweep
+    # used a plain compare, so NaN never won and silently disappeared.
+    x = randn(rng, 2, 3, 33, 20)
+    x[0, 1, 5, 7] = np.nan
+    x[1, 2, 32, 0] = np.nan
+    for kw in ({"strides": 2, "pads": 1}, {"strides": 1}, {"strides": (1, 3), "dilations": 2}):
+        out = ops.max_pool2d(x, 3, threads=threads, **kw)
+        np.testing.assert_array_equal(out, ref.max_pool2d(x, 3, **kw), strict=True)
+        assert np.isnan(out[0, 1]).any() and not np.isnan(out[0, 0]).any()
+
+
+def test_avg_pool_window_on_padding_only_is_nan() -> None:
+    # Taps at -1 and 2 of a 1-wide image (kernel 2, dilation 3, pad 1): none inside, so the
+    # average of nothing is 0/0, as in ONNX Runtime and the reference (it used to be 0).
+    x = np.full((1, 1, 1, 2), 4.0, np.float32)
+    kw = {"dilations": (1, 3), "pads": (0, 2, 0, 2), "strides": 1}
+    out = ops.avg_pool2d(x, (1, 2), **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(out, ref.avg_pool2d(x, (1, 2), **kw))  # type: ignore[arg-type]
+    assert np.isnan(out).any() and (out[~np.isnan(out)] == 4.0).all()
+
+
+@pytest.mark.parametrize(
+    ("op", "call", "match"),
+    [
+        ("conv2d", lambda x, w: ops.conv2d(x, w, pads=2**62), "below 2\\^31"),
+        ("conv2d", lambda x, w: ops.conv2d(x, w, dilations=2**62), "below 2\\^31"),
+        ("conv2d", lambda x, w: ops.conv2d(x, w, strides=2**40), "below 2\\^31"),
+        ("conv2d", lambda x, w: ops.conv2d(x, w, groups="2"), "groups"),  # type: ignore[arg-type]
+        ("conv2d", lambda x, w: ops.conv2d(x, w, clip_min="0"), "clip_min"),  # type: ignore[arg-type]
+        ("max_pool2d", lambda x, w: ops.max_pool2d(x, 2**62, pads=2**62 - 1), "below 2\\^31"),
+        ("avg_pool2d", lambda x, w: ops.avg_pool2d(x, 2, ceil_mode=np.ones(2)), "ceil_mode"),  # type: ignore[arg-type]
+    ],
+)
+def test_extreme_window_attributes_are_refused(op: str, call: object, match: str) -> None:
+    # These overflowed int64 window arithmetic (a negative "dilated kernel" size in the message,
+    # or a std::length_error leaking as ValueError), or leaked TypeError / ValueError.
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    with pytest.raises(InvalidRequestError, match=rf"^\[{op}\].*{match}"):
+        call(x, w)  # type: ignore[operator]
+
+
+def test_avg_pool_huge_kernel_is_fast() -> None:
+    # 2^20 output columns of a 2^20-wide kernel: the divisor table used to count every tap of
+    # every window (2^40 steps, effectively a hang); each window here covers the one real cell.
+    x = np.full((1, 1, 1, 1), 3.0, np.float32)
+    k = 1 << 20
+    out = ops.avg_pool2d(x, (1, k), pads=(0, k - 1, 0, k - 1))
+    assert out.shape == (1, 1, 1, k) and (out == 3.0).all()
+
+
+def random_window_case(
+    rng: np.random.Generator,
+) -> tuple[str, tuple[object, ...], dict[str, object]]:
+    """A conv2d or pooling call on small NCHW inputs with size-0 and size-1 dims, NaN and inf,
+    and random (sometimes impossible) kernels, strides, pads, dilations and groups."""
+    n, c, h, w = (int(rng.choice(d)) for d in ([0, 1, 2], [0, 1, 2, 4], [0, 1, 3, 6], [0, 1, 4, 7]))
+    x = randn(rng, n, c, h, w)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    x[rng.random(x.shape) < 0.03] = np.inf
+    window: dict[str, object] = {
+        "strides": [int(s) for s in rng.integers(1, 3, 2)],
+        "pads": [int(p) for p in rng.integers(0, 3, 4)],
+        "dilations": [int(d) for d in rng.integers(1, 3, 2)],
+    }
+    kernel = [int(k) for k in rng.integers(1, 4, 2)]
+    op = str(rng.choice(["conv2d", "max_pool2d", "avg_pool2d"]))
+    if op == "conv2d":
+        groups = int(rng.choice([g for g in (1, 2, max(c, 1)) if c % g == 0]))
+        m = groups * int(rng.integers(0, 3))
+        wt = randn(rng, m, c // groups, *kernel)
+        window.update(groups=groups, activation=str(rng.choice(["none", "relu", "tanh"])))
+        if rng.random() < 0.5:
+            window["bias"] = randn(rng, m)
+        return op, (x, wt), window
+    window["ceil_mode"] = bool(rng.random() < 0.3)
+    if op == "avg_pool2d":
+        window["count_include_pad"] = bool(rng.random() < 0.5)
+    return op, (x, kernel), window
+
+
+def test_fuzz_matches_reference_or_raises_a_phi_error(rng: np.random.Generator) -> None:
+    """Either numpy's result (NaN where it has NaN) or an InvalidRequestError naming the op;
+    never a crash or another exception type."""
+    for _ in range(600):
+        op, args, kw = random_window_case(rng)
+        try:
+            out = getattr(ops, op)(*args, **kw, threads=int(rng.integers(0, 4)))
+        except InvalidRequestError as e:
+            assert str(e).startswith(f"[{op}]")
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = getattr(ref, op)(*args, **kw)
+        assert out.shape == expected.shape and out.dtype == np.float32
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5, equal_nan=True)

@@ -18,7 +18,7 @@ import pytest
 
 from phi_engine import ops
 from phi_engine._native import require_core
-from phi_engine.errors import InvalidRequestError
+from phi_engine.errors import InvalidRequestError, ResourceError
 from phi_engine.runtime import reference as ref
 
 F32 = np.float32
@@ -334,3 +334,137 @@ def test_activation_only_on_add_and_mul() -> None:
     x = np.ones(3, F32)
     with pytest.raises(InvalidRequestError, match=r"\[sub\] a fused activation"):
         require_core().run_op("sub", [x, x], {"activation": "relu"}, 0)
+
+
+# ---- robustness: bad arguments, huge shapes, random cases -------------------------------------
+
+X3 = np.ones(3, F32)
+
+
+@pytest.mark.parametrize(
+    ("op", "call"),
+    [
+        # Each of these leaked a TypeError, ValueError, OverflowError or pybind11 RuntimeError.
+        ("clip", lambda: ops.clip(X3, "a")),  # type: ignore[arg-type]
+        ("clip", lambda: ops.clip(X3, 2**2000)),
+        ("clip", lambda: ops.clip(X3, max=1e39)),  # finite as a double, inf in float32
+        ("leaky_relu", lambda: ops.leaky_relu(X3, "0.1")),  # type: ignore[arg-type]
+        ("add", lambda: ops.add(X3, X3, "clip", clip_min="a")),  # type: ignore[arg-type]
+        ("add", lambda: ops.add(np.ones(3, np.int64), 2**70)),
+        ("sub", lambda: ops.sub(np.ones(3, np.int32), 2**40)),
+        ("where", lambda: ops.where(X3 > 0, np.ones(3, np.int64), 2**64)),
+        ("relu", lambda: ops.relu(X3, threads=1.5)),  # type: ignore[arg-type]
+        ("relu", lambda: ops.relu(X3, threads=-1)),
+        ("relu", lambda: ops.relu(object())),  # type: ignore[arg-type]
+        ("add", lambda: ops.add(X3, object())),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_arguments_raise_phi_errors(op: str, call: BinaryCall) -> None:
+    with pytest.raises(InvalidRequestError, match=rf"^\[{op}\]"):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("attrs", "match"),
+    [
+        ({1: 0.5}, "attribute names must be strings"),
+        ({"alpha": b"\x01"}, "unsupported type bytes"),
+        ({"alpha": 2**64}, "does not fit in a 64-bit integer"),
+        ({"alpha": [2**64]}, "does not fit in a 64-bit integer"),
+        ({"alpha": [[1.0]]}, "must be a list of numbers"),
+        ({"alpha": object()}, "unsupported type object"),
+        ({"alpha": float("nan")}, "must be finite"),
+        ({"alpha": np.float32("inf")}, "must be finite"),
+    ],
+)
+def test_attribute_conversion_errors(attrs: dict[Any, Any], match: str) -> None:
+    with pytest.raises(InvalidRequestError, match=rf"^\[leaky_relu\] .*{match}"):
+        require_core().run_op("leaky_relu", [X3], attrs, 0)
+
+
+def test_core_call_arguments_are_checked() -> None:
+    core = require_core()
+    with pytest.raises(InvalidRequestError, match=r"^\[relu\] inputs must be a list"):
+        core.run_op("relu", X3, {}, 0)
+    with pytest.raises(InvalidRequestError, match=r"^\[relu\] attrs must be a dict"):
+        core.run_op("relu", [X3], [("a", 1)], 0)
+    with pytest.raises(InvalidRequestError, match=r"^\[relu\] threads"):
+        core.run_op("relu", [X3], {}, True)
+
+
+def test_numpy_scalars_and_arrays_are_attributes() -> None:
+    x = np.array([-2.0, 3.0], F32)
+    core = require_core()
+    np.testing.assert_array_equal(
+        core.run_op("leaky_relu", [x], {"alpha": np.float32(0.5)})[0], [-1, 3]
+    )
+    np.testing.assert_array_equal(
+        core.run_op("clip", [x], {"min": np.int64(-1), "max": np.array(1.0)})[0], [-1, 1]
+    )
+    # More threads than exist means all of them, not an overflow of the native int.
+    np.testing.assert_array_equal(ops.relu(x, threads=2**40), [0, 3])
+
+
+def test_broadcast_past_the_tensor_size_limit_is_a_resource_error() -> None:
+    core = require_core()
+    # (2^24, 1) against (1, 2^24) is 2^48 elements: the product was never checked before.
+    with pytest.raises(ResourceError, match=r"^\[add\] .*would span more than"):
+        core.infer("add", [("float32", (1 << 24, 1)), ("float32", (1, 1 << 24))], {})
+    with pytest.raises(ResourceError, match=r"^\[relu\] input 0"):
+        core.infer("relu", [("float32", (1 << 40, 1 << 40))], {})
+    with pytest.raises(InvalidRequestError, match=r"^\[relu\] .*does not fit"):
+        core.infer("relu", [("float32", (2**64,))], {})
+    with pytest.raises(InvalidRequestError, match=r"^\[relu\] .*non-negative"):
+        core.infer("relu", [("float32", (-1,))], {})
+
+
+FUZZ_UNARY = EXACT_UNARY + APPROX_UNARY
+FUZZ_BINARY = EXACT_F32_OPS + COMPARISONS + ["pow"]
+
+
+def fuzz_shapes(rng: np.random.Generator) -> tuple[tuple[int, ...], ...]:
+    """Three shapes that broadcast together, mostly: random ranks 0-4, size-0 and size-1 dims."""
+    full = tuple(int(d) for d in rng.choice([0, 1, 1, 2, 3, 5], rng.integers(0, 5)))
+    out = []
+    for _ in range(3):
+        s = [1 if rng.random() < 0.3 else d for d in full]
+        if rng.random() < 0.05:
+            s = [d + 1 for d in s]  # sometimes they do not broadcast at all
+        out.append(tuple(s[rng.integers(0, len(s) + 1) :]))
+    return tuple(out)
+
+
+def fuzz_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Normals with NaN, +inf and -inf sprinkled in: native must propagate them as numpy does."""
+    x = rng.standard_normal(shape) * 3
+    u = rng.random(shape)
+    x = np.where(u < 0.05, np.nan, np.where(u < 0.08, np.inf, np.where(u < 0.11, -np.inf, x)))
+    return np.asarray(x, F32)
+
+
+def test_fuzz_matches_reference_or_raises_a_phi_error(rng: np.random.Generator) -> None:
+    """Random shapes (0-d, empty, broadcast or not), dtypes and values: either numpy's result or
+    an InvalidRequestError naming the op; never a crash or another exception type."""
+    for _ in range(1000):
+        sa, sb, sc = fuzz_shapes(rng)
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            op = str(rng.choice(FUZZ_UNARY))
+            args: tuple[Any, ...] = (fuzz_values(rng, sa),)
+        elif kind == 1:
+            op = str(rng.choice(FUZZ_BINARY))
+            args = (fuzz_values(rng, sa), fuzz_values(rng, sb))
+        else:
+            op = "where"
+            args = (rng.random(sa) < 0.5, fuzz_values(rng, sb), fuzz_values(rng, sc))
+        try:
+            out = getattr(ops, op)(*args, threads=int(rng.integers(0, 4)))
+        except InvalidRequestError as e:
+            assert str(e).startswith(f"[{op}]")
+            continue
+        expected = getattr(ref, op)(*args)
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        if op in APPROX_UNARY or op == "pow":
+            np.testing.assert_allclose(out, expected, rtol=2e-6, atol=1e-6, equal_nan=True)
+        else:
+            np.testing.assert_array_equal(out, expected)

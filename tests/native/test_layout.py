@@ -297,3 +297,95 @@ def test_slice_bad_inputs(
         ops.slice(np.ones((2, 3, 4), np.float32), starts, ends, axes, steps)
     with pytest.raises(InvalidRequestError, match=r"\[slice\]"):
         ops.slice(np.ones((2, 3), np.float32), "ab", [1])  # type: ignore[arg-type]
+
+
+# ---- robustness: extreme attributes, 0-d tensors, random cases -----------------------------
+
+
+@pytest.mark.parametrize("step", [INT64_MAX, INT64_MIN, 2**62, -(2**62), 11, -11])
+@pytest.mark.parametrize(("start", "end"), [(0, INT64_MAX), (2, -100), (-1, INT64_MIN), (9, 0)])
+def test_slice_steps_longer_than_the_axis(start: int, end: int, step: int) -> None:
+    # A step past the axis length takes at most one element. INT64_MIN used to be negated
+    # (overflow) and INT64_MAX added to the span, giving wrong lengths and negative shapes.
+    x = np.arange(30, dtype=np.int32).reshape(10, 3)
+    same(ops.slice(x, [start], [end], None, [step]), ref.slice(x, [start], [end], None, [step]))
+
+
+def test_transpose_0d(rng: np.random.Generator) -> None:
+    x = np.array(rng.standard_normal(), np.float32)
+    perms: list[list[int] | None] = [None, []]
+    for perm in perms:
+        out = ops.transpose(x, perm)
+        same(out, ref.transpose(x, perm))
+        assert out.shape == ()
+
+
+@pytest.mark.parametrize(
+    ("op", "call"),
+    [
+        ("transpose", lambda: ops.transpose(np.ones((2, 3)), [2**64, 0])),
+        ("slice", lambda: ops.slice(np.ones(3), [0], [2**63])),
+        ("gather", lambda: ops.gather(np.ones(3), np.array([0]), axis=2.0)),  # type: ignore[arg-type]
+        ("concat", lambda: ops.concat(np.ones(3), object(), axis=0)),  # type: ignore[arg-type]
+        ("gather", lambda: ops.gather(np.ones(3), np.array([0]), threads=-1)),
+    ],
+)
+def test_bad_arguments_raise_phi_errors(op: str, call: object) -> None:
+    with pytest.raises(InvalidRequestError, match=rf"^\[{op}\]"):
+        call()  # type: ignore[operator]
+
+
+def random_layout_case(
+    rng: np.random.Generator,
+) -> tuple[str, tuple[object, ...], dict[str, object]]:
+    """A transpose, gather, concat or slice on random ranks 0-4 (size-0 and size-1 dims), of a
+    random dtype, with random and sometimes invalid axes, indices and permutations."""
+    shape = tuple(int(d) for d in rng.choice([0, 1, 2, 3, 5], rng.integers(0, 5)))
+    dtype = DTYPES[rng.integers(0, len(DTYPES))]
+    x = rand(rng, shape, dtype)
+    rank = max(len(shape), 1)
+    axis = int(rng.integers(-rank - 1, rank + 1))
+    op = str(rng.choice(["transpose", "gather", "concat", "slice"]))
+    if op == "transpose":
+        perm = [int(p) for p in rng.permutation(len(shape))]
+        if perm and rng.random() < 0.1:
+            perm[0] = perm[-1]
+        return op, (x,), {"perm": perm if rng.random() < 0.8 else None}
+    if op == "gather":
+        n = shape[axis] if len(shape) and -len(shape) <= axis < len(shape) else 1
+        idx = rng.integers(-n - 1 if rng.random() < 0.1 else -n, n + 1, rng.integers(0, 3, 2))
+        index_dtype = np.int32 if rng.random() < 0.5 else np.int64
+        return op, (x, idx.astype(index_dtype)), {"axis": axis}
+    if op == "concat":
+        parts = []
+        for _ in range(rng.integers(1, 4)):
+            s = list(shape)
+            if s and -len(s) <= axis < len(s):
+                s[axis] = int(rng.choice([0, 1, 3]))
+            parts.append(rand(rng, tuple(s), dtype))
+        return op, tuple(parts), {"axis": axis}
+    axes = [int(a) for a in rng.permutation(len(shape))[: rng.integers(0, len(shape) + 1)]]
+    big = [INT64_MAX, INT64_MIN, *range(-6, 7)]
+    return (
+        op,
+        (x,),
+        {
+            "starts": [int(rng.choice(big)) for _ in axes],
+            "ends": [int(rng.choice(big)) for _ in axes],
+            "axes": axes,
+            "steps": [int(rng.choice([INT64_MAX, INT64_MIN, -2, -1, 1, 2, 7])) for _ in axes],
+        },
+    )
+
+
+def test_fuzz_matches_reference_or_raises_a_phi_error(rng: np.random.Generator) -> None:
+    """Either numpy's result, bit for bit, or an InvalidRequestError naming the op; never a
+    crash or another exception type."""
+    for _ in range(1500):
+        op, args, kw = random_layout_case(rng)
+        try:
+            out = getattr(ops, op)(*args, **kw, threads=int(rng.integers(0, 4)))
+        except InvalidRequestError as e:
+            assert str(e).startswith(f"[{op}]")
+            continue
+        same(out, getattr(ref, op)(*args, **kw))

@@ -284,3 +284,91 @@ def test_errors(op: str, call: Call) -> None:
 def test_batch_norm_training_mode_unsupported() -> None:
     with pytest.raises(UnsupportedError, match=r"\[batch_norm\] training"):
         require_core().run_op("batch_norm", [ONES, C6, C6, C6, C6], {"training_mode": 1}, 0)
+
+
+# ---- robustness: bad arguments, empty tensors, non-finite values, random cases ---------------
+
+
+@pytest.mark.parametrize(
+    ("op", "call"),
+    [
+        # Each of these leaked an OverflowError or ValueError, or passed a float32 inf on.
+        ("softmax", lambda: ops.softmax(ONES, scale=2**2000)),
+        ("softmax", lambda: ops.softmax(ONES, scale=1e39)),
+        ("softmax", lambda: ops.softmax(ONES, scale="2")),  # type: ignore[arg-type]
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, epsilon=1e39)),
+        ("rms_norm", lambda: ops.rms_norm(ONES, C6, epsilon=np.float32("nan"))),  # type: ignore[arg-type]
+        ("batch_norm", lambda: ops.batch_norm(ONES, C6, C6, C6, C6, epsilon="1e-5")),  # type: ignore[arg-type]
+        ("layer_norm", lambda: ops.layer_norm(ONES, C6, threads=2.0)),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_arguments_raise_phi_errors(op: str, call: Call) -> None:
+    with pytest.raises(InvalidRequestError, match=rf"^\[{op}\]"):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"), [((7, 0), 1), ((0, 5), 1), ((2, 0, 3), 1), ((2, 0, 3), -1)]
+)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax_empty(op: str, shape: tuple[int, ...], axis: int) -> None:
+    x = np.ones(shape, F32)
+    out = getattr(ops, op)(x, axis=axis)
+    assert out.shape == shape and out.dtype == F32
+    np.testing.assert_array_equal(out, getattr(ref, op)(x, axis=axis))
+
+
+def test_norms_nan_rows_stay_nan_and_others_do_not(rng: np.random.Generator) -> None:
+    x = randn(rng, 5, 9)
+    x[1, 3] = np.nan
+    x[3, 0] = np.inf
+    g, b = randn(rng, 9), randn(rng, 9)
+    for out, expected in (
+        (ops.layer_norm(x, g, b), ref.layer_norm(x, g, b)),
+        (ops.rms_norm(x, g), ref.rms_norm(x, g)),
+        (ops.softmax(x), ref.softmax(x)),
+    ):
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2, 4]]).all()
+
+
+def fuzz_case(rng: np.random.Generator) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """A random softmax / norm call: ranks 1-4 with size-0 and size-1 dims, NaN and inf values,
+    random axes (some out of range) and optional inputs."""
+    shape = tuple(int(d) for d in rng.choice([0, 1, 2, 3, 7], rng.integers(1, 5)))
+    x = np.asarray(rng.standard_normal(shape) * 2, F32)
+    x[rng.random(shape) < 0.03] = np.nan
+    x[rng.random(shape) < 0.03] = np.inf
+    axis = int(rng.integers(-len(shape) - 1, len(shape) + 1))
+    op = str(rng.choice(["softmax", "log_softmax", "layer_norm", "rms_norm", "batch_norm"]))
+    if op in ("softmax", "log_softmax"):
+        kw: dict[str, Any] = {"axis": axis, "scale": float(rng.uniform(0.1, 2.0))}
+        if rng.random() < 0.5:
+            kw["mask"] = randn(rng, *shape[rng.integers(0, len(shape) + 1) :])
+        return op, (x,), kw
+    if op == "batch_norm":
+        c = shape[1] if len(shape) > 1 else 1
+        var = np.abs(randn(rng, c)) + F32(0.5)
+        return op, (x, randn(rng, c), randn(rng, c), randn(rng, c), var), {}
+    norm = shape[axis % len(shape) :] if -len(shape) <= axis < len(shape) else shape
+    # epsilon >= 1e-3: with 1e-5, a short row of near-equal values amplifies the float32 rounding
+    # of x - mean past any fixed tolerance (the tests above cover small epsilons on real data).
+    kw = {"axis": axis, "epsilon": float(rng.choice([1e-3, 1.0]))}
+    if op == "layer_norm" and rng.random() < 0.5:
+        kw["residual"] = randn(rng, *shape)
+    return op, (x, randn(rng, *norm)), kw
+
+
+def test_fuzz_matches_reference_or_raises_a_phi_error(rng: np.random.Generator) -> None:
+    """Either numpy's result (NaN where numpy has NaN) or an InvalidRequestError naming the op;
+    never a crash or another exception type."""
+    for _ in range(800):
+        op, args, kw = fuzz_case(rng)
+        try:
+            out = getattr(ops, op)(*args, **kw, threads=int(rng.integers(0, 4)))
+        except InvalidRequestError as e:
+            assert str(e).startswith(f"[{op}]")
+            continue
+        expected = getattr(ref, op)(*args, **kw)
+        assert out.shape == expected.shape and out.dtype == F32
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5, equal_nan=True)

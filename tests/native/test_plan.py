@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from phi_engine._native import require_core
-from phi_engine.errors import InvalidRequestError, NotFoundError
+from phi_engine.errors import InvalidRequestError, NotFoundError, ResourceError
 from phi_engine.runtime import Constant, Plan, PlanBuilder, TensorSpec
 from phi_engine.runtime import reference as ref
 
@@ -469,3 +469,124 @@ def test_mixed_ops_when_available(rng: np.random.Generator) -> None:
     x_val = randn(rng, 6, 12)
     expected = ref.softmax(ref.add(ref.matmul(x_val, w), bias), axis=-1)
     np.testing.assert_allclose(b.build().run({"x": x_val})["p"], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- robustness: argument types, huge declarations, failing runs under concurrency -----------
+
+
+def test_slot_numbers_past_int_range_are_refused(rng: np.random.Generator) -> None:
+    b = PlanBuilder()
+    x = b.add_input("x", "float32", (4, 6))
+    w = b.add_constant(weight(rng, 6, 2))
+    # 2**32 was cast to a C int and became slot 0 (x): a wrong value, silently.
+    with pytest.raises(
+        InvalidRequestError, match=r"^\[plan\] a step input refers to slot 4294967297"
+    ):
+        b.add_step("gemm", [x, 2**32 + w])
+    with pytest.raises(InvalidRequestError, match=r"^\[plan\] .*slot"):
+        b.spec(2**40)
+    with pytest.raises(InvalidRequestError, match=r"^\[plan\] .*must be an integer, got str"):
+        b.mark_output("x", "y")  # type: ignore[arg-type]
+    assert b.num_steps == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        # Each of these leaked a TypeError or ValueError from pybind11, numpy or int().
+        (lambda b, x: b.add_input(5, "float32", (2,)), "input name must be a str"),
+        (lambda b, x: b.add_input("z", object(), (2,)), "dtype must be"),
+        (lambda b, x: b.add_input("z", "float32", ("a",)), "must be an integer"),
+        (lambda b, x: b.add_input("z", "float32", (2.5,)), "must be an integer"),  # was int(2.5)
+        (lambda b, x: b.add_input("z", "float32", 3), "shape must be a sequence"),
+        (lambda b, x: b.add_input("z", "float32", (2**64,)), "does not fit"),
+        (lambda b, x: b.add_step(5, [x]), "op name must be a str"),
+        (lambda b, x: b.add_step("relu", x), "inputs must be a sequence"),
+        (lambda b, x: b.add_step("relu", [x], [("a", 1)]), "attrs must be a mapping"),
+        (lambda b, x: b.add_step("relu", [x], {1: 2}), "attribute names must be strings"),
+        (lambda b, x: b.add_step("relu", [x], outputs=[("float32",)]), "a \\(dtype, shape\\) pair"),
+        (lambda b, x: b.add_step("relu", [x], outputs=5), "outputs must be a sequence"),
+        (lambda b, x: b.add_constant(object()), "unsupported dtype object"),
+    ],
+)
+def test_bad_builder_arguments(call: Callable[[PlanBuilder, int], object], match: str) -> None:
+    b = PlanBuilder()
+    x = b.add_input("x", "float32", (2,))
+    with pytest.raises(InvalidRequestError, match=rf"^\[(plan|relu)\] .*{match}"):
+        call(b, x)
+
+
+def test_bad_thread_counts(small_plan: Plan) -> None:
+    x = {"x": np.ones((5, 7), F32)}
+    with pytest.raises(InvalidRequestError, match=r"^\[plan\] threads"):
+        small_plan.run(x, threads=1.0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match=r"^\[plan\] threads"):
+        small_plan.native.run(x, 2.0)
+    # More threads than exist means all of them (was a TypeError from the int conversion).
+    assert small_plan.run(x, threads=2**40)["y"].shape == (5, 3)
+
+
+def test_declared_shapes_past_the_tensor_limit_are_a_resource_error() -> None:
+    b = PlanBuilder()
+    x = b.add_input("x", "float32", (1 << 30, 1 << 30))  # declared, never allocated
+    with pytest.raises(ResourceError, match=r"^\[relu\] step 0: input 0 of shape"):
+        b.add_step("relu", [x])
+    # Inputs each within the limit whose broadcast is not: (2^24, 1) + (1, 2^24).
+    col = b.add_input("col", "float32", (1 << 24, 1))
+    row = b.add_input("row", "float32", (1, 1 << 24))
+    with pytest.raises(ResourceError, match=r"^\[add\] step 0: output 0 of shape"):
+        b.add_step("add", [col, row])
+    assert b.num_steps == 0
+
+
+def test_arena_past_its_limit_is_a_resource_error() -> None:
+    # 600 values of 2^47 bytes alive at once: each within the tensor limit, their sum (2^56.2)
+    # past what an arena may hold. Refused when planned, long before anything is allocated.
+    b = PlanBuilder()
+    x = b.add_input("x", "float32", (1 << 45,))
+    live = [b.add_step("relu", [x])[0] for _ in range(600)]
+    total = live[0]
+    for v in live[1:]:
+        (total,) = b.add_step("add", [total, v])
+    b.mark_output(total, "y")
+    with pytest.raises(ResourceError, match=r"^\[plan\] the arena would need more than"):
+        b.build()
+
+
+def test_failing_runs_return_their_arenas_under_concurrency(rng: np.random.Generator) -> None:
+    # A run that fails mid-plan (a gather index out of range, found at run time) must give its
+    # arena back and leave the plan usable, also while other threads run and free arenas.
+    b = PlanBuilder()
+    table = b.add_constant(randn(rng, 16, 8))
+    i = b.add_input("i", "int64", (32,))
+    (e,) = b.add_step("gather", [table, i])
+    (y,) = b.add_step("relu", [e])
+    b.mark_output(y, "y")
+    plan = b.build()
+    good = {"i": rng.integers(0, 16, 32)}
+    bad = {"i": np.full(32, 99, np.int64)}
+    expected = plan.run(good)["y"]
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        try:
+            for _ in range(200):
+                if local.random() < 0.5:
+                    with pytest.raises(InvalidRequestError, match=r"^\[gather\] index 99"):
+                        plan.run(bad, threads=int(local.integers(0, 3)))
+                else:
+                    np.testing.assert_array_equal(plan.run(good)["y"], expected)
+                if local.random() < 0.1:
+                    plan.release_idle_arenas()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert plan.arena_count <= 4  # one per concurrent run at most (0 after a final release)
+    np.testing.assert_array_equal(plan.run(good)["y"], expected)

@@ -233,3 +233,56 @@ X = np.ones((3, 4), F32)
 def test_errors(op: str, call: Call) -> None:
     with pytest.raises(InvalidRequestError, match=rf"\[{op}\]"):
         call()
+
+
+# ---- robustness: bad arguments, random cases ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("op", "call"),
+    [
+        # Each of these leaked a ValueError or pybind11's RuntimeError.
+        ("reduce_sum", lambda: ops.reduce_sum(X, [2**64])),
+        ("reduce_max", lambda: ops.reduce_max(X, keepdims=np.array([True, False]))),  # type: ignore[arg-type]
+        ("argmax", lambda: ops.argmax(X, select_last_index=np.ones(2))),  # type: ignore[arg-type]
+        ("argmin", lambda: ops.argmin(X, axis=2**63)),
+    ],
+)
+def test_bad_arguments_raise_phi_errors(op: str, call: Call) -> None:
+    with pytest.raises(InvalidRequestError, match=rf"^\[{op}\]"):
+        call()
+
+
+def test_fuzz_matches_reference_or_raises_a_phi_error(rng: np.random.Generator) -> None:
+    """Random ranks 0-4 with size-0 and size-1 dims, NaN and inf values, random (sometimes bad)
+    axes and flags: either numpy's result or an InvalidRequestError naming the op."""
+    for _ in range(1000):
+        shape = tuple(int(d) for d in rng.choice([0, 1, 2, 3, 7], rng.integers(0, 5)))
+        x = np.asarray(rng.standard_normal(shape), F32)
+        x[rng.random(shape) < 0.03] = np.nan
+        x[rng.random(shape) < 0.03] = rng.choice([np.inf, -np.inf])
+        rank = max(len(shape), 1)
+        if rng.random() < 0.7:
+            kind = str(rng.choice(KINDS))
+            op = f"reduce_{kind}"
+            axes = [int(a) for a in rng.choice(np.arange(-rank, rank), rng.integers(0, 3))]
+            kw: dict[str, Any] = {
+                "axes": axes if rng.random() < 0.8 else None,
+                "keepdims": bool(rng.random() < 0.5),
+                "noop_with_empty_axes": bool(rng.random() < 0.2),
+            }
+        else:
+            op = str(rng.choice(["argmax", "argmin"]))
+            kw = {
+                "axis": int(rng.integers(-rank, rank)),
+                "keepdims": bool(rng.random() < 0.5),
+                "select_last_index": bool(rng.random() < 0.3),
+            }
+        try:
+            out = getattr(ops, op)(x, **kw, threads=int(rng.integers(0, 4)))
+        except InvalidRequestError as e:
+            assert str(e).startswith(f"[{op}]")
+            continue
+        expected = getattr(ref, op)(x, **kw)
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, equal_nan=True)

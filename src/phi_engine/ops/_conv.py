@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from phi_engine.ops._base import run1
-from phi_engine.ops._layout import int_attr, ints_attr
+from phi_engine.ops._base import flag_attr, int_attr, ints_attr, optional_float_attr, run1
 
 IntOrPair = int | Sequence[int]
 IntOrQuad = int | Sequence[int]
@@ -68,8 +67,8 @@ def conv2d(
     attrs.update(
         groups=int_attr("conv2d", "groups", groups),
         activation=activation or "none",
-        clip_min=clip_min,
-        clip_max=clip_max,
+        clip_min=optional_float_attr("conv2d", "clip_min", clip_min),
+        clip_max=optional_float_attr("conv2d", "clip_max", clip_max),
     )
     return run1("conv2d", [x, w, bias, residual], attrs, threads)
 
@@ -85,6 +84,9 @@ def max_pool2d(
     threads: int = 0,
 ) -> np.ndarray:
     """Max over sliding windows (ONNX MaxPool on NCHW float32; padding never wins).
+
+    A window holding a NaN gives NaN, as numpy's max and PyTorch's ``max_pool2d`` do (ONNX
+    Runtime skips NaN instead); a plane with no NaN takes a plain vector max.
 
     Args:
         x: ``(N, C, H, W)`` float32.
@@ -106,7 +108,7 @@ def max_pool2d(
     attrs = _window_attrs("max_pool2d", strides, pads, dilations)
     attrs.update(
         kernel_shape=ints_attr("max_pool2d", "kernel_shape", kernel_shape, repeat=2),
-        ceil_mode=bool(ceil_mode),
+        ceil_mode=flag_attr("max_pool2d", "ceil_mode", ceil_mode),
     )
     return run1("max_pool2d", [x], attrs, threads)
 
@@ -129,7 +131,7 @@ def avg_pool2d(
         kernel_shape, strides, pads, dilations, ceil_mode, threads: as in :func:`max_pool2d`.
         count_include_pad: Divide by the window's taps inside the padded input (True) or inside
             the input only (False, the ONNX default). Cells a ceil-mode window hangs past the
-            end pad never count.
+            end pad never count; a window with no tap that counts gives NaN (0 / 0).
 
     Returns:
         The ``(N, C, OH, OW)`` float32 result.
@@ -140,8 +142,8 @@ def avg_pool2d(
     attrs = _window_attrs("avg_pool2d", strides, pads, dilations)
     attrs.update(
         kernel_shape=ints_attr("avg_pool2d", "kernel_shape", kernel_shape, repeat=2),
-        ceil_mode=bool(ceil_mode),
-        count_include_pad=bool(count_include_pad),
+        ceil_mode=flag_attr("avg_pool2d", "ceil_mode", ceil_mode),
+        count_include_pad=flag_attr("avg_pool2d", "count_include_pad", count_include_pad),
     )
     return run1("avg_pool2d", [x], attrs, threads)
 

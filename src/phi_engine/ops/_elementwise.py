@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from phi_engine.ops._base import run1
+from phi_engine.errors import InvalidRequestError
+from phi_engine.ops._base import float_attr, optional_float_attr, run1
 
 
 def _unary(op: str, x: ArrayLike, threads: int, attrs: dict[str, Any] | None = None) -> np.ndarray:
@@ -229,8 +230,8 @@ def clip(
         InvalidRequestError: ``x`` is not float32, a bound is not finite, or ``min > max``.
     """
     attrs = {
-        "min": None if min is None else float(min),
-        "max": None if max is None else float(max),
+        "min": optional_float_attr("clip", "min", min),
+        "max": optional_float_attr("clip", "max", max),
     }
     return _unary("clip", x, threads, attrs)
 
@@ -249,33 +250,44 @@ def leaky_relu(x: ArrayLike, alpha: float = 0.01, *, threads: int = 0) -> np.nda
     Raises:
         InvalidRequestError: ``x`` is not float32 or ``alpha`` is not finite.
     """
-    return _unary("leaky_relu", x, threads, {"alpha": float(alpha)})
+    return _unary("leaky_relu", x, threads, {"alpha": float_attr("leaky_relu", "alpha", alpha)})
 
 
-def _weak(value: Any, other: Any) -> Any:
-    """A Python int/float beside an array takes the array's dtype (numpy's weak scalars)."""
+def _weak(op: str, value: Any, other: Any) -> Any:
+    """A Python int/float beside an array takes the array's dtype (numpy's weak scalars).
+
+    Raises:
+        InvalidRequestError: an int outside the array's integer dtype (numpy raises
+            OverflowError there too, rather than wrapping it).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
+    dtype: Any = np.float32 if isinstance(value, float) else np.int64
     if isinstance(other, np.ndarray) and other.dtype.kind in "iuf":
         if isinstance(value, float) and other.dtype.kind != "f":
             return value  # 0.5 + int array: no silent truncation; the dtype check reports it
-        return np.asarray(value, dtype=other.dtype)
-    return np.asarray(value, dtype=np.float32 if isinstance(value, float) else np.int64)
+        dtype = other.dtype
+    try:
+        return np.asarray(value, dtype=dtype)
+    except OverflowError:
+        raise InvalidRequestError(
+            f"[{op}] the Python int {value} does not fit in {np.dtype(dtype).name}"
+        ) from None
 
 
 def _binary(
     op: str, a: Any, b: Any, threads: int, attrs: dict[str, Any] | None = None
 ) -> np.ndarray:
-    return run1(op, [_weak(a, b), _weak(b, a)], attrs, threads)
+    return run1(op, [_weak(op, a, b), _weak(op, b, a)], attrs, threads)
 
 
 def _fused(
-    activation: str | None, clip_min: float | None, clip_max: float | None
+    op: str, activation: str | None, clip_min: float | None, clip_max: float | None
 ) -> dict[str, Any]:
     return {
         "activation": activation or "none",
-        "clip_min": None if clip_min is None else float(clip_min),
-        "clip_max": None if clip_max is None else float(clip_max),
+        "clip_min": optional_float_attr(op, "clip_min", clip_min),
+        "clip_max": optional_float_attr(op, "clip_max", clip_max),
     }
 
 
@@ -306,7 +318,7 @@ def add(
         InvalidRequestError: unsupported or mismatched dtypes, shapes that do not broadcast, an
             unknown activation, or an activation on integer inputs.
     """
-    return _binary("add", a, b, threads, _fused(activation, clip_min, clip_max))
+    return _binary("add", a, b, threads, _fused("add", activation, clip_min, clip_max))
 
 
 def mul(
@@ -335,7 +347,7 @@ def mul(
         InvalidRequestError: unsupported or mismatched dtypes, shapes that do not broadcast, an
             unknown activation, or an activation on integer inputs.
     """
-    return _binary("mul", a, b, threads, _fused(activation, clip_min, clip_max))
+    return _binary("mul", a, b, threads, _fused("mul", activation, clip_min, clip_max))
 
 
 def sub(a: ArrayLike, b: ArrayLike, *, threads: int = 0) -> np.ndarray:
@@ -526,4 +538,4 @@ def where(condition: ArrayLike, x: ArrayLike, y: ArrayLike, *, threads: int = 0)
         InvalidRequestError: ``condition`` is not bool, ``x`` and ``y`` differ in dtype, or the
             shapes do not broadcast.
     """
-    return run1("where", [condition, _weak(x, y), _weak(y, x)], None, threads)
+    return run1("where", [condition, _weak("where", x, y), _weak("where", y, x)], None, threads)

@@ -6,45 +6,13 @@ elements, whatever the dtype (bool, int8/uint8, int32/int64, float16/32/64).
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from phi_engine.errors import InvalidRequestError
-from phi_engine.ops._base import run, run1
-
-
-def int_attr(op: str, name: str, value: Any) -> int:
-    """``value`` as a Python int (numpy integers included), or an error naming the op."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise InvalidRequestError(
-            f"[{op}] {name} must be an integer, got {type(value).__name__}", field=name
-        ) from None
-
-
-def ints_attr(op: str, name: str, value: Any, repeat: int | None = None) -> list[int]:
-    """A sequence of integers as a list; a single integer is repeated ``repeat`` times if given."""
-    if repeat is not None:
-        try:
-            return [operator.index(value)] * repeat
-        except TypeError:
-            pass  # not a single integer: a sequence, then
-    items: list[Any] | None = None
-    if not isinstance(value, str):
-        try:
-            items = list(value)
-        except TypeError:
-            items = None
-    if items is None:
-        raise InvalidRequestError(
-            f"[{op}] {name} must be a sequence of integers, got {type(value).__name__}", field=name
-        )
-    return [int_attr(op, name, v) for v in items]
+from phi_engine.ops._base import int_attr, ints_attr, run, run1
 
 
 def transpose(x: ArrayLike, perm: Sequence[int] | None = None, *, threads: int = 0) -> np.ndarray:

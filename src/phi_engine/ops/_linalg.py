@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from phi_engine.ops._base import run1
+from phi_engine.ops._base import flag_attr, float_attr, optional_float_attr, run1
 
 
 def gemm(
@@ -42,11 +42,11 @@ def gemm(
     """
     attrs = {
         "activation": activation or "none",
-        "alpha": float(alpha),
-        "trans_a": bool(trans_a),
-        "trans_b": bool(trans_b),
-        "clip_min": clip_min,
-        "clip_max": clip_max,
+        "alpha": float_attr("gemm", "alpha", alpha),
+        "trans_a": flag_attr("gemm", "trans_a", trans_a),
+        "trans_b": flag_attr("gemm", "trans_b", trans_b),
+        "clip_min": optional_float_attr("gemm", "clip_min", clip_min),
+        "clip_max": optional_float_attr("gemm", "clip_max", clip_max),
     }
     return run1("gemm", [a, b, bias, residual], attrs, threads)
 
@@ -80,9 +80,9 @@ def matmul(
     """
     attrs = {
         "activation": activation or "none",
-        "alpha": float(alpha),
-        "trans_b": bool(trans_b),
-        "clip_min": clip_min,
-        "clip_max": clip_max,
+        "alpha": float_attr("matmul", "alpha", alpha),
+        "trans_b": flag_attr("matmul", "trans_b", trans_b),
+        "clip_min": optional_float_attr("matmul", "clip_min", clip_min),
+        "clip_max": optional_float_attr("matmul", "clip_max", clip_max),
     }
     return run1("matmul", [a, b, bias, residual], attrs, threads)

@@ -6,33 +6,13 @@ True); an empty reduction gives 0 (sum), 1 (prod), -inf (max), +inf (min) or NaN
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from phi_engine.errors import InvalidRequestError
-from phi_engine.ops._base import run1
-
-
-def _int(op: str, name: str, value: Any) -> int:
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise InvalidRequestError(
-            f"[{op}] {name} must be an integer, got {type(value).__name__}", field=name
-        ) from None
-
-
-def _float(op: str, name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InvalidRequestError(
-            f"[{op}] {name} must be a number, got {type(value).__name__}", field=name
-        ) from None
+from phi_engine.ops._base import flag_attr, float_attr, int_attr, run1
 
 
 def softmax(
@@ -63,7 +43,10 @@ def softmax(
         InvalidRequestError: a non-float32 input, a bad axis, a mask that does not broadcast to
             ``x``, or a non-finite scale.
     """
-    attrs = {"axis": _int("softmax", "axis", axis), "scale": _float("softmax", "scale", scale)}
+    attrs = {
+        "axis": int_attr("softmax", "axis", axis),
+        "scale": float_attr("softmax", "scale", scale),
+    }
     return run1("softmax", [x, mask], attrs, threads)
 
 
@@ -91,8 +74,8 @@ def log_softmax(
         InvalidRequestError: as in :func:`softmax`.
     """
     attrs = {
-        "axis": _int("log_softmax", "axis", axis),
-        "scale": _float("log_softmax", "scale", scale),
+        "axis": int_attr("log_softmax", "axis", axis),
+        "scale": float_attr("log_softmax", "scale", scale),
     }
     return run1("log_softmax", [x, mask], attrs, threads)
 
@@ -128,8 +111,8 @@ def layer_norm(
         InvalidRequestError: wrong dtypes or shapes, a bad axis, or a bad epsilon.
     """
     attrs = {
-        "axis": _int("layer_norm", "axis", axis),
-        "epsilon": _float("layer_norm", "epsilon", epsilon),
+        "axis": int_attr("layer_norm", "axis", axis),
+        "epsilon": float_attr("layer_norm", "epsilon", epsilon),
     }
     return run1("layer_norm", [x, gamma, beta, residual], attrs, threads)
 
@@ -158,8 +141,8 @@ def rms_norm(
         InvalidRequestError: wrong dtypes or shapes, a bad axis, or a bad epsilon.
     """
     attrs = {
-        "axis": _int("rms_norm", "axis", axis),
-        "epsilon": _float("rms_norm", "epsilon", epsilon),
+        "axis": int_attr("rms_norm", "axis", axis),
+        "epsilon": float_attr("rms_norm", "epsilon", epsilon),
     }
     return run1("rms_norm", [x, gamma], attrs, threads)
 
@@ -193,7 +176,7 @@ def batch_norm(
     Raises:
         InvalidRequestError: wrong dtypes or shapes, or a bad epsilon.
     """
-    attrs = {"epsilon": _float("batch_norm", "epsilon", epsilon)}
+    attrs = {"epsilon": float_attr("batch_norm", "epsilon", epsilon)}
     return run1("batch_norm", [x, scale, bias, mean, var], attrs, threads)
 
 
@@ -206,14 +189,14 @@ def _reduce(
     threads: int,
 ) -> np.ndarray:
     attrs: dict[str, Any] = {
-        "keepdims": bool(keepdims),
-        "noop_with_empty_axes": bool(noop_with_empty_axes),
+        "keepdims": flag_attr(op, "keepdims", keepdims),
+        "noop_with_empty_axes": flag_attr(op, "noop_with_empty_axes", noop_with_empty_axes),
     }
     if axes is not None:
         if isinstance(axes, (Sequence, np.ndarray)) and not isinstance(axes, str):
-            attrs["axes"] = [_int(op, "axes", a) for a in axes]
+            attrs["axes"] = [int_attr(op, "axes", a) for a in axes]
         else:
-            attrs["axes"] = [_int(op, "axes", axes)]
+            attrs["axes"] = [int_attr(op, "axes", axes)]
     return run1(op, [x], attrs, threads)
 
 
@@ -352,9 +335,9 @@ def _arg(
     op: str, x: ArrayLike, axis: int, keepdims: bool, select_last_index: bool, threads: int
 ) -> np.ndarray:
     attrs = {
-        "axis": _int(op, "axis", axis),
-        "keepdims": bool(keepdims),
-        "select_last_index": bool(select_last_index),
+        "axis": int_attr(op, "axis", axis),
+        "keepdims": flag_attr(op, "keepdims", keepdims),
+        "select_last_index": flag_attr(op, "select_last_index", select_last_index),
     }
     return run1(op, [x], attrs, threads)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from phi_engine.ops._base import run1
+from phi_engine.ops._base import flag_attr, ints_attr, run1
 
 
 def reshape(
@@ -28,6 +28,8 @@ def reshape(
     Raises:
         InvalidRequestError: the element counts differ or the shape is malformed.
     """
-    return run1(
-        "reshape", [x], {"shape": [int(d) for d in shape], "allowzero": bool(allowzero)}, threads
-    )
+    attrs = {
+        "shape": ints_attr("reshape", "shape", shape),
+        "allowzero": flag_attr("reshape", "allowzero", allowzero),
+    }
+    return run1("reshape", [x], attrs, threads)

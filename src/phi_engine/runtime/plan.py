@@ -19,7 +19,7 @@ overlap share memory, and concurrent runs never share an arena.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +134,7 @@ class PlanBuilder:
         Raises:
             InvalidRequestError: a duplicate name, an unknown dtype, or the plan is built.
         """
-        return int(self._native.add_input(name, _dtype_name(dtype), [int(d) for d in shape]))
+        return int(self._native.add_input(name, dtype, _as_list(shape, "shape")))
 
     def add_constant(self, value: np.ndarray | Constant) -> int:
         """Add a constant: a numpy array (copied now) or a shared :class:`Constant`.
@@ -174,10 +174,13 @@ class PlanBuilder:
                 (the message starts with ``[op] step N:``), or the plan is built.
             NotFoundError: no op of that name.
         """
-        expected = None
-        if outputs is not None:
-            expected = [(_dtype_name(dt), [int(d) for d in shape]) for dt, shape in outputs]
-        slots = self._native.add_step(op, list(inputs), dict(attrs or {}), expected)
+        if attrs is not None and not isinstance(attrs, Mapping):
+            raise InvalidRequestError(
+                f"[plan] attrs must be a mapping of name -> value, got {type(attrs).__name__}",
+                field="attrs",
+            )
+        expected = None if outputs is None else _as_list(outputs, "outputs")
+        slots = self._native.add_step(op, _as_list(inputs, "inputs"), dict(attrs or {}), expected)
         return [int(s) for s in slots]
 
     def mark_output(self, slot: int, name: str) -> None:
@@ -304,9 +307,13 @@ class Plan:
         self._native.release_idle_arenas()
 
 
-def _dtype_name(dtype: DTypeLike) -> str:
-    # Names pass through unchanged so that dtypes numpy lacks ("bfloat16") can still be declared.
-    return dtype if isinstance(dtype, str) else np.dtype(dtype).name
+def _as_list(value: Any, what: str) -> list[Any]:
+    """Any iterable but a str as a list (the core checks the items); anything else is refused."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InvalidRequestError(
+            f"[plan] {what} must be a sequence, got {type(value).__name__}", field=what
+        )
+    return list(value)
 
 
 def _as_native(inputs: Inputs) -> dict[str, np.ndarray] | list[np.ndarray]:

@@ -131,7 +131,8 @@ def avg_pool2d(
     # The divisor counts, per window, the taps on input cells (and pads if count_include_pad).
     ones = np.ones((1, 1, *x64.shape[2:]))
     count = _windows(ones, *args, 1.0 if count_include_pad else 0.0, 0.0).sum(axis=(-2, -1))
-    out: np.ndarray = (total / count).astype(np.float32)
+    with np.errstate(invalid="ignore"):  # a window on padding only averages nothing: 0/0, NaN
+        out: np.ndarray = (total / count).astype(np.float32)
     return out
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 def transpose(x: np.ndarray, perm: Sequence[int] | None = None) -> np.ndarray:
     """Reference of :func:`phi_engine.ops.transpose`."""
-    return np.ascontiguousarray(np.transpose(np.asarray(x), None if perm is None else tuple(perm)))
+    # copy(order="C"), not ascontiguousarray, which would turn a 0-d result into shape (1,).
+    return np.transpose(np.asarray(x), None if perm is None else tuple(perm)).copy(order="C")
 
 
 def gather(data: np.ndarray, indices: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -13,13 +13,19 @@ def _f64(x: np.ndarray | None) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _row_max(t: np.ndarray, axis: int) -> np.ndarray:
+    # `initial` lets an empty tensor (a size-0 axis or batch) through: there is nothing to
+    # normalise, and numpy's max would refuse the zero-size reduction.
+    return np.asarray(t.max(axis=axis, keepdims=True, initial=-np.inf))
+
+
 def softmax(
     x: np.ndarray, mask: np.ndarray | None = None, axis: int = -1, scale: float = 1.0
 ) -> np.ndarray:
     """Reference of :func:`phi_engine.ops.softmax`."""
     t = scale * _f64(x) + (0.0 if mask is None else _f64(mask))
     with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(t - t.max(axis=axis, keepdims=True))
+        e = np.exp(t - _row_max(t, axis))
         return np.asarray((e / e.sum(axis=axis, keepdims=True)).astype(F32))
 
 
@@ -33,7 +39,7 @@ def log_softmax(
     """Reference of :func:`phi_engine.ops.log_softmax`."""
     t = scale * _f64(x) + (0.0 if mask is None else _f64(mask))
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        d = t - t.max(axis=axis, keepdims=True)
+        d = t - _row_max(t, axis)
         return np.asarray((d - np.log(np.exp(d).sum(axis=axis, keepdims=True))).astype(F32))
 
 
@@ -52,20 +58,26 @@ def layer_norm(
 ) -> np.ndarray:
     """Reference of :func:`phi_engine.ops.layer_norm`."""
     h = _f64(x) if residual is None else _f64(x) + _f64(residual)
+    if h.size == 0:
+        return np.zeros(h.shape, F32)  # no row to normalise (numpy would warn on the empty mean)
     axes = _norm_axes(h, axis)
-    mean = h.mean(axis=axes, keepdims=True)
-    var = ((h - mean) ** 2).mean(axis=axes, keepdims=True)
-    y = (h - mean) / np.sqrt(var + epsilon) * _f64(gamma)
-    if beta is not None:
-        y = y + _f64(beta)
-    return np.asarray(y.astype(F32))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN rows give NaN, quietly
+        mean = h.mean(axis=axes, keepdims=True)
+        var = ((h - mean) ** 2).mean(axis=axes, keepdims=True)
+        y = (h - mean) / np.sqrt(var + epsilon) * _f64(gamma)
+        if beta is not None:
+            y = y + _f64(beta)
+        return np.asarray(y.astype(F32))
 
 
 def rms_norm(x: np.ndarray, gamma: np.ndarray, axis: int = -1, epsilon: float = 1e-6) -> np.ndarray:
     """Reference of :func:`phi_engine.ops.rms_norm`."""
     x64 = _f64(x)
-    ms = (x64**2).mean(axis=_norm_axes(x64, axis), keepdims=True)
-    return np.asarray((x64 / np.sqrt(ms + epsilon) * _f64(gamma)).astype(F32))
+    if x64.size == 0:
+        return np.zeros(x64.shape, F32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ms = (x64**2).mean(axis=_norm_axes(x64, axis), keepdims=True)
+        return np.asarray((x64 / np.sqrt(ms + epsilon) * _f64(gamma)).astype(F32))
 
 
 def batch_norm(
@@ -83,8 +95,9 @@ def batch_norm(
     def per_channel(v: np.ndarray) -> np.ndarray:
         return _f64(v).reshape(shape)
 
-    y = (x64 - per_channel(mean)) / np.sqrt(per_channel(var) + epsilon)
-    return np.asarray((y * per_channel(scale) + per_channel(bias)).astype(F32))
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = (x64 - per_channel(mean)) / np.sqrt(per_channel(var) + epsilon)
+        return np.asarray((y * per_channel(scale) + per_channel(bias)).astype(F32))
 
 
 def _axes(
