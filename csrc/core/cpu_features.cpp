@@ -93,7 +93,8 @@ double run_loop(int64_t iters, double* sink) {
 }  // namespace
 
 double measure_fma_peak(int threads, double seconds) {
-  threads = std::max(1, threads);
+  // More threads than the pool has would only queue: each extra task runs another `seconds`.
+  threads = std::clamp(threads, 1, ThreadPool::global().capacity());
   std::vector<double> rates(threads, 0.0);
   std::vector<double> sinks(threads, 0.0);
   ThreadPool::global().parallel_for(threads, threads, [&](int64_t t) {

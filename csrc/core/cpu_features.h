@@ -15,9 +15,9 @@ const CpuFeatures& cpu_features();
 // The BLAS the GEMM driver calls (name, version, core type it picked).
 std::string blas_info();
 
-// GFLOP/s of float32 FMAs on `threads` threads over about `seconds`, from independent FMA chains
-// (the widest vectors the CPU has: AVX-512, AVX2 or portable): the ceiling GEMM efficiency is
-// quoted against, since BLAS uses the widest vectors too.
+// GFLOP/s of float32 FMAs on `threads` threads (at most the pool's capacity) over about
+// `seconds`, from independent FMA chains (the widest vectors the CPU has: AVX-512, AVX2 or
+// portable): the ceiling GEMM efficiency is quoted against, since BLAS uses the widest vectors too.
 double measure_fma_peak(int threads, double seconds);
 
 }  // namespace phi

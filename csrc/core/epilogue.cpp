@@ -104,8 +104,8 @@ void apply_activation(float* x, int64_t n, math::Act act, float clip_min, float 
 void parse_activation(const std::string& op, const Attrs& attrs, Epilogue& ep) {
   ep.act = math::parse_act(op, attrs.get_string(op, "activation", "none"));
   if (ep.act == math::Act::clip) {
-    ep.clip_min = static_cast<float>(attrs.get_float(op, "clip_min", -INFINITY));
-    ep.clip_max = static_cast<float>(attrs.get_float(op, "clip_max", INFINITY));
+    ep.clip_min = attrs.has("clip_min") ? attrs.get_f32(op, "clip_min", 0.0f) : -INFINITY;
+    ep.clip_max = attrs.has("clip_max") ? attrs.get_f32(op, "clip_max", 0.0f) : INFINITY;
     check(ep.clip_min <= ep.clip_max, op, "clip_min must not exceed clip_max");
   }
 }

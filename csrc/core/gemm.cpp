@@ -139,7 +139,7 @@ class GemmKernel final : public Kernel {
     expect_rank(op, b, 2, "B");
     ta_ = attrs.get_int(op, "trans_a", 0) != 0;
     tb_ = attrs.get_int(op, "trans_b", 0) != 0;
-    alpha_ = static_cast<float>(attrs.get_float(op, "alpha", 1.0));
+    alpha_ = attrs.get_f32(op, "alpha", 1.0f);
     m_ = ta_ ? a.shape[1] : a.shape[0];
     k_ = ta_ ? a.shape[0] : a.shape[1];
     int64_t kb = tb_ ? b.shape[1] : b.shape[0];
@@ -188,7 +188,7 @@ class MatMulKernel final : public Kernel {
     expect_float(op, b, "B");
     PHI_CHECK(a.ndim() >= 1 && b.ndim() >= 1, op, "operands must have rank >= 1");
     tb_ = attrs.get_int(op, "trans_b", 0) != 0;
-    alpha_ = static_cast<float>(attrs.get_float(op, "alpha", 1.0));
+    alpha_ = attrs.get_f32(op, "alpha", 1.0f);
     bool a_vec = a.ndim() == 1, b_vec = b.ndim() == 1;
     PHI_CHECK(!(b_vec && tb_), op, "trans_b needs B of rank >= 2");
     if (a_vec) a.shape.insert(a.shape.begin(), 1);
@@ -208,7 +208,7 @@ class MatMulKernel final : public Kernel {
     for (size_t i = 0; i < nb; ++i) {
       PHI_CHECK(ba[i] == bb[i] || ba[i] == 1 || bb[i] == 1, op,
             "batch dimensions do not broadcast: " + shape_str(in[0].shape) + " and " + shape_str(in[1].shape));
-      batch[i] = std::max(ba[i], bb[i]);
+      batch[i] = ba[i] == 1 ? bb[i] : ba[i];  // a 0 broadcast against 1 stays 0
     }
     batch_a_ = ba;
     batch_b_ = bb;

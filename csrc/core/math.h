@@ -33,7 +33,9 @@ inline float exp(float x) {
   p = p * r + 1.6666665459E-1f;
   p = p * r + 5.0000001201E-1f;
   float y = p * r * r + r + 1.0f;
-  return y * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+  // NaN stays in y; the exponent is built from 0 instead (casting NaN to int is undefined).
+  float n_safe = n == n ? n : 0.0f;
+  return y * bits_to_float((static_cast<int32_t>(n_safe) + 127) << 23);
 }
 
 // Inputs clamped to +-80 so neither the result nor any intermediate is subnormal.

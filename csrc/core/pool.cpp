@@ -7,7 +7,6 @@
 #include <memory>
 
 #include "core/conv.h"
-#include "core/elementwise.h"
 #include "core/op_registry.h"
 
 namespace phi {

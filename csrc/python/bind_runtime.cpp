@@ -2,6 +2,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <string>
+
+#include "convert.h"
+#include "core/common.h"
 #include "core/cpu_features.h"
 #include "core/threadpool.h"
 
@@ -12,8 +16,9 @@ namespace phi::py_bind {
 void init_runtime(py::module_& m) {
   m.def("available_cpus", &available_cpus, "CPUs this process may run on (affinity aware).");
   m.def("get_num_threads", &default_threads, "Threads a kernel call uses when it does not say.");
-  m.def("set_num_threads", &set_default_threads, py::arg("threads"),
-        "Set the default threads per kernel call (0: all available CPUs).");
+  m.def(
+      "set_num_threads", [](const py::object& threads) { set_default_threads(threads_from(threads, "set_num_threads")); },
+      py::arg("threads"), "Set the default threads per kernel call (0: all available CPUs).");
   m.def("cpu_features", [] {
     const CpuFeatures& f = cpu_features();
     py::dict d;
@@ -26,11 +31,19 @@ void init_runtime(py::module_& m) {
     return d;
   }, "What the CPU supports, as detected at run time.");
   m.def("blas_info", &blas_info, "The BLAS library the GEMM driver calls and its configuration.");
-  m.def("measure_fma_peak", [](int threads, double seconds) {
-    py::gil_scoped_release release;
-    return measure_fma_peak(threads, seconds);
-  }, py::arg("threads") = 1, py::arg("seconds") = 0.2,
-     "Measure the machine's float32 FMA rate in GFLOP/s with independent FMA chains on `threads` threads.");
+  m.def(
+      "measure_fma_peak",
+      [](const py::object& threads_obj, double seconds) {
+        const int threads = threads_from(threads_obj, "measure_fma_peak");
+        // Each thread runs for `seconds`: an unbounded (or NaN) duration would never return.
+        PHI_CHECK(seconds > 0.0 && seconds <= 60.0, "measure_fma_peak",
+                  "seconds must be in (0, 60], got " + std::to_string(seconds));
+        py::gil_scoped_release release;
+        return measure_fma_peak(threads, seconds);
+      },
+      py::arg("threads") = py::int_(1), py::arg("seconds") = 0.2,
+      "Measure the machine's float32 FMA rate in GFLOP/s with independent FMA chains on `threads` threads "
+      "(at most the CPUs available).");
 }
 
 }  // namespace phi::py_bind

@@ -155,6 +155,14 @@ AttrValue list_value(const py::handle& seq, const std::string& op, const std::st
 }
 
 AttrValue attr_value(const py::handle& raw, const std::string& op, const std::string& name) {
+  // Plain Python ints and finite floats, by far the most common, skip the numpy checks below.
+  PyObject* p = raw.ptr();
+  if (PyFloat_CheckExact(p) && std::isfinite(PyFloat_AS_DOUBLE(p))) return PyFloat_AS_DOUBLE(p);
+  if (PyLong_CheckExact(p)) {
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(p, &overflow);
+    if (overflow == 0) return static_cast<int64_t>(v);
+  }
   const std::string what = "attribute '" + name + "'";
   py::object value = plain(raw);
   if (py::isinstance<py::str>(value)) return value.cast<std::string>();

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import phi_engine
 from phi_engine import ops
 from phi_engine._native import require_core
 from phi_engine.errors import InvalidRequestError, ResourceError
@@ -390,6 +391,21 @@ def test_core_call_arguments_are_checked() -> None:
         core.run_op("relu", [X3], [("a", 1)], 0)
     with pytest.raises(InvalidRequestError, match=r"^\[relu\] threads"):
         core.run_op("relu", [X3], {}, True)
+
+
+def test_runtime_thread_arguments() -> None:
+    core = require_core()
+    # 2**40 did not fit pybind11's int conversion (TypeError); it now means "all CPUs".
+    phi_engine.set_num_threads(2**40)
+    try:
+        np.testing.assert_array_equal(ops.relu(np.array([-1.0, 2.0], F32)), [0, 2])
+    finally:
+        phi_engine.set_num_threads(0)
+    # An infinite or NaN duration never returned (or returned at once); too many threads queued.
+    for seconds in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(InvalidRequestError, match=r"^\[measure_fma_peak\] seconds"):
+            core.measure_fma_peak(1, seconds)
+    assert core.measure_fma_peak(2**40, 0.01) > 0
 
 
 def test_numpy_scalars_and_arrays_are_attributes() -> None:

@@ -172,6 +172,20 @@ def test_gemm_bad_input(
         ops.gemm(*args, **kwargs)  # type: ignore[arg-type]
 
 
+def test_matmul_zero_batch_broadcasts_to_zero(rng: np.random.Generator) -> None:
+    a, b = randn(rng, 2, 7), np.zeros((3, 0, 7, 8), np.float32)
+    out = ops.matmul(a, b)
+    assert out.shape == np.matmul(a, b).shape == (3, 0, 2, 8)
+
+
+def test_gemm_attributes_must_fit_float32() -> None:
+    x = np.ones((2, 2), np.float32)
+    with pytest.raises(InvalidRequestError, match=r"\[gemm\].*alpha"):
+        ops.gemm(x, x, alpha=1e39)
+    with pytest.raises(InvalidRequestError, match=r"\[gemm\].*clip_max"):
+        ops.gemm(x, x, None, "clip", clip_min=0.0, clip_max=1e39)
+
+
 def test_matmul_bad_input() -> None:
     with pytest.raises(InvalidRequestError, match=r"\[matmul\] batch dimensions do not broadcast"):
         ops.matmul(np.ones((2, 3, 4), np.float32), np.ones((3, 4, 5), np.float32))

@@ -91,9 +91,12 @@ def float_attr(op: str, name: str, value: Any) -> float:
         InvalidRequestError: ``value`` is not a real number (strings are refused, not parsed),
             or it is NaN, infinite, or too large for a float.
     """
-    if not isinstance(value, numbers.Real):
+    kind = type(value)
+    # The exact-type test first: an isinstance check against the numbers ABC costs ~0.7 us, as
+    # much as the rest of a small eager call.
+    if kind is not float and kind is not int and not isinstance(value, numbers.Real):
         raise InvalidRequestError(
-            f"[{op}] {name} must be a number, got {type(value).__name__}", field=name
+            f"[{op}] {name} must be a number, got {kind.__name__}", field=name
         )
     try:
         result = float(value)
@@ -115,6 +118,8 @@ def flag_attr(op: str, name: str, value: Any) -> bool:
     Raises:
         InvalidRequestError: ``value`` has no truth value.
     """
+    if value is True or value is False:
+        return value
     try:
         return bool(value)
     except (TypeError, ValueError):

@@ -38,7 +38,8 @@ def gemm(
         The ``(M, N)`` float32 result.
 
     Raises:
-        InvalidRequestError: wrong dtype, rank, or mismatched shapes (the message says which).
+        InvalidRequestError: wrong dtype, rank, or mismatched shapes (the message says which),
+            or a non-finite ``alpha`` or clip bound.
     """
     attrs = {
         "activation": activation or "none",
@@ -76,7 +77,8 @@ def matmul(
         The float32 product with numpy's output shape.
 
     Raises:
-        InvalidRequestError: wrong dtype, rank, or shapes that do not broadcast.
+        InvalidRequestError: wrong dtype, rank, or shapes that do not broadcast, or a
+            non-finite ``alpha`` or clip bound.
     """
     attrs = {
         "activation": activation or "none",

@@ -132,7 +132,10 @@ class PlanBuilder:
             The input's slot.
 
         Raises:
-            InvalidRequestError: a duplicate name, an unknown dtype, or the plan is built.
+            InvalidRequestError: a duplicate or non-str name, an unknown dtype, a shape that is
+                not a sequence of non-negative integers, or the plan is built.
+            ResourceError: a shape larger than one tensor may be (checked by the first step
+                that reads it).
         """
         return int(self._native.add_input(name, dtype, _as_list(shape, "shape")))
 
@@ -172,6 +175,7 @@ class PlanBuilder:
         Raises:
             InvalidRequestError: unknown slots, or shapes, dtypes or attributes the op refuses
                 (the message starts with ``[op] step N:``), or the plan is built.
+            ResourceError: an input or output larger than one tensor may be.
             NotFoundError: no op of that name.
         """
         if attrs is not None and not isinstance(attrs, Mapping):
@@ -213,6 +217,8 @@ class PlanBuilder:
 
         Raises:
             InvalidRequestError: no output was marked, or the plan was already built.
+            ResourceError: the values alive at once would need a larger arena than a plan may
+                have.
         """
         self._native.finalize()
         return Plan(self._native)
