@@ -93,4 +93,57 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
+// Butterfly max (fmaxf: a NaN loses to any number, so callers that must see NaN check the sum).
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+// Max over the block, as block_sum.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  v = warp_max(v);
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = scratch[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) total = fmaxf(total, scratch[w]);
+  __syncthreads();
+  return total;
+}
+
+// A row reduction by one warp (WARP_ROWS) or by the whole block.
+template <bool WARP_ROWS>
+__device__ __forceinline__ float row_sum(float v, float* scratch) {
+  if constexpr (WARP_ROWS) {
+    return warp_sum(v);
+  } else {
+    return block_sum(v, scratch);
+  }
+}
+
+template <bool WARP_ROWS>
+__device__ __forceinline__ float row_max(float v, float* scratch) {
+  if constexpr (WARP_ROWS) {
+    return warp_max(v);
+  } else {
+    return block_max(v, scratch);
+  }
+}
+
+// Rows short enough to live in registers: a warp row holds up to 32 floats per lane (1024
+// columns), a block row up to 32 floats per thread (8192 columns). Such rows are read from
+// device memory once, with all of a thread's loads in flight together, instead of re-read per
+// sweep. A kernel is built for 8, 16 and 32 floats per thread, and a row takes the smallest that
+// holds it: spare capacity costs registers (occupancy) and predicated work.
+constexpr int64_t kWarpRowLimit = 1024;
+constexpr int64_t kCachedBlockRowLimit = 32 * kThreads;
+
+// Floats each thread must hold for a row of `cols`: 8, 16 or 32.
+inline int cached_capacity(int64_t cols) {
+  const int64_t per_thread = cols <= kWarpRowLimit ? (cols + 31) / 32 : (cols + kThreads - 1) / kThreads;
+  return per_thread <= 8 ? 8 : (per_thread <= 16 ? 16 : 32);
+}
+
 }  // namespace phi::cuda::detail

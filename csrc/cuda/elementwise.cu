@@ -1,8 +1,12 @@
 // Elementwise ops: binary (with an optional fused activation) with numpy broadcasting, unary on
 // dense arrays. Memory-bound, so the aim is one coalesced pass: 16-byte loads where the operands
-// are dense and aligned, and for broadcasting a per-element index walk over as few dimensions as
-// the shapes allow (adjacent dimensions that are contiguous in both inputs are merged on the
-// host first).
+// are dense and aligned; for the common broadcasts (a row vector, a column vector) the same over
+// rows, one division per 4 elements; for any other broadcast a per-element index walk over as
+// few dimensions as the shapes allow (adjacent dimensions that are contiguous in both inputs are
+// merged on the host first).
+//
+// Measured on an H100 with the index walk for every broadcast: (65536, 1024) + (1024,) and
+// (65536, 1024) * (65536, 1) at 70 % of the copy floor, against 95 % for same-shape operands.
 #include <cmath>
 #include <cstdint>
 
@@ -138,6 +142,40 @@ __global__ void binary_broadcast_kernel(const float* __restrict__ a, const float
   }
 }
 
+// A row-wise broadcast over a rows x cols4 grid of float4: each operand is either dense along the
+// row (inner stride 1, 16-byte aligned rows: loaded as float4) or one value per row (inner stride
+// 0: loaded once and repeated). `*_row` is the operand's element stride between rows (0 repeats
+// one row). The launcher checks alignment and that rows * cols4 fits in 32 bits.
+template <BinaryOp OP>
+__global__ void binary_rows_kernel(const float* __restrict__ a, const float* __restrict__ b,
+                                   float* __restrict__ out, uint32_t total4, uint32_t cols4, int64_t a_row,
+                                   int64_t b_row, bool a_dense, bool b_dense, const ActParams act) {
+  float4* out4 = reinterpret_cast<float4*>(out);
+  for (int64_t t = detail::global_thread(); t < total4; t += detail::grid_threads()) {
+    const uint32_t i = static_cast<uint32_t>(t);
+    const uint32_t row = i / cols4;
+    const uint32_t c = i - row * cols4;
+    const float* ar = a + row * a_row;
+    const float* br = b + row * b_row;
+    float4 x;
+    float4 y;
+    if (a_dense) {
+      x = reinterpret_cast<const float4*>(ar)[c];
+    } else {
+      const float v = *ar;
+      x = make_float4(v, v, v, v);
+    }
+    if (b_dense) {
+      y = reinterpret_cast<const float4*>(br)[c];
+    } else {
+      const float v = *br;
+      y = make_float4(v, v, v, v);
+    }
+    out4[i] = make_float4(activate_any(binary_apply<OP>(x.x, y.x), act), activate_any(binary_apply<OP>(x.y, y.y), act),
+                          activate_any(binary_apply<OP>(x.z, y.z), act), activate_any(binary_apply<OP>(x.w, y.w), act));
+  }
+}
+
 template <UnaryOp OP>
 __global__ void unary_vec_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t n, float p0,
                                  float p1) {
@@ -197,7 +235,28 @@ void launch_binary_op(const float* a, const float* b, float* out, int64_t n, con
   const bool dense = ix.ndim == 1 && ix.a_stride[0] == 1 && ix.b_stride[0] == 1;
   if (dense && detail::aligned16(a) && detail::aligned16(b) && detail::aligned16(out)) {
     binary_dense_kernel<OP><<<detail::grid_for(n / 4 + 1), detail::kThreads, 0, stream>>>(a, b, out, n, act);
-  } else if (n <= static_cast<int64_t>(UINT32_MAX)) {
+    return;
+  }
+  // Rows: one or two merged dimensions whose inner strides are 0 or 1, rows of a multiple of 4.
+  if (ix.ndim == 1 || ix.ndim == 2) {
+    const int inner = ix.ndim - 1;
+    const int64_t cols = ix.shape[inner];
+    const int64_t a_row = ix.ndim == 2 ? ix.a_stride[0] : 0;
+    const int64_t b_row = ix.ndim == 2 ? ix.b_stride[0] : 0;
+    const bool a_dense = ix.a_stride[inner] == 1;
+    const bool b_dense = ix.b_stride[inner] == 1;
+    const auto fits = [](bool dense, int64_t stride, int64_t row, const float* p) {
+      return dense ? (row % 4 == 0 && detail::aligned16(p)) : stride == 0;
+    };
+    if (cols % 4 == 0 && n / 4 <= static_cast<int64_t>(UINT32_MAX) && detail::aligned16(out) &&
+        fits(a_dense, ix.a_stride[inner], a_row, a) && fits(b_dense, ix.b_stride[inner], b_row, b)) {
+      binary_rows_kernel<OP><<<detail::grid_for(n / 4), detail::kThreads, 0, stream>>>(
+          a, b, out, static_cast<uint32_t>(n / 4), static_cast<uint32_t>(cols / 4), a_row, b_row, a_dense, b_dense,
+          act);
+      return;
+    }
+  }
+  if (n <= static_cast<int64_t>(UINT32_MAX)) {
     binary_broadcast_kernel<OP, uint32_t>
         <<<detail::grid_for(n), detail::kThreads, 0, stream>>>(a, b, out, n, ix, act);
   } else {

@@ -167,18 +167,25 @@ def test_gemm_reads_device_arrays_in_place(rng: np.random.Generator, needs_cubla
 
 # ---- softmax ------------------------------------------------------------------------------------
 
-# Rows up to 1024 columns take the warp-per-row kernel, longer rows the block-per-row one;
-# columns divisible by 4 take the float4 path.
+# Rows up to 1024 columns take the warp-per-row kernel, longer rows the block-per-row one; rows
+# up to 256 columns (warp) or 2048 (block) hold 8 floats per thread, rows up to 8192 columns 32,
+# longer rows are swept twice. Columns divisible by 4 take the float4 path.
 SOFTMAX_SHAPES = [
     (1,),
     (7,),
     (3, 5),
     (4, 32),
+    (2, 256),
+    (3, 257),
     (2, 3, 1000),
     (5, 1024),
     (3, 1025),
+    (2, 2048),
     (2, 4096),
     (2, 3, 8191),
+    (2, 8192),
+    (2, 8193),
+    (2, 12000),
 ]
 
 
@@ -206,6 +213,9 @@ def test_softmax_other_axes(rng: np.random.Generator, shape: tuple[int, ...], ax
     [
         ((2, 3, 17, 17), (1, 1, 17, 17)),  # attention: one causal pattern for every batch and head
         ((2, 3, 5, 1100), (2, 1, 1, 1100)),  # padding mask per batch, block-per-row kernel
+        ((2, 3, 9000), (2, 1, 9000)),  # rows too long to hold in registers
+        ((2, 2, 64, 64), (1, 1, 64, 64)),  # float4 mask, warp rows
+        ((2, 3, 2048), (2, 1, 2048)),  # float4 mask, block rows
         ((4, 64), (4, 64)),
         ((4, 64), (64,)),
         ((6, 9), (6, 1)),  # one value per row: a shift that cancels out
@@ -271,12 +281,17 @@ LAYER_NORM_SHAPES = [
     (1,),
     (3, 5),
     (4, 7),
+    (2, 256),
+    (3, 257),
     (2, 3, 768),
     (4, 1023),
     (5, 1024),
     (3, 1025),
     (2, 4096),
     (2, 5001),
+    (2, 8192),
+    (2, 8193),
+    (2, 12004),
 ]
 
 
@@ -357,6 +372,14 @@ BROADCAST_SHAPES = [
     ((2, 3, 4, 5), (3, 1, 5)),
     ((1, 1, 1), (2, 1, 3)),
     ((0, 3), (3,)),
+    # Rows of a multiple of 4 columns take the float4 row kernel:
+    ((3, 8), (8,)),
+    ((6, 4), (6, 1)),
+    ((2, 3, 8), (3, 8)),
+    ((16,), (1,)),
+    ((5, 12), (1, 1)),
+    ((1025, 260), (1025, 1)),
+    ((7, 1, 36), (7, 5, 36)),
 ]
 
 
@@ -389,14 +412,15 @@ def test_binary_broadcasting(
 @pytest.mark.parametrize("act", ACTS)
 def test_binary_fused_activation(rng: np.random.Generator, op: str, act: str) -> None:
     gpu_fn, ref_fn = BINARY[op]
-    a, b = randn(rng, 33, 130), randn(rng, 130)
     kw: dict[str, Any] = {"clip_min": -0.3, "clip_max": 0.4} if act == "clip" else {}
-    np.testing.assert_allclose(
-        gpu_fn(a, b, act, **kw), ref_fn(a, b, act, **kw), rtol=1e-5, atol=2e-6
-    )
-    np.testing.assert_allclose(
-        gpu_fn(b, a, act, **kw), ref_fn(b, a, act, **kw), rtol=1e-5, atol=2e-6
-    )
+    for cols in (130, 128):  # the index walk, the float4 row kernel
+        a, b = randn(rng, 33, cols), randn(rng, cols)
+        np.testing.assert_allclose(
+            gpu_fn(a, b, act, **kw), ref_fn(a, b, act, **kw), rtol=1e-5, atol=2e-6
+        )
+        np.testing.assert_allclose(
+            gpu_fn(b, a, act, **kw), ref_fn(b, a, act, **kw), rtol=1e-5, atol=2e-6
+        )
 
 
 def test_binary_python_scalars_and_noncontiguous(rng: np.random.Generator) -> None:
