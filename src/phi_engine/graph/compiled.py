@@ -1,0 +1,250 @@
+"""``compile()`` and :class:`CompiledModel`: one compile, a plan per input shape, cached.
+
+Compiling does everything that does not depend on the input shapes once: load, support check,
+type inference with symbolic dimensions, constant folding, fusion, dead-code removal. The first
+request of a new shape specializes the graph to it (shape arithmetic folds to constants), lowers
+it to native plans and caches the result; later requests of that shape go straight to the plan.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from phi_engine.errors import InvalidRequestError, UnsupportedError
+from phi_engine.graph import fusion
+from phi_engine.graph.ir import Graph, TensorType
+from phi_engine.graph.lower import Program, build_program
+from phi_engine.graph.onnx_import import ModelSource, from_onnx, load_model
+from phi_engine.graph.passes import check_supported, eliminate_dead_code, infer_and_fold
+from phi_engine.runtime.plan import Constant
+
+__all__ = ["DEVICES", "CompiledModel", "compile"]
+
+DEVICES = ("cpu", "reference")
+"""``cpu``: native kernels, numpy reference where they have no case; ``reference``: numpy only."""
+
+
+def compile(
+    model: ModelSource,
+    device: str = "cpu",
+    max_batch: int = 64,
+    *,
+    fuse: bool = True,
+    cache_size: int = 64,
+) -> CompiledModel:
+    """Compile an ONNX model for inference.
+
+    Args:
+        model: A path to an ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
+        device: ``"cpu"`` (native kernels) or ``"reference"`` (numpy, for checking).
+        max_batch: The largest leading (batch) dimension a request may have, for inputs whose
+            leading dimension is symbolic.
+        fuse: Apply the fusion passes (linear + bias + activation, GELU, layer norm,
+            attention). Off is for debugging and comparison.
+        cache_size: Shape specializations kept (least recently used dropped first).
+
+    Returns:
+        A :class:`CompiledModel`; :meth:`CompiledModel.run` serves every batch size up to
+        ``max_batch`` and every other symbolic dimension.
+
+    Raises:
+        InvalidRequestError: not a valid model, or arguments out of range.
+        UnsupportedError: the model uses ops, op versions or features phi_engine does not
+            support (every offending node is named), or an unknown device.
+    """
+    if device not in DEVICES:
+        raise UnsupportedError(
+            f"[compile] device {device!r} is not supported here; choose one of {DEVICES}",
+            field="device",
+        )
+    for name, value in (("max_batch", max_batch), ("cache_size", cache_size)):
+        if type(value) is not int or value < 1:
+            raise InvalidRequestError(
+                f"[compile] {name} must be a positive integer, got {value!r}", field=name
+            )
+    graph = from_onnx(load_model(model))
+    check_supported(graph)
+    for name in graph.inputs:
+        if name not in graph.types:
+            raise InvalidRequestError(f"[compile] graph input {name!r} declares no tensor type")
+    infer_and_fold(graph)
+    eliminate_dead_code(graph)
+    if fuse:
+        fusion.fuse(graph)
+        eliminate_dead_code(graph)
+    return CompiledModel(graph, device, max_batch, cache_size)
+
+
+class CompiledModel:
+    """A compiled model: run it with :meth:`run`; thread-safe."""
+
+    def __init__(self, graph: Graph, device: str, max_batch: int, cache_size: int) -> None:
+        self.graph = graph
+        self.device = device
+        self.max_batch = max_batch
+        self._cache_size = cache_size
+        self._programs: OrderedDict[tuple[tuple[int, ...], ...], Program] = OrderedDict()
+        self._lock = threading.Lock()
+        self._constants: dict[str, Constant] | None = None
+
+    @property
+    def inputs(self) -> dict[str, TensorType]:
+        """Each input's dtype and shape (symbolic dimensions are strings), in order."""
+        return {name: self.graph.types[name] for name in self.graph.inputs}
+
+    @property
+    def outputs(self) -> dict[str, TensorType]:
+        """Each output's dtype and shape as far as known before a run, in order."""
+        return {name: self.graph.types[name] for name in self.graph.outputs if name}
+
+    def run(
+        self, inputs: Mapping[str, Any] | Sequence[Any], threads: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Run the model.
+
+        Args:
+            inputs: Arrays by input name, or a sequence in input order. Non-array values are
+                converted to the input's dtype; arrays must already have it.
+            threads: Threads per kernel (0: the default, see :func:`phi_engine.set_num_threads`).
+
+        Returns:
+            Every output by name.
+
+        Raises:
+            InvalidRequestError: a missing or unknown input, a wrong dtype, rank or fixed
+                dimension, inconsistent symbolic dimensions, or a batch over ``max_batch``
+                (the error's ``field`` names the input).
+        """
+        feeds = self._check_inputs(inputs)
+        program = self.program({name: a.shape for name, a in feeds.items()})
+        return program.run(feeds, threads)
+
+    def program(self, shapes: Mapping[str, Sequence[int]]) -> Program:
+        """The program for these input shapes, built on first use and cached."""
+        key = tuple(tuple(int(d) for d in shapes[name]) for name in self.graph.inputs)
+        with self._lock:
+            found = self._programs.get(key)
+            if found is not None:
+                self._programs.move_to_end(key)
+                return found
+        program = self._specialize(dict(zip(self.graph.inputs, key, strict=True)))
+        with self._lock:
+            self._programs[key] = program
+            self._programs.move_to_end(key)
+            while len(self._programs) > self._cache_size:
+                self._programs.popitem(last=False)
+        return program
+
+    @property
+    def cached_shapes(self) -> list[dict[str, tuple[int, ...]]]:
+        """The input shapes whose programs are cached, least recently used first."""
+        with self._lock:
+            keys = list(self._programs)
+        return [dict(zip(self.graph.inputs, key, strict=True)) for key in keys]
+
+    def _specialize(self, shapes: dict[str, tuple[int, ...]]) -> Program:
+        g = self.graph.copy()
+        for name, shape in shapes.items():
+            g.types[name] = TensorType(g.types[name].dtype, shape)
+        for name in list(g.types):
+            if name not in g.constants and name not in shapes:
+                del g.types[name]  # re-inferred from the concrete shapes
+        infer_and_fold(g)
+        eliminate_dead_code(g)
+        if self.device == "reference":
+            from phi_engine.graph.lower import ReferenceStep
+            from phi_engine.graph.registry import get_op
+
+            return Program(g, [ReferenceStep(n, get_op(n.domain, n.op_type)) for n in g.nodes])
+        return build_program(g, self._shared_constants())
+
+    def _shared_constants(self) -> dict[str, Constant]:
+        with self._lock:
+            if self._constants is None:
+                self._constants = {
+                    name: Constant(np.ascontiguousarray(value))
+                    for name, value in self.graph.constants.items()
+                    if value.dtype != object and value.size > 0
+                }
+            return self._constants
+
+    def _check_inputs(self, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
+        names = self.graph.inputs
+        if isinstance(inputs, Mapping):
+            unknown = [k for k in inputs if k not in names]
+            if unknown:
+                raise InvalidRequestError(
+                    f"[run] unknown input {unknown[0]!r}; the model's inputs are {names}",
+                    field=str(unknown[0]),
+                )
+            given = dict(inputs)
+        elif isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)):
+            if len(inputs) != len(names):
+                raise InvalidRequestError(
+                    f"[run] expected {len(names)} inputs {names}, got {len(inputs)}",
+                    field="inputs",
+                )
+            given = dict(zip(names, inputs, strict=True))
+        else:
+            raise InvalidRequestError(
+                "[run] inputs must be a mapping of name -> array or a sequence of arrays",
+                field="inputs",
+            )
+        feeds: dict[str, np.ndarray] = {}
+        symbols: dict[str, tuple[int, str]] = {}
+        for name in names:
+            if name not in given:
+                raise InvalidRequestError(f"[run] missing input {name!r}", field=name)
+            feeds[name] = self._check_one(name, given[name], symbols)
+        return feeds
+
+    def _check_one(self, name: str, value: Any, symbols: dict[str, tuple[int, str]]) -> np.ndarray:
+        t = self.graph.types[name]
+        if isinstance(value, np.ndarray):
+            if value.dtype != t.dtype:
+                raise InvalidRequestError(
+                    f"[run] input {name!r} must be {t.dtype.name}, got {value.dtype.name}",
+                    field=name,
+                )
+            array = value
+        else:
+            try:
+                array = np.asarray(value, dtype=t.dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequestError(
+                    f"[run] input {name!r} is not convertible to {t.dtype.name}: {exc}", field=name
+                ) from exc
+        if t.shape is None:
+            return array
+        if array.ndim != len(t.shape):
+            raise InvalidRequestError(
+                f"[run] input {name!r} must have rank {len(t.shape)} (shape {list(t.shape)}), "
+                f"got shape {list(array.shape)}",
+                field=name,
+            )
+        for axis, (want, got) in enumerate(zip(t.shape, array.shape, strict=True)):
+            if isinstance(want, int):
+                if want != got:
+                    raise InvalidRequestError(
+                        f"[run] input {name!r} dimension {axis} must be {want}, got {got}",
+                        field=name,
+                    )
+                continue
+            if axis == 0 and got > self.max_batch:
+                raise InvalidRequestError(
+                    f"[run] input {name!r}: batch {got} is over max_batch={self.max_batch}",
+                    field=name,
+                )
+            seen = symbols.setdefault(want, (got, name))
+            if seen[0] != got:
+                raise InvalidRequestError(
+                    f"[run] input {name!r} dimension {axis} ({want!r}) is {got}, but input "
+                    f"{seen[1]!r} has {want!r} = {seen[0]}",
+                    field=name,
+                )
+        return array

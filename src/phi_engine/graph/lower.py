@@ -1,0 +1,210 @@
+"""Lowering: a graph specialized to concrete shapes → native plans, with reference fallback.
+
+Nodes are lowered in order into the current native :class:`PlanBuilder`; a node whose op has
+no native lowering for its dtypes and attributes ends the current plan and runs on the numpy
+reference, and the next lowerable node starts a new plan. A model on the native kernels' dtypes
+(float32 compute, integer indices) becomes one plan: one call into C++ per request, the GIL
+released for all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from phi_engine.graph.ir import Graph, Node, TensorType
+from phi_engine.graph.registry import OpContext, OpDef, get_op
+from phi_engine.runtime.plan import Constant, Plan, PlanBuilder
+
+__all__ = ["LowerContext", "NativeSegment", "Program", "ReferenceStep", "build_program"]
+
+
+class LowerContext(OpContext):
+    """What a lower function sees: concrete input/output types, known values, plan slots."""
+
+    def __init__(self, node: Node, segment: _SegmentBuilder, graph: Graph) -> None:
+        super().__init__(node)
+        self._segment = segment
+        self._graph = graph
+        self.types: list[TensorType | None] = [
+            graph.types[name] if name else None for name in node.inputs
+        ]
+        self.out_types: list[TensorType] = [graph.types[name] for name in node.outputs if name]
+
+    def has(self, i: int) -> bool:
+        return i < len(self.node.inputs) and bool(self.node.inputs[i])
+
+    def type(self, i: int) -> TensorType:
+        t = self.types[i] if i < len(self.types) else None
+        if t is None:
+            self.fail(f"input {i} is required")
+        assert t is not None
+        return t
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return self.type(i).static_shape()
+
+    def dtype(self, i: int) -> np.dtype[Any]:
+        return self.type(i).dtype
+
+    def value(self, i: int) -> np.ndarray | None:
+        """Input ``i``'s value if it is a compile-time constant."""
+        if not self.has(i):
+            return None
+        return self._graph.constants.get(self.node.inputs[i])
+
+    def slot(self, i: int) -> int | None:
+        """The plan slot of input ``i`` (None when absent)."""
+        if not self.has(i):
+            return None
+        return self._segment.slot(self.node.inputs[i])
+
+    def constant(self, value: np.ndarray) -> int:
+        """A new constant slot holding ``value`` (e.g. a transposed weight)."""
+        return self._segment.builder.add_constant(np.ascontiguousarray(value))
+
+    def step(
+        self, op: str, inputs: Sequence[int | None], attrs: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        """Append native op ``op``; returns its output slots."""
+        return self._segment.builder.add_step(op, inputs, attrs)
+
+    def spec(self, slot: int) -> tuple[np.dtype[Any], tuple[int, ...]]:
+        s = self._segment.builder.spec(slot)
+        return np.dtype(s.dtype), s.shape
+
+
+@dataclass
+class NativeSegment:
+    """A run of lowered nodes: one native plan, fed from and feeding named values."""
+
+    plan: Plan
+    inputs: list[str]
+    outputs: list[str]
+    nodes: list[Node]
+
+
+@dataclass
+class ReferenceStep:
+    """A node run by its numpy reference."""
+
+    node: Node
+    opdef: OpDef
+
+
+class _SegmentBuilder:
+    def __init__(self, graph: Graph, constants: dict[str, Constant]) -> None:
+        self.builder = PlanBuilder()
+        self.graph = graph
+        self.shared_constants = constants
+        self.slots: dict[str, int] = {}
+        self.inputs: list[str] = []
+        self.nodes: list[Node] = []
+
+    def slot(self, name: str) -> int:
+        found = self.slots.get(name)
+        if found is not None:
+            return found
+        if name in self.graph.constants:
+            value = self.graph.constants[name]
+            shared = self.shared_constants.get(name)
+            s = self.builder.add_constant(shared if shared is not None else value)
+        else:
+            t = self.graph.types[name]
+            s = self.builder.add_input(name, t.dtype, t.static_shape())
+            self.inputs.append(name)
+        self.slots[name] = s
+        return s
+
+
+def build_program(graph: Graph, constants: Mapping[str, Constant] | None = None) -> Program:
+    """Lower a graph whose types are all static (see :func:`specialize`).
+
+    Args:
+        graph: The specialized graph.
+        constants: Native copies of the model's weights, shared by every shape bucket's plans.
+    """
+    shared = dict(constants or {})
+    needed_after = _needed_after(graph)
+    steps: list[NativeSegment | ReferenceStep] = []
+    segment: _SegmentBuilder | None = None
+
+    def close(index: int) -> None:
+        nonlocal segment
+        if segment is None or not segment.nodes:
+            segment = None
+            return
+        produced = [out for n in segment.nodes for out in n.outputs if out]
+        outputs = [name for name in produced if name in needed_after[index]]
+        for name in outputs:
+            segment.builder.mark_output(segment.slots[name], name)
+        steps.append(NativeSegment(segment.builder.build(), segment.inputs, outputs, segment.nodes))
+        segment = None
+
+    for i, node in enumerate(graph.nodes):
+        opdef = get_op(node.domain, node.op_type)
+        lowered = False
+        if opdef.lower is not None:
+            if segment is None:
+                segment = _SegmentBuilder(graph, shared)
+            slots = opdef.lower(LowerContext(node, segment, graph))
+            if slots is not None:
+                for name, s in zip([o for o in node.outputs if o], slots, strict=False):
+                    segment.slots[name] = s
+                segment.nodes.append(node)
+                lowered = True
+        if not lowered:
+            close(i)
+            steps.append(ReferenceStep(node, opdef))
+    close(len(graph.nodes))
+    return Program(graph, steps)
+
+
+def _needed_after(graph: Graph) -> list[set[str]]:
+    """For each node index i, the values read by nodes at or after i, or returned."""
+    result: list[set[str]] = [set() for _ in range(len(graph.nodes) + 1)]
+    live = set(graph.outputs)
+    result[len(graph.nodes)] = set(live)
+    for i in range(len(graph.nodes) - 1, -1, -1):
+        live |= {name for name in graph.nodes[i].inputs if name}
+        result[i] = set(live)
+    return result
+
+
+class Program:
+    """What runs one shape bucket: native segments and reference steps, in order."""
+
+    def __init__(self, graph: Graph, steps: list[NativeSegment | ReferenceStep]) -> None:
+        self.graph = graph
+        self.steps = steps
+
+    @property
+    def native_nodes(self) -> int:
+        return sum(len(s.nodes) for s in self.steps if isinstance(s, NativeSegment))
+
+    @property
+    def reference_nodes(self) -> list[Node]:
+        return [s.node for s in self.steps if isinstance(s, ReferenceStep)]
+
+    def run(self, feeds: Mapping[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
+        """Run on inputs already checked against the bucket's types."""
+        values: dict[str, Any] = dict(feeds)
+        for step in self.steps:
+            if isinstance(step, NativeSegment):
+                values.update(step.plan.run({n: values[n] for n in step.inputs}, threads))
+            else:
+                node = step.node
+                args = [self._value(values, name) if name else None for name in node.inputs]
+                outs = step.opdef.compute(OpContext(node), args)
+                for name, out in zip(node.outputs, outs, strict=False):
+                    if name:
+                        values[name] = out
+        return {name: np.asarray(self._value(values, name)) for name in self.graph.outputs}
+
+    def _value(self, values: dict[str, Any], name: str) -> Any:
+        if name in values:
+            return values[name]
+        return self.graph.constants[name]

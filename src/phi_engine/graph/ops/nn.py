@@ -1,0 +1,3 @@
+"""Neural-network ops: MatMul, Gemm, Conv, pooling, normalizations, softmax, reductions."""
+
+from __future__ import annotations
