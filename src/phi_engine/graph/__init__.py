@@ -9,9 +9,7 @@ from phi_engine.graph.registry import registered_ops
 
 def supported_ops() -> list[str]:
     """The ONNX ops compile() accepts, as ``Op`` or ``domain::Op``, sorted."""
-    return sorted(
-        f"{domain}::{name}" if domain else name for domain, name in registered_ops()
-    )
+    return sorted(f"{domain}::{name}" if domain else name for domain, name in registered_ops())
 
 
 __all__ = [

@@ -1,11 +1,401 @@
-"""Fusion passes: rewrite exporter patterns into the fused ops the native kernels run."""
+"""Fusion passes: rewrite the patterns exporters emit into the fused ops of ``ops/fused.py``.
+
+Each pass walks the graph for one pattern and replaces it by one node whose output keeps the
+name (and so the type) of the pattern's last value. A pattern matches only when every value it
+swallows has no reader outside the pattern and is not a graph output, and only on float32 (the
+fused kernels' dtype). Passes run in an order where later ones build on earlier results:
+
+1. GELU: ``x * 0.5 * (1 + erf(x / √2))`` in any of its association orders → ``phi::Gelu``.
+2. Linear: ``MatMul`` by a constant matrix, ``+ bias`` row, then Relu/GELU/Tanh/Sigmoid →
+   ``phi::Linear`` (one GEMM with its epilogue); then ``+ residual`` of the output's shape.
+3. Attention scores: ``MatMul(q, Transpose(k))`` with the last two axes swapped → a
+   ``phi::Linear`` with ``trans_b`` (no transpose copy); ``/ c`` or ``* c`` → its ``alpha``.
+4. Masked softmax: ``Softmax(s + mask)`` → ``phi::Softmax(s, mask)`` (one pass).
+5. Layer norm: the decomposed mean/variance pattern (exports before opset 17) and
+   ``LayerNormalization(a + b)`` → ``phi::LayerNorm`` with the residual fused.
+"""
 
 from __future__ import annotations
 
-from phi_engine.graph.ir import Graph
+import math
+from typing import Any
+
+import numpy as np
+
+from phi_engine.graph.ir import Graph, Node, TensorType
 
 __all__ = ["fuse"]
 
+F32 = np.dtype(np.float32)
+_ACTIVATIONS = {("", "Relu"): "relu", ("", "Tanh"): "tanh", ("", "Sigmoid"): "sigmoid"}
+_ACTIVATIONS[("phi", "Gelu")] = "gelu"
+
 
 def fuse(graph: Graph) -> None:
-    """Apply every fusion pass in place."""
+    """Apply every fusion pass in place (see the module docstring)."""
+    for rewrite in (
+        _gelu,
+        _linear,
+        _linear_residual,
+        _transposed_matmul,
+        _scaled_matmul,
+        _masked_softmax,
+        _decomposed_layer_norm,
+        _layer_norm_residual,
+    ):
+        _Matcher(graph).run(rewrite)
+
+
+class _Matcher:
+    """Pattern-matching helpers over a graph that is rewritten as matches are found."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.g = graph
+        self._index()
+
+    def _index(self) -> None:
+        self.producer = self.g.producers()
+        self.readers = self.g.consumers()
+        self.returned = set(self.g.outputs)
+
+    def run(self, rewrite: Any) -> None:
+        i = 0
+        while i < len(self.g.nodes):
+            if rewrite(self, self.g.nodes[i]):
+                self._index()  # indices are stale after a rewrite; rescan from the start
+                i = 0
+            else:
+                i += 1
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.g.constants.get(name) if name else None
+
+    def scalar(self, name: str) -> float | None:
+        value = self.const(name)
+        if value is None or value.size != 1 or value.dtype.kind != "f":
+            return None
+        return float(value.reshape(()))
+
+    def is_f32(self, *names: str) -> bool:
+        return all(self.g.types.get(n) is not None and self.g.types[n].dtype == F32 for n in names)
+
+    def sole_reader(self, name: str) -> Node | None:
+        """The one node reading ``name``, if exactly one does and it is not a graph output."""
+        readers = self.readers.get(name, [])
+        if name in self.returned or len(readers) != 1:
+            return None
+        return readers[0]
+
+    def private(self, *names: str) -> bool:
+        """Each value is read by exactly one node and is not a graph output."""
+        return all(self.sole_reader(n) is not None for n in names)
+
+    def made_by(self, name: str, op_type: str, domain: str = "") -> Node | None:
+        node = self.producer.get(name)
+        if node is not None and node.op_type == op_type and node.domain == domain:
+            return node
+        return None
+
+    def other_input(self, node: Node, name: str) -> str:
+        """For a binary node reading ``name``, its other input."""
+        a, b = node.inputs[0], node.inputs[1]
+        return b if a == name else a
+
+    # ---- edits ---------------------------------------------------------------------------
+
+    def replace(self, old: list[Node], new: Node) -> None:
+        """Put ``new`` where the last of ``old`` was and drop the others."""
+        last = max(self.g.nodes.index(n) for n in old)
+        self.g.nodes[last] = new
+        for n in old:
+            if n is not new and n in self.g.nodes and self.g.nodes.index(n) != last:
+                self.g.nodes.remove(n)
+
+    def add_constant(self, stem: str, value: np.ndarray) -> str:
+        name = self.g.fresh_name(stem)
+        self.g.constants[name] = value
+        self.g.types[name] = TensorType(value.dtype, tuple(value.shape))
+        return name
+
+
+def _close(value: float | None, target: float) -> bool:
+    return value is not None and math.isclose(value, target, rel_tol=1e-4)
+
+
+def _binary(m: _Matcher, node: Node | None, op_type: str) -> bool:
+    return (
+        node is not None and node.op_type == op_type and node.domain == "" and len(node.inputs) == 2
+    )
+
+
+# ---- 1. GELU ---------------------------------------------------------------------------------
+
+
+def _gelu(m: _Matcher, erf: Node) -> bool:
+    if erf.op_type != "Erf" or erf.domain or not m.is_f32(erf.inputs[0]):
+        return False
+    scaled = m.producer.get(erf.inputs[0])
+    if scaled is None or not m.private(erf.inputs[0]):
+        return False
+    x = _gelu_input(m, scaled)
+    one = m.sole_reader(erf.outputs[0])
+    if x is None or not _binary(m, one, "Add") or one is None:
+        return False
+    if not _close(m.scalar(m.other_input(one, erf.outputs[0])), 1.0):
+        return False
+    matched = _gelu_tail(m, x, one.outputs[0])
+    if matched is None:
+        return False
+    nodes, out = matched
+    m.replace([scaled, erf, one, *nodes], Node("Gelu", [x], [out], domain="phi"))
+    return True
+
+
+def _gelu_input(m: _Matcher, scaled: Node) -> str | None:
+    """x of ``x / √2`` or ``x * (1/√2)``."""
+    if _binary(m, scaled, "Div") and _close(m.scalar(scaled.inputs[1]), math.sqrt(2.0)):
+        return scaled.inputs[0]
+    if _binary(m, scaled, "Mul"):
+        for i in (0, 1):
+            if _close(m.scalar(scaled.inputs[1 - i]), 1.0 / math.sqrt(2.0)):
+                return scaled.inputs[i]
+    return None
+
+
+def _gelu_tail(m: _Matcher, x: str, one_plus: str) -> tuple[list[Node], str] | None:
+    """The two Muls combining x, 0.5 and (1 + erf): returns them and the result's name."""
+    first = m.sole_reader(one_plus)
+    if first is None or not _binary(m, first, "Mul"):
+        return None
+    other = m.other_input(first, one_plus)
+    second = m.sole_reader(first.outputs[0])
+    if second is not None and _binary(m, second, "Mul"):
+        rest = m.other_input(second, first.outputs[0])
+        if other == x and _close(m.scalar(rest), 0.5):  # (x * (1+e)) * 0.5
+            return [first, second], second.outputs[0]
+        if _close(m.scalar(other), 0.5) and rest == x:  # x * ((1+e) * 0.5)
+            return [first, second], second.outputs[0]
+    half = m.producer.get(other)  # (x * 0.5) * (1+e)
+    if half is None or not _binary(m, half, "Mul") or not m.private(other) or x not in half.inputs:
+        return None
+    if _close(m.scalar(m.other_input(half, x)), 0.5):
+        return [half, first], first.outputs[0]
+    return None
+
+
+# ---- 2. Linear --------------------------------------------------------------------------------
+
+
+def _linear(m: _Matcher, mm: Node) -> bool:
+    if mm.op_type != "MatMul" or mm.domain or not m.is_f32(*mm.inputs):
+        return False
+    w = m.const(mm.inputs[1])
+    if w is None or w.ndim != 2:
+        return False
+    nodes, inputs, out = [mm], [mm.inputs[0], mm.inputs[1], ""], mm.outputs[0]
+    add = m.sole_reader(out)
+    if _binary(m, add, "Add") and add is not None:
+        bias = m.const(m.other_input(add, out))
+        if bias is not None and bias.size == w.shape[1] and bias.shape[-1:] == (w.shape[1],):
+            inputs[2] = m.add_constant("bias", np.ascontiguousarray(bias.reshape(-1), F32))
+            nodes.append(add)
+            out = add.outputs[0]
+    activation = "none"
+    act = m.sole_reader(out)
+    if act is not None and (act.domain, act.op_type) in _ACTIVATIONS:
+        activation = _ACTIVATIONS[(act.domain, act.op_type)]
+        nodes.append(act)
+        out = act.outputs[0]
+    if len(nodes) == 1:
+        return False  # a bare MatMul lowers as it is
+    m.replace(nodes, Node("Linear", inputs, [out], {"activation": activation}, domain="phi"))
+    return True
+
+
+def _linear_residual(m: _Matcher, lin: Node) -> bool:
+    if lin.op_type != "Linear" or lin.domain != "phi" or len(lin.inputs) > 3:
+        return False
+    if lin.attrs.get("activation", "none") != "none":
+        return False  # the residual would land inside the activation
+    add = m.sole_reader(lin.outputs[0])
+    if not _binary(m, add, "Add") or add is None:
+        return False
+    residual = m.other_input(add, lin.outputs[0])
+    t_out, t_res = m.g.types.get(lin.outputs[0]), m.g.types.get(residual)
+    if t_res is None or t_out is None or t_res.dtype != F32 or t_res.shape != t_out.shape:
+        return False
+    if t_res.shape is None or residual == lin.outputs[0]:
+        return False
+    padded = [*lin.inputs, "", ""]
+    inputs = [*padded[:3], residual]
+    m.replace([lin, add], Node("Linear", inputs, [add.outputs[0]], dict(lin.attrs), domain="phi"))
+    return True
+
+
+# ---- 3. Attention scores -----------------------------------------------------------------------
+
+
+def _transposed_matmul(m: _Matcher, mm: Node) -> bool:
+    if mm.op_type != "MatMul" or mm.domain or not m.is_f32(*mm.inputs):
+        return False
+    tr = m.made_by(mm.inputs[1], "Transpose")
+    if tr is None or not m.private(mm.inputs[1]):
+        return False
+    rank = m.g.types[tr.inputs[0]].rank
+    perm = tr.attrs.get("perm")
+    if rank is None or rank < 2 or perm is None:
+        return False
+    if list(perm) != [*range(rank - 2), rank - 1, rank - 2]:
+        return False
+    new = Node(
+        "Linear", [mm.inputs[0], tr.inputs[0]], list(mm.outputs), {"trans_b": 1}, domain="phi"
+    )
+    new.attrs["activation"] = "none"
+    m.replace([tr, mm], new)
+    return True
+
+
+def _scaled_matmul(m: _Matcher, lin: Node) -> bool:
+    if lin.op_type != "Linear" or lin.domain != "phi" or len(lin.inputs) > 2:
+        return False
+    if lin.attrs.get("activation", "none") != "none":
+        return False
+    node = m.sole_reader(lin.outputs[0])
+    if node is None or node.domain or node.op_type not in ("Div", "Mul") or len(node.inputs) != 2:
+        return False
+    if node.op_type == "Div" and node.inputs[0] != lin.outputs[0]:
+        return False
+    c = m.scalar(m.other_input(node, lin.outputs[0]))
+    if c is None or c == 0.0 or not math.isfinite(c):
+        return False
+    alpha = float(lin.attrs.get("alpha", 1.0)) * (1.0 / c if node.op_type == "Div" else c)
+    attrs = {**lin.attrs, "alpha": alpha}
+    m.replace(
+        [lin, node], Node("Linear", list(lin.inputs), list(node.outputs), attrs, domain="phi")
+    )
+    return True
+
+
+# ---- 4. Masked softmax -------------------------------------------------------------------------
+
+
+def _masked_softmax(m: _Matcher, sm: Node) -> bool:
+    if sm.op_type != "Softmax" or sm.domain or sm.version < 13 or not m.is_f32(sm.inputs[0]):
+        return False
+    rank = m.g.types[sm.inputs[0]].rank
+    axis = int(sm.attrs.get("axis", -1))
+    if rank is None or axis not in (-1, rank - 1):
+        return False
+    add = m.made_by(sm.inputs[0], "Add")
+    if add is None or not m.private(sm.inputs[0]) or not m.is_f32(*add.inputs):
+        return False
+    scores, mask = add.inputs
+    t_s, t_m = m.g.types[scores], m.g.types[mask]
+    if t_s.shape != m.g.types[sm.inputs[0]].shape or t_m.rank is None or t_m.rank > rank:
+        scores, mask = mask, scores  # the mask may be the first operand
+        t_s, t_m = m.g.types[scores], m.g.types[mask]
+        if t_s.shape != m.g.types[sm.inputs[0]].shape or t_m.rank is None or t_m.rank > rank:
+            return False
+    attrs = {"axis": -1}
+    m.replace([add, sm], Node("Softmax", [scores, mask], list(sm.outputs), attrs, domain="phi"))
+    return True
+
+
+# ---- 5. Layer norm -------------------------------------------------------------------------------
+
+
+def _reduce_last_axis(m: _Matcher, node: Node | None, rank: int | None) -> bool:
+    """``ReduceMean`` over the last axis only, keeping dims."""
+    if node is None or node.op_type != "ReduceMean" or node.domain or rank is None:
+        return False
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        value = m.const(node.inputs[1])
+        axes = None if value is None else value.tolist()
+    if axes is None or [a % rank for a in axes] != [rank - 1]:
+        return False
+    return int(node.attrs.get("keepdims", 1)) == 1
+
+
+def _decomposed_layer_norm(m: _Matcher, sub: Node) -> bool:
+    """(x - mean) / sqrt(mean((x - mean)^2) + eps) * gamma + beta."""
+    if not _binary(m, sub, "Sub") or not m.is_f32(*sub.inputs):
+        return False
+    x, mean_name = sub.inputs
+    rank = m.g.types[x].rank
+    mean = m.producer.get(mean_name)
+    if not _reduce_last_axis(m, mean, rank) or mean is None or mean.inputs[0] != x:
+        return False
+    readers = m.readers.get(sub.outputs[0], [])
+    if len(readers) != 2 or sub.outputs[0] in m.returned:
+        return False
+    pow_ = next((n for n in readers if n.op_type == "Pow" or n.op_type == "Mul"), None)
+    div = next((n for n in readers if n.op_type == "Div"), None)
+    if pow_ is None or div is None or div.inputs[0] != sub.outputs[0]:
+        return False
+    if pow_.op_type == "Pow" and not _close(m.scalar(pow_.inputs[1]), 2.0):
+        return False
+    if pow_.op_type == "Mul" and pow_.inputs != [sub.outputs[0], sub.outputs[0]]:
+        return False
+    chain = _variance_chain(m, pow_, rank)
+    if chain is None or chain[-1].outputs[0] != div.inputs[1]:
+        return False
+    eps = m.scalar(m.other_input(chain[2], chain[1].outputs[0]))
+    mul = m.sole_reader(div.outputs[0])
+    if eps is None or not _binary(m, mul, "Mul") or mul is None:
+        return False
+    gamma = m.other_input(mul, div.outputs[0])
+    add = m.sole_reader(mul.outputs[0])
+    beta = m.other_input(add, mul.outputs[0]) if _binary(m, add, "Add") and add else ""
+    if m.const(gamma) is None or (beta and m.const(beta) is None):
+        return False
+    nodes = [mean, sub, *chain, div, mul] + ([add] if beta and add else [])
+    out = nodes[-1].outputs[0]
+    if not m.private(mean_name, *(n.outputs[0] for n in [*chain, div])):
+        return False
+    if beta == "" and not m.private(mul.outputs[0]) and mul.outputs[0] != out:
+        return False
+    attrs = {"axis": -1, "epsilon": eps}
+    m.replace(nodes, Node("LayerNorm", [x, gamma, beta], [out], attrs, domain="phi"))
+    return True
+
+
+def _variance_chain(m: _Matcher, square: Node, rank: int | None) -> list[Node] | None:
+    """square → ReduceMean → Add(eps) → Sqrt: the four nodes, or None."""
+    var = m.sole_reader(square.outputs[0])
+    if not _reduce_last_axis(m, var, rank) or var is None:
+        return None
+    add = m.sole_reader(var.outputs[0])
+    if not _binary(m, add, "Add") or add is None:
+        return None
+    sqrt = m.sole_reader(add.outputs[0])
+    if sqrt is None or sqrt.op_type != "Sqrt" or sqrt.domain:
+        return None
+    return [square, var, add, sqrt]
+
+
+def _layer_norm_residual(m: _Matcher, ln: Node) -> bool:
+    is_onnx = ln.op_type == "LayerNormalization" and not ln.domain
+    is_ours = ln.op_type == "LayerNorm" and ln.domain == "phi" and len(ln.inputs) <= 3
+    if not (is_onnx or is_ours) or not m.is_f32(ln.inputs[0]):
+        return False
+    if is_onnx and (any(o for o in ln.outputs[1:]) or int(ln.attrs.get("stash_type", 1)) != 1):
+        return False
+    add = m.made_by(ln.inputs[0], "Add")
+    if add is None or not m.private(ln.inputs[0]) or not m.is_f32(*add.inputs):
+        return False
+    a, b = add.inputs
+    if m.g.types[a].shape != m.g.types[b].shape or m.g.types[a].shape is None:
+        return False
+    rank = m.g.types[a].rank or 0
+    axis = int(ln.attrs.get("axis", -1))
+    attrs = {
+        "axis": axis if axis >= 0 else axis + rank,
+        "epsilon": float(ln.attrs.get("epsilon", 1e-5)),
+    }
+    beta = ln.inputs[2] if len(ln.inputs) > 2 else ""
+    new = Node("LayerNorm", [a, ln.inputs[1], beta, b], [ln.outputs[0]], attrs, domain="phi")
+    m.replace([add, ln], new)
+    return True

@@ -129,7 +129,13 @@ class Graph:
         """
         nodes = [
             Node(
-                n.op_type, list(n.inputs), list(n.outputs), dict(n.attrs), n.name, n.domain, n.version
+                n.op_type,
+                list(n.inputs),
+                list(n.outputs),
+                dict(n.attrs),
+                n.name,
+                n.domain,
+                n.version,
             )
             for n in self.nodes
         ]

@@ -24,7 +24,7 @@ __all__ = ["PhiBackend", "PhiBackendRep", "is_supported"]
 _UNBOUNDED_BATCH = 1 << 31
 
 
-class PhiBackendRep(BackendRep):  # type: ignore[misc]
+class PhiBackendRep(BackendRep):
     """A compiled model behind the BackendRep interface."""
 
     def __init__(self, model: CompiledModel) -> None:
@@ -38,7 +38,7 @@ class PhiBackendRep(BackendRep):  # type: ignore[misc]
         return tuple(outputs[name] for name in self.model.graph.outputs)
 
 
-class PhiBackend(Backend):  # type: ignore[misc]
+class PhiBackend(Backend):
     """Compiles with :func:`phi_engine.compile` on the CPU."""
 
     @classmethod

@@ -37,15 +37,18 @@ def load_model(source: ModelSource) -> Any:
         if isinstance(source, str | os.PathLike):
             path = Path(source)
             if not path.is_file():
-                raise InvalidRequestError(f"[compile] no model file at {str(path)!r}", field="model")
+                raise InvalidRequestError(
+                    f"[compile] no model file at {str(path)!r}", field="model"
+                )
             return onnx.load(str(path))
     except InvalidRequestError:
         raise
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise InvalidRequestError(f"[compile] not a valid ONNX model: {exc}", field="model") from exc
+        raise InvalidRequestError(
+            f"[compile] not a valid ONNX model: {exc}", field="model"
+        ) from exc
     raise InvalidRequestError(
-        "[compile] model must be a path, bytes or an onnx.ModelProto, "
-        f"got {type(source).__name__}",
+        f"[compile] model must be a path, bytes or an onnx.ModelProto, got {type(source).__name__}",
         field="model",
     )
 

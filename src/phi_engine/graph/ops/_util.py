@@ -40,7 +40,9 @@ def broadcast(ctx: OpContext, *shapes: Shape | None) -> Shape | None:
     rank = max((len(s) for s in shapes if s is not None), default=0)
     out: list[Dim] = []
     for axis in range(rank):
-        dims = [s[len(s) - rank + axis] for s in shapes if s is not None and len(s) - rank + axis >= 0]
+        dims = [
+            s[len(s) - rank + axis] for s in shapes if s is not None and len(s) - rank + axis >= 0
+        ]
         result: Dim = 1
         for d in dims:
             if d == 1:

@@ -1,0 +1,1 @@
+"""Models the tests and benchmarks build in PyTorch and export to ONNX (torch is test-only)."""
