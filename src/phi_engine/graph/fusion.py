@@ -13,6 +13,8 @@ fused kernels' dtype). Passes run in an order where later ones build on earlier 
 4. Masked softmax: ``Softmax(s + mask)`` → ``phi::Softmax(s, mask)`` (one pass).
 5. Layer norm: the decomposed mean/variance pattern (exports before opset 17) and
    ``LayerNormalization(a + b)`` → ``phi::LayerNorm`` with the residual fused.
+6. Convolution: 2-D ``Conv`` by constant weights, a following inference ``BatchNormalization``
+   folded into its weights and bias, ``+ residual`` and ReLU/Clip → ``phi::Conv`` (one pass).
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def fuse(graph: Graph) -> None:
         _masked_softmax,
         _decomposed_layer_norm,
         _layer_norm_residual,
+        _conv,
+        _conv_batch_norm,
+        _conv_residual,
+        _conv_activation,
     ):
         _Matcher(graph).run(rewrite)
 
@@ -398,4 +404,129 @@ def _layer_norm_residual(m: _Matcher, ln: Node) -> bool:
     beta = ln.inputs[2] if len(ln.inputs) > 2 else ""
     new = Node("LayerNorm", [a, ln.inputs[1], beta, b], [ln.outputs[0]], attrs, domain="phi")
     m.replace([add, ln], new)
+    return True
+
+
+# ---- 6. Convolution ------------------------------------------------------------------------------
+
+
+def _conv(m: _Matcher, node: Node) -> bool:
+    """A 2-D float32 Conv by constant weights → phi::Conv with explicit pads."""
+    if node.op_type != "Conv" or node.domain or not m.is_f32(node.inputs[0]):
+        return False
+    w = m.const(node.inputs[1])
+    bias = m.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if (
+        w is None
+        or w.ndim != 4
+        or w.dtype != F32
+        or (len(node.inputs) > 2 and node.inputs[2] and bias is None)
+    ):
+        return False
+    pads = _explicit_pads(m, node, w.shape[2:])
+    if pads is None:
+        return False
+    attrs = {
+        "strides": list(node.attrs.get("strides", [1, 1])),
+        "pads": pads,
+        "dilations": list(node.attrs.get("dilations", [1, 1])),
+        "group": int(node.attrs.get("group", 1)),
+        "activation": "none",
+    }
+    inputs = [node.inputs[0], node.inputs[1], node.inputs[2] if bias is not None else ""]
+    m.replace([node], Node("Conv", inputs, list(node.outputs), attrs, domain="phi"))
+    return True
+
+
+def _explicit_pads(m: _Matcher, node: Node, kernel: tuple[int, ...]) -> list[int] | None:
+    """ONNX pads (top, left, bottom, right), resolving auto_pad where the input size is static."""
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        pads = list(node.attrs.get("pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
+        return pads if len(pads) == 4 else None
+    shape = m.g.types[node.inputs[0]].shape
+    if shape is None or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    strides = node.attrs.get("strides", [1, 1])
+    dilations = node.attrs.get("dilations", [1, 1])
+    begin, end = [], []
+    for size, k, s, d in zip(shape[2:], kernel, strides, dilations, strict=True):
+        assert isinstance(size, int)
+        total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else large)
+        end.append(large if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
+def _is_conv(node: Node | None, *, fresh: bool = True) -> bool:
+    if node is None or node.op_type != "Conv" or node.domain != "phi":
+        return False
+    plain = node.attrs.get("activation", "none") == "none" and len(node.inputs) <= 3
+    return plain or not fresh
+
+
+def _conv_batch_norm(m: _Matcher, node: Node) -> bool:
+    """phi::Conv → BatchNormalization (inference) with constant statistics: fold into weights."""
+    if node.op_type != "BatchNormalization" or node.domain or any(o for o in node.outputs[1:]):
+        return False
+    conv = m.producer.get(node.inputs[0])
+    if not _is_conv(conv) or conv is None or not m.private(node.inputs[0]):
+        return False
+    if int(node.attrs.get("training_mode", 0)):
+        return False
+    stats = [m.const(n) for n in node.inputs[1:5]]
+    if any(s is None for s in stats):
+        return False
+    scale, beta, mean, var = (np.asarray(s, np.float64) for s in stats if s is not None)
+    factor = scale / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
+    w = np.asarray(m.const(conv.inputs[1]), np.float64)
+    b = m.const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(w.shape[0])
+    new_w = m.add_constant("conv_w", (w * factor[:, None, None, None]).astype(F32))
+    new_b = m.add_constant(
+        "conv_b", ((np.asarray(b, np.float64) - mean) * factor + beta).astype(F32)
+    )
+    attrs = dict(conv.attrs)
+    m.replace(
+        [conv, node],
+        Node("Conv", [conv.inputs[0], new_w, new_b], [node.outputs[0]], attrs, domain="phi"),
+    )
+    return True
+
+
+def _conv_residual(m: _Matcher, conv: Node) -> bool:
+    if not _is_conv(conv):
+        return False
+    add = m.sole_reader(conv.outputs[0])
+    if add is None or not _binary(m, add, "Add"):
+        return False
+    residual = m.other_input(add, conv.outputs[0])
+    t_out, t_res = m.g.types.get(conv.outputs[0]), m.g.types.get(residual)
+    if t_out is None or t_res is None or t_res.dtype != F32 or t_res.shape != t_out.shape:
+        return False
+    if t_res.shape is None or residual == conv.outputs[0]:
+        return False
+    inputs = [*[*conv.inputs, "", ""][:3], residual]
+    m.replace([conv, add], Node("Conv", inputs, [add.outputs[0]], dict(conv.attrs), domain="phi"))
+    return True
+
+
+def _conv_activation(m: _Matcher, conv: Node) -> bool:
+    if not _is_conv(conv, fresh=False) or conv.attrs.get("activation", "none") != "none":
+        return False
+    act = m.sole_reader(conv.outputs[0])
+    if act is None:
+        return False
+    attrs = dict(conv.attrs)
+    if (act.domain, act.op_type) in _ACTIVATIONS:
+        attrs["activation"] = _ACTIVATIONS[(act.domain, act.op_type)]
+    elif act.op_type == "Clip" and not act.domain and act.version >= 11:
+        bounds = [m.scalar(n) if n else None for n in [*act.inputs[1:], "", ""][:2]]
+        given = [n for n in act.inputs[1:] if n]
+        if len([b for b in bounds if b is not None]) != len(given):
+            return False  # a bound that is not a compile-time constant
+        attrs.update(activation="clip", clip_min=bounds[0], clip_max=bounds[1])
+    else:
+        return False
+    m.replace([conv, act], Node("Conv", list(conv.inputs), list(act.outputs), attrs, domain="phi"))
     return True

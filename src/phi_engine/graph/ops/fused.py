@@ -138,3 +138,61 @@ def layer_norm(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
         if len(x) > 2 and x[2] is not None:
             y = y + np.asarray(x[2], np.float64)
     return [y.astype(F32)]
+
+
+def _conv_attrs(ctx: OpContext) -> dict[str, Any]:
+    return {
+        "strides": list(ctx.attr("strides")),
+        "pads": list(ctx.attr("pads")),
+        "dilations": list(ctx.attr("dilations")),
+        "groups": int(ctx.attr("group", 1)),
+        "activation": ctx.attr("activation", "none"),
+        "clip_min": ctx.attr("clip_min", None),
+        "clip_max": ctx.attr("clip_max", None),
+    }
+
+
+def _conv_infer(ctx: InferContext) -> list[TensorType]:
+    _float32_only(ctx)
+    x, w = ctx.type(0).shape, ctx.type(1).shape
+    if x is None or w is None:
+        return [tt(F32, None)]
+    if len(x) != 4 or len(w) != 4:
+        ctx.fail("phi::Conv is 2-D: input and weight must have rank 4")
+    a = _conv_attrs(ctx)
+    spatial: list[Dim] = []
+    for i in range(2):
+        size, k = x[2 + i], w[2 + i]
+        if isinstance(size, int) and isinstance(k, int):
+            span = a["dilations"][i] * (k - 1) + 1
+            spatial.append((size + a["pads"][i] + a["pads"][i + 2] - span) // a["strides"][i] + 1)
+        else:
+            spatial.append(f"{ctx.node.label}:d{2 + i}")
+    return [tt(F32, (x[0], w[0], *spatial))]
+
+
+def _conv_lower(ctx: LowerContext) -> list[int] | None:
+    inputs = [ctx.slot(0), ctx.slot(1), ctx.slot(2), ctx.slot(3)]
+    return ctx.step("conv2d", inputs, _conv_attrs(ctx))
+
+
+@op("Conv", (1,), infer=_conv_infer, lower=_conv_lower, domain=DOMAIN)
+def conv(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
+    from phi_engine.runtime.reference import conv2d
+
+    a = _conv_attrs(ctx)
+    padded = [*x, None, None]
+    y = conv2d(
+        padded[0],
+        padded[1],
+        padded[2],
+        a["activation"],
+        residual=padded[3],
+        strides=a["strides"],
+        pads=a["pads"],
+        dilations=a["dilations"],
+        groups=a["groups"],
+        clip_min=a["clip_min"],
+        clip_max=a["clip_max"],
+    )
+    return [np.asarray(y, F32)]

@@ -1,0 +1,134 @@
+"""Whole-model inference: phi_engine vs ONNX Runtime vs PyTorch, same threads, same process.
+
+Run:  python benchmarks/bench_models.py [--threads 1 2] [--quick] [--write]
+
+Models (exported once with torch==2.13.0, see tests/phi_test_models): all-MiniLM-L6-v2 at batch
+1, 8 and 32 x sequence 128, and the ResNet-style CNN at batch 1 and 32 (64x64 images). Every
+engine's output is first checked against PyTorch's (relative L2 <= 1e-4); then the engines are
+timed in alternation (medians, benchmarks/_harness.py). Compile time (phi_engine) and session
+creation (ONNX Runtime) are reported too. ``--write`` appends the tables to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+
+import phi_engine
+from _harness import interleaved_medians, machine, markdown_table
+from phi_engine.graph import compile
+from phi_test_models import cnn, minilm
+
+
+def rel_l2(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+def ort_session(path: pathlib.Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_case(
+    label: str, path: pathlib.Path, torch_model: Any, inputs: dict[str, np.ndarray], threads: int
+) -> list[object]:
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    cm = compile(path, max_batch=64)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sess = ort_session(path, threads)
+    ort_s = time.perf_counter() - t0
+    out_name = cm.graph.outputs[0]
+    args = [torch.from_numpy(v) for v in inputs.values()]
+
+    def ours() -> np.ndarray:
+        return cm.run(inputs, threads=threads)[out_name]
+
+    def onnxrt() -> np.ndarray:
+        return sess.run(None, inputs)[0]
+
+    def pytorch() -> np.ndarray:
+        with torch.no_grad():
+            return torch_model(*args).numpy()
+
+    ref = pytorch().astype(np.float64)
+    errors = [rel_l2(fn(), ref) for fn in (ours, onnxrt)]
+    if errors[0] > 1e-4:
+        raise SystemExit(f"{label}: phi_engine differs from PyTorch (rel L2 {errors[0]:.2e})")
+    fns: list[Callable[[], object]] = [ours, onnxrt, pytorch]
+    t_ours, t_ort, t_torch = interleaved_medians(fns, min_time=2.0, min_runs=5)
+    return [
+        label,
+        f"{t_ours * 1e3:.1f}",
+        f"{t_ort * 1e3:.1f}",
+        f"{t_torch * 1e3:.1f}",
+        f"{t_ort / t_ours:.2f}",
+        f"{t_torch / t_ours:.2f}",
+        f"{compile_s:.2f} / {ort_s:.2f}",
+        f"{errors[0]:.1e} / {errors[1]:.1e}",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--quick", action="store_true", help="MiniLM batch 1 and 8, CNN batch 1")
+    parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    text_cases = [1, 8] if args.quick else [1, 8, 32]
+    image_cases = [1] if args.quick else [1, 32]
+    m_path, c_path = minilm.export(), cnn.export()
+    m_torch, c_torch = minilm.build_torch(), cnn.build_torch()
+    header = [
+        "model",
+        "phi_engine ms",
+        "ONNX Runtime ms",
+        "PyTorch ms",
+        "ORT / phi",
+        "torch / phi",
+        "compile s (phi / ORT)",
+        "rel L2 vs torch (phi / ORT)",
+    ]
+    out = []
+    for threads in args.threads:
+        phi_engine.set_num_threads(threads)
+        rows = []
+        for batch in text_cases:
+            inputs = minilm.random_inputs(rng, batch, 128)
+            rows.append(run_case(f"MiniLM-L6 {batch}x128", m_path, m_torch, inputs, threads))
+        for batch in image_cases:
+            image = rng.standard_normal((batch, 3, cnn.SIZE, cnn.SIZE)).astype(np.float32)
+            rows.append(
+                run_case(f"CNN {batch}x3x{cnn.SIZE}²", c_path, c_torch, {"image": image}, threads)
+            )
+        table = markdown_table(header, rows)
+        out.append(f"**{threads} thread(s)**\n\n{table}\n")
+        print(out[-1], flush=True)
+    if args.write:
+        path = pathlib.Path(__file__).with_name("RESULTS.md")
+        stamp = datetime.date.today().isoformat()
+        cmd = "python benchmarks/bench_models.py " + " ".join(sys.argv[1:])
+        with path.open("a") as f:
+            f.write(f"\n### Models, {stamp} — `{cmd}`\n\nMachine: {machine()}\n\n" + "\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
