@@ -21,6 +21,7 @@ from phi_engine.graph.ir import Graph, TensorType
 from phi_engine.graph.lower import Program, build_program
 from phi_engine.graph.onnx_import import ModelSource, from_onnx, load_model
 from phi_engine.graph.passes import check_supported, eliminate_dead_code, infer_and_fold
+from phi_engine.runtime.backends import available_devices
 from phi_engine.runtime.plan import Constant
 
 __all__ = ["DEVICES", "CompiledModel", "compile"]
@@ -62,6 +63,8 @@ def compile(
             f"[compile] device {device!r} is not supported here; choose one of {DEVICES}",
             field="device",
         )
+    if device not in available_devices():
+        raise UnsupportedError(f"[compile] device {device!r} is not available in this build")
     for name, value in (("max_batch", max_batch), ("cache_size", cache_size)):
         if type(value) is not int or value < 1:
             raise InvalidRequestError(
@@ -156,12 +159,8 @@ class CompiledModel:
                 del g.types[name]  # re-inferred from the concrete shapes
         infer_and_fold(g)
         eliminate_dead_code(g)
-        if self.device == "reference":
-            from phi_engine.graph.lower import ReferenceStep
-            from phi_engine.graph.registry import get_op
-
-            return Program(g, [ReferenceStep(n, get_op(n.domain, n.op_type)) for n in g.nodes])
-        return build_program(g, self._shared_constants())
+        constants = self._shared_constants() if self.device == "cpu" else None
+        return build_program(g, constants, self.device)
 
     def _shared_constants(self) -> dict[str, Constant]:
         with self._lock:

@@ -17,6 +17,7 @@ import numpy as np
 
 from phi_engine.graph.ir import Graph, Node, TensorType
 from phi_engine.graph.registry import OpContext, OpDef, get_op
+from phi_engine.runtime.backends import get_backend
 from phi_engine.runtime.plan import Constant, Plan, PlanBuilder
 
 __all__ = ["LowerContext", "NativeSegment", "Program", "ReferenceStep", "build_program"]
@@ -120,13 +121,18 @@ class _SegmentBuilder:
         return s
 
 
-def build_program(graph: Graph, constants: Mapping[str, Constant] | None = None) -> Program:
-    """Lower a graph whose types are all static (see :func:`specialize`).
+def build_program(
+    graph: Graph, constants: Mapping[str, Constant] | None = None, device: str = "cpu"
+) -> Program:
+    """Lower a graph whose types are all static: each node by ``device``'s backend if it has a
+    lowering that accepts the node, else by the numpy reference.
 
     Args:
         graph: The specialized graph.
         constants: Native copies of the model's weights, shared by every shape bucket's plans.
+        device: ``cpu`` (native plans) or ``reference`` (numpy for every node).
     """
+    backend = get_backend(device)
     shared = dict(constants or {})
     needed_after = _needed_after(graph)
     steps: list[NativeSegment | ReferenceStep] = []
@@ -146,11 +152,12 @@ def build_program(graph: Graph, constants: Mapping[str, Constant] | None = None)
 
     for i, node in enumerate(graph.nodes):
         opdef = get_op(node.domain, node.op_type)
+        lowering = backend.lowering(node.domain, node.op_type)
         lowered = False
-        if opdef.lower is not None:
+        if lowering is not None:
             if segment is None:
                 segment = _SegmentBuilder(graph, shared)
-            slots = opdef.lower(LowerContext(node, segment, graph))
+            slots = lowering(LowerContext(node, segment, graph))
             if slots is not None:
                 for name, s in zip([o for o in node.outputs if o], slots, strict=False):
                     segment.slots[name] = s

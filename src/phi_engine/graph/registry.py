@@ -10,6 +10,8 @@ An op is registered once, with three functions:
   every dtype the op allows. It is the fallback backend, the constant folder and the oracle.
 - ``lower(ctx) -> list[int] | None`` (optional): emit native plan steps for concrete shapes and
   dtypes, or return None when the native kernels cannot do this case (the reference runs it).
+  It is registered as the op's lowering on the ``cpu`` backend
+  (:mod:`phi_engine.runtime.backends`); other devices register theirs there.
 
 ``versions`` lists the ONNX op versions (``since_version``) whose semantics the functions
 implement: a model whose node resolves to another version is refused at compile time.
@@ -25,6 +27,7 @@ import numpy as np
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
 from phi_engine.graph.ir import Node, TensorType
+from phi_engine.runtime.backends import register_lowering
 
 if TYPE_CHECKING:
     from phi_engine.graph.lower import LowerContext
@@ -148,6 +151,8 @@ def op(
         if key in _OPS:
             raise RuntimeError(f"op {domain or 'ai.onnx'}::{name} is registered twice")
         _OPS[key] = OpDef(domain, name, tuple(versions), infer, compute, lower, deterministic)
+        if lower is not None:
+            register_lowering("cpu", domain, name, lower)
         return compute
 
     return register
