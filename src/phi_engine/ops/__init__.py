@@ -53,7 +53,7 @@ from phi_engine.ops._nn import (
     rms_norm,
     softmax,
 )
-from phi_engine.ops._shape import reshape
+from phi_engine.ops._shape import cast, reshape
 
 __all__ = [
     "abs",
@@ -62,6 +62,7 @@ __all__ = [
     "argmin",
     "avg_pool2d",
     "batch_norm",
+    "cast",
     "clip",
     "concat",
     "conv2d",

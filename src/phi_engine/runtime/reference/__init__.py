@@ -53,7 +53,7 @@ from phi_engine.runtime.reference._nn import (
     rms_norm,
     softmax,
 )
-from phi_engine.runtime.reference._shape import reshape
+from phi_engine.runtime.reference._shape import cast, reshape
 
 __all__ = [
     "abs",
@@ -63,6 +63,7 @@ __all__ = [
     "argmin",
     "avg_pool2d",
     "batch_norm",
+    "cast",
     "clip",
     "concat",
     "conv2d",
