@@ -1,12 +1,14 @@
 """Whole-model inference: phi_engine vs ONNX Runtime vs PyTorch, same threads, same process.
 
-Run:  python benchmarks/bench_models.py [--threads 1 2] [--quick] [--write]
+Run:  python benchmarks/bench_models.py [--threads 1 2] [--quick] [--memory] [--write]
 
 Models (exported once with torch==2.13.0, see tests/phi_test_models): all-MiniLM-L6-v2 at batch
 1, 8 and 32 x sequence 128, and the ResNet-style CNN at batch 1 and 32 (64x64 images). Every
 engine's output is first checked against PyTorch's (relative L2 <= 1e-4); then the engines are
 timed in alternation (medians, benchmarks/_harness.py). Compile time (phi_engine) and session
-creation (ONNX Runtime) are reported too. ``--write`` appends the tables to RESULTS.md.
+creation (ONNX Runtime) are reported too. ``--memory`` also measures each engine's peak memory
+for one MiniLM batch-32 x 128 run in a fresh process (peak RSS growth over the loaded model, so
+weights count for neither). ``--write`` appends the tables to RESULTS.md.
 """
 
 from __future__ import annotations
@@ -86,10 +88,45 @@ def run_case(
     ]
 
 
+_MEMORY_CHILD = """
+import resource, sys
+import numpy as np
+sys.path[:0] = {paths!r}
+from phi_test_models import minilm
+engine, path = sys.argv[1], sys.argv[2]
+inputs = minilm.random_inputs(np.random.default_rng(0), 32, 128)
+if engine == "phi":
+    from phi_engine.graph import compile
+    cm = compile(path, max_batch=64)
+    run = lambda: cm.run(inputs)
+else:
+    import onnxruntime as ort
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    run = lambda: sess.run(None, inputs)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+run()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024)
+"""
+
+
+def peak_memory_mib(engine: str, path: pathlib.Path) -> float:
+    """Peak RSS growth (MiB) of one MiniLM 32x128 run in a fresh process."""
+    import subprocess
+
+    paths = [str(pathlib.Path(__file__).resolve().parents[1] / "tests")]
+    code = _MEMORY_CHILD.format(paths=paths)
+    out = subprocess.run(
+        [sys.executable, "-c", code, engine, str(path)], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--quick", action="store_true", help="MiniLM batch 1 and 8, CNN batch 1")
+    parser.add_argument("--memory", action="store_true", help="peak memory of a MiniLM run")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -122,6 +159,13 @@ def main() -> None:
         table = markdown_table(header, rows)
         out.append(f"**{threads} thread(s)**\n\n{table}\n")
         print(out[-1], flush=True)
+    if args.memory:
+        phi_mib, ort_mib = (peak_memory_mib(e, m_path) for e in ("phi", "ort"))
+        out.append(
+            "Peak memory of one MiniLM-L6 32x128 run beyond the loaded model (fresh process, "
+            f"peak RSS growth): phi_engine {phi_mib:.0f} MiB, ONNX Runtime {ort_mib:.0f} MiB.\n"
+        )
+        print(out[-1])
     if args.write:
         path = pathlib.Path(__file__).with_name("RESULTS.md")
         stamp = datetime.date.today().isoformat()
