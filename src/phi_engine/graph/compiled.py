@@ -27,6 +27,12 @@ from phi_engine.runtime.plan import Constant
 __all__ = ["DEVICES", "CompiledModel", "compile"]
 
 DEVICES = ("cpu", "reference")
+
+# Element types a native plan holds (others, e.g. bfloat16 or strings, stay with the reference).
+_PLAN_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int32, np.int64, np.bool_)
+)
 """``cpu``: native kernels, numpy reference where they have no case; ``reference``: numpy only."""
 
 
@@ -74,7 +80,10 @@ def compile(
     check_supported(graph)
     for name in graph.inputs:
         if name not in graph.types:
-            raise InvalidRequestError(f"[compile] graph input {name!r} declares no tensor type")
+            raise UnsupportedError(
+                f"[compile] graph input {name!r} is not a typed tensor "
+                "(sequence, map and optional inputs are not supported)"
+            )
     infer_and_fold(graph)
     eliminate_dead_code(graph)
     if fuse:
@@ -166,9 +175,9 @@ class CompiledModel:
         with self._lock:
             if self._constants is None:
                 self._constants = {
-                    name: Constant(np.ascontiguousarray(value))
+                    name: Constant(value.copy(order="C") if not value.flags.c_contiguous else value)
                     for name, value in self.graph.constants.items()
-                    if value.dtype != object and value.size > 0
+                    if value.dtype in _PLAN_DTYPES and value.size > 0
                 }
             return self._constants
 

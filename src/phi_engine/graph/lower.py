@@ -65,7 +65,7 @@ class LowerContext(OpContext):
 
     def constant(self, value: np.ndarray) -> int:
         """A new constant slot holding ``value`` (e.g. a transposed weight)."""
-        return self._segment.builder.add_constant(np.ascontiguousarray(value))
+        return self._segment.builder.add_constant(_contiguous(value))
 
     def step(
         self, op: str, inputs: Sequence[int | None], attrs: Mapping[str, Any] | None = None
@@ -112,7 +112,7 @@ class _SegmentBuilder:
         if name in self.graph.constants:
             value = self.graph.constants[name]
             shared = self.shared_constants.get(name)
-            s = self.builder.add_constant(shared if shared is not None else value)
+            s = self.builder.add_constant(shared if shared is not None else _contiguous(value))
         else:
             t = self.graph.types[name]
             s = self.builder.add_input(name, t.dtype, t.static_shape())
@@ -168,6 +168,11 @@ def build_program(
             steps.append(ReferenceStep(node, opdef))
     close(len(graph.nodes))
     return Program(graph, steps)
+
+
+def _contiguous(value: np.ndarray) -> np.ndarray:
+    """A C-contiguous array of the same shape (np.ascontiguousarray would make 0-d arrays 1-d)."""
+    return value if value.flags.c_contiguous else value.copy(order="C")
 
 
 def _needed_after(graph: Graph) -> list[set[str]]:

@@ -63,7 +63,9 @@ class PhiBackend(Backend):
 def is_supported(model: Any) -> bool:
     """Every node of ``model`` (a ModelProto) is an op and op version phi_engine implements."""
     try:
-        check_supported(from_onnx(model))
+        graph = from_onnx(model)
+        check_supported(graph)
     except PhiEngineError:
         return False
-    return True
+    # Sequence- and optional-typed graph inputs have no tensor type: not supported.
+    return all(name in graph.types for name in graph.inputs)
