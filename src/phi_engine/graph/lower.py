@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from phi_engine.errors import InvalidRequestError, PhiEngineError
 from phi_engine.graph.ir import Graph, Node, TensorType
 from phi_engine.graph.registry import OpContext, OpDef, get_op
 from phi_engine.runtime.backends import get_backend
@@ -71,7 +72,9 @@ class LowerContext(OpContext):
         self, op: str, inputs: Sequence[int | None], attrs: Mapping[str, Any] | None = None
     ) -> list[int]:
         """Append native op ``op``; returns its output slots."""
-        return self._segment.builder.add_step(op, inputs, attrs)
+        slots = self._segment.builder.add_step(op, inputs, attrs)
+        self._segment.step_nodes.append((op, self.node.label))
+        return slots
 
     def spec(self, slot: int) -> tuple[np.dtype[Any], tuple[int, ...]]:
         s = self._segment.builder.spec(slot)
@@ -86,6 +89,18 @@ class NativeSegment:
     inputs: list[str]
     outputs: list[str]
     nodes: list[Node]
+    step_nodes: list[tuple[str, str]]  # (native op, node label) of each plan step
+
+    def run(self, values: Mapping[str, Any], threads: int) -> dict[str, np.ndarray]:
+        try:
+            return self.plan.run({n: values[n] for n in self.inputs}, threads)
+        except PhiEngineError as exc:
+            raise _in_nodes(exc, self._suspects(exc.message)) from exc
+
+    def _suspects(self, message: str) -> list[str]:
+        """The nodes whose steps run the native op a message names (``[op] ...``)."""
+        op = message[1 : message.find("]")] if message.startswith("[") else ""
+        return list(dict.fromkeys(label for o, label in self.step_nodes if o == op))
 
 
 @dataclass
@@ -104,6 +119,7 @@ class _SegmentBuilder:
         self.slots: dict[str, int] = {}
         self.inputs: list[str] = []
         self.nodes: list[Node] = []
+        self.step_nodes: list[tuple[str, str]] = []
 
     def slot(self, name: str) -> int:
         found = self.slots.get(name)
@@ -147,14 +163,17 @@ def build_program(
         outputs = [name for name in produced if name in needed_after[index]]
         for name in outputs:
             segment.builder.mark_output(segment.slots[name], name)
-        steps.append(NativeSegment(segment.builder.build(), segment.inputs, outputs, segment.nodes))
+        plan = segment.builder.build()
+        steps.append(
+            NativeSegment(plan, segment.inputs, outputs, segment.nodes, segment.step_nodes)
+        )
         segment = None
 
     for i, node in enumerate(graph.nodes):
         opdef = get_op(node.domain, node.op_type)
         lowering = backend.lowering(node.domain, node.op_type)
         lowered = False
-        if lowering is not None:
+        if lowering is not None and _static(graph, node):
             if segment is None:
                 segment = _SegmentBuilder(graph, shared)
             slots = lowering(LowerContext(node, segment, graph))
@@ -168,6 +187,22 @@ def build_program(
             steps.append(ReferenceStep(node, opdef))
     close(len(graph.nodes))
     return Program(graph, steps)
+
+
+def _static(graph: Graph, node: Node) -> bool:
+    """Every input and output type is known with integer dimensions (data-dependent shapes,
+    e.g. after NonZero, are not: such nodes run on the reference)."""
+    names = [n for n in (*node.inputs, *node.outputs) if n]
+    return all(name in graph.types and graph.types[name].is_static for name in names)
+
+
+def _in_nodes(exc: PhiEngineError, labels: list[str]) -> PhiEngineError:
+    """The same error, its message naming the node(s) it came from."""
+    if not labels:
+        return exc
+    where = ", ".join(repr(label) for label in labels[:3])
+    new = type(exc)(f"{exc.message} (in node {where})", field=exc.field)
+    return new
 
 
 def _contiguous(value: np.ndarray) -> np.ndarray:
@@ -184,6 +219,19 @@ def _needed_after(graph: Graph) -> list[set[str]]:
         live |= {name for name in graph.nodes[i].inputs if name}
         result[i] = set(live)
     return result
+
+
+def _reference(step: ReferenceStep, args: list[Any]) -> list[np.ndarray]:
+    try:
+        with np.errstate(all="ignore"):
+            return step.opdef.compute(OpContext(step.node), args)
+    except PhiEngineError:
+        raise
+    except Exception as exc:  # numpy's own errors, e.g. an index out of range
+        node = step.node
+        raise InvalidRequestError(
+            f"[{node.op_type}] node {node.label!r} failed at run time: {exc}"
+        ) from exc
 
 
 class Program:
@@ -204,17 +252,26 @@ class Program:
     def run(self, feeds: Mapping[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
         """Run on inputs already checked against the bucket's types."""
         values: dict[str, Any] = dict(feeds)
+        native: set[str] = set()  # values the plans allocated: new arrays nobody else holds
         for step in self.steps:
             if isinstance(step, NativeSegment):
-                values.update(step.plan.run({n: values[n] for n in step.inputs}, threads))
+                produced = step.run(values, threads)
+                values.update(produced)
+                native.update(produced)
             else:
                 node = step.node
                 args = [self._value(values, name) if name else None for name in node.inputs]
-                outs = step.opdef.compute(OpContext(node), args)
+                outs = _reference(step, args)
                 for name, out in zip(node.outputs, outs, strict=False):
                     if name:
                         values[name] = out
-        return {name: np.asarray(self._value(values, name)) for name in self.graph.outputs}
+        result = {}
+        for name in self.graph.outputs:
+            value = np.asarray(self._value(values, name))
+            # A reference result may be a view of a constant or an input: hand out a copy.
+            owned = name in native or (name in values and name not in feeds and value.base is None)
+            result[name] = value if owned else value.copy()
+        return result
 
     def _value(self, values: dict[str, Any], name: str) -> Any:
         if name in values:
