@@ -9,7 +9,8 @@ fused kernels' dtype). Passes run in an order where later ones build on earlier 
 2. Linear: ``MatMul`` by a constant matrix, ``+ bias`` row, then Relu/GELU/Tanh/Sigmoid →
    ``phi::Linear`` (one GEMM with its epilogue); then ``+ residual`` of the output's shape.
 3. Attention scores: ``MatMul(q, Transpose(k))`` with the last two axes swapped → a
-   ``phi::Linear`` with ``trans_b`` (no transpose copy); ``/ c`` or ``* c`` → its ``alpha``.
+   ``phi::Linear`` with ``trans_b`` (no transpose copy); a product ``/ c`` or ``* c`` by a
+   scalar constant → its ``alpha``.
 4. Masked softmax: ``Softmax(s + mask)`` → ``phi::Softmax(s, mask)`` (one pass).
 5. Layer norm: the decomposed mean/variance pattern (exports before opset 17) and
    ``LayerNormalization(a + b)`` → ``phi::LayerNorm`` with the residual fused.
@@ -263,24 +264,30 @@ def _transposed_matmul(m: _Matcher, mm: Node) -> bool:
     return True
 
 
-def _scaled_matmul(m: _Matcher, lin: Node) -> bool:
-    if lin.op_type != "Linear" or lin.domain != "phi" or len(lin.inputs) > 2:
+def _scaled_matmul(m: _Matcher, node: Node) -> bool:
+    """A product (phi::Linear without bias, or a float32 MatMul of matrices) times a scalar."""
+    if node.op_type == "MatMul" and not node.domain and m.is_f32(*node.inputs):
+        if any((m.g.types[n].rank or 0) < 2 for n in node.inputs):
+            return False  # vector operands follow numpy's 1-D rules, which phi::Linear does not
+        attrs: dict[str, object] = {"activation": "none"}
+    elif node.op_type == "Linear" and node.domain == "phi" and len(node.inputs) <= 2:
+        attrs = dict(node.attrs)
+    else:
         return False
-    if lin.attrs.get("activation", "none") != "none":
+    if attrs.get("activation", "none") != "none":
         return False
-    node = m.sole_reader(lin.outputs[0])
-    if node is None or node.domain or node.op_type not in ("Div", "Mul") or len(node.inputs) != 2:
+    scale = m.sole_reader(node.outputs[0])
+    if scale is None or scale.domain or scale.op_type not in ("Div", "Mul"):
         return False
-    if node.op_type == "Div" and node.inputs[0] != lin.outputs[0]:
+    if len(scale.inputs) != 2 or (scale.op_type == "Div" and scale.inputs[0] != node.outputs[0]):
         return False
-    c = m.scalar(m.other_input(node, lin.outputs[0]))
+    c = m.scalar(m.other_input(scale, node.outputs[0]))
     if c is None or c == 0.0 or not math.isfinite(c):
         return False
-    alpha = float(lin.attrs.get("alpha", 1.0)) * (1.0 / c if node.op_type == "Div" else c)
-    attrs = {**lin.attrs, "alpha": alpha}
-    m.replace(
-        [lin, node], Node("Linear", list(lin.inputs), list(node.outputs), attrs, domain="phi")
-    )
+    alpha = float(attrs.get("alpha", 1.0)) * (1.0 / c if scale.op_type == "Div" else c)  # type: ignore[arg-type]
+    attrs["alpha"] = alpha
+    new = Node("Linear", list(node.inputs), list(scale.outputs), attrs, domain="phi")
+    m.replace([node, scale], new)
     return True
 
 
