@@ -7,8 +7,10 @@ Models (exported once with torch==2.13.0, see tests/phi_test_models): all-MiniLM
 engine's output is first checked against PyTorch's (relative L2 <= 1e-4); then the engines are
 timed in alternation (medians, benchmarks/_harness.py). Compile time (phi_engine) and session
 creation (ONNX Runtime) are reported too. ``--memory`` also measures each engine's peak memory
-for one MiniLM batch-32 x 128 run in a fresh process (peak RSS growth over the loaded model, so
-weights count for neither). ``--write`` appends the tables to RESULTS.md.
+for one MiniLM batch-32 x 128 run in a fresh process: the peak resident memory during the first
+run (plans built, arenas allocated) minus the resident memory before it, with the peak reset after
+loading (Linux ``/proc/self/clear_refs``), so the weights count for neither engine.
+``--write`` appends the tables to RESULTS.md.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def run_case(
 
 
 _MEMORY_CHILD = """
-import resource, sys
+import sys
 import numpy as np
 sys.path[:0] = {paths!r}
 from phi_test_models import minilm
@@ -103,15 +105,20 @@ else:
     import onnxruntime as ort
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     run = lambda: sess.run(None, inputs)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current RSS: load and compile are not counted
+before = status("VmRSS:")
 run()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) / 1024)
+print((status("VmHWM:") - before) / 1024)
 """
 
 
 def peak_memory_mib(engine: str, path: pathlib.Path) -> float:
-    """Peak RSS growth (MiB) of one MiniLM 32x128 run in a fresh process."""
+    """Peak RSS growth (MiB) during the first MiniLM 32x128 run, in a fresh process (Linux)."""
     import subprocess
 
     paths = [str(pathlib.Path(__file__).resolve().parents[1] / "tests")]

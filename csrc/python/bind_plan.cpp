@@ -171,7 +171,18 @@ Raises:
 )doc")
       .def_property_readonly("dtype", [](const Constant& c) { return dtype_name(c.desc().dtype); })
       .def_property_readonly("shape", [](const Constant& c) { return shape_to_tuple(c.desc().shape); })
-      .def_property_readonly("nbytes", [](const Constant& c) { return c.desc().nbytes(); });
+      .def_property_readonly("nbytes", [](const Constant& c) { return c.desc().nbytes(); })
+      .def(
+          "numpy",
+          [](py::object self) {
+            const Constant& c = self.cast<const Constant&>();
+            std::vector<py::ssize_t> shape(c.desc().shape.begin(), c.desc().shape.end());
+            // A read-only view of the constant's own memory; the array keeps the Constant alive.
+            py::array view(dtype_to_numpy(c.desc().dtype), shape, {}, c.data(), self);
+            py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+            return view;
+          },
+          R"doc(A read-only numpy view of the constant's data (no copy).)doc");
 }
 
 using PlanClass = py::class_<Plan, std::shared_ptr<Plan>>;

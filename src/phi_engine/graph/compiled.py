@@ -92,6 +92,21 @@ def compile(
     return CompiledModel(graph, device, max_batch, cache_size)
 
 
+def _native_constants(graph: Graph) -> dict[str, Constant]:
+    """Native copies of the weights, shared by every shape's plans.
+
+    The graph's own arrays are then replaced by read-only views of those copies, so the weights
+    are held once, not twice (numpy for folding and the reference, native for the plans).
+    """
+    shared = {}
+    for name, value in graph.constants.items():
+        if value.dtype in _PLAN_DTYPES and value.size > 0:
+            constant = Constant(value if value.flags.c_contiguous else value.copy(order="C"))
+            shared[name] = constant
+            graph.constants[name] = constant.numpy()
+    return shared
+
+
 class CompiledModel:
     """A compiled model: run it with :meth:`run`; thread-safe."""
 
@@ -102,7 +117,7 @@ class CompiledModel:
         self._cache_size = cache_size
         self._programs: OrderedDict[tuple[tuple[int, ...], ...], Program] = OrderedDict()
         self._lock = threading.Lock()
-        self._constants: dict[str, Constant] | None = None
+        self._constants = _native_constants(graph) if device == "cpu" else {}
 
     @property
     def inputs(self) -> dict[str, TensorType]:
@@ -168,18 +183,7 @@ class CompiledModel:
                 del g.types[name]  # re-inferred from the concrete shapes
         infer_and_fold(g)
         eliminate_dead_code(g)
-        constants = self._shared_constants() if self.device == "cpu" else None
-        return build_program(g, constants, self.device)
-
-    def _shared_constants(self) -> dict[str, Constant]:
-        with self._lock:
-            if self._constants is None:
-                self._constants = {
-                    name: Constant(value.copy(order="C") if not value.flags.c_contiguous else value)
-                    for name, value in self.graph.constants.items()
-                    if value.dtype in _PLAN_DTYPES and value.size > 0
-                }
-            return self._constants
+        return build_program(g, self._constants, self.device)
 
     def _check_inputs(self, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
         names = self.graph.inputs

@@ -113,6 +113,11 @@ class Constant:
         """Size of the data in bytes."""
         return int(self._native.nbytes)
 
+    def numpy(self) -> np.ndarray:
+        """A read-only numpy view of the data (no copy; the view keeps the constant alive)."""
+        view: np.ndarray = self._native.numpy()
+        return view
+
 
 class PlanBuilder:
     """Builds a :class:`Plan` step by step; each step's output shapes come from its kernel."""
