@@ -1,4 +1,4 @@
-"""Helpers of the elementwise ops: dtype groups and checks, precision, erf, ONNX Cast, lowering.
+"""Helpers of the elementwise op modules: dtypes, precision, erf, ONNX Cast, builders, lowering.
 
 ONNX tensors of bfloat16, float8, float4 and the sub-byte integers arrive as ``ml_dtypes``
 arrays (``onnx.helper.tensor_dtype_to_np_dtype``); numpy's own ufuncs are not defined on all of
@@ -17,6 +17,7 @@ import numpy as np
 
 from phi_engine.graph.ir import TensorType
 from phi_engine.graph.lower import LowerContext
+from phi_engine.graph.ops._util import tt
 from phi_engine.graph.registry import InferContext, InferFn, LowerFn, OpContext, op
 
 F32 = np.dtype(np.float32)
@@ -49,7 +50,11 @@ PLAN_DTYPES = frozenset(
 """dtypes a native plan holds (and copies with ``reshape``)."""
 WHERE_DTYPES = frozenset({"float32", "int32", "int64", "bool"})
 """dtypes the native ``where`` selects."""
+F32_ONLY = frozenset({"float32"})
+BOOL_ONLY = frozenset({"bool"})
+FLOAT_LIKE = FLOATS | FLOAT8
 
+ArrayFn = Callable[..., Any]
 Compute = Callable[[OpContext, list[Any]], list[np.ndarray]]
 
 
@@ -270,3 +275,45 @@ def dtypes_are(ctx: LowerContext, allowed: frozenset[str], *indices: int) -> boo
     inputs = [t for t in ctx.types if t is not None]
     static = all(t.is_static for t in [*inputs, *ctx.out_types])
     return static and len(names) == 1 and names <= allowed
+
+
+# ---- infer, reference and lowering builders shared by the op modules ---------------------------
+
+
+def unary_infer(allowed: frozenset[str], out: np.dtype[Any] | None = None) -> InferFn:
+    """Input 0's dtype in ``allowed``; one output of its shape and dtype (or ``out``)."""
+
+    def infer(ctx: InferContext) -> list[TensorType]:
+        t = check_dtype(ctx, 0, allowed)
+        return [tt(out if out is not None else t.dtype, t.shape)]
+
+    return infer
+
+
+def unary(fn: ArrayFn) -> Compute:
+    """A unary reference on widened floats, rounded back to the input's dtype."""
+
+    def compute(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
+        return [as_dtype(fn(widen(x[0])), x[0].dtype)]
+
+    return compute
+
+
+def lower_unary(native: str, attrs: Callable[[LowerContext], dict[str, Any] | None]) -> LowerFn:
+    """float32 input 0 as the native unary step ``native`` with ``attrs(ctx)`` (None: no step)."""
+
+    def lower(ctx: LowerContext) -> list[int] | None:
+        found = attrs(ctx) if dtypes_are(ctx, F32_ONLY, 0) else None
+        return None if found is None else ctx.step(native, [ctx.slot(0)], found)
+
+    return lower
+
+
+def no_attrs(ctx: LowerContext) -> dict[str, Any]:
+    """The attributes of a native unary step that takes none."""
+    return {}
+
+
+def where3(ctx: LowerContext, cond: int | None, a: int | None, b: int | None) -> list[int]:
+    """A native ``where`` step: ``a`` where ``cond`` holds, else ``b``."""
+    return ctx.step("where", [cond, a, b])

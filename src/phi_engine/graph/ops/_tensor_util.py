@@ -20,6 +20,8 @@ from phi_engine.graph.registry import InferContext, OpContext
 if TYPE_CHECKING:
     from phi_engine.graph.lower import LowerContext
 
+# Op versions that only widened the type lists: same semantics.
+LATE = (21, 23, 24, 25)
 INT64_MAX = 2**63 - 1
 # Slice ends at or past this mean "to the end of the axis" whatever its (symbolic) length.
 HUGE = 2**62
