@@ -1,10 +1,15 @@
 """GEMM and fused-layer throughput of the native core vs numpy, at the same thread count.
 
-Run:  python benchmarks/bench_kernels.py [--threads 1 2] [--write]
+Run:  python benchmarks/bench_kernels.py [--threads 1 2] [--skinny] [--write]
 
 It measures the machine's float32 FMA peak with a native loop, checks every kernel result against
-numpy first, then times phi_engine and numpy alternately (medians) and prints one markdown table
-per thread count. ``--write`` appends the tables to benchmarks/RESULTS.md.
+numpy first, then times phi_engine and numpy alternately (medians) and prints markdown tables per
+thread count. Skinny products (few rows) and the fused layer are timed twice for phi_engine: with
+the weights as a numpy array (``ops.gemm(a, b)``) and packed once (``ops.pack_weights``, as a
+compiled model holds its weights); the packed rows also give the rate at which B was read, since
+one row reads all of B for 2 FLOPs a weight and runs at memory speed, and the packed ratio with
+each side timed alone (see alone_ratio). ``--skinny`` times only those. ``--write`` appends the
+tables to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import datetime
 import math
 import pathlib
+from collections.abc import Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -48,26 +54,70 @@ def bench_gemm(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -
     ]
 
 
+def bench_skinny(
+    m: int, k: int, n: int, threads: int, peak: float, rng: np.random.Generator
+) -> list[object]:
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    packed = ops.pack_weights(b)
+    expected = ref.gemm(a, b)
+    for out in (ops.gemm(a, b, threads=threads), ops.gemm(a, packed, threads=threads)):
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3 * math.sqrt(k))
+    fns = [
+        lambda: ops.gemm(a, b, threads=threads),
+        lambda: ops.gemm(a, packed, threads=threads),
+        lambda: a @ b,
+    ]
+    ours, ours_packed, numpy = interleaved_medians(fns)
+    flops = 2.0 * m * n * k
+    return [
+        f"{m}x{k}x{n}",
+        f"{flops / ours / 1e9:.1f}",
+        f"{flops / ours_packed / 1e9:.1f}",
+        f"{flops / numpy / 1e9:.1f}",
+        f"{flops / ours_packed / 1e9 / peak:.0%}",
+        f"{4.0 * k * n / ours_packed / 1e9:.1f}",
+        f"{numpy / ours:.2f}",
+        f"{numpy / ours_packed:.2f}",
+        f"{alone_ratio(fns[2], fns[1]):.2f}",
+    ]
+
+
+def alone_ratio(baseline: Callable[[], object], ours: Callable[[], object]) -> float:
+    """Baseline time over ours, each timed alone: on more than one thread, numpy's OpenBLAS
+    threads spin for a while after each call and hold the core our next call's worker needs, so
+    alternating understates ours (the alternation table shows the effect on square GEMMs)."""
+    (ours_alone,) = interleaved_medians([ours])
+    (baseline_alone,) = interleaved_medians([baseline])
+    return baseline_alone / ours_alone
+
+
 def bench_mlp(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> list[object]:
     x = rng.standard_normal((m, k), dtype=np.float32)
     w = rng.standard_normal((k, n), dtype=np.float32) / math.sqrt(k)
     bias = rng.standard_normal(n, dtype=np.float32)
+    packed = ops.pack_weights(w)
     expected = ref.gemm(x, w, bias, "gelu_tanh")
-    np.testing.assert_allclose(
-        ops.gemm(x, w, bias, "gelu_tanh", threads=threads), expected, rtol=1e-4, atol=1e-4
-    )
-    np.testing.assert_allclose(gelu_tanh_numpy(x @ w + bias), expected, rtol=1e-4, atol=1e-4)
-    ours, numpy = interleaved_medians(
-        [
-            lambda: ops.gemm(x, w, bias, "gelu_tanh", threads=threads),
-            lambda: gelu_tanh_numpy(x @ w + bias),
-        ]
-    )
+    for out in (
+        ops.gemm(x, w, bias, "gelu_tanh", threads=threads),
+        ops.gemm(x, packed, bias, "gelu_tanh", threads=threads),
+        gelu_tanh_numpy(x @ w + bias),
+    ):
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    fns = [
+        lambda: ops.gemm(x, w, bias, "gelu_tanh", threads=threads),
+        lambda: ops.gemm(x, packed, bias, "gelu_tanh", threads=threads),
+        lambda: gelu_tanh_numpy(x @ w + bias),
+    ]
+    ours, ours_packed, numpy = interleaved_medians(fns)
     return [
         f"linear+bias+gelu {m}x{k}x{n}",
         f"{ours * 1e6:.0f} µs",
+        f"{ours_packed * 1e6:.0f} µs",
         f"{numpy * 1e6:.0f} µs",
         f"{numpy / ours:.2f}",
+        f"{numpy / ours_packed:.2f}",
+        f"{alone_ratio(fns[2], fns[1]):.2f}",
     ]
 
 
@@ -90,9 +140,66 @@ def bench_alternation(size: int, threads: int, rng: np.random.Generator) -> list
     ]
 
 
+SKINNY_HEADER = [
+    "skinny GEMM M×K×N",
+    "phi GFLOP/s",
+    "phi packed GFLOP/s",
+    "numpy GFLOP/s",
+    "packed % of peak",
+    "packed B GB/s",
+    "phi / numpy",
+    "packed / numpy",
+    "packed / numpy, each alone",
+]
+MLP_HEADER = [
+    "fused layer",
+    "phi (fused)",
+    "phi packed (fused)",
+    "numpy (unfused)",
+    "speed-up",
+    "packed speed-up",
+    "packed speed-up, each alone",
+]
+ALTERNATION_HEADER = [
+    "GEMM",
+    "phi alone / alternating",
+    "numpy alone / alternating",
+    "phi kept",
+    "numpy kept",
+]
+
+
+def thread_tables(threads: int, skinny_only: bool, rng: np.random.Generator) -> list[str]:
+    """The tables of one thread count, as markdown lines."""
+    # numpy's BLAS gets the same thread count as ours (ours ignores threadpoolctl: its BLAS
+    # always runs single-threaded inside the core's own pool).
+    with threadpool_limits(threads):
+        peak = core.measure_fma_peak(threads, 0.5)
+        rows = [] if skinny_only else [bench_gemm(s, s, s, threads, rng) for s in SQUARE]
+        for row in rows:
+            row.insert(3, f"{float(row[1]) / peak:.0%}")
+        skinny = [bench_skinny(m, k, n, threads, peak, rng) for m, k, n in SKINNY]
+        mlp = [bench_mlp(m, 384, 1536, threads, rng) for m in (1, 8, 32)]
+        alternation = (
+            [] if skinny_only else [bench_alternation(s, threads, rng) for s in (256, 1024)]
+        )
+    out = [f"**{threads} thread(s)** — measured FMA peak {peak:.1f} GFLOP/s", ""]
+    if rows:
+        header = ["GEMM M×K×N", "phi GFLOP/s", "numpy GFLOP/s", "phi % of peak", "phi / numpy"]
+        out += [markdown_table(header, rows), ""]
+    out += [markdown_table(SKINNY_HEADER, skinny), ""]
+    out += [markdown_table(MLP_HEADER, mlp), ""]
+    if alternation:
+        out += [markdown_table(ALTERNATION_HEADER, alternation), ""]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--skinny", action="store_true", help="only the skinny products and the fused layer"
+    )
     parser.add_argument(
         "--write", action="store_true", help="append the tables to benchmarks/RESULTS.md"
     )
@@ -105,42 +212,17 @@ def main() -> None:
         "",
     ]
     for threads in args.threads:
-        # numpy's BLAS gets the same thread count as ours (ours ignores threadpoolctl: its BLAS
-        # always runs single-threaded inside the core's own pool).
-        with threadpool_limits(threads):
-            peak = core.measure_fma_peak(threads, 0.5)
-            rows = [bench_gemm(s, s, s, threads, rng) for s in SQUARE]
-            rows += [bench_gemm(m, k, n, threads, rng) for m, k, n in SKINNY]
-            for row in rows:
-                row.insert(3, f"{float(row[1]) / peak:.0%}")
-            mlp = [bench_mlp(m, 384, 1536, threads, rng) for m in (1, 8, 32)]
-            alternation = [bench_alternation(s, threads, rng) for s in (256, 1024)]
-        out += [f"**{threads} thread(s)** — measured FMA peak {peak:.1f} GFLOP/s", ""]
-        out += [
-            markdown_table(
-                ["GEMM M×K×N", "phi GFLOP/s", "numpy GFLOP/s", "phi % of peak", "phi / numpy"], rows
-            ),
-            "",
-        ]
-        out += [
-            markdown_table(["fused layer", "phi (fused)", "numpy (unfused)", "speed-up"], mlp),
-            "",
-        ]
-        header = [
-            "GEMM",
-            "phi alone / alternating",
-            "numpy alone / alternating",
-            "phi kept",
-            "numpy kept",
-        ]
-        out += [markdown_table(header, alternation), ""]
+        out += thread_tables(threads, args.skinny, rng)
     text = "\n".join(out)
     print(text)
     if args.write:
         path = pathlib.Path(__file__).with_name("RESULTS.md")
         with path.open("a") as f:
-            threads = " ".join(map(str, args.threads))
-            f.write(f"\nCommand: `python benchmarks/bench_kernels.py --threads {threads}`\n\n")
+            command = "python benchmarks/bench_kernels.py --threads " + " ".join(
+                map(str, args.threads)
+            )
+            command += " --skinny" if args.skinny else ""
+            f.write(f"\nCommand: `{command}`\n\n")
             f.write(text + "\n")
 
 

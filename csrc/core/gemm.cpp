@@ -6,12 +6,17 @@
 
 #include "core/blas.h"
 #include "core/op_registry.h"
+#include "core/packed_gemm.h"
 
 namespace phi {
 
 namespace {
 
 constexpr double kFlopsPerThread = 2e6;    // below this a helper thread costs more than it saves
+// A product of few rows runs at memory speed (one row: a matrix-vector product that reads all of
+// B for 2 FLOPs a weight), so B's bytes count as work too: 1x384x1536 has too few FLOPs for a
+// second thread but reads 2.4 MB, which two cores stream in half the time.
+constexpr double kBBytesPerThread = 512.0 * 1024;
 constexpr int64_t kEpilogueTile = 1 << 16;  // floats: a 256 KiB tile stays in L2 for the epilogue
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -68,7 +73,8 @@ void run_tile(const GemmArgs& g, int64_t i0, int64_t i1, int64_t j0, int64_t j1)
 void gemm_f32(const GemmArgs& g, int threads) {
   if (g.m == 0 || g.n == 0) return;
   double flops = 2.0 * g.m * g.n * std::max<int64_t>(g.k, 1);
-  int t = static_cast<int>(std::clamp<double>(flops / kFlopsPerThread, 1.0, std::max(1, threads)));
+  double work = std::max(flops / kFlopsPerThread, 4.0 * g.k * g.n / kBBytesPerThread);
+  int t = static_cast<int>(std::clamp<double>(work, 1.0, std::max(1, threads)));
   Grid grid = plan_grid(g, t);
   int64_t tiles = grid.gm * grid.gn;
   if (tiles == 1) return run_tile(g, 0, g.m, 0, g.n);
@@ -126,6 +132,39 @@ struct FusedEpilogue {
   }
 };
 
+// Which GEMM a gemm or matmul kernel runs: BLAS tiles, or the packed kernel (packed_gemm.h) on B
+// as given per call or on B packed once (a plan constant, or weights packed by the caller).
+class PathChoice {
+ public:
+  // Prepared shapes: rows (all of A's rows the product covers) and k; eligible: B has no batch.
+  void prepare(int64_t rows, int64_t k, bool trans_b, bool eligible) {
+    rows_ = rows;
+    k_ = k;
+    eligible_ = eligible;
+    if (eligible && packed_gemm_unpacked_wins(rows, trans_b)) path_ = Path::unpacked;
+  }
+  // B is a plan constant (k x n, or n x k when trans_b, row stride ldb): pack it where that wins.
+  void bind(const TensorView& b, int64_t ldb, bool trans_b, int64_t n) {
+    if (b.data == nullptr || !eligible_ || !packed_gemm_prepacked_wins(rows_)) return;
+    use(shared_packed_b(b.ptr<const float>(), ldb, trans_b, k_, n));
+  }
+  void use(std::shared_ptr<const PackedB> packed) {
+    packed_ = std::move(packed);
+    path_ = Path::packed;
+  }
+  void run(const GemmArgs& g, int threads) const {
+    if (path_ == Path::blas) return gemm_f32(g, threads);
+    packed_gemm_f32(g, packed_.get(), threads);
+  }
+
+ private:
+  enum class Path : uint8_t { blas, unpacked, packed };
+  Path path_ = Path::blas;
+  int64_t rows_ = 0, k_ = 0;
+  bool eligible_ = false;
+  std::shared_ptr<const PackedB> packed_;
+};
+
 // ONNX Gemm semantics with our fused extras: Y = act(alpha * A' B' + bias + residual).
 class GemmKernel final : public Kernel {
  public:
@@ -156,7 +195,11 @@ class GemmKernel final : public Kernel {
     }
     parse_activation(op, attrs, ep_.base);
     outputs_ = {TensorDesc{DType::f32, {m_, n_}}};
+    path_.prepare(m_, k_, tb_, true);
   }
+
+  void bind_constants(const TensorView* in) override { path_.bind(in[1], in[1].shape()[1], tb_, n_); }
+  void use_packed(std::shared_ptr<const PackedB> packed) { path_.use(std::move(packed)); }
 
   void run(const TensorView* in, TensorView* out, void*, const ExecContext& ctx) const override {
     GemmArgs g;
@@ -167,7 +210,7 @@ class GemmKernel final : public Kernel {
     g.alpha = alpha_;
     std::vector<float> scratch;
     g.epilogue = ep_.bind(in[2], &in[3], n_, scratch);
-    gemm_f32(g, ctx.resolved_threads());
+    path_.run(g, ctx.resolved_threads());
   }
 
  private:
@@ -175,6 +218,7 @@ class GemmKernel final : public Kernel {
   float alpha_ = 1.0f;
   int64_t m_ = 0, n_ = 0, k_ = 0;
   FusedEpilogue ep_;
+  PathChoice path_;
 };
 
 // numpy.matmul semantics (broadcast batch dimensions, 1-D operands promoted and squeezed), with
@@ -226,7 +270,11 @@ class MatMulKernel final : public Kernel {
     }
     parse_activation(op, attrs, ep_.base);
     outputs_ = {TensorDesc{DType::f32, out}};
+    int64_t batches = numel(batch_);
+    path_.prepare(m_ * batches, k_, tb_, fold_ || batches == 1);
   }
+
+  void bind_constants(const TensorView* in) override { path_.bind(in[1], tb_ ? k_ : n_, tb_, n_); }
 
   void run(const TensorView* in, TensorView* out, void*, const ExecContext& ctx) const override {
     const float* a = in[0].ptr<const float>();
@@ -246,7 +294,7 @@ class MatMulKernel final : public Kernel {
     if (fold_ || batches == 1) {
       GemmArgs g = args(m_ * batches);
       g.a = a; g.b = b; g.c = c; g.epilogue = ep;
-      return gemm_f32(g, threads);
+      return path_.run(g, threads);
     }
     // Many small products (attention heads): one thread per batch item when there are enough.
     int inner = batches >= threads ? 1 : threads;
@@ -276,6 +324,7 @@ class MatMulKernel final : public Kernel {
   int64_t m_ = 0, n_ = 0, k_ = 0;
   Shape batch_, batch_a_, batch_b_;
   FusedEpilogue ep_;
+  PathChoice path_;
 };
 
 std::unique_ptr<Kernel> make_gemm(const std::vector<TensorDesc>& in, const Attrs& attrs) {
@@ -286,6 +335,15 @@ std::unique_ptr<Kernel> make_matmul(const std::vector<TensorDesc>& in, const Att
 }
 
 }  // namespace
+
+std::unique_ptr<Kernel> make_gemm_packed(const std::vector<TensorDesc>& inputs, const Attrs& attrs,
+                                         std::shared_ptr<const PackedB> packed) {
+  check(packed != nullptr, "gemm", "packed weights are null");
+  check(attrs.get_int("gemm", "trans_b", 0) == 0, "gemm", "packed weights hold their orientation: trans_b must be False");
+  auto kernel = make_kernel("gemm", inputs, attrs);
+  static_cast<GemmKernel&>(*kernel).use_packed(std::move(packed));
+  return kernel;
+}
 
 PHI_REGISTER_OP("gemm", 2, 4, make_gemm);
 PHI_REGISTER_OP("matmul", 2, 4, make_matmul);

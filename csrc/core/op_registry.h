@@ -30,6 +30,13 @@ class Kernel {
   // absent optional inputs have dtype undefined. Outputs never alias inputs. Must be safe to call concurrently.
   virtual void run(const TensorView* inputs, TensorView* outputs, void* workspace, const ExecContext& ctx) const = 0;
 
+  // Called once by the plan builder, right after preparation, for a step with constant inputs:
+  // arity() views with the prepared descs, whose data is set for the plan's constants (immutable,
+  // alive as long as the kernel) and null for every other input. A kernel may derive what it will
+  // reuse on every run from them (gemm packs its weights); run() still receives all inputs as
+  // usual. Eager calls never call it. May change workspace_bytes(), which is read afterwards.
+  virtual void bind_constants(const TensorView* inputs) {}
+
  protected:
   std::vector<TensorDesc> outputs_;
 

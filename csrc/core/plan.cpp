@@ -193,6 +193,7 @@ std::vector<int> Plan::add_step(const std::string& op, const std::vector<int>& i
   std::unique_ptr<Kernel> kernel;
   try {
     kernel = make_kernel(op, descs, attrs);
+    bind_constants(*kernel, inputs, descs);
   } catch (const Error& e) {
     // Keep the kernel's code and words, and add which step of the plan was at fault.
     std::string message = e.what();
@@ -217,6 +218,21 @@ std::vector<int> Plan::add_step(const std::string& op, const std::vector<int>& i
     if (v >= 0) values_[v].last_use = static_cast<int>(index);
   steps_.push_back(Step{op, inputs, slots, std::move(kernel)});
   return slots;
+}
+
+// Shows a step's kernel the constants among its inputs (Kernel::bind_constants).
+void Plan::bind_constants(Kernel& kernel, const std::vector<int>& inputs, const std::vector<TensorDesc>& descs) const {
+  std::vector<TensorView> views(kernel.arity());
+  bool any = false;
+  for (size_t i = 0; i < inputs.size() && i < views.size(); ++i) {
+    if (inputs[i] < 0) continue;
+    views[i].desc = descs[i];
+    const Value& v = values_[inputs[i]];
+    if (v.kind != ValueKind::constant) continue;
+    views[i].data = const_cast<void*>(constants_[v.index]->data());  // read-only, as in build_views
+    any = true;
+  }
+  if (any) kernel.bind_constants(views.data());
 }
 
 void Plan::mark_output(int value, const std::string& name) {

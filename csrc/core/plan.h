@@ -188,15 +188,18 @@ class Plan {
   void check_building(const char* what) const;
   int check_slot(int value, const std::string& what) const;
   int new_value(const TensorDesc& desc, ValueKind kind, int index);
+  void bind_constants(Kernel& kernel, const std::vector<int>& inputs, const std::vector<TensorDesc>& descs) const;
   void plan_memory();
   void build_views();
   void validate(std::span<const TensorView> inputs, std::span<const TensorView> outputs) const;
   std::unique_ptr<Arena> make_arena() const;
 
   std::vector<Value> values_;
+  // Declared before steps_ so that it is destroyed after them: kernels may hold what they derived
+  // from constant bytes (Kernel::bind_constants), shared by address while those bytes are alive.
+  std::vector<std::shared_ptr<const Constant>> constants_;
   std::vector<Step> steps_;
   std::vector<Port> inputs_, outputs_;
-  std::vector<std::shared_ptr<const Constant>> constants_;
   bool finalized_ = false;
 
   // Set by finalize().

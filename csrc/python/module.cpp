@@ -8,6 +8,7 @@ void init_errors(py::module_& m);
 void init_runtime(py::module_& m);
 void init_ops(py::module_& m);
 void init_plan(py::module_& m);
+void init_packed(py::module_& m);
 }  // namespace phi::py_bind
 
 PYBIND11_MODULE(_core, m) {
@@ -19,4 +20,5 @@ PYBIND11_MODULE(_core, m) {
   phi::py_bind::init_runtime(m);
   phi::py_bind::init_ops(m);
   phi::py_bind::init_plan(m);
+  phi::py_bind::init_packed(m);
 }

@@ -38,7 +38,7 @@ from phi_engine.ops._elementwise import (
     where,
 )
 from phi_engine.ops._layout import concat, gather, slice, transpose
-from phi_engine.ops._linalg import gemm, matmul
+from phi_engine.ops._linalg import PackedWeights, gemm, matmul, pack_weights
 from phi_engine.ops._nn import (
     argmax,
     argmin,
@@ -56,6 +56,7 @@ from phi_engine.ops._nn import (
 from phi_engine.ops._shape import cast, reshape
 
 __all__ = [
+    "PackedWeights",
     "abs",
     "add",
     "argmax",
@@ -89,6 +90,7 @@ __all__ = [
     "minimum",
     "mul",
     "neg",
+    "pack_weights",
     "pow",
     "reciprocal",
     "reduce_max",
