@@ -2,7 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <exception>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #if defined(__linux__)
 #include <sched.h>
@@ -26,6 +32,45 @@ int available_cpus() {
 namespace {
 thread_local bool in_pool_task = false;
 std::atomic<int> g_default_threads{0};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+// How long an idle worker, or a caller waiting for its helpers, spins before it blocks. A plan
+// runs its kernels back to back, each a parallel_for a few microseconds to milliseconds long:
+// blocking between them costs a futex wake-up (tens of microseconds, more on a busy machine) per
+// kernel per thread, which at batch 1 is a large share of a model's run. Spinning briefly keeps
+// the threads hot; the bound keeps an idle process from burning a core. PHI_ENGINE_SPIN_US sets
+// it (0: block at once, for machines shared with other busy processes).
+std::chrono::microseconds spin_budget() {
+  static const std::chrono::microseconds budget = [] {
+    const char* env = std::getenv("PHI_ENGINE_SPIN_US");
+    long us = env != nullptr ? std::strtol(env, nullptr, 10) : 100;
+    return std::chrono::microseconds(std::clamp<long>(us, 0, 100000));
+  }();
+  return budget;
+}
+
+// Spins until ready() or the spin budget is spent; true if ready.
+template <typename Ready>
+bool spin_until(Ready ready) {
+  const auto budget = spin_budget();
+  if (budget.count() == 0) return ready();
+  const auto deadline = std::chrono::steady_clock::now() + budget;
+  for (int i = 1;; ++i) {
+    if (ready()) return true;
+    cpu_relax();
+    if ((i & 63) == 0) {
+      if (std::chrono::steady_clock::now() >= deadline) return ready();
+      // Let another runnable thread have the core: on a machine with more busy threads than
+      // cores, the thread we wait for may be the one we would otherwise keep off it.
+      std::this_thread::yield();
+    }
+  }
+}
 }  // namespace
 
 struct ThreadPool::Job {
@@ -46,6 +91,7 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
+    stopping_.store(true);
   }
   cv_.notify_all();
   for (auto& t : workers_) t.join();
@@ -79,13 +125,19 @@ void ThreadPool::drain(Job& job) {
 
 void ThreadPool::worker_loop() {
   for (;;) {
+    spin_until([this] { return pending_.load(std::memory_order_acquire) > 0 || stopping_.load(); });
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (!stop_ && queue_.empty()) {
+        ++sleepers_;  // under mutex_: parallel_for reads it under the same lock, so no lost wake-up
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        --sleepers_;
+      }
       if (stop_ && queue_.empty()) return;
       job = std::move(queue_.front());
       queue_.pop_front();
+      pending_.fetch_sub(1, std::memory_order_relaxed);
     }
     drain(*job);
   }
@@ -102,15 +154,24 @@ void ThreadPool::parallel_for(int64_t ntasks, int threads, const std::function<v
   auto job = std::make_shared<Job>();
   job->fn = &fn;
   job->ntasks = ntasks;
+  int sleeping = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (int i = 0; i < helpers; ++i) queue_.push_back(job);
+    pending_.fetch_add(helpers, std::memory_order_release);
+    sleeping = sleepers_;
   }
-  if (helpers == 1) cv_.notify_one(); else cv_.notify_all();
+  // Spinning workers see pending_ and need no wake-up (a futex syscall each).
+  if (sleeping == 1 || helpers == 1) {
+    if (sleeping > 0) cv_.notify_one();
+  } else if (sleeping > 1) {
+    cv_.notify_all();
+  }
   drain(*job);
-  {
+  auto all_done = [&] { return job->done.load(std::memory_order_acquire) == job->ntasks; };
+  if (!spin_until(all_done)) {
     std::unique_lock<std::mutex> lock(job->mutex);
-    job->finished.wait(lock, [&] { return job->done.load(std::memory_order_acquire) == job->ntasks; });
+    job->finished.wait(lock, all_done);
   }
   // A helper that wakes late finds no task left and never touches fn (it holds the job alive).
   if (job->error) std::rethrow_exception(job->error);

@@ -3,6 +3,7 @@
 // and alternating calls never fight a second pool for the cores.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -45,6 +46,9 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable cv_;
   bool stop_ = false;
+  int sleepers_ = 0;                 // workers blocked on cv_ (guarded by mutex_)
+  std::atomic<int> pending_{0};      // queue_.size(), readable without the lock (spinning workers)
+  std::atomic<bool> stopping_{false};
 };
 
 // Default threads for a call that does not say (set_num_threads; initially available_cpus()).
