@@ -137,15 +137,17 @@ struct FusedEpilogue {
 class PathChoice {
  public:
   // Prepared shapes: rows (all of A's rows the product covers) and k; eligible: B has no batch.
-  void prepare(int64_t rows, int64_t k, bool trans_b, bool eligible) {
+  // fused: the product has an epilogue (bias, residual or activation).
+  void prepare(int64_t rows, int64_t k, bool trans_b, bool eligible, bool fused) {
     rows_ = rows;
     k_ = k;
     eligible_ = eligible;
+    fused_ = fused;
     if (eligible && packed_gemm_unpacked_wins(rows, trans_b)) path_ = Path::unpacked;
   }
   // B is a plan constant (k x n, or n x k when trans_b, row stride ldb): pack it where that wins.
   void bind(const TensorView& b, int64_t ldb, bool trans_b, int64_t n) {
-    if (b.data == nullptr || !eligible_ || !packed_gemm_prepacked_wins(rows_)) return;
+    if (b.data == nullptr || !eligible_ || !packed_gemm_prepacked_wins(rows_, fused_)) return;
     use(shared_packed_b(b.ptr<const float>(), ldb, trans_b, k_, n));
   }
   void use(std::shared_ptr<const PackedB> packed) {
@@ -161,7 +163,7 @@ class PathChoice {
   enum class Path : uint8_t { blas, unpacked, packed };
   Path path_ = Path::blas;
   int64_t rows_ = 0, k_ = 0;
-  bool eligible_ = false;
+  bool eligible_ = false, fused_ = false;
   std::shared_ptr<const PackedB> packed_;
 };
 
@@ -195,7 +197,7 @@ class GemmKernel final : public Kernel {
     }
     parse_activation(op, attrs, ep_.base);
     outputs_ = {TensorDesc{DType::f32, {m_, n_}}};
-    path_.prepare(m_, k_, tb_, true);
+    path_.prepare(m_, k_, tb_, true, in[2].present() || in[3].present() || ep_.base.act != math::Act::none);
   }
 
   void bind_constants(const TensorView* in) override { path_.bind(in[1], in[1].shape()[1], tb_, n_); }
@@ -271,7 +273,8 @@ class MatMulKernel final : public Kernel {
     parse_activation(op, attrs, ep_.base);
     outputs_ = {TensorDesc{DType::f32, out}};
     int64_t batches = numel(batch_);
-    path_.prepare(m_ * batches, k_, tb_, fold_ || batches == 1);
+    path_.prepare(m_ * batches, k_, tb_, fold_ || batches == 1,
+                  in[2].present() || in[3].present() || ep_.base.act != math::Act::none);
   }
 
   void bind_constants(const TensorView* in) override { path_.bind(in[1], tb_ ? k_ : n_, tb_, n_); }

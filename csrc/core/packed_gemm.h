@@ -56,7 +56,7 @@ std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool
 
 // Whether the packed kernel beats BLAS for a product of m rows (measured; see packed_gemm.cpp):
 // with B packed ahead of time (plan constants, PackedWeights), and with B as given per call.
-bool packed_gemm_prepacked_wins(int64_t m);
+bool packed_gemm_prepacked_wins(int64_t m, bool fused);
 bool packed_gemm_unpacked_wins(int64_t m, bool trans_b);
 
 // C = epilogue(alpha * op(A) op(B)) on up to `threads` threads (N panels split between them, the
