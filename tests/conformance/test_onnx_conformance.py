@@ -1,4 +1,4 @@
-"""The ONNX backend node tests of the supported ops, run through phi_engine (issue 3 target: >= 95 %).
+"""ONNX backend node tests of the supported ops through phi_engine (issue 3 target: >= 95 %).
 
 Every node test whose ops are all supported runs through ``onnx.backend.test.BackendTest``;
 the counts and any failures are printed (``pytest -s`` shows them), and the pass rate must stay at
