@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import warnings
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -135,24 +136,29 @@ def export(folder: str | None = None) -> Path:
     }
     tmp = path.with_suffix(".tmp")
     dims = {0: "batch", 1: "sequence"}
-    torch.onnx.export(
-        model,
-        (
-            example_inputs["input_ids"],
-            example_inputs["attention_mask"],
-            example_inputs["token_type_ids"],
-        ),
-        str(tmp),
-        input_names=["input_ids", "attention_mask", "token_type_ids"],
-        output_names=["sentence_embedding"],
-        dynamic_axes={
-            "input_ids": dims,
-            "attention_mask": dims,
-            "token_type_ids": dims,
-            "sentence_embedding": {0: "batch"},
-        },
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    # The TorchScript-based exporter (dynamo=False) writes the graphs most deployed ONNX files
+    # have (Erf GELU, explicit shape arithmetic) and needs no onnxscript; torch warns that it is
+    # the legacy path, which is deliberate here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (
+                example_inputs["input_ids"],
+                example_inputs["attention_mask"],
+                example_inputs["token_type_ids"],
+            ),
+            str(tmp),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["sentence_embedding"],
+            dynamic_axes={
+                "input_ids": dims,
+                "attention_mask": dims,
+                "token_type_ids": dims,
+                "sentence_embedding": {0: "batch"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
     tmp.replace(path)  # atomic: a concurrent or interrupted export never leaves half a file
     return path
