@@ -305,6 +305,8 @@ constexpr int64_t kABytes = 512 * 1024;
 // Work below which a helper thread costs more than it saves (a wake-up is a few microseconds):
 // FLOPs, and bytes of B streamed (for few rows the product runs at memory speed).
 constexpr double kFlopsPerThread = 2e6;
+// Row blocks per thread from which the rows, not the panels, are split between threads.
+constexpr int64_t kRowSplitBlocks = 32;
 constexpr double kBytesPerThread = 512.0 * 1024;
 
 // How far ahead of its use the kernel prefetches B: a hardware prefetcher following one stream
@@ -441,48 +443,44 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
   const Blocking bl = blocking(g.m, g.k, packed != nullptr);
   const int64_t panels = ceil_div(g.n, nr), row_blocks = ceil_div(g.m, mr);
 
-  const size_t slot_floats = align_floats(bl.kc * nr) / sizeof(float);
-  const size_t a_bytes = align_floats(g.m * g.k);
-  Scratch buffers(a_bytes + (packed ? 0 : scratch_slots() * slot_floats * sizeof(float)));
-  float* apacked = reinterpret_cast<float*>(buffers.data());
-  float* scratch = reinterpret_cast<float*>(buffers.data() + a_bytes);
   const double flops = 2.0 * g.m * g.n * std::max<int64_t>(g.k, 1);
   const double b_bytes = 4.0 * g.n * g.k;
   const double work = std::max(flops / kFlopsPerThread, b_bytes / kBytesPerThread);
   const int64_t t = std::clamp<int64_t>(static_cast<int64_t>(work), 1,
                                         std::min<int64_t>(std::max(1, threads), scratch_slots()));
-  // Packing A is a copy at memory speed: split over the same threads when it is large (at 4096 x
-  // 1536 it is ~25 MB, a fifth of the product's time if one thread did it while the others wait).
-  auto pack_rows = [&](int64_t b0, int64_t b1) {
-    for (int64_t rb = b0; rb < b1; ++rb) {
-      const int rows = static_cast<int>(std::min<int64_t>(mr, g.m - rb * mr));
-      pack_a(g, rb * mr, rows, apacked + rb * mr * g.k);
-    }
-  };
-  if (t > 1 && g.m * g.k >= (int64_t{1} << 16)) {
-    ThreadPool::global().parallel_for(t, static_cast<int>(t), [&](int64_t i) {
-      pack_rows(i * row_blocks / t, (i + 1) * row_blocks / t);
-    });
-  } else {
-    pack_rows(0, row_blocks);
-  }
-  // Panels are split first (each thread streams its own share of B); rows only when there are
-  // fewer panels than threads.
-  const int64_t gn = std::min(t, panels);
+  // Few rows: split the panels (each thread streams its own share of B, which dominates). Many
+  // rows: split the rows (each thread packs and reads only its share of A; both stream all of B,
+  // which costs the same L3 traffic as half of B per pass twice as often).
+  int64_t gn = std::min(t, panels);
+  if (row_blocks >= kRowSplitBlocks * t) gn = 1;
   const int64_t gm = std::min(std::max<int64_t>(1, t / gn), row_blocks);
+  const int64_t tasks = gn * gm;
+
+  // Per task: A packed for one chunk of row blocks (all of K), and a panel buffer when B is not
+  // packed. A chunk is bounded by kABytes per K block, so the scratch stays small whatever m is
+  // (packing all of A up front took m * k floats: 25 MB at 4096 x 1536, per call).
+  const size_t chunk_floats = align_floats(bl.row_chunk * mr * g.k) / sizeof(float);
+  const size_t slot_floats = packed ? 0 : align_floats(bl.kc * nr) / sizeof(float);
+  Scratch buffers(tasks * (chunk_floats + slot_floats) * sizeof(float));
+  float* scratch = reinterpret_cast<float*>(buffers.data());
 
   const int64_t pf_rows = ceil_div(kPrefetchBytes, nr * static_cast<int64_t>(sizeof(float)));
   auto task = [&](int64_t idx) {
     const int64_t pn = idx % gn, rm = idx / gn;
     const int64_t p0 = pn * panels / gn, p1 = (pn + 1) * panels / gn;
     const int64_t r0 = rm * row_blocks / gm, r1 = (rm + 1) * row_blocks / gm;
-    float* slot = scratch + idx * slot_floats;
+    float* achunk = scratch + idx * (chunk_floats + slot_floats);
+    float* slot = achunk + chunk_floats;
     TileArgs ta;
     ta.ldc = g.ldc;
     ta.alpha = g.alpha;
     ta.ep = &g.epilogue;
     for (int64_t rc = r0; rc < r1; rc += bl.row_chunk) {
       const int64_t rc1 = std::min(r1, rc + bl.row_chunk);
+      for (int64_t rb = rc; rb < rc1; ++rb) {
+        const int rows = static_cast<int>(std::min<int64_t>(mr, g.m - rb * mr));
+        pack_a(g, rb * mr, rows, achunk + (rb - rc) * mr * g.k);
+      }
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t j0 = p * nr;
         const int cols = static_cast<int>(std::min<int64_t>(nr, g.n - j0));
@@ -508,7 +506,7 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
           ta.col0 = j0;
           for (int64_t rb = rc; rb < rc1; ++rb) {
             const int rows = static_cast<int>(std::min<int64_t>(mr, g.m - rb * mr));
-            ta.a = apacked + rb * mr * g.k + k0 * rows;
+            ta.a = achunk + (rb - rc) * mr * g.k + k0 * rows;
             ta.c = g.c + rb * mr * g.ldc + j0;
             ta.row0 = rb * mr;
             // The first row block streams the panel from memory, ahead of it by kPrefetchBytes;
@@ -521,7 +519,6 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
       }
     }
   };
-  const int64_t tasks = gn * gm;
   if (tasks == 1) return task(0);
   ThreadPool::global().parallel_for(tasks, static_cast<int>(tasks), task);
 }
