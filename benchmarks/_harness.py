@@ -44,6 +44,31 @@ def interleaved_medians(
     return [float(np.median(s)) for s in samples]
 
 
+def alternating_block_medians(
+    fns: Sequence[Callable[[], object]], block: int = 5, min_time: float = 0.3, min_rounds: int = 3
+) -> list[float]:
+    """Median seconds of each function, timed in alternating blocks of ``block`` calls.
+
+    Engines with their own spinning thread pools (ONNX Runtime, PyTorch's OpenMP, ours) keep
+    their workers busy for a while after each call; timed call by call in alternation, each
+    engine's multi-threaded run meets the other's spinning workers on its cores. A block starts
+    with one untimed call, so the previous engine's threads have gone quiet before timing, and
+    blocks alternate so drift still hits every engine alike.
+    """
+    samples: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() - start < min_time:
+        for i, fn in enumerate(fns):
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                samples[i].append(time.perf_counter() - t0)
+        rounds += 1
+    return [float(np.median(s)) for s in samples]
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -5,11 +5,13 @@ Run:  python benchmarks/bench_models.py [--threads 1 2] [--quick] [--memory] [--
 Models (exported once with torch==2.13.0, see tests/phi_test_models): all-MiniLM-L6-v2 at batch
 1, 8 and 32 x sequence 128, and the ResNet-style CNN at batch 1 and 32 (64x64 images). Every
 engine's output is first checked against PyTorch's (relative L2 <= 1e-4); then the engines are
-timed in alternation (medians, benchmarks/_harness.py). Compile time (phi_engine) and session
-creation (ONNX Runtime) are reported too. ``--memory`` also measures each engine's peak memory
-for one MiniLM batch-32 x 128 run in a fresh process: the peak resident memory during the first
-run (plans built, arenas allocated) minus the resident memory before it, with the peak reset after
-loading (Linux ``/proc/self/clear_refs``), so the weights count for neither engine.
+timed in alternating blocks of calls (medians; benchmarks/_harness.py): every engine here keeps
+its worker threads spinning for a while after a call, so call-by-call alternation makes each
+multi-threaded run compete with the previous engine's spinning threads. That ratio is reported
+too ("call by call"). Compile time (phi_engine) and session creation (ONNX Runtime) are
+reported. ``--memory`` measures, for one MiniLM 32 x 128 run in a fresh process (Linux), the
+peak resident memory from before loading the model through its first run (weights, compiled
+form, arenas, everything) and the first run's own growth over the loaded model.
 ``--write`` appends the tables to RESULTS.md.
 """
 
@@ -28,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
 import phi_engine
-from _harness import interleaved_medians, machine, markdown_table
+from _harness import alternating_block_medians, interleaved_medians, machine, markdown_table
 from phi_engine.graph import compile
 from phi_test_models import cnn, minilm
 
@@ -77,7 +79,8 @@ def run_case(
     if errors[0] > 1e-4:
         raise SystemExit(f"{label}: phi_engine differs from PyTorch (rel L2 {errors[0]:.2e})")
     fns: list[Callable[[], object]] = [ours, onnxrt, pytorch]
-    t_ours, t_ort, t_torch = interleaved_medians(fns, min_time=2.0, min_runs=5)
+    t_ours, t_ort, t_torch = alternating_block_medians(fns, block=5, min_time=2.0)
+    c_ours, c_ort, _ = interleaved_medians(fns, min_time=1.0, min_runs=5)
     return [
         label,
         f"{t_ours * 1e3:.1f}",
@@ -85,6 +88,7 @@ def run_case(
         f"{t_torch * 1e3:.1f}",
         f"{t_ort / t_ours:.2f}",
         f"{t_torch / t_ours:.2f}",
+        f"{c_ort / c_ours:.2f}",
         f"{compile_s:.2f} / {ort_s:.2f}",
         f"{errors[0]:.1e} / {errors[1]:.1e}",
     ]
@@ -96,29 +100,41 @@ import numpy as np
 sys.path[:0] = {paths!r}
 from phi_test_models import minilm
 engine, path = sys.argv[1], sys.argv[2]
-inputs = minilm.random_inputs(np.random.default_rng(0), 32, 128)
 if engine == "phi":
     from phi_engine.graph import compile
-    cm = compile(path, max_batch=64)
-    run = lambda: cm.run(inputs)
 else:
     import onnxruntime as ort
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    run = lambda: sess.run(None, inputs)
+inputs = minilm.random_inputs(np.random.default_rng(0), 32, 128)
+
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1])
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak (VmHWM) to the current RSS: load and compile are not counted
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) restarts from the current RSS
+
+base = status("VmRSS:")
+reset_peak()
+if engine == "phi":
+    cm = compile(path, max_batch=64)
+    run = lambda: cm.run(inputs)
+else:
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    run = lambda: sess.run(None, inputs)
+load_peak = status("VmHWM:")
+reset_peak()
 before = status("VmRSS:")
 run()
-print((status("VmHWM:") - before) / 1024)
+run_peak = status("VmHWM:")
+print((max(load_peak, run_peak) - base) / 1024, (run_peak - before) / 1024)
 """
 
 
-def peak_memory_mib(engine: str, path: pathlib.Path) -> float:
-    """Peak RSS growth (MiB) during the first MiniLM 32x128 run, in a fresh process (Linux)."""
+def peak_memory_mib(engine: str, path: pathlib.Path) -> tuple[float, float]:
+    """(peak RSS over the bare process from loading through the first MiniLM 32x128 run, the first
+    run's own peak growth), in MiB, measured in a fresh process (Linux)."""
     import subprocess
 
     paths = [str(pathlib.Path(__file__).resolve().parents[1] / "tests")]
@@ -126,7 +142,8 @@ def peak_memory_mib(engine: str, path: pathlib.Path) -> float:
     out = subprocess.run(
         [sys.executable, "-c", code, engine, str(path)], capture_output=True, text=True, check=True
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    total, run = out.stdout.strip().splitlines()[-1].split()
+    return float(total), float(run)
 
 
 def main() -> None:
@@ -148,6 +165,7 @@ def main() -> None:
         "PyTorch ms",
         "ORT / phi",
         "torch / phi",
+        "ORT / phi call by call",
         "compile s (phi / ORT)",
         "rel L2 vs torch (phi / ORT)",
     ]
@@ -167,10 +185,13 @@ def main() -> None:
         out.append(f"**{threads} thread(s)**\n\n{table}\n")
         print(out[-1], flush=True)
     if args.memory:
-        phi_mib, ort_mib = (peak_memory_mib(e, m_path) for e in ("phi", "ort"))
+        (phi_total, phi_run), (ort_total, ort_run) = (
+            peak_memory_mib(e, m_path) for e in ("phi", "ort")
+        )
         out.append(
-            "Peak memory of one MiniLM-L6 32x128 run beyond the loaded model (fresh process, "
-            f"peak RSS growth): phi_engine {phi_mib:.0f} MiB, ONNX Runtime {ort_mib:.0f} MiB.\n"
+            "Peak memory, MiniLM-L6 32x128, fresh process: from loading the model through its "
+            f"first run, phi_engine {phi_total:.0f} MiB, ONNX Runtime {ort_total:.0f} MiB; the "
+            f"first run alone, phi_engine {phi_run:.0f} MiB, ONNX Runtime {ort_run:.0f} MiB.\n"
         )
         print(out[-1])
     if args.write:
