@@ -13,19 +13,26 @@ from phi_engine import errors
 from phi_engine._version import __version__
 
 if TYPE_CHECKING:
-    from phi_engine import ops
+    from phi_engine import graph, ops
     from phi_engine._system import devices, get_num_threads, set_num_threads
+    from phi_engine.graph import CompiledModel, compile
 
 __all__ = [
+    "CompiledModel",
     "__version__",
+    "compile",
     "devices",
     "errors",
     "get_num_threads",
+    "graph",
     "ops",
     "set_num_threads",
 ]
 
 _LAZY = {
+    "compile": ("phi_engine.graph", "compile"),
+    "CompiledModel": ("phi_engine.graph", "CompiledModel"),
+    "graph": ("phi_engine.graph", None),
     "ops": ("phi_engine.ops", None),
     "devices": ("phi_engine._system", "devices"),
     "get_num_threads": ("phi_engine._system", "get_num_threads"),

@@ -13,7 +13,17 @@ from phi_engine import errors
 
 def test_all_is_pinned() -> None:
     assert sorted(phi.__all__) == sorted(
-        ["__version__", "devices", "errors", "get_num_threads", "ops", "set_num_threads"]
+        [
+            "CompiledModel",
+            "__version__",
+            "compile",
+            "devices",
+            "errors",
+            "get_num_threads",
+            "graph",
+            "ops",
+            "set_num_threads",
+        ]
     )
     for name in phi.__all__:
         assert getattr(phi, name) is not None
