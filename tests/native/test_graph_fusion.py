@@ -1,0 +1,237 @@
+"""Fusion passes: each exporter pattern becomes its fused op, and the result does not change.
+
+Every case builds the pattern by hand with onnx.helper, compiles it with and without fusion, and
+checks the fused graph's op list and that both give the same output (float32 rounding apart) on
+random inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from phi_engine.graph import compile
+
+F = TensorProto.FLOAT
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: dict[str, list[object]],
+    consts: dict[str, np.ndarray],
+    output: str = "y",
+    opset: int = 17,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, F, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(output, F, None)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _scalar(v: float) -> np.ndarray:
+    return np.array(v, np.float32)
+
+
+def _check(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], fused: list[str], gone: list[str]
+) -> None:
+    cm = compile(model)
+    ops = [f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in cm.graph.nodes]
+    for op in fused:
+        assert op in ops, ops
+    for op in gone:
+        assert op not in ops, ops
+    plain = compile(model, fuse=False).run(feeds)["y"]
+    out = cm.run(feeds)["y"]
+    np.testing.assert_allclose(out, plain, rtol=2e-5, atol=2e-5)
+    shapes = {k: v.shape for k, v in feeds.items()}
+    assert cm.program(shapes).reference_nodes == []
+
+
+def _gelu_nodes(x: str, variant: int) -> list[onnx.NodeProto]:
+    mk = helper.make_node
+    head = [mk("Div", [x, "sqrt2"], ["d"]), mk("Erf", ["d"], ["e"]), mk("Add", ["e", "one"], ["a"])]
+    tails = {
+        0: [mk("Mul", [x, "a"], ["m"]), mk("Mul", ["m", "half"], ["y"])],  # (x * (1+e)) * 0.5
+        1: [mk("Mul", ["a", "half"], ["m"]), mk("Mul", [x, "m"], ["y"])],  # x * ((1+e) * 0.5)
+        2: [mk("Mul", [x, "half"], ["h"]), mk("Mul", ["h", "a"], ["y"])],  # (x * 0.5) * (1+e)
+    }
+    return head + tails[variant]
+
+
+GELU_CONSTS = {"sqrt2": _scalar(math.sqrt(2.0)), "one": _scalar(1.0), "half": _scalar(0.5)}
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_erf_gelu_in_every_association_order(rng: np.random.Generator, variant: int) -> None:
+    model = _model(_gelu_nodes("x", variant), {"x": ["n", 33]}, GELU_CONSTS)
+    x = rng.standard_normal((5, 33)).astype(np.float32) * 3
+    _check(model, {"x": x}, ["phi::Gelu"], ["Erf", "Div"])
+
+
+@pytest.mark.parametrize("act", ["Relu", "Tanh", "Sigmoid", "gelu"])
+def test_linear_bias_activation_and_residual(rng: np.random.Generator, act: str) -> None:
+    mk = helper.make_node
+    nodes = [mk("MatMul", ["x", "w"], ["mm"]), mk("Add", ["mm", "b"], ["lin"])]
+    consts = {
+        "w": rng.standard_normal((24, 40)).astype(np.float32),
+        "b": rng.standard_normal(40).astype(np.float32),
+    }
+    if act == "gelu":
+        nodes += _gelu_nodes("lin", 0)  # fused to phi::Gelu first, then into the linear
+        consts.update(GELU_CONSTS)
+    else:
+        nodes.append(mk(act, ["lin"], ["y"]))
+    model = _model(nodes, {"x": ["n", 7, 24]}, consts)
+    x = rng.standard_normal((3, 7, 24)).astype(np.float32)
+    _check(model, {"x": x}, ["phi::Linear"], ["MatMul", "Add", "Erf"])
+    linear = [n for n in compile(model).graph.nodes if n.op_type == "Linear"]
+    assert len(linear) == 1 and linear[0].attrs["activation"] == act.lower()
+
+
+def test_linear_residual_is_fused_but_not_inside_an_activation(rng: np.random.Generator) -> None:
+    mk = helper.make_node
+    nodes = [
+        mk("MatMul", ["x", "w"], ["mm"]),
+        mk("Add", ["mm", "b"], ["lin"]),
+        mk("Add", ["lin", "x"], ["y"]),  # the residual: same shape as the output
+    ]
+    consts = {
+        "w": rng.standard_normal((16, 16)).astype(np.float32),
+        "b": rng.standard_normal(16).astype(np.float32),
+    }
+    model = _model(nodes, {"x": ["n", 16]}, consts)
+    x = rng.standard_normal((6, 16)).astype(np.float32)
+    _check(model, {"x": x}, ["phi::Linear"], ["Add", "MatMul"])
+    (linear,) = compile(model).graph.nodes
+    assert linear.inputs[3] == "x"
+    # With a ReLU between, the residual stays a separate Add: relu(y) + x != relu(y + x).
+    nodes.insert(2, mk("Relu", ["lin"], ["r"]))
+    nodes[3] = mk("Add", ["r", "x"], ["y"])
+    model = _model(nodes, {"x": ["n", 16]}, consts)
+    _check(model, {"x": x}, ["phi::Linear", "Add"], ["MatMul"])
+
+
+def test_attention_scores_transpose_scale_and_masked_softmax(rng: np.random.Generator) -> None:
+    mk = helper.make_node
+    nodes = [
+        mk("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        mk("MatMul", ["q", "kt"], ["s"]),
+        mk("Div", ["s", "scale"], ["ss"]),
+        mk("Add", ["ss", "mask"], ["sm"]),
+        mk("Softmax", ["sm"], ["p"], axis=-1),
+        mk("MatMul", ["p", "v"], ["y"]),
+    ]
+    shape = ["b", 4, 10, 8]
+    model = _model(
+        nodes,
+        {"q": shape, "k": shape, "v": shape, "mask": ["b", 1, 1, 10]},
+        {"scale": _scalar(math.sqrt(8.0))},
+    )
+    q, k, v = (rng.standard_normal((2, 4, 10, 8)).astype(np.float32) for _ in range(3))
+    mask = np.where(rng.random((2, 1, 1, 10)) < 0.3, -1e4, 0.0).astype(np.float32)
+    _check(
+        model,
+        {"q": q, "k": k, "v": v, "mask": mask},
+        ["phi::Linear", "phi::Softmax"],
+        ["Transpose", "Div", "Softmax"],
+    )
+    scores = next(n for n in compile(model).graph.nodes if n.op_type == "Linear")
+    assert scores.attrs["trans_b"] == 1 and scores.attrs["alpha"] == pytest.approx(
+        1 / math.sqrt(8.0)
+    )
+
+
+def test_decomposed_layer_norm(rng: np.random.Generator) -> None:
+    mk = helper.make_node
+    nodes = [
+        mk("ReduceMean", ["x"], ["mean"], axes=[-1]),
+        mk("Sub", ["x", "mean"], ["d"]),
+        mk("Pow", ["d", "two"], ["sq"]),
+        mk("ReduceMean", ["sq"], ["var"], axes=[-1]),
+        mk("Add", ["var", "eps"], ["ve"]),
+        mk("Sqrt", ["ve"], ["std"]),
+        mk("Div", ["d", "std"], ["n"]),
+        mk("Mul", ["n", "gamma"], ["g"]),
+        mk("Add", ["g", "beta"], ["y"]),
+    ]
+    consts = {
+        "two": _scalar(2.0),
+        "eps": _scalar(1e-5),
+        "gamma": rng.standard_normal(32).astype(np.float32),
+        "beta": rng.standard_normal(32).astype(np.float32),
+    }
+    model = _model(nodes, {"x": ["n", 5, 32]}, consts, opset=13)
+    x = rng.standard_normal((2, 5, 32)).astype(np.float32)
+    _check(model, {"x": x}, ["phi::LayerNorm"], ["ReduceMean", "Sqrt", "Pow"])
+
+
+def test_layer_normalization_of_a_sum_fuses_the_residual(rng: np.random.Generator) -> None:
+    mk = helper.make_node
+    nodes = [
+        mk("Add", ["a", "b"], ["s"]),
+        mk("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5),
+    ]
+    consts = {
+        "gamma": rng.standard_normal(48).astype(np.float32),
+        "beta": rng.standard_normal(48).astype(np.float32),
+    }
+    model = _model(nodes, {"a": ["n", 48], "b": ["n", 48]}, consts)
+    a, b = (rng.standard_normal((9, 48)).astype(np.float32) for _ in range(2))
+    _check(model, {"a": a, "b": b}, ["phi::LayerNorm"], ["Add", "LayerNormalization"])
+
+
+@pytest.mark.parametrize("act", ["Relu", "Clip"])
+def test_conv_batch_norm_residual_activation(rng: np.random.Generator, act: str) -> None:
+    mk = helper.make_node
+    c = 8
+    nodes = [
+        mk("Conv", ["x", "w", "cb"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        mk("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["bn"], epsilon=1e-5),
+        mk("Add", ["bn", "x"], ["r"]),
+        mk(act, ["r", "lo", "hi"] if act == "Clip" else ["r"], ["y"]),
+    ]
+    consts = {
+        "w": (rng.standard_normal((c, c, 3, 3)) * 0.2).astype(np.float32),
+        "cb": rng.standard_normal(c).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, c).astype(np.float32),
+        "bias": rng.uniform(-0.2, 0.2, c).astype(np.float32),
+        "mean": rng.uniform(-0.5, 0.5, c).astype(np.float32),
+        "var": rng.uniform(0.5, 2.0, c).astype(np.float32),
+        "lo": _scalar(0.0),
+        "hi": _scalar(6.0),
+    }
+    model = _model(nodes, {"x": ["n", c, 12, 12]}, consts)
+    x = rng.standard_normal((2, c, 12, 12)).astype(np.float32)
+    _check(model, {"x": x}, ["phi::Conv"], ["Conv", "BatchNormalization", "Add", act])
+
+
+def test_patterns_with_outside_readers_are_left_alone(rng: np.random.Generator) -> None:
+    mk = helper.make_node
+    # The Erf's input is also a graph output, so the GELU nodes cannot disappear.
+    nodes = [*_gelu_nodes("x", 0), mk("Identity", ["d"], ["d_out"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", F, ["n", 4])],
+        [
+            helper.make_tensor_value_info("y", F, None),
+            helper.make_tensor_value_info("d_out", F, None),
+        ],
+        [numpy_helper.from_array(v, k) for k, v in GELU_CONSTS.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    cm = compile(model)
+    assert "Erf" in [n.op_type for n in cm.graph.nodes]
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(
+        cm.run({"x": x})["y"], compile(model, fuse=False).run({"x": x})["y"], rtol=1e-6
+    )
