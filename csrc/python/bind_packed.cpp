@@ -7,6 +7,7 @@
 #include "convert.h"
 #include "core/gemm.h"
 #include "core/packed_gemm.h"
+#include "core/plan.h"
 
 namespace py = pybind11;
 
@@ -48,6 +49,22 @@ py::array gemm_packed(const py::object& a, const std::shared_ptr<PackedB>& packe
   return result;
 }
 
+
+// The plan kernels' own packing of a constant weight (Kernel::bind_constants finds it in the
+// shared cache, keyed by the constant's address and layout), done ahead of the first run.
+std::shared_ptr<PackedB> prepack_constant(const std::shared_ptr<Constant>& c, bool trans_b) {
+  const TensorDesc& d = c->desc();
+  PHI_CHECK(d.dtype == DType::f32 && d.ndim() == 2, kPack, "prepack_constant needs a 2-D float32 constant");
+  const int64_t rows = d.shape[0], cols = d.shape[1];
+  const int64_t k = trans_b ? cols : rows, n = trans_b ? rows : cols;
+  std::shared_ptr<const PackedB> packed;
+  {
+    py::gil_scoped_release release;
+    packed = shared_packed_b(static_cast<const float*>(c->data()), cols, trans_b, k, n);
+  }
+  return std::const_pointer_cast<PackedB>(packed);
+}
+
 }  // namespace
 
 void init_packed(py::module_& m) {
@@ -71,6 +88,22 @@ Returns:
 
 Raises:
     InvalidRequestError: not a 2-D float32 array, or a bad thread count.
+)doc");
+  m.def("prepack_constant", &prepack_constant, py::arg("constant"), py::arg("trans_b") = false,
+        R"doc(Pack a plan constant (2-D float32) the way plan kernels that multiply by it will.
+
+The result is shared with those kernels (same storage), so a model can pack its weights when it
+is compiled instead of during its first run; keep it alive as long as the constant.
+
+Args:
+    constant: A Constant holding op(B) (K x N), or its transpose when trans_b.
+    trans_b: The constant holds op(B) transposed (a linear layer's (out, in) layout).
+
+Returns:
+    PackedWeights.
+
+Raises:
+    InvalidRequestError: not a 2-D float32 constant.
 )doc");
   m.def("gemm_packed", &gemm_packed, py::arg("a"), py::arg("packed"), py::arg("bias") = py::none(),
         py::arg("residual") = py::none(), py::arg("attrs") = py::dict(), py::arg("threads") = py::int_(0),
