@@ -308,3 +308,40 @@ def test_isa_paths_under_emulation(cpu: str, panel_width: int) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith(f"panel width {panel_width}")
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_prepacked_plan_constant_gives_the_same_products(
+    rng: np.random.Generator, trans_b: bool
+) -> None:
+    from phi_engine._native import require_core
+    from phi_engine.runtime import Constant, PlanBuilder
+
+    k, n = 37, 101
+    w = (rng.standard_normal((n, k) if trans_b else (k, n)) / np.sqrt(k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    constant = Constant(w)
+    packed = require_core().prepack_constant(constant._native, trans_b)  # what compile() does
+    assert (packed.k, packed.n) == (k, n)
+    b = PlanBuilder()
+    x = b.add_input("x", "float32", (300, k))
+    (y,) = b.add_step(
+        "matmul",
+        [x, b.add_constant(constant), b.add_constant(bias)],
+        {"trans_b": trans_b, "activation": "gelu"},
+    )
+    b.mark_output(y, "y")
+    xs = rng.standard_normal((300, k)).astype(np.float32)
+    out = b.build().run({"x": xs})["y"]
+    expected = ref.matmul(xs, w, bias, "gelu", trans_b=trans_b)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6 * np.sqrt(k))
+
+
+def test_prepack_constant_refuses_what_is_not_a_matrix() -> None:
+    from phi_engine._native import require_core
+    from phi_engine.runtime import Constant
+
+    core = require_core()
+    for value in (np.ones(5, np.float32), np.ones((2, 3), np.float64)):
+        with pytest.raises(InvalidRequestError, match="2-D float32"):
+            core.prepack_constant(Constant(value)._native, False)
