@@ -43,7 +43,7 @@ def compile(
     max_batch: int = 64,
     *,
     fuse: bool = True,
-    cache_size: int = 64,
+    cache_size: int = 256,
 ) -> CompiledModel:
     """Compile an ONNX model for inference.
 
