@@ -14,18 +14,19 @@ compared with rtol 2**-10 (float16) and 2**-7 (bfloat16), one unit in the last p
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
 from phi_engine.graph import CompiledModel, compile
+from phi_test_models.onnx_nodes import Arg, Const, node_model
 
 F32, F64, F16 = np.float32, np.float64, np.float16
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -33,44 +34,7 @@ INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uin
 RTOL, ATOL = 1e-5, 1e-6  # float32/float64 results that are not exact (see the docstring)
 
 
-@dataclass(frozen=True)
-class Const:
-    """An op input given as an initializer (known at compile time)."""
-
-    value: np.ndarray
-
-
-Arg = np.ndarray | Const | None
-
-
-def model(
-    op_type: str,
-    args: list[Arg],
-    attrs: dict[str, Any] | None = None,
-    *,
-    outputs: int = 1,
-    opset: int = 28,
-    shapes: dict[int, list[Any]] | None = None,
-) -> onnx.ModelProto:
-    """One ``op_type`` node; arrays are runtime inputs ``x0, x1, ...``, Consts initializers."""
-    names, inputs, inits = [], [], []
-    for i, a in enumerate(args):
-        if a is None:
-            names.append("")
-        elif isinstance(a, Const):
-            names.append(f"c{i}")
-            inits.append(numpy_helper.from_array(a.value, f"c{i}"))
-        else:
-            names.append(f"x{i}")
-            elem = helper.np_dtype_to_tensor_dtype(a.dtype)
-            shape = (shapes or {}).get(i, list(a.shape))
-            inputs.append(helper.make_tensor_value_info(f"x{i}", elem, shape))
-    outs = [f"y{j}" for j in range(outputs)]
-    node = helper.make_node(op_type, names, outs, name="node_under_test", **(attrs or {}))
-    graph = helper.make_graph(
-        [node], "g", inputs, [helper.make_tensor_value_info(o, 0, None) for o in outs], inits
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+model = functools.partial(node_model, opset=28)
 
 
 def feeds(args: list[Arg]) -> dict[str, np.ndarray]:

@@ -10,57 +10,20 @@ references compute in float64), integer and gather results exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
 from phi_engine.graph import compile
+from phi_test_models.onnx_nodes import NODE, Arg, Const, node_model
 
-NODE = "node_under_test"
-
-
-class Const:
-    """An op input given as an initializer (known at compile time)."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = np.asarray(value)
-
-
-Arg = np.ndarray | Const | None
-
-
-def model(
-    op_type: str,
-    args: list[Arg],
-    attrs: dict[str, Any] | None = None,
-    *,
-    outputs: int = 1,
-    opset: int = 22,
-    shapes: dict[int, list[Any]] | None = None,
-) -> onnx.ModelProto:
-    names, inputs, inits = [], [], []
-    for i, a in enumerate(args):
-        if a is None:
-            names.append("")
-        elif isinstance(a, Const):
-            names.append(f"c{i}")
-            inits.append(numpy_helper.from_array(a.value, f"c{i}"))
-        else:
-            names.append(f"x{i}")
-            code = helper.np_dtype_to_tensor_dtype(a.dtype)
-            shape = (shapes or {}).get(i, list(a.shape))
-            inputs.append(helper.make_tensor_value_info(f"x{i}", code, shape))
-    outs = [f"y{j}" for j in range(outputs)]
-    node = helper.make_node(op_type, names, outs, name=NODE, **(attrs or {}))
-    graph = helper.make_graph(
-        [node], "g", inputs, [helper.make_tensor_value_info(o, 0, None) for o in outs], inits
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+model = functools.partial(node_model, opset=22)
 
 
 def run(

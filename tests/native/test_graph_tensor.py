@@ -9,7 +9,7 @@ nodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from typing import Any
 
 import numpy as np
@@ -19,16 +19,10 @@ from onnx import helper, numpy_helper
 
 from phi_engine.errors import InvalidRequestError
 from phi_engine.graph import compile
+from phi_test_models.onnx_nodes import Const, node_model
 
 DTYPES = [np.float32, np.float16, np.float64, np.int64, np.int32, np.int8, np.uint8, np.bool_]
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)
-
-
-@dataclass(frozen=True)
-class Const:
-    """An op input given as an initializer (known at compile time)."""
-
-    value: np.ndarray
 
 
 def rand(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
@@ -57,32 +51,7 @@ def _info(name: str, dtype: Any, shape: Any) -> onnx.ValueInfoProto:
     )
 
 
-def model(
-    op_type: str,
-    args: list[np.ndarray | Const | None],
-    attrs: dict[str, Any] | None = None,
-    outputs: int = 1,
-    opset: int = 18,
-    shapes: dict[int, list[Any]] | None = None,
-) -> onnx.ModelProto:
-    """One ``op_type`` node; arrays are runtime inputs ``x0, x1, ...``, Consts initializers."""
-    names, inputs, inits = [], [], []
-    for i, a in enumerate(args):
-        if a is None:
-            names.append("")
-        elif isinstance(a, Const):
-            names.append(f"c{i}")
-            inits.append(numpy_helper.from_array(a.value, f"c{i}"))
-        else:
-            names.append(f"x{i}")
-            shape = (shapes or {}).get(i, list(a.shape))
-            inputs.append(_info(f"x{i}", a.dtype, shape))
-    outs = [f"y{j}" for j in range(outputs)]
-    node = helper.make_node(op_type, names, outs, name="node_under_test", **(attrs or {}))
-    graph = helper.make_graph(
-        [node], "g", inputs, [helper.make_tensor_value_info(o, 0, None) for o in outs], inits
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+model = functools.partial(node_model, opset=18)
 
 
 def feeds(args: list[np.ndarray | Const | None]) -> dict[str, np.ndarray]:
@@ -99,7 +68,7 @@ def run(
     native: bool | None = None,
 ) -> list[np.ndarray]:
     """Run on both devices; they must agree exactly. ``native``: whether cpu must be all native."""
-    m = model(op_type, args, attrs, outputs, opset)
+    m = model(op_type, args, attrs, outputs=outputs, opset=opset)
     cpu, ref = compile(m), compile(m, device="reference")
     given = feeds(args)
     got = [cpu.run(given)[f"y{j}"] for j in range(outputs)]
