@@ -269,7 +269,7 @@ def _scaled_matmul(m: _Matcher, node: Node) -> bool:
     if node.op_type == "MatMul" and not node.domain and m.is_f32(*node.inputs):
         if any((m.g.types[n].rank or 0) < 2 for n in node.inputs):
             return False  # vector operands follow numpy's 1-D rules, which phi::Linear does not
-        attrs: dict[str, object] = {"activation": "none"}
+        attrs: dict[str, Any] = {"activation": "none"}
     elif node.op_type == "Linear" and node.domain == "phi" and len(node.inputs) <= 2:
         attrs = dict(node.attrs)
     else:
@@ -284,7 +284,7 @@ def _scaled_matmul(m: _Matcher, node: Node) -> bool:
     c = m.scalar(m.other_input(scale, node.outputs[0]))
     if c is None or c == 0.0 or not math.isfinite(c):
         return False
-    alpha = float(attrs.get("alpha", 1.0)) * (1.0 / c if scale.op_type == "Div" else c)  # type: ignore[arg-type]
+    alpha = float(attrs.get("alpha", 1.0)) * (1.0 / c if scale.op_type == "Div" else c)
     attrs["alpha"] = alpha
     new = Node("Linear", list(node.inputs), list(scale.outputs), attrs, domain="phi")
     m.replace([node, scale], new)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from phi_engine.errors import InvalidRequestError, PhiEngineError
+from phi_engine.errors import PhiEngineError
 from phi_engine.graph.ir import Graph, Node, TensorType
 from phi_engine.graph.registry import OpContext, OpDef, get_op
 from phi_engine.runtime.backends import get_backend
@@ -201,8 +201,7 @@ def _in_nodes(exc: PhiEngineError, labels: list[str]) -> PhiEngineError:
     if not labels:
         return exc
     where = ", ".join(repr(label) for label in labels[:3])
-    new = type(exc)(f"{exc.message} (in node {where})", field=exc.field)
-    return new
+    return type(exc)(f"{exc.message} (in node {where})", field=exc.field)
 
 
 def _contiguous(value: np.ndarray) -> np.ndarray:
@@ -219,19 +218,6 @@ def _needed_after(graph: Graph) -> list[set[str]]:
         live |= {name for name in graph.nodes[i].inputs if name}
         result[i] = set(live)
     return result
-
-
-def _reference(step: ReferenceStep, args: list[Any]) -> list[np.ndarray]:
-    try:
-        with np.errstate(all="ignore"):
-            return step.opdef.compute(OpContext(step.node), args)
-    except PhiEngineError:
-        raise
-    except Exception as exc:  # numpy's own errors, e.g. an index out of range
-        node = step.node
-        raise InvalidRequestError(
-            f"[{node.op_type}] node {node.label!r} failed at run time: {exc}"
-        ) from exc
 
 
 class Program:
@@ -261,7 +247,7 @@ class Program:
             else:
                 node = step.node
                 args = [self._value(values, name) if name else None for name in node.inputs]
-                outs = _reference(step, args)
+                outs = step.opdef.run_reference(node, args)
                 for name, out in zip(node.outputs, outs, strict=False):
                     if name:
                         values[name] = out

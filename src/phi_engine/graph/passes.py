@@ -11,7 +11,7 @@ import numpy as np
 
 from phi_engine.errors import InvalidRequestError, PhiEngineError, UnsupportedError
 from phi_engine.graph.ir import Graph, TensorType
-from phi_engine.graph.registry import InferContext, OpContext, get_op, registered_ops
+from phi_engine.graph.registry import InferContext, get_op, registered_ops
 
 __all__ = ["check_supported", "eliminate_dead_code", "infer_and_fold"]
 
@@ -81,7 +81,7 @@ def infer_and_fold(graph: Graph, *, fold: bool = True) -> None:
                 graph.types[name] = t
         known = all(v is not None for n, v in zip(node.inputs, values, strict=True) if n)
         if fold and opdef.deterministic and known and _small(out_types):
-            results = _call_compute(opdef.compute, OpContext(node), values)
+            results = opdef.run_reference(node, values)
             for name, value in zip(outputs, results, strict=False):
                 if name:
                     graph.constants[name] = value
@@ -113,19 +113,6 @@ def _call_infer(fn: Any, ctx: InferContext) -> list[TensorType]:
     except Exception as exc:  # a bug in an infer function must still name the node
         raise InvalidRequestError(
             f"[{ctx.node.op_type}] node {ctx.node.label!r}: type inference failed: {exc!r}"
-        ) from exc
-    return result
-
-
-def _call_compute(fn: Any, ctx: OpContext, values: list[Any]) -> list[np.ndarray]:
-    try:
-        with np.errstate(all="ignore"):
-            result: list[np.ndarray] = fn(ctx, values)
-    except PhiEngineError:
-        raise
-    except Exception as exc:
-        raise InvalidRequestError(
-            f"[{ctx.node.op_type}] node {ctx.node.label!r}: failed: {exc!r}"
         ) from exc
     return result
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from phi_engine.errors import InvalidRequestError, UnsupportedError
+from phi_engine.errors import InvalidRequestError, PhiEngineError, UnsupportedError
 from phi_engine.graph.ir import Node, TensorType
 from phi_engine.runtime.backends import register_lowering
 
@@ -130,6 +130,19 @@ class OpDef:
 
     def supports(self, version: int) -> bool:
         return version in self.versions
+
+    def run_reference(self, node: Node, inputs: list[Any]) -> list[np.ndarray]:
+        """``compute`` on ``node``'s inputs, numpy warnings off, any failure a phi error naming
+        the node (constant folding and the reference fallback both run ops through here)."""
+        try:
+            with np.errstate(all="ignore"):
+                return self.compute(OpContext(node), inputs)
+        except PhiEngineError:
+            raise
+        except Exception as exc:  # numpy's own errors, e.g. an index out of range
+            raise InvalidRequestError(
+                f"[{node.op_type}] node {node.label!r}: failed: {exc!r}"
+            ) from exc
 
 
 _OPS: dict[tuple[str, str], OpDef] = {}
