@@ -416,8 +416,7 @@ std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool
 // the epilogue in registers, where the BLAS path must cut the product into cache-sized tiles
 // (re-packing A and B per tile) and make a second pass over each. 4096 rows, 1 thread, bias +
 // GELU: 97 against 81 GFLOP/s at 384 x 1536, 101 against 92 at 1536 x 384, 100 against 84 at
-// 384 x 384 (benchmarks/bench_kernels.py; without an epilogue BLAS stays ahead there, 108-112
-// against 93-113).
+// 384 x 384 (one run; benchmarks/bench_runtime.py measures it again: 1.22-1.29x in RESULTS.md).
 bool packed_gemm_prepacked_wins(int64_t m, bool fused) { return m >= 1 && (m <= 128 || fused); }
 
 // B as given per call: read in place it wins 1.2-2x for 2..32 rows and loses from 64 on (the

@@ -1,0 +1,119 @@
+"""Two measurements behind design choices of the native core, each against its alternative.
+
+Run:  python benchmarks/bench_runtime.py [--write]
+
+1. Thread-pool spinning: a plan of 150 dependent float32 adds of 256x1024 on 2 threads, run in
+   fresh processes with PHI_ENGINE_SPIN_US=0 (workers sleep between kernels) and the default
+   100 us, alternated; microseconds per step, medians.
+2. GEMM with an epilogue at many rows: 4096 x K x N with bias + GELU through the packed kernel
+   (weights packed once, what a compiled model does) against the BLAS path (OpenBLAS tiles with
+   the epilogue per tile), 1 thread, interleaved medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+
+from _harness import interleaved_medians, machine, markdown_table
+
+_SPIN_CHILD = r"""
+import time, numpy as np, phi_engine
+from phi_engine.runtime import PlanBuilder
+phi_engine.set_num_threads(2)
+b = PlanBuilder(); x = b.add_input("x", "float32", (256, 1024)); y = x
+w = b.add_constant(np.ones(1024, np.float32))
+for _ in range(150):
+    (y,) = b.add_step("add", [y, w])
+b.mark_output(y, "y"); plan = b.build()
+xv = np.random.default_rng(0).random((256, 1024), dtype=np.float32)
+for _ in range(20): plan.run({"x": xv}, 2)
+ts = []
+for _ in range(200):
+    t = time.perf_counter(); plan.run({"x": xv}, 2); ts.append(time.perf_counter() - t)
+print(np.median(ts) * 1e6 / 150)
+"""
+
+
+def spin_rows(rounds: int = 4) -> list[list[object]]:
+    us: dict[str, list[float]] = {"0": [], "100": []}
+    for _ in range(rounds):
+        for spin in us:
+            env = {**os.environ, "PHI_ENGINE_SPIN_US": spin}
+            out = subprocess.run(
+                [sys.executable, "-c", _SPIN_CHILD],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            us[spin].append(float(out.stdout.strip()))
+    sleep, spin = statistics.median(us["0"]), statistics.median(us["100"])
+    return [
+        ["256x1024 add step, 2 threads", f"{spin:.1f} µs", f"{sleep:.1f} µs", f"{sleep / spin:.2f}"]
+    ]
+
+
+def epilogue_rows() -> list[list[object]]:
+    from threadpoolctl import threadpool_limits
+
+    from phi_engine import ops
+
+    rng = np.random.default_rng(0)
+    rows = []
+    with threadpool_limits(1):
+        for k, n in ((384, 1536), (1536, 384), (384, 384)):
+            a = rng.standard_normal((4096, k), dtype=np.float32)
+            w = rng.standard_normal((k, n), dtype=np.float32)
+            bias = rng.standard_normal(n, dtype=np.float32)
+            packed = ops.pack_weights(w)
+            np.testing.assert_allclose(
+                ops.gemm(a, packed, bias, "gelu", threads=1),
+                ops.gemm(a, w, bias, "gelu", threads=1),
+                rtol=1e-4,
+                atol=1e-3,
+            )
+            t_packed, t_blas = interleaved_medians(
+                [
+                    lambda a=a, p=packed, b=bias: ops.gemm(a, p, b, "gelu", threads=1),
+                    lambda a=a, w=w, b=bias: ops.gemm(a, w, b, "gelu", threads=1),
+                ]
+            )
+            flops = 2.0 * 4096 * k * n
+            rows.append(
+                [
+                    f"4096x{k}x{n} + bias + GELU",
+                    f"{flops / t_packed / 1e9:.1f} GFLOP/s",
+                    f"{flops / t_blas / 1e9:.1f} GFLOP/s",
+                    f"{t_blas / t_packed:.2f}",
+                ]
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    spin = markdown_table(["case", "spin 100 µs", "sleep (spin 0)", "sleep / spin"], spin_rows())
+    gemm = markdown_table(["1 thread", "packed", "BLAS tiles", "packed speed-up"], epilogue_rows())
+    text = f"{spin}\n\n{gemm}\n"
+    print(text)
+    if args.write:
+        stamp = datetime.date.today().isoformat()
+        with pathlib.Path(__file__).with_name("RESULTS.md").open("a") as f:
+            f.write(
+                f"\n### Runtime choices, {stamp} — `python benchmarks/bench_runtime.py --write`\n\n"
+                f"Machine: {machine()}\n\n{text}"
+            )
+
+
+if __name__ == "__main__":
+    main()
