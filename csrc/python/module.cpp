@@ -9,10 +9,11 @@ void init_runtime(py::module_& m);
 void init_ops(py::module_& m);
 void init_plan(py::module_& m);
 void init_packed(py::module_& m);
+void init_scheduler(py::module_& m);
 }  // namespace phi::py_bind
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "phi_engine native core: kernels, thread pool and plan executor (private; use phi_engine).";
+  m.doc() = "phi_engine native core: kernels, thread pool, plan executor and scheduler (private; use phi_engine).";
 #ifdef PHI_ENGINE_VERSION
   m.attr("__version__") = PHI_ENGINE_VERSION;
 #endif
@@ -21,4 +22,5 @@ PYBIND11_MODULE(_core, m) {
   phi::py_bind::init_ops(m);
   phi::py_bind::init_plan(m);
   phi::py_bind::init_packed(m);
+  phi::py_bind::init_scheduler(m);
 }

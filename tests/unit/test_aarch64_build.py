@@ -29,7 +29,7 @@ def _openblas_include() -> str:
     shutil.which(CXX) is None, reason=f"{CXX} (Debian: g++-aarch64-linux-gnu) is not installed"
 )
 def test_core_compiles_for_aarch64(tmp_path: pathlib.Path) -> None:
-    sources = sorted((ROOT / "csrc" / "core").glob("*.cpp"))
+    sources = sorted((ROOT / "csrc" / "core").rglob("*.cpp"))
     assert sources, "no core sources found"
     flags = [
         "-std=c++20",

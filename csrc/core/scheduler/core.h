@@ -1,0 +1,94 @@
+// The scheduler's logic on one clock it is told: a queue, the latency model, the batches in flight
+// and a policy. Not thread-safe and never reads a clock, so the simulator drives exactly the code the
+// real scheduler runs (scheduler.h adds the locking, the steady clock and the waiting).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/scheduler/latency_model.h"
+#include "core/scheduler/types.h"
+
+namespace phi::sched {
+
+class Policy;
+
+class Core {
+ public:
+  explicit Core(Config config);
+  ~Core();
+  Core(const Core&) = delete;
+  Core& operator=(const Core&) = delete;
+
+  // Queues the request (returns pending) or says why it was rejected (queue_full, infeasible).
+  // Throws phi::Error for a malformed request (unknown class, cost outside (0, max batch cost]).
+  Outcome submit(Request r, double now);
+  // A worker is free: the batch it should run now (possibly none), and what was shed on the way.
+  Decision dispatch(double now);
+  // The batch named by `token` finished at `now`, having run for `seconds` (NaN: since its start).
+  // `measured` false (the batch failed): L̂ learns nothing from it.
+  void complete(uint64_t token, double now, double seconds, bool measured = true);
+  // Sheds the queued requests that can no longer finish in time (shedding policies only).
+  std::vector<Ended> expire(double now);
+  // The earliest time at which expire() would shed something (+inf: never).
+  double next_expiry() const;
+  bool cancel(uint64_t id);
+  // Ends every queued request as `closed`.
+  std::vector<Ended> close();
+
+  // ---- for policies -------------------------------------------------------------------------
+  const Config& config() const { return cfg_; }
+  const std::vector<Request>& queue() const { return queue_; }
+  const LatencyModel& latency() const { return lat_; }
+  LatencyModel& latency() { return lat_; }
+  int max_batch() const { return cfg_.max_batch; }
+  double max_batch_cost() const { return max_cost_; }
+  // L̂(P) with the safety margin: what batches are planned with.
+  double plan_latency(double cost) const { return lat_.estimate(cost) * (1 + cfg_.margin); }
+  // The largest batch cost whose planned latency fits in `seconds`.
+  double max_cost_within(double seconds) const { return lat_.max_cost_within(seconds / (1 + cfg_.margin)); }
+  // Share of recently dispatched cost that went to class c (decaying over about a second).
+  double served_share(int cls) const;
+  // The planned latency a batch may take so that a request of a guarded class (weight at least
+  // headroom_weight) arriving now could still run after it in time: the 1st percentile, over the
+  // recent requests of each guarded class seen within the last second, of its relative deadline
+  // less its own planned latency. +inf when no guarded class is active.
+  double headroom(double now) const;
+  int in_flight() const { return static_cast<int>(flight_.size()); }
+  size_t queued() const { return queue_.size(); }
+  int num_classes() const { return static_cast<int>(cfg_.class_weights.size()); }
+
+ private:
+  struct Flight {
+    uint64_t token;
+    double expected_end;
+    Batch batch;
+  };
+  bool infeasible(const Request& r, double now) const { return r.deadline < now + plan_latency(r.cost); }
+  bool admissible(const Request& r, double now) const;
+  void shed_pass(double now, std::vector<Ended>& ended);
+  void remove_marked();
+  void account(const Batch& b, double now);
+
+  Config cfg_;
+  double max_cost_;
+  LatencyModel lat_;
+  std::unique_ptr<Policy> policy_;
+  std::vector<Request> queue_;      // in arrival order
+  std::vector<uint8_t> mark_;       // scratch: 1 = leaves the queue at remove_marked()
+  std::vector<int> picked_;         // scratch: queue indices of the batch being formed
+  std::vector<Flight> flight_;
+  uint64_t next_token_ = 1;
+  std::vector<double> served_;      // decaying dispatched cost per class
+  double served_at_ = 0;
+  struct Guard {
+    std::vector<float> slack;       // the last requests' relative deadline less their planned latency
+    int64_t seen = 0;
+    double tight = kInf;            // its 1st percentile
+    double last_arrival = -kInf;
+  };
+  std::vector<Guard> guard_;        // by class
+  void observe_guarded(const Request& r, double now);
+};
+
+}  // namespace phi::sched

@@ -1,0 +1,87 @@
+#include "core/scheduler/latency_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/common.h"
+
+namespace phi::sched {
+
+namespace {
+constexpr int kMaxBuckets = 256;
+const std::string kOp = "scheduler";
+}  // namespace
+
+LatencyModel::LatencyModel(double max_cost, int window, double quantile)
+    : window_(window), quantile_(quantile) {
+  PHI_CHECK(std::isfinite(max_cost) && max_cost >= 1, kOp, "the largest batch cost must be at least 1");
+  PHI_CHECK(window >= 1, kOp, "the latency window must hold at least one sample");
+  PHI_CHECK(quantile > 0 && quantile <= 1, kOp, "the latency quantile must be in (0, 1]");
+  buckets_ = static_cast<int>(std::min<double>(kMaxBuckets, std::ceil(max_cost)));
+  width_ = max_cost / buckets_;
+  ring_.resize(buckets_ + 1);
+  count_.assign(buckets_ + 1, 0);
+  q_.assign(buckets_ + 1, std::numeric_limits<double>::quiet_NaN());
+  est_.assign(buckets_ + 1, 0.0);
+}
+
+void LatencyModel::record(double cost, double seconds) {
+  if (!(cost > 0) || !std::isfinite(seconds) || seconds < 0) return;
+  const int b = bucket_of(cost);
+  auto& ring = ring_[b];
+  if (static_cast<int>(ring.size()) < window_) {
+    ring.push_back(static_cast<float>(seconds));
+  } else {
+    ring[count_[b] % window_] = static_cast<float>(seconds);
+  }
+  if (count_[b]++ == 0) ++measured_;
+  refresh_bucket(b);
+  rebuild();
+}
+
+void LatencyModel::refresh_bucket(int b) {
+  std::vector<float> tmp(ring_[b]);
+  const size_t n = tmp.size();
+  // The nearest-rank quantile: with fewer than 1/(1-q) samples it is the maximum.
+  size_t k = static_cast<size_t>(std::ceil(quantile_ * static_cast<double>(n)));
+  k = std::clamp<size_t>(k, 1, n) - 1;
+  std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(k), tmp.end());
+  q_[b] = tmp[k];
+}
+
+void LatencyModel::rebuild() {
+  int prev = 0;  // last measured bucket seen (0: none yet)
+  for (int b = 1; b <= buckets_; ++b) {
+    if (count_[b] == 0) continue;
+    if (prev == 0) {
+      for (int i = 1; i < b; ++i) est_[i] = q_[b];  // below the first measurement: its value
+    } else {
+      for (int i = prev + 1; i < b; ++i)
+        est_[i] = q_[prev] + (q_[b] - q_[prev]) * (i - prev) / static_cast<double>(b - prev);
+    }
+    est_[b] = q_[b];
+    prev = b;
+  }
+  if (prev == 0) return;
+  for (int i = prev + 1; i <= buckets_; ++i) est_[i] = q_[prev] * i / static_cast<double>(prev);
+  for (int i = 2; i <= buckets_; ++i) est_[i] = std::max(est_[i], est_[i - 1]);
+}
+
+double LatencyModel::max_cost_within(double seconds) const {
+  if (measured_ == 0) return width_ * buckets_;
+  // est_ is non-decreasing: the last bucket whose estimate fits.
+  auto it = std::upper_bound(est_.begin() + 1, est_.end(), seconds);
+  const auto b = static_cast<double>(it - est_.begin() - 1);
+  return b * width_;
+}
+
+std::vector<LatencyPoint> LatencyModel::table() const {
+  std::vector<LatencyPoint> out;
+  if (measured_ == 0) return out;
+  out.reserve(buckets_);
+  for (int b = 1; b <= buckets_; ++b) out.push_back({b * width_, est_[b], count_[b]});
+  return out;
+}
+
+}  // namespace phi::sched

@@ -1,0 +1,65 @@
+// L̂(P): the measured tail latency of a batch of total cost P, learned online.
+//
+// DESIGN.md asks for the measured p99 per batch size rather than an affine fit: the tails of small
+// batches are far from their medians. Costs fall into buckets (unit-wide up to 256 buckets, wider
+// beyond); each bucket keeps its last `window` samples and their quantile. Buckets never measured
+// take the linear interpolation of their measured neighbours, and past the last measured bucket the
+// estimate grows in proportion to cost (conservative for latencies of the form a + b·P). A running
+// maximum makes the estimate non-decreasing in cost, so "largest batch that fits" is a binary search.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace phi::sched {
+
+struct LatencyPoint {
+  double cost;      // upper edge of the bucket
+  double seconds;   // the estimate there
+  int64_t samples;  // measurements ever recorded in the bucket (0: interpolated)
+};
+
+class LatencyModel {
+ public:
+  explicit LatencyModel(double max_cost, int window = 256, double quantile = 0.99);
+
+  void record(double cost, double seconds);
+  // The tail latency of a batch of this total cost; 0 while nothing has been measured. Inline: the
+  // scheduler asks it for every queued request at every decision.
+  double estimate(double cost) const {
+    if (measured_ == 0 || !(cost > 0)) return 0;
+    const double top = width_ * buckets_;
+    if (cost > top) return est_[buckets_] * cost / top;
+    return est_[bucket_of(cost)];
+  }
+  // The largest bucket cost whose estimate is at most `seconds` (0 if none).
+  double max_cost_within(double seconds) const;
+  bool empty() const { return measured_ == 0; }
+  std::vector<LatencyPoint> table() const;
+
+ private:
+  // ceil(cost / width) clamped to [1, buckets], without std::ceil: on the baseline x86-64 ISA that
+  // is a libm call, and this runs for every queued request at every decision.
+  int bucket_of(double cost) const {
+    const double x = cost / width_ - 1e-9;
+    if (!(x < buckets_)) return buckets_;
+    if (!(x > 0)) return 1;
+    const int b = static_cast<int>(x);
+    return b + (b < x);
+  }
+  void refresh_bucket(int b);
+  void rebuild();
+
+  double width_;
+  int buckets_;
+  int window_;
+  double quantile_;
+  int measured_ = 0;                       // buckets with at least one sample
+  std::vector<std::vector<float>> ring_;   // per bucket, the last `window_` samples
+  std::vector<int64_t> count_;             // per bucket, samples ever recorded
+  std::vector<double> q_;                  // per bucket, the quantile of its ring (NaN: none)
+  std::vector<double> est_;                // index 0..buckets_: the estimate (est_[0] = 0)
+};
+
+}  // namespace phi::sched

@@ -1,0 +1,301 @@
+// The policies. phi-optimized is DESIGN.md's Φ(a); the others are the baselines it is measured
+// against, each as its authors describe it:
+//   fifo               Triton's dynamic batcher: arrival order, max batch, preferred sizes, max queue
+//                      delay; no deadlines.
+//   priority           strict priority levels, arrival order within a level; no deadlines.
+//   edf                earliest deadline first; late requests still run.
+//   clockwork          EDF that drops requests it can no longer serve in time and sizes each batch
+//                      as the longest EDF prefix meeting every member's deadline (Clockwork, OSDI '20).
+//   quantum-optimized  Clipper's AIMD (NSDI '17): arrival order, the batch cap grows by a step while
+//                      batches meet their deadlines and backs off multiplicatively when one does not.
+//                      The quantum is the batching slice, nothing quantum-physical.
+//   latency            the smallest batches: one request at a time, earliest deadline first.
+//   throughput         the largest batches: waits until a batch is full or the oldest request has
+//                      waited the window (max_queue_delay, or one full batch's latency).
+#include "core/scheduler/policies.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/common.h"
+#include "core/scheduler/core.h"
+
+namespace phi::sched {
+
+namespace {
+
+// Takes queue indices from `order` while the batch has room (count and cost), stopping at the first
+// that does not fit so the batch stays a prefix of the order.
+void take_fitting(const Core& core, const std::vector<int>& order, size_t limit, std::vector<int>& batch) {
+  const auto& q = core.queue();
+  double cost = 0;
+  for (int i : order) {
+    if (batch.size() >= limit) break;
+    if (cost + q[i].cost > core.max_batch_cost()) break;
+    cost += q[i].cost;
+    batch.push_back(i);
+  }
+}
+
+// The queue's first indices in the order `before` defines, at most `k` of them.
+template <class Before>
+void top_k(const Core& core, size_t k, std::vector<int>& order, Before before) {
+  order.resize(core.queue().size());
+  std::iota(order.begin(), order.end(), 0);
+  k = std::min(k, order.size());
+  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(), before);
+  order.resize(k);
+}
+
+// How many queue-front requests fit in one batch.
+size_t front_fit(const Core& core) {
+  const auto& q = core.queue();
+  double cost = 0;
+  size_t k = 0;
+  while (k < q.size() && k < static_cast<size_t>(core.max_batch()) && cost + q[k].cost <= core.max_batch_cost())
+    cost += q[k++].cost;
+  return k;
+}
+
+void take_front(size_t k, std::vector<int>& batch) {
+  for (size_t i = 0; i < k; ++i) batch.push_back(static_cast<int>(i));
+}
+
+// ln(1 + x) for x >= 0: the series below 1/8 (error under x⁹/9 < 2e-9, and far cheaper than
+// log1p, which the ranking would otherwise call for every queued request), log1p above.
+inline double ln1p(double x) {
+  if (x < 0.125)
+    return x * (1 - x * (1. / 2 - x * (1. / 3 - x * (1. / 4 - x * (1. / 5 - x * (1. / 6 - x * (1. / 7 - x / 8)))))));
+  return std::log1p(x);
+}
+
+class PhiPolicy final : public Policy {
+ public:
+  bool sheds() const override { return true; }
+  bool admits_by_deadline() const override { return true; }
+
+  double decide(const Core& core, double now, std::vector<int>& batch) override {
+    const auto& q = core.queue();
+    const Config& c = core.config();
+    const size_t n = q.size();
+    starving_.assign(core.num_classes(), 0);
+    for (int k = 0; k < core.num_classes() && k < static_cast<int>(c.min_share.size()); ++k)
+      starving_[k] = c.min_share[k] > 0 && core.served_share(k) < c.min_share[k];
+    cand_.resize(n);
+    const double inv_g = 1.0 / c.aging;
+    double last_cost = -1, last_lat = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const Request& r = q[i];
+      if (r.cost != last_cost) {
+        last_cost = r.cost;
+        last_lat = core.plan_latency(r.cost);
+      }
+      const double age = now - r.arrival;
+      const double u = std::min(1.0, (age + last_lat) * r.inv_slo);
+      // A class below its minimum share goes first: the ranking is only ever raised, by a constant
+      // far above any ln Φ, so order inside the class is still Φ's.
+      const double s = r.ln_static + c.theta * u + ln1p(age * inv_g) + (starving_[r.cls] ? 1e6 : 0.0);
+      cand_[i] = {s, static_cast<int>(i)};
+    }
+    // O(n) selection of the top K = 4B, then O(K log K) to order them.
+    const size_t k = std::min(n, static_cast<size_t>(4) * core.max_batch());
+    auto higher = [](const std::pair<double, int>& a, const std::pair<double, int>& b) { return a.first > b.first; };
+    if (k < n) std::nth_element(cand_.begin(), cand_.begin() + static_cast<std::ptrdiff_t>(k), cand_.end(), higher);
+    cand_.resize(k);
+    std::sort(cand_.begin(), cand_.end(), higher);
+    fill(core, now, batch);
+    return kInf;
+  }
+
+ private:
+  // Φ-ordered feasible fill: each candidate joins while the batch still meets every member's
+  // deadline under L̂ and stays within the headroom the urgent classes need; one of a lower class
+  // than the batch's best may not tighten the batch's deadline so far that it holds less than it
+  // otherwise could.
+  void fill(const Core& core, double now, std::vector<int>& batch) {
+    const auto& q = core.queue();
+    const double headroom = core.headroom(now);
+    double cap = core.max_batch_cost();
+    if (std::isfinite(headroom)) cap = std::min(cap, core.max_cost_within(headroom));
+    double offered = 0;
+    for (const auto& [s, i] : cand_) offered += q[i].cost;
+    double cost = 0, due = kInf;
+    int top = -1;
+    for (const auto& [s, i] : cand_) {
+      if (batch.size() >= static_cast<size_t>(core.max_batch())) break;
+      const Request& r = q[i];
+      if (!batch.empty() && cost + r.cost > cap) continue;
+      const double due_with = std::min(due, r.deadline);
+      if (std::isfinite(due_with) && now + core.plan_latency(cost + r.cost) > due_with) continue;
+      if (!batch.empty() && r.cls < top && due_with < due) {
+        const double holds = std::min({cap, offered, std::isfinite(due) ? core.max_cost_within(due - now) : cap});
+        if (core.max_cost_within(due_with - now) < holds) continue;
+      }
+      batch.push_back(i);
+      cost += r.cost;
+      due = due_with;
+      top = std::max(top, r.cls);
+    }
+  }
+
+  std::vector<std::pair<double, int>> cand_;
+  std::vector<uint8_t> starving_;
+};
+
+class FifoPolicy final : public Policy {
+ public:
+  double decide(const Core& core, double now, std::vector<int>& batch) override {
+    const auto& q = core.queue();
+    const Config& c = core.config();
+    const size_t k = front_fit(core);
+    if (k == static_cast<size_t>(core.max_batch()) || k < q.size()) {  // a full batch is ready
+      take_front(k, batch);
+      return kInf;
+    }
+    size_t preferred = 0;
+    for (int p : c.preferred_batch_sizes)
+      if (static_cast<size_t>(p) <= k) preferred = std::max(preferred, static_cast<size_t>(p));
+    if (preferred > 0) {
+      take_front(preferred, batch);
+      return kInf;
+    }
+    const double due = q.front().arrival + c.max_queue_delay;
+    if (now >= due) {
+      take_front(k, batch);
+      return kInf;
+    }
+    return due;
+  }
+};
+
+class PriorityPolicy final : public Policy {
+ public:
+  double decide(const Core& core, double, std::vector<int>& batch) override {
+    const auto& q = core.queue();
+    top_k(core, core.max_batch(), order_, [&](int a, int b) {
+      return q[a].cls != q[b].cls ? q[a].cls > q[b].cls : a < b;
+    });
+    take_fitting(core, order_, core.max_batch(), batch);
+    return kInf;
+  }
+
+ private:
+  std::vector<int> order_;
+};
+
+bool earlier_deadline(const std::vector<Request>& q, int a, int b) {
+  return q[a].deadline != q[b].deadline ? q[a].deadline < q[b].deadline : a < b;
+}
+
+class EdfPolicy final : public Policy {
+ public:
+  double decide(const Core& core, double, std::vector<int>& batch) override {
+    const auto& q = core.queue();
+    top_k(core, core.max_batch(), order_, [&](int a, int b) { return earlier_deadline(q, a, b); });
+    take_fitting(core, order_, core.max_batch(), batch);
+    return kInf;
+  }
+
+ private:
+  std::vector<int> order_;
+};
+
+class ClockworkPolicy final : public Policy {
+ public:
+  bool sheds() const override { return true; }
+
+  double decide(const Core& core, double now, std::vector<int>& batch) override {
+    const auto& q = core.queue();
+    top_k(core, core.max_batch(), order_, [&](int a, int b) { return earlier_deadline(q, a, b); });
+    double cost = 0, due = kInf;
+    for (int i : order_) {
+      const double due_with = std::min(due, q[i].deadline);
+      if (cost + q[i].cost > core.max_batch_cost()) break;
+      if (!batch.empty() && std::isfinite(due_with) && now + core.plan_latency(cost + q[i].cost) > due_with) break;
+      batch.push_back(i);
+      cost += q[i].cost;
+      due = due_with;
+    }
+    return kInf;
+  }
+
+ private:
+  std::vector<int> order_;
+};
+
+class QuantumPolicy final : public Policy {
+ public:
+  explicit QuantumPolicy(const Config& c) : cap_(c.max_batch) {}
+
+  double decide(const Core& core, double, std::vector<int>& batch) override {
+    const size_t limit = std::max<size_t>(1, static_cast<size_t>(std::floor(cap_)));
+    take_front(std::min(limit, front_fit(core)), batch);
+    return kInf;
+  }
+
+  void on_complete(const Core& core, const Batch& b, double finish, double) override {
+    const Config& c = core.config();
+    if (finish <= b.deadline) {
+      cap_ = std::min<double>(core.max_batch(), cap_ + c.aimd_step);
+    } else {
+      cap_ = std::max(1.0, cap_ * c.aimd_backoff);
+    }
+  }
+
+ private:
+  double cap_;
+};
+
+class LatencyPolicy final : public Policy {
+ public:
+  double decide(const Core& core, double, std::vector<int>& batch) override {
+    const auto& q = core.queue();
+    top_k(core, 1, order_, [&](int a, int b) { return earlier_deadline(q, a, b); });
+    batch.push_back(order_.front());
+    return kInf;
+  }
+
+ private:
+  std::vector<int> order_;
+};
+
+class ThroughputPolicy final : public Policy {
+ public:
+  double decide(const Core& core, double now, std::vector<int>& batch) override {
+    const auto& q = core.queue();
+    const size_t k = front_fit(core);
+    const double window =
+        core.config().max_queue_delay > 0 ? core.config().max_queue_delay : core.plan_latency(core.max_batch_cost());
+    if (k == static_cast<size_t>(core.max_batch()) || k < q.size() || now >= q.front().arrival + window) {
+      take_front(k, batch);
+      return kInf;
+    }
+    return q.front().arrival + window;
+  }
+};
+
+}  // namespace
+
+const std::vector<std::string>& policy_names() {
+  static const std::vector<std::string> names{"phi-optimized", "fifo",    "priority", "edf", "clockwork",
+                                              "quantum-optimized", "latency", "throughput"};
+  return names;
+}
+
+std::unique_ptr<Policy> make_policy(const Config& c) {
+  const std::string& p = c.policy;
+  if (p == "phi-optimized") return std::make_unique<PhiPolicy>();
+  if (p == "fifo") return std::make_unique<FifoPolicy>();
+  if (p == "priority") return std::make_unique<PriorityPolicy>();
+  if (p == "edf") return std::make_unique<EdfPolicy>();
+  if (p == "clockwork") return std::make_unique<ClockworkPolicy>();
+  if (p == "quantum-optimized") return std::make_unique<QuantumPolicy>(c);
+  if (p == "latency") return std::make_unique<LatencyPolicy>();
+  if (p == "throughput") return std::make_unique<ThroughputPolicy>();
+  std::string known;
+  for (const auto& n : policy_names()) known += (known.empty() ? "" : ", ") + n;
+  fail("scheduler", "unknown policy '" + p + "'; known: " + known);
+}
+
+}  // namespace phi::sched
