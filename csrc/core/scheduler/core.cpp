@@ -185,13 +185,15 @@ double Core::served_share(int cls) const {
   return total > 0 ? served_[cls] / total : 0.0;
 }
 
-void Core::complete(uint64_t token, double now, double seconds, bool measured) {
+size_t Core::complete(uint64_t token, double now, double seconds, bool measured) {
   auto it = std::find_if(flight_.begin(), flight_.end(), [&](const Flight& f) { return f.token == token; });
   PHI_CHECK(it != flight_.end(), kOp, "no batch in flight has token " + std::to_string(token));
   if (std::isnan(seconds)) seconds = now - it->batch.start;
   if (measured) lat_.record(it->batch.cost, seconds);
   policy_->on_complete(*this, it->batch, now, seconds);
+  const size_t members = it->batch.requests.size();
   flight_.erase(it);
+  return members;
 }
 
 std::vector<Ended> Core::expire(double now) {

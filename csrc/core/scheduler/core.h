@@ -27,7 +27,8 @@ class Core {
   Decision dispatch(double now);
   // The batch named by `token` finished at `now`, having run for `seconds` (NaN: since its start).
   // `measured` false (the batch failed): L̂ learns nothing from it.
-  void complete(uint64_t token, double now, double seconds, bool measured = true);
+  // Returns how many requests the batch held.
+  size_t complete(uint64_t token, double now, double seconds, bool measured = true);
   // Sheds the queued requests that can no longer finish in time (shedding policies only).
   std::vector<Ended> expire(double now);
   // The earliest time at which expire() would shed something (+inf: never).

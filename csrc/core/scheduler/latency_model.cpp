@@ -26,16 +26,24 @@ LatencyModel::LatencyModel(double max_cost, int window, double quantile)
   est_.assign(buckets_ + 1, 0.0);
 }
 
-void LatencyModel::record(double cost, double seconds) {
-  if (!(cost > 0) || !std::isfinite(seconds) || seconds < 0) return;
+void LatencyModel::record(double cost, double seconds) { record_many(cost, {seconds}); }
+
+void LatencyModel::record_many(double cost, const std::vector<double>& seconds) {
+  if (!(cost > 0)) return;
   const int b = bucket_of(cost);
   auto& ring = ring_[b];
-  if (static_cast<int>(ring.size()) < window_) {
-    ring.push_back(static_cast<float>(seconds));
-  } else {
-    ring[count_[b] % window_] = static_cast<float>(seconds);
+  bool any = false;
+  for (double s : seconds) {
+    if (!std::isfinite(s) || s < 0) continue;
+    if (static_cast<int>(ring.size()) < window_) {
+      ring.push_back(static_cast<float>(s));
+    } else {
+      ring[count_[b] % window_] = static_cast<float>(s);
+    }
+    if (count_[b]++ == 0) ++measured_;
+    any = true;
   }
-  if (count_[b]++ == 0) ++measured_;
+  if (!any) return;
   refresh_bucket(b);
   rebuild();
 }

@@ -25,6 +25,8 @@ class LatencyModel {
   explicit LatencyModel(double max_cost, int window = 256, double quantile = 0.99);
 
   void record(double cost, double seconds);
+  // Many measurements of one cost (a warm-up sweep): the same as recording each, refreshed once.
+  void record_many(double cost, const std::vector<double>& seconds);
   // The tail latency of a batch of this total cost; 0 while nothing has been measured. Inline: the
   // scheduler asks it for every queued request at every decision.
   double estimate(double cost) const {

@@ -114,8 +114,8 @@ bool Scheduler::acquire(double timeout, Batch& batch) {
 
 void Scheduler::release(uint64_t token, bool ok) {
   std::unique_lock lk(mu_);
-  core_.complete(token, now(), std::nan(""), ok);
-  ++stats_.ended[static_cast<size_t>(ok ? Outcome::completed : Outcome::failed)];
+  const size_t members = core_.complete(token, now(), std::nan(""), ok);
+  stats_.ended[static_cast<size_t>(ok ? Outcome::completed : Outcome::failed)] += static_cast<int64_t>(members);
   work_cv_.notify_all();
   reap_cv_.notify_all();
 }

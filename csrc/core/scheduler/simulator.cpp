@@ -73,8 +73,7 @@ SimResult simulate(const Config& config, const Workload& w, const LatencyTable& 
   check_workload(w);
   Sampler sampler(table, seed);
   Core core(config);
-  for (size_t i = 0; i < table.cost.size(); ++i)
-    for (double s : table.seconds[i]) core.latency().record(table.cost[i], s);
+  for (size_t i = 0; i < table.cost.size(); ++i) core.latency().record_many(table.cost[i], table.seconds[i]);
 
   const size_t n = w.arrival.size();
   SimResult res;

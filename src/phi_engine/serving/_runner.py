@@ -1,0 +1,68 @@
+"""Run a batch of requests through a compiled model: stack their rows, run once, split."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from phi_engine.errors import InvalidRequestError
+from phi_engine.graph import CompiledModel
+
+__all__ = ["ModelRunner"]
+
+Payload = Mapping[str, Any]
+
+
+class ModelRunner:
+    """A ``run_batch`` for :class:`~phi_engine.serving.Scheduler` over a :class:`CompiledModel`.
+
+    Each payload maps input names to arrays whose first axis holds that request's rows. Requests
+    whose other dimensions agree (e.g. the same sequence length) run as one model call; a batch
+    mixing shapes runs one call per shape, so one request never fails another.
+    """
+
+    def __init__(self, model: CompiledModel) -> None:
+        self.model = model
+        self.input_names = list(model.inputs)
+
+    def rows(self, payload: Payload) -> int:
+        """A payload's rows (its cost), checked against the model's inputs.
+
+        Raises:
+            InvalidRequestError: a missing input, an array with no batch axis, or inputs that
+                disagree on the number of rows.
+        """
+        counts = set()
+        for name in self.input_names:
+            if name not in payload:
+                raise InvalidRequestError(f"input {name!r} is missing", field=name)
+            shape = np.shape(payload[name])
+            if not shape:
+                raise InvalidRequestError(f"input {name!r} needs a batch axis", field=name)
+            counts.add(shape[0])
+        if len(counts) != 1 or 0 in counts:
+            raise InvalidRequestError(
+                "inputs must have the same, non-zero number of rows", field="input"
+            )
+        return int(counts.pop())
+
+    def __call__(self, payloads: list[Payload]) -> list[dict[str, np.ndarray]]:
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, p in enumerate(payloads):
+            key = tuple((np.shape(p[n])[1:], np.asarray(p[n]).dtype.str) for n in self.input_names)
+            groups.setdefault(key, []).append(i)
+        results: list[dict[str, np.ndarray]] = [{} for _ in payloads]
+        for members in groups.values():
+            feeds = {
+                n: np.concatenate([np.asarray(payloads[i][n]) for i in members])
+                for n in self.input_names
+            }
+            outputs = self.model.run(feeds)
+            bounds = np.cumsum(
+                [0] + [np.shape(payloads[i][self.input_names[0]])[0] for i in members]
+            )
+            for k, i in enumerate(members):
+                results[i] = {name: out[bounds[k] : bounds[k + 1]] for name, out in outputs.items()}
+        return results

@@ -1,0 +1,325 @@
+"""The Python face of the native scheduler: futures in, batches out to worker threads.
+
+Requests are queued, ranked, admitted, shed and batched in the native core (``_core.Scheduler``,
+DESIGN.md "Φ(a)"); its blocking calls release the GIL. Python holds what the core cannot: each
+request's payload and its :class:`concurrent.futures.Future`. Worker threads take batches from the
+core and call ``run_batch`` (holding the GIL only while it runs Python); a reaper thread answers
+requests the core ended without running. Every request ends exactly once: a result, an
+:class:`~phi_engine.errors.OverloadedError` (rejected or shed), the batch's exception, or cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from typing import Any
+
+from phi_engine._native import require_core
+from phi_engine.errors import InvalidRequestError, OverloadedError, PhiEngineError
+from phi_engine.serving._policy import (
+    SchedulerConfig,
+    deadline_seconds,
+    priority_class,
+    request_cost,
+)
+
+__all__ = ["ScheduledResult", "Scheduler"]
+
+RunBatch = Callable[[list[Any]], Sequence[Any]]
+
+_MAX_TENANTS = 65_536
+_POLL_S = 0.5  # how often idle threads look up from the core (they are woken sooner by work)
+
+_REASONS = {
+    "queue_full": "the queue is full",
+    "deadline_infeasible": "it cannot finish by its deadline given the work ahead of it",
+    "shed": "it could no longer finish by its deadline",
+    "closed": "the scheduler is closed",
+}
+
+
+@dataclass(frozen=True)
+class ScheduledResult:
+    """What a request's future resolves to.
+
+    Attributes:
+        value: What ``run_batch`` returned for this request.
+        request_id: The scheduler's id of the request.
+        queue_time_ms: From submission to the start of its batch (measured).
+        execution_time_ms: How long its batch ran (measured).
+        batch_size: Requests in its batch.
+    """
+
+    value: Any
+    request_id: int
+    queue_time_ms: float
+    execution_time_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Pending:
+    payload: Any
+    future: Future[ScheduledResult]
+
+
+def _overloaded(reason: str) -> OverloadedError:
+    why = _REASONS.get(reason, reason)
+    return OverloadedError(f"request not served: {why}", reason=reason)
+
+
+def _settle(future: Future[ScheduledResult], *, result: Any = None, error: Any = None) -> None:
+    """Resolve a future unless the caller cancelled it first (then it has ended already)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+class Scheduler:
+    """Batches requests to ``run_batch`` under a scheduling policy, on worker threads.
+
+    Args:
+        run_batch: Called with a list of payloads; returns one value per payload, in order.
+        config: The policy and its settings (see :class:`SchedulerConfig`); keyword arguments
+            build one instead.
+
+    Example::
+
+        sched = Scheduler(lambda xs: [x * 2 for x in xs], max_batch=8)
+        assert sched.infer(21, priority="high", deadline_ms=50).value == 42
+        sched.close()
+    """
+
+    def __init__(
+        self, run_batch: RunBatch, config: SchedulerConfig | None = None, **settings: Any
+    ) -> None:
+        if config is not None and settings:
+            raise InvalidRequestError("pass either a SchedulerConfig or keyword settings, not both")
+        if not callable(run_batch):
+            raise InvalidRequestError("run_batch must be callable", field="run_batch")
+        self.config = config if config is not None else SchedulerConfig(**settings)
+        self._run_batch = run_batch
+        self._num_classes = len(self.config.class_weights)
+        self._slo = self.config.slo_by_class()
+        self._max_cost = float(self.config.max_batch_cost or self.config.max_batch)
+        self._tenants = {name: i for i, name in enumerate(self.config.tenant_weights)}
+        self._core = require_core().Scheduler(self.config.native(self._tenants))
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"phi-scheduler-worker-{i}", daemon=True)
+            for i in range(self.config.workers)
+        ]
+        self._threads.append(
+            threading.Thread(target=self._reap, name="phi-scheduler-reaper", daemon=True)
+        )
+        for t in self._threads:
+            t.start()
+
+    # ---- submitting -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        payload: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        cost: float = 1.0,
+        tenant: str = "default",
+    ) -> Future[ScheduledResult]:
+        """Queue a request; its future resolves to a :class:`ScheduledResult`.
+
+        Args:
+            payload: Passed to ``run_batch`` with the rest of its batch.
+            priority: ``low``, ``normal``, ``high``, ``ultra-high`` or an integer class.
+            deadline_ms: Time from now by which it must finish; ``None``: its class SLO, or best
+                effort (never shed) for a class without one.
+            cost: Its share of a batch (rows or tokens); at most ``max_batch_cost``.
+            tenant: Who sent it (Φ's tenant weight; fairness is measured per tenant).
+
+        Returns:
+            A future that ends exactly once: with the result, with ``OverloadedError`` (its
+            ``reason``: ``queue_full``, ``deadline_infeasible``, ``shed`` or ``closed``), with
+            the exception ``run_batch`` raised for its batch, or cancelled (``future.cancel()``
+            withdraws a request still queued).
+
+        Raises:
+            InvalidRequestError: an unknown priority, a deadline or cost that is not a positive
+                number, or a cost over the most one batch holds (``field`` names it).
+        """
+        cls = priority_class(priority, self._num_classes)
+        due = deadline_seconds(deadline_ms, self._slo.get(cls))
+        rows = request_cost(cost)
+        if rows > self._max_cost:
+            raise InvalidRequestError(
+                f"cost {cost} is more than one batch holds ({self._max_cost:g})", field="cost"
+            )
+        tenant_id = self._tenant(tenant)
+        future: Future[ScheduledResult] = Future()
+        rid = next(self._ids)
+        with self._lock:
+            self._pending[rid] = _Pending(payload, future)
+        outcome = self._core.submit(rid, cls, tenant_id, rows, due)
+        if outcome != "pending":
+            with self._lock:
+                self._pending.pop(rid, None)
+            _settle(future, error=_overloaded(outcome))
+            return future
+        future.add_done_callback(lambda f: self._withdraw(rid) if f.cancelled() else None)
+        return future
+
+    def infer(self, payload: Any, **kwargs: Any) -> ScheduledResult:
+        """:meth:`submit` and wait for the result (its exception is raised here)."""
+        return self.submit(payload, **kwargs).result()
+
+    async def ainfer(self, payload: Any, **kwargs: Any) -> ScheduledResult:
+        """:meth:`submit` and await the result; cancelling the awaiting task withdraws it."""
+        return await asyncio.wrap_future(self.submit(payload, **kwargs))
+
+    def _tenant(self, tenant: str) -> int:
+        if not isinstance(tenant, str):
+            raise InvalidRequestError("tenant must be a string", field="tenant")
+        with self._lock:
+            index = self._tenants.get(tenant)
+            if index is None:
+                if len(self._tenants) >= _MAX_TENANTS:
+                    raise InvalidRequestError(
+                        f"more than {_MAX_TENANTS} distinct tenants", field="tenant"
+                    )
+                index = self._tenants[tenant] = len(self._tenants)
+            return index
+
+    def _withdraw(self, rid: int) -> None:
+        """A caller cancelled the future: take the request out of the queue if it is still there."""
+        with self._lock:
+            self._pending.pop(rid, None)
+        self._core.cancel(rid)
+
+    # ---- the threads --------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            got = self._core.acquire(_POLL_S)
+            if got is None:
+                return
+            token, start, ids, arrivals, _ = got
+            if ids:
+                self._run(token, start, ids, arrivals)
+
+    def _run(self, token: int, start: float, ids: list[int], arrivals: list[float]) -> None:
+        with self._lock:
+            entries = [
+                (self._pending.pop(rid, None), rid, t) for rid, t in zip(ids, arrivals, strict=True)
+            ]
+        # A future cancelled after dispatch is skipped; Future's own state machine decides the race.
+        live = [
+            (e, rid, t)
+            for e, rid, t in entries
+            if e is not None and e.future.set_running_or_notify_cancel()
+        ]
+        ok = True
+        values: Sequence[Any] = ()
+        t0 = time.perf_counter()
+        try:
+            if live:
+                values = self._run_batch([e.payload for e, _, _ in live])
+                if len(values) != len(live):
+                    got, want = len(values), len(live)
+                    raise PhiEngineError(f"[scheduler] run_batch returned {got} values for {want}")
+        except BaseException as exc:  # every request of the batch must end, whatever was raised
+            ok = False
+            for e, _, _ in live:
+                _settle(e.future, error=exc)
+        finally:
+            self._core.release(token, ok)
+        if not ok:
+            return
+        exec_ms = (time.perf_counter() - t0) * 1000.0
+        for (e, rid, arrival), value in zip(live, values, strict=True):
+            result = ScheduledResult(value, rid, (start - arrival) * 1000.0, exec_ms, len(live))
+            _settle(e.future, result=result)
+
+    def _reap(self) -> None:
+        while True:
+            ended = self._core.reap(_POLL_S)
+            if ended is None:
+                return
+            for rid, reason in ended:
+                with self._lock:
+                    entry = self._pending.pop(rid, None)
+                if entry is not None:
+                    _settle(entry.future, error=_overloaded(reason))
+
+    # ---- everything else ----------------------------------------------------------------------
+
+    def warm_up(
+        self,
+        make_batch: Callable[[int], list[Any]],
+        batch_sizes: Sequence[int] | None = None,
+        repeats: int = 5,
+    ) -> None:
+        """Seed the latency model by timing ``run_batch`` on batches of each size (before traffic).
+
+        Args:
+            make_batch: Returns a list of that many payloads, each of cost 1.
+            batch_sizes: Sizes to time (default: powers of two up to ``max_batch``, and it).
+            repeats: Timed runs per size, after one untimed run.
+        """
+        if batch_sizes is None:
+            sizes = {
+                1 << k
+                for k in range(self.config.max_batch.bit_length())
+                if 1 << k <= self.config.max_batch
+            }
+            batch_sizes = sorted(sizes | {self.config.max_batch})
+        for size in batch_sizes:
+            payloads = make_batch(size)
+            self._run_batch(payloads)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                self._run_batch(payloads)
+                self._core.record_latency(float(size), time.perf_counter() - t0)
+
+    def latency_table(self) -> list[tuple[float, float, int]]:
+        """The latency model: ``(batch cost, estimated p99 seconds, samples)`` per bucket."""
+        return list(self._core.latency_table())
+
+    def stats(self) -> dict[str, Any]:
+        """Queue length, requests in flight, counts by outcome and decision times."""
+        return dict(self._core.stats())
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop accepting requests and stop the threads.
+
+        Args:
+            drain: Serve what is queued first; otherwise queued requests end with
+                ``OverloadedError("closed")``.
+            timeout: Seconds to wait for the threads (``None``: until they finish).
+        """
+        self._closed = True
+        self._core.close(drain)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
