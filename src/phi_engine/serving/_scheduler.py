@@ -14,7 +14,8 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = ["ScheduledResult", "Scheduler"]
 RunBatch = Callable[[list[Any]], Sequence[Any]]
 
 _MAX_TENANTS = 65_536
+_BATCH_LOG = 10_000  # recent batches kept for recent_batches()
 _POLL_S = 0.5  # how often idle threads look up from the core (they are woken sooner by work)
 
 _REASONS = {
@@ -117,6 +119,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._closed = False
+        self._batches: deque[tuple[int, float]] = deque(maxlen=_BATCH_LOG)
         self._threads = [
             threading.Thread(target=self._work, name=f"phi-scheduler-worker-{i}", daemon=True)
             for i in range(self.config.workers)
@@ -218,9 +221,10 @@ class Scheduler:
                 self._run(token, start, ids, arrivals)
 
     def _run(self, token: int, start: float, ids: list[int], arrivals: list[float]) -> None:
+        cycle = time.perf_counter()
         with self._lock:
             entries = [
-                (self._pending.pop(rid, None), rid, t) for rid, t in zip(ids, arrivals, strict=True)
+                (self._pending.pop(r, None), r, t) for r, t in zip(ids, arrivals, strict=True)
             ]
         # A future cancelled after dispatch is skipped; Future's own state machine decides the race.
         live = [
@@ -228,27 +232,31 @@ class Scheduler:
             for e, rid, t in entries
             if e is not None and e.future.set_running_or_notify_cancel()
         ]
-        ok = True
-        values: Sequence[Any] = ()
+        ok = False
+        try:
+            ok = self._execute(live, start)
+        finally:
+            # Released only once every future is settled, so that the latency the core learns is
+            # the worker's whole cycle, which is what the next request waits for.
+            self._core.release(token, ok)
+            self._batches.append((len(ids), time.perf_counter() - cycle))
+
+    def _execute(self, live: list[tuple[_Pending, int, float]], start: float) -> bool:
         t0 = time.perf_counter()
         try:
-            if live:
-                values = self._run_batch([e.payload for e, _, _ in live])
-                if len(values) != len(live):
-                    got, want = len(values), len(live)
-                    raise PhiEngineError(f"[scheduler] run_batch returned {got} values for {want}")
+            values = self._run_batch([e.payload for e, _, _ in live]) if live else []
+            if len(values) != len(live):
+                got, want = len(values), len(live)
+                raise PhiEngineError(f"[scheduler] run_batch returned {got} values for {want}")
         except BaseException as exc:  # every request of the batch must end, whatever was raised
-            ok = False
             for e, _, _ in live:
                 _settle(e.future, error=exc)
-        finally:
-            self._core.release(token, ok)
-        if not ok:
-            return
+            return False
         exec_ms = (time.perf_counter() - t0) * 1000.0
         for (e, rid, arrival), value in zip(live, values, strict=True):
             result = ScheduledResult(value, rid, (start - arrival) * 1000.0, exec_ms, len(live))
             _settle(e.future, result=result)
+        return True
 
     def _reap(self) -> None:
         while True:
@@ -290,6 +298,16 @@ class Scheduler:
                 t0 = time.perf_counter()
                 self._run_batch(payloads)
                 self._core.record_latency(float(size), time.perf_counter() - t0)
+
+    def seed_latencies(self, samples: Mapping[float, Sequence[float]]) -> None:
+        """Seed the latency model with batch latencies measured elsewhere (seconds by cost)."""
+        for cost, seconds in samples.items():
+            for s in seconds:
+                self._core.record_latency(float(cost), float(s))
+
+    def recent_batches(self) -> list[tuple[int, float]]:
+        """The last batches run: (requests, seconds the worker spent on it, futures included)."""
+        return list(self._batches)
 
     def latency_table(self) -> list[tuple[float, float, int]]:
         """The latency model: ``(batch cost, estimated p99 seconds, samples)`` per bucket."""
