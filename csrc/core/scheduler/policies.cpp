@@ -95,12 +95,12 @@ class PhiPolicy final : public Policy {
       const double u = std::min(1.0, (age + last_lat) * r.inv_slo);
       // A class below its minimum share goes first: the ranking is only ever raised, by a constant
       // far above any ln Φ, so order inside the class is still Φ's.
-      const double s = r.ln_static + c.theta * u + ln1p(age * inv_g) + (starving_[r.cls] ? 1e6 : 0.0);
-      cand_[i] = {s, static_cast<int>(i)};
+      const double s = r.ln_static + c.theta * u + ln1p(age * inv_g) + (starving_[r.cls] ? 1e4 : 0.0);
+      cand_[i] = {static_cast<float>(s), static_cast<int>(i)};
     }
     // O(n) selection of the top K = 4B, then O(K log K) to order them.
     const size_t k = std::min(n, static_cast<size_t>(4) * core.max_batch());
-    auto higher = [](const std::pair<double, int>& a, const std::pair<double, int>& b) { return a.first > b.first; };
+    auto higher = [](const std::pair<float, int>& a, const std::pair<float, int>& b) { return a.first > b.first; };
     if (k < n) std::nth_element(cand_.begin(), cand_.begin() + static_cast<std::ptrdiff_t>(k), cand_.end(), higher);
     cand_.resize(k);
     std::sort(cand_.begin(), cand_.end(), higher);
@@ -157,7 +157,7 @@ class PhiPolicy final : public Policy {
     return value / std::max(core.plan_latency(cost), 1e-9);
   }
 
-  std::vector<std::pair<double, int>> cand_;
+  std::vector<std::pair<float, int>> cand_;  // (ln Φ, queue index); float halves what selection moves
   std::vector<int> other_;
   std::vector<uint8_t> starving_;
 };
