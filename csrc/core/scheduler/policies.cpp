@@ -62,9 +62,12 @@ void take_front(size_t k, std::vector<int>& batch) {
   for (size_t i = 0; i < k; ++i) batch.push_back(static_cast<int>(i));
 }
 
-// ln(1 + x) for x >= 0: the series below 1/8 (error under x⁹/9 < 2e-9, and far cheaper than
-// log1p, which the ranking would otherwise call for every queued request), log1p above.
+// ln(1 + x) for x >= 0: the alternating series (error under its first omitted term), far cheaper
+// than log1p, which the ranking would otherwise call for every queued request. Ages are mostly
+// far below G, so the short form usually serves: four terms below 1/100 (error < 2e-11), eight
+// below 1/8 (< 2e-9), log1p above.
 inline double ln1p(double x) {
+  if (x < 0.01) return x * (1 - x * (1. / 2 - x * (1. / 3 - x / 4)));
   if (x < 0.125)
     return x * (1 - x * (1. / 2 - x * (1. / 3 - x * (1. / 4 - x * (1. / 5 - x * (1. / 6 - x * (1. / 7 - x / 8)))))));
   return std::log1p(x);
