@@ -67,6 +67,7 @@ Outcome Core::submit(Request r, double now) {
   if (std::isfinite(r.deadline) && cfg_.class_weights[r.cls] >= cfg_.headroom_weight) observe_guarded(r, now);
   if (policy_->admits_by_deadline() && std::isfinite(r.deadline) && !admissible(r, now)) return Outcome::infeasible;
   queue_.push_back(r);
+  push_columns(r);
   return Outcome::pending;
 }
 
@@ -133,15 +134,29 @@ void Core::shed_pass(double now, std::vector<Ended>& ended) {
   if (any) remove_marked();
 }
 
+void Core::push_columns(const Request& r) {
+  cols_.arrival.push_back(r.arrival);
+  cols_.inv_slo.push_back(r.inv_slo);
+  cols_.ln_static.push_back(r.ln_static);
+}
+
 void Core::remove_marked() {
   size_t w = 0;
   for (size_t i = 0; i < queue_.size(); ++i) {
     if (!mark_[i]) {
-      if (w != i) queue_[w] = queue_[i];
+      if (w != i) {
+        queue_[w] = queue_[i];
+        cols_.arrival[w] = cols_.arrival[i];
+        cols_.inv_slo[w] = cols_.inv_slo[i];
+        cols_.ln_static[w] = cols_.ln_static[i];
+      }
       ++w;
     }
   }
   queue_.resize(w);
+  cols_.arrival.resize(w);
+  cols_.inv_slo.resize(w);
+  cols_.ln_static.resize(w);
   mark_.assign(queue_.size(), 0);
 }
 
@@ -214,7 +229,9 @@ double Core::next_expiry() const {
 bool Core::cancel(uint64_t id) {
   auto it = std::find_if(queue_.begin(), queue_.end(), [&](const Request& r) { return r.id == id; });
   if (it == queue_.end()) return false;
+  const auto at = it - queue_.begin();
   queue_.erase(it);
+  for (auto* col : {&cols_.arrival, &cols_.inv_slo, &cols_.ln_static}) col->erase(col->begin() + at);
   return true;
 }
 
@@ -223,6 +240,7 @@ std::vector<Ended> Core::close() {
   ended.reserve(queue_.size());
   for (const Request& r : queue_) ended.push_back({r.id, Outcome::closed});
   queue_.clear();
+  cols_ = Columns{};
   return ended;
 }
 

@@ -40,6 +40,12 @@ class Core {
   // ---- for policies -------------------------------------------------------------------------
   const Config& config() const { return cfg_; }
   const std::vector<Request>& queue() const { return queue_; }
+  // The queue's hot fields as columns in queue order, kept in step with queue(): the ranking loop
+  // reads them for every queued request at every decision, and columns let it run in SIMD.
+  struct Columns {
+    std::vector<double> arrival, inv_slo, ln_static;
+  };
+  const Columns& columns() const { return cols_; }
   const LatencyModel& latency() const { return lat_; }
   LatencyModel& latency() { return lat_; }
   int max_batch() const { return cfg_.max_batch; }
@@ -69,6 +75,7 @@ class Core {
   bool admissible(const Request& r, double now) const;
   void shed_pass(double now, std::vector<Ended>& ended);
   void remove_marked();
+  void push_columns(const Request& r);
   void account(const Batch& b, double now);
 
   Config cfg_;
@@ -76,6 +83,7 @@ class Core {
   LatencyModel lat_;
   std::unique_ptr<Policy> policy_;
   std::vector<Request> queue_;      // in arrival order
+  Columns cols_;
   std::vector<uint8_t> mark_;       // scratch: 1 = leaves the queue at remove_marked()
   std::vector<int> picked_;         // scratch: queue indices of the batch being formed
   std::vector<Flight> flight_;
