@@ -1,0 +1,1 @@
+"""Scheduling benchmarks: workloads, metrics, measured latency tables, simulated runs."""
