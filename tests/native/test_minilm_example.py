@@ -229,6 +229,17 @@ def test_similar_sentences_score_higher(model: Any) -> None:
         assert related > 0.5
 
 
+def test_serving_answers_every_request_with_its_own_embedding(model: Any) -> None:
+    sentences = [s for _ in range(3) for s in ex.SENTENCES]
+    report = ex.serve(model, sentences, clients=3, max_batch=8)
+    assert report.shed == 0 and sorted(report.answers) == list(range(len(sentences)))
+    alone = ex.embed(model, ex.SENTENCES)
+    for i, emb in report.answers.items():
+        assert relative_error(emb[None], alone[i % len(ex.SENTENCES)][None]) < 1e-5
+    assert max(report.batch_sizes) > 1, "queued requests should share batches"
+    assert report.stats["ended"]["completed"] == len(sentences)
+
+
 # ---- tokenizer -----------------------------------------------------------------------------
 
 
