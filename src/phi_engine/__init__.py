@@ -13,7 +13,7 @@ from phi_engine import errors
 from phi_engine._version import __version__
 
 if TYPE_CHECKING:
-    from phi_engine import graph, ops
+    from phi_engine import graph, ops, serving
     from phi_engine._system import devices, get_num_threads, set_num_threads
     from phi_engine.graph import CompiledModel, compile
 
@@ -26,6 +26,7 @@ __all__ = [
     "get_num_threads",
     "graph",
     "ops",
+    "serving",
     "set_num_threads",
 ]
 
@@ -34,6 +35,7 @@ _LAZY = {
     "CompiledModel": ("phi_engine.graph", "CompiledModel"),
     "graph": ("phi_engine.graph", None),
     "ops": ("phi_engine.ops", None),
+    "serving": ("phi_engine.serving", None),
     "devices": ("phi_engine._system", "devices"),
     "get_num_threads": ("phi_engine._system", "get_num_threads"),
     "set_num_threads": ("phi_engine._system", "set_num_threads"),

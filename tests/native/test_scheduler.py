@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import CancelledError, Future
@@ -192,6 +194,19 @@ def test_close_with_drain_serves_the_queue() -> None:
     futures = [s.submit(i) for i in range(40)]
     s.close(drain=True)
     assert [f.result(timeout=0).value for f in futures] == [2 * i for i in range(40)]
+
+
+def test_exit_without_close_neither_hangs_nor_crashes() -> None:
+    code = (
+        "import time\n"
+        "from phi_engine.serving import Scheduler\n"
+        "s = Scheduler(lambda xs: (time.sleep(0.05), xs)[1], max_batch=1)\n"
+        "futures = [s.submit(i) for i in range(20)]\n"
+        "print('submitted')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "submitted"
 
 
 def test_ainfer() -> None:

@@ -22,6 +22,7 @@ def test_all_is_pinned() -> None:
             "get_num_threads",
             "graph",
             "ops",
+            "serving",
             "set_num_threads",
         ]
     )

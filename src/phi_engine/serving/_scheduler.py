@@ -11,9 +11,11 @@ requests the core ended without running. Every request ends exactly once: a resu
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -43,6 +45,17 @@ _REASONS = {
     "shed": "it could no longer finish by its deadline",
     "closed": "the scheduler is closed",
 }
+
+
+# Schedulers not yet closed. One at-exit hook closes them, so that no worker thread is still
+# inside the core while the interpreter shuts down; weak, so it keeps none of them alive.
+_OPEN: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_schedulers() -> None:
+    for sched in list(_OPEN):
+        sched.close(drain=False, timeout=1.0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,7 @@ class Scheduler:
         )
         for t in self._threads:
             t.start()
+        _OPEN.add(self)
 
     # ---- submitting -------------------------------------------------------------------------
 
@@ -326,6 +340,7 @@ class Scheduler:
             timeout: Seconds to wait for the threads (``None``: until they finish).
         """
         self._closed = True
+        _OPEN.discard(self)
         self._core.close(drain)
         for t in self._threads:
             if t is not threading.current_thread():
