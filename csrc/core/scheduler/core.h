@@ -52,14 +52,23 @@ class Core {
   double max_batch_cost() const { return max_cost_; }
   // L̂(P) with the safety margin: what batches are planned with.
   double plan_latency(double cost) const { return lat_.estimate(cost) * (1 + cfg_.margin); }
+  // The median L̂ with the margin: what a batch of this cost typically takes.
+  double typical_latency(double cost) const { return lat_.median(cost) * (1 + cfg_.margin); }
   // The largest batch cost whose planned latency fits in `seconds`.
   double max_cost_within(double seconds) const { return lat_.max_cost_within(seconds / (1 + cfg_.margin)); }
+  // The same with the median latency (with the margin): what a batch typically takes.
+  double max_cost_typically_within(double seconds) const {
+    return lat_.max_cost_within_median(seconds / (1 + cfg_.margin));
+  }
   // Share of recently dispatched cost that went to class c (decaying over about a second).
   double served_share(int cls) const;
-  // The planned latency a batch may take so that a request of a guarded class (weight at least
-  // headroom_weight) arriving now could still run after it in time: the 1st percentile, over the
-  // recent requests of each guarded class seen within the last second, of its relative deadline
-  // less its own planned latency. +inf when no guarded class is active.
+  // How long a batch may typically take so that a request of a guarded class (weight at least
+  // headroom_weight) arriving just after its dispatch could still run after it in time: the 1st
+  // percentile, over the recent requests of each guarded class seen within the last second, of
+  // its relative deadline less its own planned latency. +inf when no guarded class is active.
+  // Batches are held to it by their median latency, not their tail: guarding against the 1 %
+  // slowest batches and the 1 % tightest deadlines at once would be far rarer than either, and,
+  // with heavy-tailed latencies, would cap every batch at one request.
   double headroom(double now) const;
   int in_flight() const { return static_cast<int>(flight_.size()); }
   size_t queued() const { return queue_.size(); }
@@ -68,7 +77,7 @@ class Core {
  private:
   struct Flight {
     uint64_t token;
-    double expected_end;
+    double expected_end;  // by the typical (median) latency
     Batch batch;
   };
   bool infeasible(const Request& r, double now) const { return r.deadline < now + plan_latency(r.cost); }

@@ -23,7 +23,9 @@ LatencyModel::LatencyModel(double max_cost, int window, double quantile)
   ring_.resize(buckets_ + 1);
   count_.assign(buckets_ + 1, 0);
   q_.assign(buckets_ + 1, std::numeric_limits<double>::quiet_NaN());
+  m_ = q_;
   est_.assign(buckets_ + 1, 0.0);
+  med_ = est_;
 }
 
 void LatencyModel::record(double cost, double seconds) { record_many(cost, {seconds}); }
@@ -51,37 +53,48 @@ void LatencyModel::record_many(double cost, const std::vector<double>& seconds) 
 void LatencyModel::refresh_bucket(int b) {
   std::vector<float> tmp(ring_[b]);
   const size_t n = tmp.size();
-  // The nearest-rank quantile: with fewer than 1/(1-q) samples it is the maximum.
-  size_t k = static_cast<size_t>(std::ceil(quantile_ * static_cast<double>(n)));
-  k = std::clamp<size_t>(k, 1, n) - 1;
+  // Nearest-rank quantiles: with fewer than 1/(1-q) samples the tail one is the maximum.
+  auto rank = [n](double q) {
+    const auto k = static_cast<size_t>(std::ceil(q * static_cast<double>(n)));
+    return std::clamp<size_t>(k, 1, n) - 1;
+  };
+  const size_t k = rank(quantile_), h = rank(0.5);
   std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(k), tmp.end());
   q_[b] = tmp[k];
+  std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(h), tmp.begin() + static_cast<std::ptrdiff_t>(k));
+  m_[b] = tmp[h];
 }
 
 void LatencyModel::rebuild() {
+  build_curve(q_, est_);
+  build_curve(m_, med_);
+}
+
+// Measured buckets keep their value; between two, linear interpolation; below the first, its
+// value; past the last, in proportion to cost; then a running maximum (never decreasing).
+void LatencyModel::build_curve(const std::vector<double>& per_bucket, std::vector<double>& curve) const {
   int prev = 0;  // last measured bucket seen (0: none yet)
   for (int b = 1; b <= buckets_; ++b) {
     if (count_[b] == 0) continue;
     if (prev == 0) {
-      for (int i = 1; i < b; ++i) est_[i] = q_[b];  // below the first measurement: its value
+      for (int i = 1; i < b; ++i) curve[i] = per_bucket[b];
     } else {
       for (int i = prev + 1; i < b; ++i)
-        est_[i] = q_[prev] + (q_[b] - q_[prev]) * (i - prev) / static_cast<double>(b - prev);
+        curve[i] = per_bucket[prev] + (per_bucket[b] - per_bucket[prev]) * (i - prev) / static_cast<double>(b - prev);
     }
-    est_[b] = q_[b];
+    curve[b] = per_bucket[b];
     prev = b;
   }
   if (prev == 0) return;
-  for (int i = prev + 1; i <= buckets_; ++i) est_[i] = q_[prev] * i / static_cast<double>(prev);
-  for (int i = 2; i <= buckets_; ++i) est_[i] = std::max(est_[i], est_[i - 1]);
+  for (int i = prev + 1; i <= buckets_; ++i) curve[i] = per_bucket[prev] * i / static_cast<double>(prev);
+  for (int i = 2; i <= buckets_; ++i) curve[i] = std::max(curve[i], curve[i - 1]);
 }
 
-double LatencyModel::max_cost_within(double seconds) const {
+double LatencyModel::max_cost_in(const std::vector<double>& curve, double seconds) const {
   if (measured_ == 0) return width_ * buckets_;
-  // est_ is non-decreasing: the last bucket whose estimate fits.
-  auto it = std::upper_bound(est_.begin() + 1, est_.end(), seconds);
-  const auto b = static_cast<double>(it - est_.begin() - 1);
-  return b * width_;
+  // The curve is non-decreasing: the last bucket whose value fits.
+  auto it = std::upper_bound(curve.begin() + 1, curve.end(), seconds);
+  return static_cast<double>(it - curve.begin() - 1) * width_;
 }
 
 std::vector<LatencyPoint> LatencyModel::table() const {

@@ -35,8 +35,17 @@ class LatencyModel {
     if (cost > top) return est_[buckets_] * cost / top;
     return est_[bucket_of(cost)];
   }
-  // The largest bucket cost whose estimate is at most `seconds` (0 if none).
-  double max_cost_within(double seconds) const;
+  // The median latency of such a batch, by the same interpolation (0 while nothing is measured).
+  double median(double cost) const {
+    if (measured_ == 0 || !(cost > 0)) return 0;
+    const double top = width_ * buckets_;
+    if (cost > top) return med_[buckets_] * cost / top;
+    return med_[bucket_of(cost)];
+  }
+  // The largest bucket cost whose tail estimate is at most `seconds` (0 if none).
+  double max_cost_within(double seconds) const { return max_cost_in(est_, seconds); }
+  // The same by the median.
+  double max_cost_within_median(double seconds) const { return max_cost_in(med_, seconds); }
   bool empty() const { return measured_ == 0; }
   std::vector<LatencyPoint> table() const;
 
@@ -52,6 +61,8 @@ class LatencyModel {
   }
   void refresh_bucket(int b);
   void rebuild();
+  void build_curve(const std::vector<double>& per_bucket, std::vector<double>& curve) const;
+  double max_cost_in(const std::vector<double>& curve, double seconds) const;
 
   double width_;
   int buckets_;
@@ -61,7 +72,9 @@ class LatencyModel {
   std::vector<std::vector<float>> ring_;   // per bucket, the last `window_` samples
   std::vector<int64_t> count_;             // per bucket, samples ever recorded
   std::vector<double> q_;                  // per bucket, the quantile of its ring (NaN: none)
-  std::vector<double> est_;                // index 0..buckets_: the estimate (est_[0] = 0)
+  std::vector<double> m_;                  // per bucket, the median of its ring (NaN: none)
+  std::vector<double> est_;                // index 0..buckets_: the tail estimate (est_[0] = 0)
+  std::vector<double> med_;                // index 0..buckets_: the median estimate
 };
 
 }  // namespace phi::sched

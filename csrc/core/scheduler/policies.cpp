@@ -177,7 +177,7 @@ class PhiPolicy final : public Policy {
   void fill(const Core& core, double now, std::vector<int>& batch) {
     const double headroom = core.headroom(now);
     double cap = core.max_batch_cost();
-    if (std::isfinite(headroom)) cap = std::min(cap, core.max_cost_within(headroom));
+    if (std::isfinite(headroom)) cap = std::min(cap, core.max_cost_typically_within(headroom));
     double offered = 0;
     for (size_t k = 0; k < top_; ++k) offered += core.queue()[cand_[k].second].cost;
     const double as_designed = fill_once(core, now, cap, offered, false, batch);
