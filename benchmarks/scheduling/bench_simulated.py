@@ -39,18 +39,9 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from _harness import machine, markdown_table
+from phi_engine.serving import POLICIES
 from scheduling import latency_tables, metrics, workloads
 
-POLICIES = (
-    "phi-optimized",
-    "fifo",
-    "priority",
-    "edf",
-    "clockwork",
-    "quantum-optimized",
-    "latency",
-    "throughput",
-)
 PHI = "phi-optimized"
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "RESULTS.md"
 HEADER = (

@@ -218,6 +218,18 @@ def test_ainfer() -> None:
     assert [r.value for r in results] == [2 * i for i in range(20)]
 
 
+def test_seed_latencies_refuses_bad_samples_and_keeps_none_of_them() -> None:
+    with Scheduler(doubler(), max_batch=8) as s:
+        for samples in ({0: [0.01]}, {4: [-1.0]}, {4: [float("nan")]}, {4: ["fast"]}):
+            with pytest.raises(InvalidRequestError):
+                s.seed_latencies(samples)  # type: ignore[dict-item]
+        with pytest.raises(InvalidRequestError):
+            s.seed_latencies({2: [0.01], 4: [float("inf")]})
+        assert s.latency_table() == [], "a refused call must not half-seed the model"
+        s.seed_latencies({4: [0.01, 0.02]})
+        assert {int(c): n for c, _, n in s.latency_table() if n} == {4: 2}
+
+
 def test_warm_up_seeds_the_latency_model() -> None:
     with Scheduler(doubler(0.002), max_batch=8) as s:
         assert s.latency_table() == []

@@ -80,7 +80,6 @@ class Core {
     double expected_end;  // by the typical (median) latency
     Batch batch;
   };
-  bool infeasible(const Request& r, double now) const { return r.deadline < now + plan_latency(r.cost); }
   bool admissible(const Request& r, double now) const;
   void shed_pass(double now, std::vector<Ended>& ended);
   void remove_marked();

@@ -29,19 +29,9 @@ class LatencyModel {
   void record_many(double cost, const std::vector<double>& seconds);
   // The tail latency of a batch of this total cost; 0 while nothing has been measured. Inline: the
   // scheduler asks it for every queued request at every decision.
-  double estimate(double cost) const {
-    if (measured_ == 0 || !(cost > 0)) return 0;
-    const double top = width_ * buckets_;
-    if (cost > top) return est_[buckets_] * cost / top;
-    return est_[bucket_of(cost)];
-  }
+  double estimate(double cost) const { return curve_at(est_, cost); }
   // The median latency of such a batch, by the same interpolation (0 while nothing is measured).
-  double median(double cost) const {
-    if (measured_ == 0 || !(cost > 0)) return 0;
-    const double top = width_ * buckets_;
-    if (cost > top) return med_[buckets_] * cost / top;
-    return med_[bucket_of(cost)];
-  }
+  double median(double cost) const { return curve_at(med_, cost); }
   // The largest bucket cost whose tail estimate is at most `seconds` (0 if none).
   double max_cost_within(double seconds) const { return max_cost_in(est_, seconds); }
   // The same by the median.
@@ -58,6 +48,13 @@ class LatencyModel {
     if (!(x > 0)) return 1;
     const int b = static_cast<int>(x);
     return b + (b < x);
+  }
+  // A curve's value at `cost`: its bucket's, or past the last bucket in proportion to cost.
+  double curve_at(const std::vector<double>& curve, double cost) const {
+    if (measured_ == 0 || !(cost > 0)) return 0;
+    const double top = width_ * buckets_;
+    if (cost > top) return curve[buckets_] * cost / top;
+    return curve[bucket_of(cost)];
   }
   void refresh_bucket(int b);
   void rebuild();

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import itertools
+import math
 import threading
 import time
 import weakref
@@ -314,10 +315,23 @@ class Scheduler:
                 self._core.record_latency(float(size), time.perf_counter() - t0)
 
     def seed_latencies(self, samples: Mapping[float, Sequence[float]]) -> None:
-        """Seed the latency model with batch latencies measured elsewhere (seconds by cost)."""
+        """Seed the latency model with batch latencies measured elsewhere (seconds by cost).
+
+        Raises:
+            InvalidRequestError: a cost that is not a positive number, or a latency that is not
+                a finite number of seconds >= 0.
+        """
+        checked = []
         for cost, seconds in samples.items():
+            rows = request_cost(cost)
             for s in seconds:
-                self._core.record_latency(float(cost), float(s))
+                if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s < math.inf:
+                    raise InvalidRequestError(
+                        f"latency {s!r} is not a finite number of seconds >= 0", field="seconds"
+                    )
+                checked.append((rows, float(s)))
+        for rows, s in checked:
+            self._core.record_latency(rows, s)
 
     def recent_batches(self) -> list[tuple[int, float]]:
         """The last batches run: (requests, seconds the worker spent on it, futures included)."""
