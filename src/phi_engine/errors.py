@@ -10,6 +10,7 @@ HTTP status in the REST adapter::
     ├── NotFoundError              404  unknown model, deployment, job or op
     ├── ConflictError              409  duplicate name and version, or a state conflict
     ├── OverloadedError            503  shed or rejected by the scheduler (``reason`` says why)
+    ├── WorkerError                503  the worker running the request died or stopped
     ├── IntegrityError             400  an artifact does not match its pinned hash or signature
     ├── UnsupportedError           400  valid, but not supported here (op, opset, device, framework)
     └── ResourceError              400  asks for resources that do not exist or do not fit
@@ -30,6 +31,7 @@ __all__ = [
     "ResourceError",
     "UnauthorizedError",
     "UnsupportedError",
+    "WorkerError",
 ]
 
 
@@ -106,6 +108,14 @@ class OverloadedError(PhiEngineError):
     def __init__(self, message: str, *, reason: str = "shed", field: str | None = None) -> None:
         super().__init__(message, field=field)
         self.reason = reason
+
+
+class WorkerError(PhiEngineError):
+    """The worker running the request died (e.g. its process was killed) and the retry failed too,
+    or the deployment was stopped while the request ran."""
+
+    status = 503
+    code = "worker_failed"
 
 
 class IntegrityError(PhiEngineError):
