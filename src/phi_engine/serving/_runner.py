@@ -21,10 +21,16 @@ class ModelRunner:
     Each payload maps input names to arrays whose first axis holds that request's rows. Requests
     whose other dimensions agree (e.g. the same sequence length) run as one model call; a batch
     mixing shapes runs one call per shape, so one request never fails another.
+
+    Args:
+        model: The compiled model.
+        threads: Kernel threads per call (0: the process default, see
+            :func:`phi_engine.set_num_threads`); a deployment gives each replica its share.
     """
 
-    def __init__(self, model: CompiledModel) -> None:
+    def __init__(self, model: CompiledModel, threads: int = 0) -> None:
         self.model = model
+        self.threads = threads
         self.input_names = list(model.inputs)
 
     def rows(self, payload: Payload) -> int:
@@ -59,7 +65,7 @@ class ModelRunner:
                 n: np.concatenate([np.asarray(payloads[i][n]) for i in members])
                 for n in self.input_names
             }
-            outputs = self.model.run(feeds)
+            outputs = self.model.run(feeds, self.threads)
             bounds = np.cumsum(
                 [0] + [np.shape(payloads[i][self.input_names[0]])[0] for i in members]
             )

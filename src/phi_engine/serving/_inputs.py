@@ -1,0 +1,248 @@
+"""Inline request tensors: parsed, converted and checked against the model before they queue.
+
+API.md 1.3 accepts ``input.data`` as a list (a single-input model), a mapping ``{name: rows}``, or
+V2-style typed tensors (``[{"name", "shape", "datatype", "data"}]``, the Open Inference Protocol's
+request tensors). Every check happens here, in the caller's thread, so that a bad request is
+refused with a clear :class:`~phi_engine.errors.InvalidRequestError` naming the input and never
+reaches a batch where it could fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from phi_engine.errors import InvalidRequestError
+
+__all__ = ["InputLimits", "InputSpec", "parse_inputs"]
+
+# Open Inference Protocol datatypes (V2 "Tensor Data Types") and their numpy equivalents.
+V2_DATATYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its dtype and shape (symbolic dimensions are strings)."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int | str, ...] | None
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one inline request may carry.
+
+    Attributes:
+        max_rows: Rows (the leading axis) per request.
+        max_bytes: Bytes of all input tensors together, after conversion.
+        allow_non_finite: Whether NaN and infinity may appear in floating-point inputs; refused by
+            default, since a NaN fed to a model yields NaN outputs that look like answers.
+    """
+
+    max_rows: int = 64
+    max_bytes: int = 64 << 20
+    allow_non_finite: bool = False
+
+
+def parse_inputs(
+    data: Any, specs: Sequence[InputSpec], limits: InputLimits
+) -> dict[str, np.ndarray]:
+    """Turn a request's inline ``input`` into checked arrays, one per model input.
+
+    Args:
+        data: A mapping of input name to rows, a list (the rows of a single-input model, or one
+            array per input in order), or V2-style typed tensors.
+        specs: The model's inputs, in order.
+        limits: Size and value limits.
+
+    Returns:
+        Arrays by input name, each with the input's dtype and a leading batch axis; every input
+        has the same number of rows.
+
+    Raises:
+        InvalidRequestError: a missing or unknown input, a value that does not convert to the
+            input's dtype without loss, a wrong rank or fixed dimension, disagreeing row counts,
+            too many rows or bytes, or non-finite values where refused (``field`` names the input).
+    """
+    named = _by_name(data, specs)
+    arrays: dict[str, np.ndarray] = {}
+    total = 0
+    for spec in specs:
+        array = _convert(spec, named[spec.name])
+        _check_shape(spec, array, limits)
+        finite_only = not limits.allow_non_finite and array.dtype.kind in "fc"
+        if finite_only and not np.isfinite(array).all():
+            raise InvalidRequestError(
+                f"input {spec.name!r} holds NaN or infinity, which this deployment refuses",
+                field=spec.name,
+            )
+        total += array.nbytes
+        if total > limits.max_bytes:
+            raise InvalidRequestError(
+                f"inputs are over the {limits.max_bytes} byte limit of one request",
+                field=spec.name,
+            )
+        arrays[spec.name] = array
+    _check_rows(arrays)
+    return arrays
+
+
+def _by_name(data: Any, specs: Sequence[InputSpec]) -> dict[str, Any]:
+    names = [s.name for s in specs]
+    if isinstance(data, Mapping):
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown input {unknown[0]!r}; the model's inputs are {names}",
+                field=str(unknown[0]),
+            )
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise InvalidRequestError(f"input {missing[0]!r} is missing", field=missing[0])
+        return dict(data)
+    if isinstance(data, np.ndarray) and len(specs) == 1:
+        return {names[0]: data}
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        if data and all(isinstance(t, Mapping) and "datatype" in t for t in data):
+            return _from_v2(data, specs)
+        if len(specs) == 1:
+            return {names[0]: data}
+        if len(data) == len(specs):
+            return dict(zip(names, data, strict=True))
+        raise InvalidRequestError(
+            f"the model has {len(specs)} inputs {names}; send {{name: rows}} or one array each",
+            field="input",
+        )
+    raise InvalidRequestError(
+        "input must be a list of rows, a mapping of input name to rows, or V2 typed tensors",
+        field="input",
+    )
+
+
+def _from_v2(tensors: Sequence[Any], specs: Sequence[InputSpec]) -> dict[str, Any]:
+    """V2 request tensors: ``data`` is flat (row-major) or nested, ``shape`` is authoritative."""
+    by_name = {s.name: s for s in specs}
+    out: dict[str, Any] = {}
+    for t in tensors:
+        name = t.get("name")
+        if name not in by_name:
+            raise InvalidRequestError(
+                f"unknown input {name!r}; the model's inputs are {list(by_name)}",
+                field=str(name),
+            )
+        datatype = str(t.get("datatype", "")).upper()
+        if datatype not in V2_DATATYPES:
+            raise InvalidRequestError(
+                f"input {name!r}: unknown datatype {t.get('datatype')!r}; "
+                f"use one of {', '.join(V2_DATATYPES)}",
+                field=f"{name}.datatype",
+            )
+        shape = t.get("shape")
+        if not isinstance(shape, Sequence) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InvalidRequestError(
+                f"input {name!r}: shape must be a list of non-negative integers",
+                field=f"{name}.shape",
+            )
+        array = _convert(by_name[name], t.get("data"), source=V2_DATATYPES[datatype])
+        if array.size != math.prod(shape):
+            raise InvalidRequestError(
+                f"input {name!r}: {array.size} values do not fill shape {list(shape)}",
+                field=f"{name}.shape",
+            )
+        out[name] = array.reshape(shape)
+    missing = [s.name for s in specs if s.name not in out]
+    if missing:
+        raise InvalidRequestError(f"input {missing[0]!r} is missing", field=missing[0])
+    return out
+
+
+def _convert(spec: InputSpec, value: Any, source: np.dtype[Any] | None = None) -> np.ndarray:
+    """The value as an array of the input's dtype; refuses conversions that would lose data."""
+    try:
+        array = np.asarray(value) if source is None else np.asarray(value, dtype=source)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequestError(
+            f"input {spec.name!r} is not a rectangular array of numbers: {exc}", field=spec.name
+        ) from exc
+    if array.dtype == spec.dtype:
+        return array
+    if array.dtype.kind not in "biufc" or array.dtype == object:
+        raise InvalidRequestError(
+            f"input {spec.name!r} must be numbers of type {spec.dtype.name} "
+            f"(got {array.dtype.name}; is it ragged?)",
+            field=spec.name,
+        )
+    # Python ints and floats arrive as int64/float64: narrowing within a kind is what a JSON
+    # client means; crossing kinds that lose data (float -> int, negative -> unsigned) is not.
+    if np.can_cast(array.dtype, spec.dtype, casting="same_kind") or _exact(array, spec.dtype):
+        return array.astype(spec.dtype)
+    raise InvalidRequestError(
+        f"input {spec.name!r} must be {spec.dtype.name}; {array.dtype.name} values do not "
+        "convert without loss",
+        field=spec.name,
+    )
+
+
+def _exact(array: np.ndarray, dtype: np.dtype[Any]) -> bool:
+    """Whether every value survives the conversion unchanged (e.g. 1.0 -> int 1, 3 -> uint8)."""
+    if dtype.kind not in "biu" or array.dtype.kind == "c":
+        return False
+    with np.errstate(all="ignore"):
+        converted = array.astype(dtype)
+        return bool(np.array_equal(converted.astype(array.dtype), array))
+
+
+def _check_shape(spec: InputSpec, array: np.ndarray, limits: InputLimits) -> None:
+    if spec.shape is None:
+        return
+    if array.ndim != len(spec.shape):
+        dims = ", ".join(str(d) for d in spec.shape)
+        hint = " (add the leading batch axis)" if array.ndim == len(spec.shape) - 1 else ""
+        raise InvalidRequestError(
+            f"input {spec.name!r} must have rank {len(spec.shape)} ([{dims}]), got shape "
+            f"{list(array.shape)}{hint}",
+            field=spec.name,
+        )
+    if array.ndim == 0:
+        return
+    if array.shape[0] == 0:
+        raise InvalidRequestError(f"input {spec.name!r} has no rows", field=spec.name)
+    if array.shape[0] > limits.max_rows:
+        raise InvalidRequestError(
+            f"input {spec.name!r} has {array.shape[0]} rows; one request holds at most "
+            f"{limits.max_rows} (send a batch job for more)",
+            field=spec.name,
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+        if isinstance(want, int) and want != got:
+            raise InvalidRequestError(
+                f"input {spec.name!r} dimension {axis} must be {want}, got {got}", field=spec.name
+            )
+
+
+def _check_rows(arrays: Mapping[str, np.ndarray]) -> None:
+    rows = {name: a.shape[0] for name, a in arrays.items() if a.ndim}
+    if len(set(rows.values())) > 1:
+        raise InvalidRequestError(
+            f"inputs disagree on the number of rows: {rows}", field=next(iter(rows))
+        )

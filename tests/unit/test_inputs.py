@@ -1,0 +1,86 @@
+"""Inline request tensors: conversion and checks against the model's inputs (serving._inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phi_engine.errors import InvalidRequestError
+from phi_engine.serving._inputs import InputLimits, InputSpec, parse_inputs
+
+X = InputSpec("x", np.dtype(np.float32), ("batch", 4))
+IDS = InputSpec("ids", np.dtype(np.int64), ("batch", "seq"))
+MASK = InputSpec("mask", np.dtype(np.int64), ("batch", "seq"))
+LIMITS = InputLimits(max_rows=8, max_bytes=1 << 20)
+
+
+def refused(data: object, specs: list[InputSpec], field: str, limits: InputLimits = LIMITS) -> str:
+    with pytest.raises(InvalidRequestError) as info:
+        parse_inputs(data, specs, limits)
+    assert info.value.field == field, info.value.message
+    return info.value.message
+
+
+def test_list_mapping_and_array_forms_agree(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    for data in (x, x.tolist(), {"x": x.tolist()}):
+        got = parse_inputs(data, [X], LIMITS)["x"]
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, x)
+
+
+def test_python_numbers_narrow_to_the_input_dtype() -> None:
+    got = parse_inputs({"ids": [[1, 2, 3]], "mask": [[1, 1, 0]]}, [IDS, MASK], LIMITS)
+    assert got["ids"].dtype == np.int64 and got["ids"].shape == (1, 3)
+    # whole-valued floats are exact as integers; 1.5 is not
+    got = parse_inputs({"ids": [[1.0, 2.0]], "mask": [[1, 1]]}, [IDS, MASK], LIMITS)
+    np.testing.assert_array_equal(got["ids"], [[1, 2]])
+    assert "without loss" in refused({"ids": [[1.5, 2.0]], "mask": [[1, 1]]}, [IDS, MASK], "ids")
+
+
+def test_v2_typed_tensors() -> None:
+    tensors = [
+        {"name": "ids", "shape": [2, 2], "datatype": "INT64", "data": [1, 2, 3, 4]},
+        {"name": "mask", "shape": [2, 2], "datatype": "INT64", "data": [[1, 1], [1, 0]]},
+    ]
+    got = parse_inputs(tensors, [IDS, MASK], LIMITS)
+    np.testing.assert_array_equal(got["ids"], [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(got["mask"], [[1, 1], [1, 0]])
+    bad = [dict(tensors[0], datatype="FP8"), tensors[1]]
+    assert "datatype" in refused(bad, [IDS, MASK], "ids.datatype")
+    short = [dict(tensors[0], data=[1, 2, 3]), tensors[1]]
+    refused(short, [IDS, MASK], "ids.shape")
+    refused([tensors[0]], [IDS, MASK], "mask")
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"x": [[1, 2, 3]]}, "x", "dimension 1 must be 4"),
+        ({"x": [1, 2, 3, 4]}, "x", "add the leading batch axis"),
+        ({"x": [[1, 2], [3]]}, "x", "rectangular"),
+        ({"x": [["a", "b", "c", "d"]]}, "x", "numbers"),
+        ({"y": [[1, 2, 3, 4]]}, "y", "unknown input"),
+        ({}, "x", "missing"),
+        ({"x": np.zeros((0, 4), np.float32)}, "x", "no rows"),
+        ({"x": np.zeros((9, 4), np.float32)}, "x", "at most 8"),
+        ({"x": [[1, 2, 3, float("nan")]]}, "x", "NaN"),
+        ({"x": [[1, 2, 3, float("inf")]]}, "x", "NaN or infinity"),
+        ("text", "input", "input must be"),
+    ],
+)
+def test_bad_inputs_name_the_field(data: object, field: str, words: str) -> None:
+    assert words in refused(data, [X], field)
+
+
+def test_non_finite_allowed_when_the_deployment_says_so() -> None:
+    limits = InputLimits(max_rows=8, allow_non_finite=True)
+    got = parse_inputs({"x": [[1, 2, 3, float("nan")]]}, [X], limits)
+    assert np.isnan(got["x"][0, 3])
+
+
+def test_byte_limit_and_row_agreement() -> None:
+    big = np.zeros((8, 4), np.float32)
+    refused({"x": big}, [X], "x", InputLimits(max_rows=8, max_bytes=64))
+    refused({"ids": [[1, 2]], "mask": [[1, 1], [1, 1]]}, [IDS, MASK], "ids")
+    refused([[[1, 2]]], [IDS, MASK], "input")  # one array for a two-input model
