@@ -13,19 +13,24 @@ from phi_engine import errors
 from phi_engine._version import __version__
 
 if TYPE_CHECKING:
-    from phi_engine import graph, ops, serving
+    from phi_engine import graph, observability, ops, registry, serving
     from phi_engine._system import devices, get_num_threads, set_num_threads
+    from phi_engine.engine import Engine, InferenceResult
     from phi_engine.graph import CompiledModel, compile
 
 __all__ = [
     "CompiledModel",
+    "Engine",
+    "InferenceResult",
     "__version__",
     "compile",
     "devices",
     "errors",
     "get_num_threads",
     "graph",
+    "observability",
     "ops",
+    "registry",
     "serving",
     "set_num_threads",
 ]
@@ -33,7 +38,11 @@ __all__ = [
 _LAZY = {
     "compile": ("phi_engine.graph", "compile"),
     "CompiledModel": ("phi_engine.graph", "CompiledModel"),
+    "Engine": ("phi_engine.engine", "Engine"),
+    "InferenceResult": ("phi_engine.engine", "InferenceResult"),
     "graph": ("phi_engine.graph", None),
+    "observability": ("phi_engine.observability", None),
+    "registry": ("phi_engine.registry", None),
     "ops": ("phi_engine.ops", None),
     "serving": ("phi_engine.serving", None),
     "devices": ("phi_engine._system", "devices"),

@@ -15,13 +15,17 @@ def test_all_is_pinned() -> None:
     assert sorted(phi.__all__) == sorted(
         [
             "CompiledModel",
+            "Engine",
+            "InferenceResult",
             "__version__",
             "compile",
             "devices",
             "errors",
             "get_num_threads",
             "graph",
+            "observability",
             "ops",
+            "registry",
             "serving",
             "set_num_threads",
         ]

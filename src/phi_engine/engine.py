@@ -1,0 +1,1013 @@
+"""``Engine``: everything the product sheet's API does, in process; its state survives restarts.
+
+The engine ties the layers together (DESIGN.md): the registry stores models, the serving layer
+runs deployments (slots, schedulers, runners), the observability layer records events and
+profiles. The REST adapter only translates HTTP to these methods.
+
+State lives under one home directory (``PHI_ENGINE_HOME``, default ``~/.phi_engine``):
+``registry.db`` (models and deployments, SQLite), ``artifacts/`` (content-addressed models),
+``events.db`` (the hash-chained event log) and ``jobs/`` (batch jobs and their finished chunks).
+An engine started on the same home restores the deployments that were active and resumes the batch
+jobs that were running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phi_engine.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PhiEngineError,
+    UnsupportedError,
+)
+from phi_engine.observability import Event, EventLog
+from phi_engine.registry import Database, ModelRecord, Registry
+from phi_engine.serving._autoscale import (
+    Autoscaler,
+    Sample,
+    ScalingPolicy,
+    parse_autoscale_request,
+    parse_scaling_policy,
+)
+from phi_engine.serving._deployment import STRATEGIES, Deployment, DeploymentSpec, InferenceResult
+from phi_engine.serving._inputs import InputLimits
+from phi_engine.serving._jobs import Job, JobStore
+from phi_engine.serving._policy import POLICIES, SchedulerConfig
+from phi_engine.serving._resources import Placement, place
+from phi_engine.serving._slot import Slot, SlotSettings
+
+__all__ = ["Engine", "InferenceResult"]
+
+EXECUTION_MODES = ("local", "process", "distributed")
+_CONTROL_INTERVAL_S = 1.0
+
+
+def default_home() -> Path:
+    """``PHI_ENGINE_HOME``, or ``~/.phi_engine``."""
+    return Path(os.environ.get("PHI_ENGINE_HOME") or "~/.phi_engine").expanduser()
+
+
+class Engine:
+    """The one entry point: register, deploy, infer, run jobs, scale, profile, update.
+
+    Args:
+        home: The data directory (default :func:`default_home`).
+        restore: Restart the deployments recorded as active and resume unfinished batch jobs.
+        progress: Show progress bars for downloads and batch jobs.
+
+    Example::
+
+        eng = phi_engine.Engine(home="/tmp/phi")
+        m = eng.register("mlp", "onnx", "1.0.0", "file:///models/mlp.onnx")
+        d = eng.deploy(m.model_id)
+        r = eng.infer(d.deployment_id, {"x": [[0.1, 0.2, 0.3, 0.4]]}, priority="high")
+        r.outputs, r.execution_time_ms
+        eng.close()
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        restore: bool = True,
+        progress: bool = False,
+    ) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self._db = Database(self.home / "registry.db")
+        self._registry = Registry(self.home, self._db)
+        self._events = EventLog(self.home / "events.db")
+        self._jobs = JobStore(self.home / "jobs")
+        self._deployments: dict[str, Deployment] = {}
+        self._scalers: dict[str, Autoscaler] = {}
+        self._shed_seen: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self._stop = threading.Event()
+        self._job_threads: dict[str, threading.Thread] = {}
+        self._job_stops: dict[str, threading.Event] = {}
+        self._control = threading.Thread(
+            target=self._control_loop, name="phi-engine-control", daemon=True
+        )
+        if restore:
+            self._restore()
+        self._control.start()
+
+    # ---- models -------------------------------------------------------------------------------
+
+    def register(
+        self,
+        model_name: str,
+        framework: str,
+        version: str,
+        storage_url: str,
+        *,
+        sha256: str | None = None,
+        model_card: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ModelRecord:
+        """Register a model version: fetch, verify, compile (a model that cannot run is refused).
+
+        Returns:
+            The stored record; ``model_id`` names it from now on.
+
+        Raises:
+            InvalidRequestError: a bad field or an unreachable ``storage_url``.
+            UnsupportedError: a framework or op that is not supported.
+            IntegrityError: the artifact does not match ``sha256``.
+            ConflictError: the name and version are already registered.
+        """
+        record = self._registry.register(
+            model_name,
+            framework,
+            version,
+            storage_url,
+            sha256=sha256,
+            model_card=model_card,
+            metadata=metadata,
+            progress=self.progress,
+        )
+        self._events.append(
+            "model_registered",
+            model_id=record.model_id,
+            model_name=record.name,
+            model_version=record.version,
+            sha256=record.sha256,
+        )
+        return record
+
+    def models(self, name: str | None = None) -> list[ModelRecord]:
+        """Registered models (of one name, if given), oldest first."""
+        return self._registry.list(name)
+
+    def model(self, model_id: str) -> ModelRecord:
+        """A registered model. Raises ``NotFoundError``."""
+        return self._registry.get(model_id)
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a model version; refused (``ConflictError``) while a deployment serves it."""
+        self._registry.delete(model_id)
+        self._events.append("model_deleted", model_id=model_id)
+
+    # ---- deployments --------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        model_id: str,
+        execution_mode: str = "local",
+        resource_allocation: Mapping[str, Any] | None = None,
+        scaling_policy: str | Mapping[str, Any] | None = "fixed",
+        *,
+        placement: str = "strict",
+        execution_policy: str = "phi-optimized",
+        max_batch: int = 32,
+        slo_ms: Mapping[str, float] | None = None,
+        limits: InputLimits | None = None,
+    ) -> Deployment:
+        """Deploy a registered model and return once it is loaded and warmed.
+
+        Args:
+            model_id: The model to serve.
+            execution_mode: ``local`` (worker threads here) or ``process`` (worker processes,
+                so that a crash cannot take the engine down). ``distributed`` needs Ray.
+            resource_allocation: ``cpu`` threads per replica, ``gpu``, ``tpu``, ``memory`` (a
+                budget the planned memory must fit, e.g. ``"512MiB"``), ``nodes`` (replicas).
+            scaling_policy: ``"fixed"``, ``"auto"`` or an object with the auto-scale fields.
+            placement: ``strict`` refuses resources that do not exist; ``best_effort`` places
+                what exists and says so in the deployment's placement notes.
+            execution_policy: The default scheduling policy (``phi.serving.POLICIES``).
+            max_batch: Rows per batch (and per inline request).
+            slo_ms: Per priority class, the deadline of requests that give none.
+            limits: What one inline request may carry (default: :class:`InputLimits`).
+
+        Raises:
+            NotFoundError: an unknown model.
+            InvalidRequestError, ResourceError: bad fields, or resources that do not exist or a
+                model that does not fit the memory budget (naming what is available).
+            IntegrityError: the stored artifact no longer matches its hash.
+        """
+        self._check_open()
+        record = self._registry.get(model_id)
+        spec = self._spec(
+            execution_mode,
+            resource_allocation,
+            scaling_policy,
+            placement,
+            execution_policy,
+            max_batch,
+            slo_ms,
+            limits,
+        )
+        deployment_id = "dep_" + secrets.token_hex(8)
+        slot = self._build_slot(record, spec, spec.placement.replicas)
+        dep = Deployment(deployment_id, spec, slot)
+        try:
+            now = time.time()
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO deployments (deployment_id, model_id, candidate_model_id, status,"
+                    " spec, created_at, updated_at) VALUES (?, ?, NULL, 'active', ?, ?, ?)",
+                    (deployment_id, model_id, json.dumps(_spec_json(spec)), now, now),
+                )
+        except BaseException:
+            dep.stop(drain=False)
+            raise
+        with self._lock:
+            self._deployments[deployment_id] = dep
+            self._track_scaling(dep)
+        self._events.append(
+            "deployed",
+            deployment_id=deployment_id,
+            model_id=model_id,
+            model_version=record.version,
+            execution_mode=spec.execution_mode,
+            placement=spec.placement.describe(),
+        )
+        return dep
+
+    def _spec(
+        self,
+        execution_mode: str,
+        resource_allocation: Mapping[str, Any] | None,
+        scaling_policy: str | Mapping[str, Any] | None,
+        placement: str,
+        execution_policy: str,
+        max_batch: int,
+        slo_ms: Mapping[str, float] | None,
+        limits: InputLimits | None,
+    ) -> DeploymentSpec:
+        if execution_mode not in EXECUTION_MODES:
+            raise InvalidRequestError(
+                f"unknown execution_mode {execution_mode!r}; "
+                f"use one of {', '.join(EXECUTION_MODES)}",
+                field="execution_mode",
+            )
+        if execution_mode == "distributed":
+            raise UnsupportedError(
+                "execution_mode 'distributed' (replicas on a Ray cluster) is not available yet; "
+                "use 'local' or 'process'",
+                field="execution_mode",
+            )
+        if placement not in ("strict", "best_effort"):
+            raise InvalidRequestError(
+                "placement must be 'strict' or 'best_effort'", field="placement"
+            )
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise InvalidRequestError("max_batch must be a positive integer", field="max_batch")
+        # The scheduler settings validate the policy and SLOs and name the field at fault.
+        slos: dict[str | int, float] = {k: v for k, v in (slo_ms or {}).items()}
+        SchedulerConfig(policy=execution_policy, max_batch=max_batch, slo_ms=slos)
+        where: Placement = place(
+            dict(resource_allocation or {}), placement=placement, available_devices=("cpu",)
+        )
+        scaling = parse_scaling_policy(
+            scaling_policy,
+            replicas=where.replicas,
+            device=where.device,
+            capacity=where.max_replicas,
+        )
+        base = limits or InputLimits()
+        return DeploymentSpec(
+            execution_mode=execution_mode,
+            resource_allocation=dict(resource_allocation or {}),
+            placement_mode=placement,
+            placement=where,
+            scaling=scaling,
+            execution_policy=execution_policy,
+            max_batch=max_batch,
+            slo_ms={str(k): float(v) for k, v in (slo_ms or {}).items()},
+            limits=InputLimits(max_batch, base.max_bytes, base.allow_non_finite),
+        )
+
+    def _build_slot(self, record: ModelRecord, spec: DeploymentSpec, replicas: int) -> Slot:
+        """Verify the artifact, load the model, check its memory, warm it up."""
+        path = self._registry.verified_path(record.model_id)
+        settings = SlotSettings(
+            execution_mode=spec.execution_mode,
+            replicas=replicas,
+            threads_per_replica=spec.placement.threads_per_replica,
+            max_batch=spec.max_batch,
+            policy=spec.execution_policy,
+            slo_ms=spec.slo_ms,
+        )
+        slot = Slot(record, path, settings)
+        try:
+            _check_memory(slot, spec)
+            slot.warm_up()
+        except BaseException:
+            slot.close(drain=False)
+            raise
+        return slot
+
+    def deployments(self) -> list[Deployment]:
+        """The deployments this engine serves."""
+        with self._lock:
+            return list(self._deployments.values())
+
+    def deployment(self, deployment_id: str) -> Deployment:
+        """A deployment by id. Raises ``NotFoundError``."""
+        with self._lock:
+            dep = self._deployments.get(deployment_id)
+        if dep is None:
+            raise NotFoundError(f"no deployment {deployment_id!r}", field="deployment_id")
+        return dep
+
+    def undeploy(self, deployment_id: str, drain: bool = True) -> None:
+        """Stop a deployment for good (answering what it queued when ``drain``)."""
+        dep = self.deployment(deployment_id)
+        with self._lock:
+            self._deployments.pop(deployment_id, None)
+            self._scalers.pop(deployment_id, None)
+        dep.stop(drain=drain)
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE deployments SET status = 'stopped', updated_at = ? WHERE deployment_id = ?",
+                (time.time(), deployment_id),
+            )
+        self._events.append("undeployed", deployment_id=deployment_id)
+
+    # ---- inference ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        deployment_id: str,
+        inputs: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        execution_policy: str | None = None,
+        tenant: str = "default",
+    ) -> Future[InferenceResult]:
+        """Queue an inference request; the future resolves to an :class:`InferenceResult`.
+
+        Args:
+            deployment_id: Where to send it.
+            inputs: Inline tensors: ``{name: rows}``, a list (single-input models), or V2-style
+                typed tensors. Each input needs its leading batch axis.
+            priority: ``low``, ``normal``, ``high``, ``ultra-high`` or an integer class.
+            deadline_ms: Time from now by which it must finish, or it is shed.
+            execution_policy: A policy for this request (default: the deployment's).
+            tenant: Who sent it (fairness is per tenant).
+
+        Raises:
+            NotFoundError: an unknown deployment.
+            InvalidRequestError: inputs or fields that do not fit (``field`` names them).
+        """
+        if execution_policy is not None and execution_policy not in POLICIES:
+            raise InvalidRequestError(
+                f"unknown execution_policy {execution_policy!r}; use one of {', '.join(POLICIES)}",
+                field="execution_policy",
+            )
+        dep = self.deployment(deployment_id)
+        future = dep.submit(
+            inputs,
+            priority=priority,
+            deadline_ms=deadline_ms,
+            execution_policy=execution_policy,
+            tenant=tenant,
+        )
+        future.add_done_callback(lambda f: self._note_failure(deployment_id, f))
+        return future
+
+    def infer(self, deployment_id: str, inputs: Any, **kwargs: Any) -> InferenceResult:
+        """:meth:`submit` and wait: the result, or the request's error raised here.
+
+        Raises:
+            OverloadedError: shed or rejected by the scheduler (its ``reason`` says why).
+            WorkerError: the worker process died and the retry failed.
+        """
+        return self.submit(deployment_id, inputs, **kwargs).result()
+
+    async def ainfer(self, deployment_id: str, inputs: Any, **kwargs: Any) -> InferenceResult:
+        """:meth:`submit` and await the result."""
+        return await asyncio.wrap_future(self.submit(deployment_id, inputs, **kwargs))
+
+    def _note_failure(self, deployment_id: str, future: Future[InferenceResult]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None or getattr(exc, "code", None) == "overloaded":
+            return  # shed requests are counted and logged in aggregate by the control loop
+        # An event log that refuses the record must not fail the request path.
+        with contextlib.suppress(PhiEngineError):
+            self._events.append(
+                "request_failed",
+                deployment_id=deployment_id,
+                level="error",
+                error=type(exc).__name__,
+                message=str(exc)[:300],
+            )
+
+    # ---- batch jobs ---------------------------------------------------------------------------
+
+    def run_job(
+        self,
+        deployment_id: str,
+        input_url: str,
+        output_url: str | None = None,
+        batch_size: int = 128,
+        *,
+        wait: bool = True,
+        priority: str | int = "low",
+    ) -> Job:
+        """Run a file of rows through a deployment in ``batch_size`` chunks (a batch job).
+
+        Args:
+            deployment_id: The deployment that computes it.
+            input_url: A ``.npy``, ``.npz``, ``.json``, ``.jsonl`` or ``.parquet`` file of rows.
+            output_url: Where the results go (default: beside the input), written atomically.
+            batch_size: Rows per chunk.
+            wait: Return when it is done; otherwise return at once (poll with :meth:`job`).
+            priority: The scheduling class of its requests (jobs default to ``low``).
+
+        Returns:
+            The job (finished when ``wait``). The job survives a crash: an engine restarted on
+            the same home resumes it without computing a finished chunk twice.
+        """
+        dep = self.deployment(deployment_id)
+        specs = dep.primary.inputs
+        job = self._jobs.create(
+            deployment_id,
+            input_url,
+            output_url,
+            batch_size,
+            [s.name for s in specs],
+            {s.name: s.dtype for s in specs},
+            output_names=list(dep.primary.record.outputs),
+        )
+        self._events.append(
+            "job_created", deployment_id=deployment_id, job_id=job.job_id, rows=job.rows_total
+        )
+        thread = self._start_job(job.job_id, deployment_id, priority)
+        if wait:
+            thread.join()
+        return self._jobs.get(job.job_id)
+
+    def _start_job(self, job_id: str, deployment_id: str, priority: str | int) -> threading.Thread:
+        stop = threading.Event()
+
+        def body() -> None:
+            try:
+                job = self._jobs.run(
+                    job_id,
+                    lambda chunk: self._infer_chunk(deployment_id, chunk, priority),
+                    progress=self.progress,
+                    stop=stop,
+                )
+                self._events.append(
+                    "job_finished",
+                    deployment_id=deployment_id,
+                    job_id=job_id,
+                    status=job.status,
+                    level="info" if job.status == "completed" else "warning",
+                )
+            except PhiEngineError as exc:
+                self._events.append(
+                    "job_failed",
+                    deployment_id=deployment_id,
+                    job_id=job_id,
+                    level="error",
+                    message=str(exc)[:300],
+                )
+
+        thread = threading.Thread(target=body, name=f"phi-job-{job_id}", daemon=True)
+        with self._lock:
+            self._job_threads[job_id] = thread
+            self._job_stops[job_id] = stop
+        thread.start()
+        return thread
+
+    def _infer_chunk(
+        self, deployment_id: str, chunk: dict[str, np.ndarray], priority: str | int
+    ) -> dict[str, np.ndarray]:
+        dep = self.deployment(deployment_id)
+        rows = next(iter(chunk.values())).shape[0]
+        step = dep.spec.max_batch
+        futures = [
+            dep.submit({k: v[i : i + step] for k, v in chunk.items()}, priority=priority)
+            for i in range(0, rows, step)
+        ]
+        parts = [f.result() for f in futures]
+        return {k: np.concatenate([p.outputs[k] for p in parts]) for k in parts[0].outputs}
+
+    def job(self, job_id: str) -> Job:
+        """A batch job's state. Raises ``NotFoundError``."""
+        return self._jobs.get(job_id)
+
+    def jobs(self, deployment_id: str | None = None) -> list[Job]:
+        """Batch jobs (of one deployment, if given)."""
+        return self._jobs.list(deployment_id)
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Stop a running job after its current chunk (it can be resumed later)."""
+        with self._lock:
+            stop = self._job_stops.get(job_id)
+            thread = self._job_threads.get(job_id)
+        if stop is not None and thread is not None and thread.is_alive():
+            stop.set()
+            thread.join()
+            return self._jobs.get(job_id)
+        return self._jobs.cancel(job_id)
+
+    # ---- logs ---------------------------------------------------------------------------------
+
+    def logs(
+        self,
+        deployment_id: str | None = None,
+        *,
+        since: Any = None,
+        level: str | None = None,
+        limit: int | None = None,
+        follow: bool = False,
+        timeout_s: float | None = None,
+    ) -> Iterator[Event]:
+        """The event log (of one deployment, if given): oldest first.
+
+        Args:
+            since: Events at or after this time (unix seconds, datetime or ISO-8601).
+            level: The least level shown (``debug``, ``info``, ``warning``, ``error``).
+            limit: The most recent ``limit`` events.
+            follow: Keep yielding new events as they happen (until ``timeout_s`` passes with
+                none, or the engine closes).
+        """
+        if deployment_id is not None:
+            self._known_deployment(deployment_id)
+        if follow:
+            return self._events.follow(
+                deployment_id, since=since, level=level, stop=self._stop, timeout_s=timeout_s
+            )
+        return iter(self._events.query(deployment_id, since=since, level=level, limit=limit))
+
+    def verify_logs(self, deployment_id: str | None = None) -> Any:
+        """Recompute the event log's hash chains and report the first break, if any."""
+        return self._events.verify(deployment_id)
+
+    def _known_deployment(self, deployment_id: str) -> None:
+        rows = self._db.query("SELECT 1 FROM deployments WHERE deployment_id = ?", (deployment_id,))
+        if not rows:
+            raise NotFoundError(f"no deployment {deployment_id!r}", field="deployment_id")
+
+    # ---- scaling ------------------------------------------------------------------------------
+
+    def autoscale(
+        self,
+        deployment_id: str,
+        *,
+        replicas_min: int | None = None,
+        replicas_max: int | None = None,
+        gpu_min: int | None = None,
+        gpu_max: int | None = None,
+        tpu_enabled: bool | None = None,
+        threshold: float | str | None = None,
+        queue_delay_ms: float | None = None,
+    ) -> dict[str, Any]:
+        """Turn on (or retune) auto-scaling of a deployment's replicas.
+
+        Replicas follow measured utilization and queue delay toward ``threshold`` between the
+        bounds, with up/down stabilisation windows (see ``phi_engine.serving._autoscale``).
+
+        Returns:
+            ``{"status", "scaling_mode": "adaptive", "gpu_allocated", "replicas", "policy"}``:
+            ``gpu_allocated`` is the GPUs really in use (0 on a CPU deployment).
+        """
+        dep = self.deployment(deployment_id)
+        policy = parse_autoscale_request(
+            replicas_min=replicas_min,
+            replicas_max=replicas_max,
+            gpu_min=gpu_min,
+            gpu_max=gpu_max,
+            tpu_enabled=tpu_enabled,
+            threshold=threshold,
+            queue_delay_ms=queue_delay_ms,
+            current=dep.spec.scaling,
+            capacity=dep.spec.placement.max_replicas,
+        )
+        if policy.device != "cpu" and policy.device != dep.spec.placement.device:
+            raise UnsupportedError(
+                f"the deployment runs on {dep.spec.placement.device}; "
+                f"{policy.device} replicas are not available here",
+                field="tpu_enabled" if policy.device == "xla" else "gpu_min",
+            )
+        dep.spec.scaling = policy
+        with self._lock:
+            self._scalers[deployment_id] = Autoscaler(policy)
+        self._persist(dep)
+        target = min(max(dep.replicas, policy.replicas_min), policy.replicas_max)
+        if target != dep.replicas:
+            self.scale(deployment_id, target, reason="bounds changed")
+        self._events.append(
+            "autoscale_configured",
+            deployment_id=deployment_id,
+            replicas_min=policy.replicas_min,
+            replicas_max=policy.replicas_max,
+            threshold=policy.threshold,
+        )
+        return {
+            "status": "success",
+            "scaling_mode": "adaptive",
+            "gpu_allocated": len(dep.spec.placement.gpus) * dep.replicas,
+            "replicas": dep.replicas,
+            "policy": policy.to_dict(),
+        }
+
+    def scale(self, deployment_id: str, replicas: int, *, reason: str = "requested") -> Deployment:
+        """Set a deployment's replica count now (the new replicas are up before traffic moves)."""
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise InvalidRequestError("replicas must be a positive integer", field="replicas")
+        dep = self.deployment(deployment_id)
+        if replicas == dep.replicas:
+            return dep
+        before = dep.replicas
+        new = dep.primary.with_replicas(replicas)
+        dep.swap_primary(new)
+        self._persist(dep)
+        self._events.append(
+            "scaled",
+            deployment_id=deployment_id,
+            replicas_from=before,
+            replicas_to=replicas,
+            reason=reason,
+        )
+        return dep
+
+    def _track_scaling(self, dep: Deployment) -> None:
+        if dep.spec.scaling.mode == "auto":
+            self._scalers[dep.deployment_id] = Autoscaler(dep.spec.scaling)
+
+    def _control_loop(self) -> None:
+        """Every second: feed the autoscalers their measurements and log shed counts."""
+        last = time.monotonic()
+        while not self._stop.wait(_CONTROL_INTERVAL_S):
+            now = time.monotonic()
+            elapsed, last = now - last, now
+            for dep in self.deployments():
+                try:
+                    self._control_one(dep, elapsed)
+                except PhiEngineError as exc:
+                    self._events.append(
+                        "control_error",
+                        deployment_id=dep.deployment_id,
+                        level="warning",
+                        message=str(exc)[:300],
+                    )
+
+    def _control_one(self, dep: Deployment, elapsed: float) -> None:
+        busy_s, queue_ms, _ = dep.primary.meter.take()
+        shed = sum(
+            int(s.get("shed", 0)) + int(s.get("rejected", 0)) for s in dep.primary.stats().values()
+        )
+        seen = self._shed_seen.get(dep.deployment_id, 0)
+        if shed > seen:
+            self._events.append(
+                "shed",
+                deployment_id=dep.deployment_id,
+                level="warning",
+                count=shed - seen,
+                total=shed,
+            )
+        self._shed_seen[dep.deployment_id] = shed
+        with self._lock:
+            scaler = self._scalers.get(dep.deployment_id)
+        if scaler is None or dep.status != "ready":
+            return
+        sample = Sample(
+            time=time.monotonic(),
+            busy_fraction=min(1.0, busy_s / max(elapsed * dep.replicas, 1e-9)),
+            queue_delay_ms=float(np.median(queue_ms)) if queue_ms else 0.0,
+            replicas=dep.replicas,
+        )
+        decision = scaler.observe(sample)
+        if decision is not None and decision.replicas != dep.replicas:
+            self.scale(dep.deployment_id, decision.replicas, reason=decision.reason)
+
+    # ---- updates ------------------------------------------------------------------------------
+
+    def update(
+        self,
+        deployment_id: str,
+        model_id: str,
+        strategy: str = "rolling",
+        *,
+        canary_percent: float = 10.0,
+        step_seconds: float = 1.0,
+    ) -> Deployment:
+        """Move a live deployment to another model version without failing a request.
+
+        The new version is loaded and warmed before any traffic reaches it; then ``blue_green``
+        moves all traffic at once, ``rolling`` moves it in steps (25/50/75/100 %, ``step_seconds``
+        apart) and ``canary`` sends it ``canary_percent`` % of requests until :meth:`promote` or
+        :meth:`rollback`. Old versions drain: every request they queued is answered.
+
+        Raises:
+            NotFoundError: an unknown deployment or model.
+            ConflictError: another update is in progress.
+            InvalidRequestError: a bad strategy or percentage, or a model whose inputs differ.
+        """
+        if strategy not in STRATEGIES:
+            raise InvalidRequestError(
+                f"unknown update strategy {strategy!r}; use one of {', '.join(STRATEGIES)}",
+                field="strategy",
+            )
+        if isinstance(canary_percent, bool) or not 0 < float(canary_percent) < 100:
+            raise InvalidRequestError(
+                "canary_percent must be a number between 0 and 100 (exclusive)",
+                field="canary_percent",
+            )
+        dep = self.deployment(deployment_id)
+        record = self._registry.get(model_id)
+        if dep.candidate is not None:
+            raise ConflictError(
+                f"deployment {deployment_id} is already being updated", field="deployment_id"
+            )
+        old_id = dep.model_id
+        slot = self._build_slot(record, dep.spec, dep.replicas)
+        try:
+            dep.begin_update(slot, strategy, float(canary_percent))
+        except BaseException:
+            slot.close(drain=False)
+            raise
+        self._persist(dep)
+        self._events.append(
+            "update_started",
+            deployment_id=deployment_id,
+            strategy=strategy,
+            model_from=old_id,
+            model_to=model_id,
+        )
+        if strategy == "rolling":
+            for percent in (*_rolling_steps(), 100.0):
+                time.sleep(step_seconds)
+                dep.set_candidate_percent(percent)
+        if strategy != "canary":
+            self.promote(deployment_id)
+        return dep
+
+    def promote(self, deployment_id: str) -> Deployment:
+        """Finish an update: all traffic to the new version; the old one drains."""
+        dep = self.deployment(deployment_id)
+        old = dep.promote()
+        self._persist(dep)
+        self._events.append(
+            "updated",
+            deployment_id=deployment_id,
+            model_from=old.record.model_id,
+            model_to=dep.model_id,
+            model_version=dep.primary.record.version,
+        )
+        return dep
+
+    def rollback(self, deployment_id: str) -> Deployment:
+        """Abandon an update: all traffic back to the serving version; the new one drains."""
+        dep = self.deployment(deployment_id)
+        cand = dep.rollback()
+        self._persist(dep)
+        self._events.append(
+            "rolled_back",
+            deployment_id=deployment_id,
+            level="warning",
+            model_abandoned=cand.record.model_id,
+            model_id=dep.model_id,
+        )
+        return dep
+
+    def _persist(self, dep: Deployment) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE deployments SET model_id = ?, candidate_model_id = ?, spec = ?, "
+                "updated_at = ? WHERE deployment_id = ?",
+                (
+                    dep.model_id,
+                    dep.candidate_model_id,
+                    json.dumps(_spec_json(dep.spec, dep)),
+                    time.time(),
+                    dep.deployment_id,
+                ),
+            )
+
+    # ---- profiling ----------------------------------------------------------------------------
+
+    def profile(
+        self,
+        deployment_id: str,
+        batch_sizes: Sequence[int] | None = (1, 8, 32),
+        *,
+        requests: int = 64,
+        deadline_ms: float | None = None,
+        live: bool = False,
+    ) -> Any:
+        """Profile a deployment's model: a sweep over batch sizes, or its live traffic.
+
+        Returns:
+            A ``Profile``: latency distribution, throughput per batch size, queue vs compute
+            time, per-operator time and suggestions computed from those numbers.
+        """
+        from phi_engine.observability._profiler import profile_model, summarize_live
+
+        dep = self.deployment(deployment_id)
+        if live:
+            return summarize_live(
+                dep.primary.recent_results(), dep.primary.recent_batches(), deadline_ms=deadline_ms
+            )
+        slot = dep.primary
+        model = getattr(slot.runner, "model", None)
+        if model is None:  # process mode: measure the same artifact compiled here
+            from phi_engine.graph import compile as compile_model
+
+            model = compile_model(str(slot.path), max_batch=dep.spec.max_batch)
+        sizes = [b for b in (batch_sizes or (1, 8, 32)) if b <= dep.spec.max_batch] or [1]
+        result = profile_model(
+            model,
+            slot.sample_inputs(1),
+            batch_sizes=sizes,
+            requests=requests,
+            deadline_ms=deadline_ms,
+            progress=self.progress,
+        )
+        self._events.append("profiled", deployment_id=deployment_id, batch_sizes=list(sizes))
+        return result
+
+    # ---- restart ------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Bring back the deployments recorded as active, and resume unfinished jobs."""
+        rows = self._db.query(
+            "SELECT deployment_id, model_id, candidate_model_id, spec FROM deployments "
+            "WHERE status = 'active' ORDER BY created_at"
+        )
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(rows)))) as pool:
+            for row, outcome in zip(rows, pool.map(self._restore_one, rows), strict=True):
+                if isinstance(outcome, BaseException):
+                    self._events.append(
+                        "restore_failed",
+                        deployment_id=row["deployment_id"],
+                        level="error",
+                        error=type(outcome).__name__,
+                        message=str(outcome)[:300],
+                    )
+        for job in self._jobs.incomplete():
+            if job.deployment_id in self._deployments:
+                self._start_job(job.job_id, job.deployment_id, "low")
+
+    def _restore_one(self, row: Any) -> Deployment | BaseException:
+        try:
+            saved = json.loads(row["spec"])
+            spec = self._spec(
+                saved["execution_mode"],
+                saved["resource_allocation"],
+                saved["scaling_policy"],
+                "best_effort",
+                saved["execution_policy"],
+                saved["max_batch"],
+                saved["slo_ms"],
+                InputLimits(saved["max_batch"], saved["max_bytes"], saved["allow_non_finite"]),
+            )
+            replicas = int(saved.get("replicas", spec.placement.replicas))
+            slot = self._build_slot(self._registry.get(row["model_id"]), spec, replicas)
+            dep = Deployment(row["deployment_id"], spec, slot)
+            if row["candidate_model_id"]:
+                cand = self._build_slot(
+                    self._registry.get(row["candidate_model_id"]), spec, replicas
+                )
+                dep.begin_update(cand, "canary", float(saved.get("candidate_percent", 10.0)))
+            with self._lock:
+                self._deployments[dep.deployment_id] = dep
+                self._track_scaling(dep)
+            self._events.append("restored", deployment_id=dep.deployment_id, model_id=dep.model_id)
+            return dep
+        except Exception as exc:  # one broken deployment must not stop the others coming back
+            return exc
+
+    # ---- the rest -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the deployments (answering what they queued) and release the stores.
+
+        Deployments stay recorded as active, so an engine started on the same home serves
+        them again.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        for stop in list(self._job_stops.values()):
+            stop.set()
+        for t in list(self._job_threads.values()):
+            t.join(timeout=30)
+        for dep in self.deployments():
+            dep.stop(drain=True)
+        if self._control.is_alive():
+            self._control.join(timeout=5)
+        self._events.close()
+        self._db.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConflictError("the engine is closed")
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Engine(home={str(self.home)!r}, deployments={len(self._deployments)})"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (
+                    d.deployment_id,
+                    d.primary.record.name,
+                    d.primary.record.version,
+                    d.status,
+                    d.replicas,
+                    d.spec.execution_mode,
+                )
+            )
+            + "</tr>"
+            for d in self.deployments()
+        )
+        head = "".join(
+            f"<th>{h}</th>"
+            for h in ("deployment", "model", "version", "status", "replicas", "mode")
+        )
+        return (
+            f"<p><b>phi_engine.Engine</b> at {html.escape(str(self.home))}: "
+            f"{len(self.models())} models, {len(self._deployments)} deployments</p>"
+            f"<table><tr>{head}</tr>{rows}</table>"
+        )
+
+
+def _rolling_steps() -> tuple[float, ...]:
+    from phi_engine.serving._deployment import ROLLING_STEPS
+
+    return ROLLING_STEPS[1:]
+
+
+def _spec_json(spec: DeploymentSpec, dep: Deployment | None = None) -> dict[str, Any]:
+    out = {
+        "execution_mode": spec.execution_mode,
+        "resource_allocation": spec.resource_allocation,
+        "placement_mode": spec.placement_mode,
+        "scaling_policy": _scaling_json(spec.scaling),
+        "execution_policy": spec.execution_policy,
+        "max_batch": spec.max_batch,
+        "slo_ms": spec.slo_ms,
+        "max_bytes": spec.limits.max_bytes,
+        "allow_non_finite": spec.limits.allow_non_finite,
+        "replicas": spec.placement.replicas if dep is None else dep.replicas,
+    }
+    if dep is not None and dep.candidate is not None:
+        out["candidate_percent"] = dep.candidate_percent
+    return out
+
+
+def _scaling_json(policy: ScalingPolicy) -> dict[str, Any]:
+    """The policy in the object form ``scaling_policy`` accepts, to rebuild it at restart."""
+    keys: tuple[str, ...] = ("mode", "replicas_min", "replicas_max", "threshold")
+    keys += ("queue_delay_ms", "up_window_s", "down_window_s", "interval_s")
+    values = policy.to_dict()
+    return {k: values[k] for k in keys if values.get(k) is not None}
+
+
+def _check_memory(slot: Slot, spec: DeploymentSpec) -> None:
+    """The planned memory (weights + one batch's arena per replica) must fit the budget."""
+    if spec.placement.memory_budget_bytes is None:
+        return
+    from phi_engine.serving._resources import check_memory
+
+    check_memory(spec.placement, planned_memory(slot, spec))
+
+
+def planned_memory(slot: Slot, spec: DeploymentSpec) -> int:
+    """Bytes a slot plans to use: its weights once, plus a full batch's arena per replica."""
+    from phi_engine.graph import compile as compile_model
+    from phi_engine.graph.lower import NativeSegment
+
+    model = getattr(slot.runner, "model", None) or compile_model(
+        str(slot.path), max_batch=spec.max_batch
+    )
+    weights = sum(np.asarray(c).nbytes for c in model.graph.constants.values())
+    sample = slot.sample_inputs(spec.max_batch)
+    program = model.program({k: v.shape for k, v in sample.items()})
+    arena = sum(s.plan.arena_bytes for s in program.steps if isinstance(s, NativeSegment))
+    return int(weights + arena * slot.settings.replicas)

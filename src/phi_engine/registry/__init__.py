@@ -1,0 +1,15 @@
+"""The model registry: metadata in SQLite, artifacts in a content-addressed store.
+
+:class:`Database` is the engine's SQLite file (WAL, migrations; other layers keep their tables in
+it too), :class:`Registry` registers, finds, verifies and deletes models, and :class:`ModelRecord`
+is what it returns. Artifacts are fetched by URL through fsspec; see :meth:`Registry.register`.
+"""
+
+from __future__ import annotations
+
+from phi_engine.registry._db import MIGRATIONS, Database
+from phi_engine.registry._record import ModelRecord
+from phi_engine.registry._registry import Registry
+from phi_engine.registry._validate import FRAMEWORKS
+
+__all__ = ["FRAMEWORKS", "MIGRATIONS", "Database", "ModelRecord", "Registry"]

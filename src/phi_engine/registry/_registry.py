@@ -1,0 +1,379 @@
+"""The model registry: register (fetch, unpack, check, compile, store), look up, delete, verify.
+
+A registration is all or nothing. Everything slow or fallible (fetch, unpack, compile, writing
+and fsync'ing the artifact) happens in a private staging directory under ``home/tmp`` before the
+metadata transaction; inside it the artifact is renamed to its final name and then the row is
+inserted, so a committed row always names a complete artifact. Any refusal removes what it
+staged, leaving rows and files exactly as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from phi_engine.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidRequestError,
+    NotFoundError,
+    PhiEngineError,
+)
+from phi_engine.registry._archive import find_model, unpack
+from phi_engine.registry._db import Database
+from phi_engine.registry._fetch import fetch, redact
+from phi_engine.registry._formats import (
+    check_not_pickle_name,
+    external_locations,
+    inline_external_data,
+    pickle_error,
+    sniff,
+)
+from phi_engine.registry._record import ModelRecord, record_from_row
+from phi_engine.registry._store import ArtifactStore, Staged, sha256_file
+from phi_engine.registry._validate import check_args, check_sha256, to_json
+
+__all__ = ["ModelRecord", "Registry"]
+
+
+@contextmanager
+def _blame_storage_url() -> Iterator[None]:
+    """Keep the compiler's error class and message, but name register's argument as the field."""
+    try:
+        yield
+    except PhiEngineError as exc:
+        exc.field = "storage_url"
+        raise
+
+
+def _load(path: Path) -> Any:
+    """The ModelProto in ``path`` (without external data), refused as the compiler refuses it."""
+    from phi_engine.graph.onnx_import import load_model
+
+    with _blame_storage_url():
+        return load_model(path.read_bytes())
+
+
+def _signature(model: Any) -> tuple[str, str]:
+    """Compile the model (refusing one that cannot run) and describe its inputs and outputs."""
+    from phi_engine.graph import compile
+
+    with _blame_storage_url():
+        compiled = compile(model)
+
+    def describe(types: Mapping[str, Any]) -> str:
+        return json.dumps(
+            {
+                name: {
+                    "dtype": t.dtype.name,
+                    "shape": None if t.shape is None else list(t.shape),
+                }
+                for name, t in types.items()
+            }
+        )
+
+    return describe(compiled.inputs), describe(compiled.outputs)
+
+
+class Registry:
+    """Models and versions in the metadata database, artifacts in the content-addressed store."""
+
+    def __init__(self, home: Path, db: Database) -> None:
+        """Use ``db`` for metadata and ``home/artifacts`` for artifacts.
+
+        Finishes deletions a crash interrupted and removes stale temporary files.
+
+        Args:
+            home: The engine home directory (created if missing).
+            db: The metadata database, already migrated.
+        """
+        self.home = Path(home).expanduser().resolve()
+        self.db = db
+        self.store = ArtifactStore(self.home)
+        self._staging = self.home / "tmp"
+        self._staging.mkdir(parents=True, exist_ok=True)
+        with db.transaction() as conn:
+            self.store.recover(
+                lambda sha: (
+                    conn.execute("SELECT 1 FROM models WHERE sha256 = ?", (sha,)).fetchone()
+                    is not None
+                )
+            )
+        self._sweep_staging()
+
+    def register(
+        self,
+        model_name: str,
+        framework: str,
+        version: str,
+        storage_url: str,
+        *,
+        sha256: str | None = None,
+        model_card: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        progress: bool = False,
+        max_bytes: int = 4 << 30,
+    ) -> ModelRecord:
+        """Fetch, check, compile and store a model version.
+
+        Args:
+            model_name: 1-128 characters of ``[A-Za-z0-9._-]``, not starting with ``.``.
+            framework: ``onnx``, or ``pytorch``/``tensorflow``/``sklearn``/``jax`` for a model
+                exported from them to ONNX (any case).
+            version: 1-64 characters, the same set as ``model_name``.
+            storage_url: A local path, ``file://``, ``http(s)://``, ``s3://`` (endpoint from
+                ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``), or another fsspec scheme whose
+                package is installed. An ``.onnx`` file, or a tar/zip archive holding exactly
+                one (plus its external data files).
+            sha256: Pin: the SHA-256 (hex, any case) of the fetched bytes (the archive's, for
+                an archive).
+            model_card: Intended use, limits, data, owner, risk class (JSON object).
+            metadata: Free-form JSON object.
+            progress: Show a download progress bar on stderr.
+            max_bytes: The most bytes fetched, and unpacked from an archive.
+
+        Returns:
+            The new record. ``sha256`` in it is the digest of the stored artifact: the fetched
+            file itself, or the self-contained model taken out of an archive.
+
+        Raises:
+            InvalidRequestError: a bad argument, an unreachable or missing source, an unsafe
+                archive, or a model that is not valid ONNX.
+            UnsupportedError: a pickle-based artifact, a scheme whose package is missing, or a
+                model using what phi_engine cannot run.
+            IntegrityError: the fetched bytes do not match ``sha256``.
+            ConflictError: ``model_name`` and ``version`` are already registered.
+        """
+        framework = check_args(model_name, framework, version, storage_url, max_bytes)
+        pin = check_sha256(sha256)
+        card_json = to_json(model_card, "model_card")
+        metadata_json = to_json(metadata, "metadata")
+        check_not_pickle_name(storage_url)
+        self._check_unique(model_name, version)
+        self._staging.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="register-", dir=self._staging))
+        try:
+            model, artifact = self._prepare(storage_url, workdir, pin, max_bytes, progress)
+            inputs, outputs = _signature(model)
+            staged = self.store.stage_file(artifact)
+            row: dict[str, Any] = {
+                "model_id": "mdl_" + secrets.token_hex(8),
+                "name": model_name,
+                "version": version,
+                "framework": framework,
+                "sha256": staged.sha256,
+                "size_bytes": staged.size_bytes,
+                "artifact": self.store.relpath(staged.sha256),
+                "source_url": redact(storage_url),
+                "inputs": inputs,
+                "outputs": outputs,
+                "model_card": card_json,
+                "metadata": metadata_json,
+                "created_at": time.time(),
+            }
+            self._commit(row, staged)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return self.get(row["model_id"])
+
+    def _check_unique(self, name: str, version: str) -> None:
+        rows = self.db.query(
+            "SELECT model_id FROM models WHERE name = ? AND version = ?", (name, version)
+        )
+        if rows:
+            raise ConflictError(
+                f"[registry] model {name!r} version {version!r} is already registered as "
+                f"{rows[0]['model_id']}",
+                field="version",
+            )
+
+    def _prepare(
+        self, url: str, workdir: Path, pin: str | None, max_bytes: int, progress: bool
+    ) -> tuple[Any, Path]:
+        """Fetch and unpack; returns the ModelProto and the file holding the bytes to store."""
+        fetched = fetch(url, workdir / "fetched", max_bytes=max_bytes, progress=progress)
+        if pin is not None and fetched.sha256 != pin:
+            raise IntegrityError(
+                f"[registry] {redact(url)!r} has SHA-256 {fetched.sha256}, not the pinned {pin}",
+                field="sha256",
+            )
+        kind = sniff(fetched.path)
+        if kind == "pickle":
+            raise pickle_error(repr(redact(url)))
+        if kind == "onnx":
+            model = _load(fetched.path)
+            if locations := external_locations(model):
+                raise InvalidRequestError(
+                    f"[registry] the model refers to external data files ({', '.join(locations)});"
+                    " register a .tar.gz or .zip holding the model and those files",
+                    field="storage_url",
+                )
+            return model, fetched.path
+        unpacked = workdir / "unpacked"
+        unpacked.mkdir()
+        member = unpacked / find_model(unpack(fetched.path, unpacked, kind, max_bytes=max_bytes))
+        model = _load(member)
+        if not external_locations(model):
+            return model, member
+        self_contained = workdir / "model.onnx"
+        self_contained.write_bytes(inline_external_data(model, member.parent))
+        return model, self_contained
+
+    def _commit(self, row: dict[str, Any], staged: Staged) -> None:
+        """Publish the artifact, then insert the row, in one write transaction."""
+        try:
+            with self.db.transaction() as conn:
+                # Checked again under the write lock: another registration may have won.
+                self._check_unique(row["name"], row["version"])
+                created = self.store.publish(staged)
+                try:
+                    columns = ", ".join(row)
+                    marks = ", ".join("?" for _ in row)
+                    conn.execute(
+                        f"INSERT INTO models ({columns}) VALUES ({marks})", list(row.values())
+                    )
+                except BaseException:
+                    # Removed while the write lock still keeps others from reusing it.
+                    if created:
+                        self.store.unpublish(staged.sha256)
+                    raise
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(
+                f"[registry] model {row['name']!r} version {row['version']!r} is already "
+                "registered",
+                field="version",
+            ) from exc
+        finally:
+            self.store.discard(staged)
+
+    def get(self, model_id: str) -> ModelRecord:
+        """The model with this id.
+
+        Raises:
+            NotFoundError: no such model (``field="model_id"``).
+        """
+        rows = self.db.query("SELECT * FROM models WHERE model_id = ?", (model_id,))
+        if not rows:
+            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
+        return record_from_row(rows[0], self.home)
+
+    def find(self, name: str, version: str) -> ModelRecord:
+        """The model registered under ``name`` and ``version``.
+
+        Raises:
+            NotFoundError: no such model (``field="version"``, or ``"model_name"`` when no
+                version of it exists).
+        """
+        rows = self.db.query("SELECT * FROM models WHERE name = ? AND version = ?", (name, version))
+        if rows:
+            return record_from_row(rows[0], self.home)
+        known = self.db.query("SELECT 1 FROM models WHERE name = ? LIMIT 1", (name,))
+        field = "version" if known else "model_name"
+        raise NotFoundError(f"[registry] no model {name!r} version {version!r}", field=field)
+
+    def list(self, name: str | None = None) -> list[ModelRecord]:
+        """Every model (or every version of ``name``), oldest first."""
+        if name is None:
+            rows = self.db.query("SELECT * FROM models ORDER BY created_at, rowid")
+        else:
+            rows = self.db.query(
+                "SELECT * FROM models WHERE name = ? ORDER BY created_at, rowid", (name,)
+            )
+        return [record_from_row(row, self.home) for row in rows]
+
+    def delete(self, model_id: str) -> None:
+        """Delete a model, and its artifact when no other model has the same bytes.
+
+        Deployment rows that are ``stopped`` and refer to the model are history of a model that
+        no longer exists: the foreign keys require removing them (or clearing the candidate).
+
+        Raises:
+            NotFoundError: no such model.
+            ConflictError: a deployment that is not stopped uses it (the message names them).
+        """
+        trashed: Path | None = None
+        try:
+            with self.db.transaction() as conn:
+                row = conn.execute(
+                    "SELECT sha256 FROM models WHERE model_id = ?", (model_id,)
+                ).fetchone()
+                if row is None:
+                    raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
+                self._release_deployments(conn, model_id)
+                conn.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
+                shared = conn.execute(
+                    "SELECT 1 FROM models WHERE sha256 = ? LIMIT 1", (row["sha256"],)
+                ).fetchone()
+                if shared is None:
+                    trashed = self.store.trash(row["sha256"])
+        except BaseException as exc:
+            if trashed is not None:
+                self.store.restore(trashed)
+            if isinstance(exc, sqlite3.IntegrityError):
+                # Another layer's table still refers to the model or its stopped deployments.
+                raise ConflictError(
+                    f"[registry] model {model_id} is still referenced: {exc}", field="model_id"
+                ) from exc
+            raise
+        if trashed is not None:
+            self.store.purge(trashed)
+
+    @staticmethod
+    def _release_deployments(conn: sqlite3.Connection, model_id: str) -> None:
+        live = conn.execute(
+            "SELECT deployment_id, status FROM deployments WHERE status != 'stopped' AND "
+            "(model_id = ? OR candidate_model_id = ?) ORDER BY deployment_id",
+            (model_id, model_id),
+        ).fetchall()
+        if live:
+            names = ", ".join(f"{r['deployment_id']} ({r['status']})" for r in live)
+            raise ConflictError(
+                f"[registry] model {model_id} is used by deployments {names}; stop them first",
+                field="model_id",
+            )
+        conn.execute(
+            "UPDATE deployments SET candidate_model_id = NULL WHERE candidate_model_id = ?",
+            (model_id,),
+        )
+        conn.execute("DELETE FROM deployments WHERE model_id = ?", (model_id,))
+
+    def verified_path(self, model_id: str) -> Path:
+        """The artifact's path, after re-hashing it against the registered digest.
+
+        Raises:
+            NotFoundError: no such model.
+            IntegrityError: the artifact is missing or its bytes changed.
+        """
+        record = self.get(model_id)
+        path = record.artifact_path
+        try:
+            digest, _ = sha256_file(path)
+        except FileNotFoundError as exc:
+            raise IntegrityError(
+                f"[registry] the artifact of {model_id} is missing ({path})", field="model_id"
+            ) from exc
+        if digest != record.sha256:
+            raise IntegrityError(
+                f"[registry] the artifact of {model_id} was altered: SHA-256 {digest}, "
+                f"registered {record.sha256}",
+                field="model_id",
+            )
+        return path
+
+    def _sweep_staging(self) -> None:
+        """Remove staging directories left by a crashed registration (older than a day)."""
+        cutoff = time.time() - 24 * 3600
+        for entry in self._staging.iterdir():
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except FileNotFoundError:
+                continue

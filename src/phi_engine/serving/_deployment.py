@@ -1,0 +1,383 @@
+"""A deployment: a model served under one id, with traffic routing between versions.
+
+A deployment routes each request to a :class:`~phi_engine.serving._slot.Slot` (one model version
+with its replicas and schedulers). It holds one slot, or two during an update:
+
+- ``blue_green``: the new slot is built and warmed, then all traffic moves at once;
+- ``rolling``: the new slot is built and warmed, then traffic moves in steps (25, 50, 75, 100 %);
+- ``canary``: the new slot takes ``canary_percent`` of requests until :meth:`promote` or
+  :meth:`rollback`.
+
+Routing and retiring happen under one lock, and a retired slot drains (answers everything it
+queued) before it closes, so no request fails because of an update. Scaling swaps in a slot with
+another replica count the same way.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from phi_engine.errors import ConflictError, InvalidRequestError
+from phi_engine.serving._inputs import InputLimits, parse_inputs
+from phi_engine.serving._scheduler import ScheduledResult
+from phi_engine.serving._slot import Slot
+
+if TYPE_CHECKING:
+    from phi_engine.serving._autoscale import ScalingPolicy
+    from phi_engine.serving._resources import Placement
+
+__all__ = ["STRATEGIES", "Deployment", "InferenceResult"]
+
+STRATEGIES = ("rolling", "canary", "blue_green")
+ROLLING_STEPS = (25.0, 50.0, 75.0)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """The answer to one inference request (API.md 1.3).
+
+    Attributes:
+        outputs: Each model output's rows for this request, by name.
+        deployment_id: The deployment that served it.
+        model_id: The model version that computed it.
+        model_version: That model's version string.
+        request_id: The engine's id of the request.
+        execution_time_ms: How long its batch ran (measured).
+        queue_time_ms: From submission to the start of its batch (measured).
+        batch_size: Requests in its batch.
+    """
+
+    outputs: dict[str, np.ndarray]
+    deployment_id: str
+    model_id: str
+    model_version: str
+    request_id: str
+    execution_time_ms: float
+    queue_time_ms: float
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON response: ``{"output", "execution_time", "queue_time", ...}`` (times in ms)."""
+        return {
+            "output": {name: a.tolist() for name, a in self.outputs.items()},
+            "execution_time": self.execution_time_ms,
+            "queue_time": self.queue_time_ms,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "request_id": self.request_id,
+            "deployment_id": self.deployment_id,
+            "batch_size": self.batch_size,
+        }
+
+
+@dataclass
+class DeploymentSpec:
+    """What a deployment was asked for and what it got; persisted as JSON."""
+
+    execution_mode: str
+    resource_allocation: dict[str, Any]
+    placement_mode: str
+    placement: Placement
+    scaling: ScalingPolicy
+    execution_policy: str
+    max_batch: int
+    slo_ms: dict[str | int, float] = field(default_factory=dict)
+    limits: InputLimits = field(default_factory=InputLimits)
+
+
+class Deployment:
+    """A served model: send it requests through :class:`~phi_engine.Engine`, or directly.
+
+    Attributes:
+        deployment_id: Its id (``dep_`` and 16 hex digits).
+        spec: What it was asked for, and the placement it got.
+        status: ``ready``, ``updating`` (two versions serving), ``stopped`` or ``failed``.
+    """
+
+    def __init__(
+        self,
+        deployment_id: str,
+        spec: DeploymentSpec,
+        primary: Slot,
+    ) -> None:
+        self.deployment_id = deployment_id
+        self.spec = spec
+        self._primary = primary
+        self._candidate: Slot | None = None
+        self._candidate_percent = 0.0
+        self._strategy: str | None = None
+        self._lock = threading.Lock()
+        self._update_lock = threading.Lock()
+        self._routed = itertools.count()
+        self._ids = itertools.count(1)
+        self._stopped = False
+        self.created_at = time.time()
+
+    # ---- what it serves -----------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        if self._stopped:
+            return "stopped"
+        return "updating" if self._candidate is not None else "ready"
+
+    @property
+    def model_id(self) -> str:
+        """The model version that takes the traffic not sent to a candidate."""
+        return self._primary.record.model_id
+
+    @property
+    def candidate_model_id(self) -> str | None:
+        """The version an update is moving to, while it is in progress."""
+        return None if self._candidate is None else self._candidate.record.model_id
+
+    @property
+    def candidate_percent(self) -> float:
+        return self._candidate_percent if self._candidate is not None else 0.0
+
+    @property
+    def replicas(self) -> int:
+        return self._primary.settings.replicas
+
+    @property
+    def primary(self) -> Slot:
+        return self._primary
+
+    @property
+    def candidate(self) -> Slot | None:
+        return self._candidate
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        inputs: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        execution_policy: str | None = None,
+        tenant: str = "default",
+    ) -> Future[InferenceResult]:
+        """Validate a request and queue it on the version the router picks.
+
+        Raises:
+            InvalidRequestError: inputs that do not fit the model (``field`` names the input),
+                an unknown priority or policy, or a bad deadline.
+            ConflictError: the deployment is stopped.
+        """
+        if self._stopped:
+            raise ConflictError(
+                f"deployment {self.deployment_id} is stopped", field="deployment_id"
+            )
+        slot = self._primary
+        arrays = parse_inputs(inputs, slot.inputs, self.spec.limits)
+        rows = next(iter(arrays.values())).shape[0] if arrays else 1
+        request_id = f"req_{self.deployment_id[4:12]}_{next(self._ids)}"
+        with self._lock:
+            slot = self._route()
+            inner = slot.submit(
+                arrays,
+                rows,
+                priority=priority,
+                deadline_ms=deadline_ms,
+                policy=execution_policy,
+                tenant=tenant,
+            )
+        outer: Future[InferenceResult] = Future()
+        inner.add_done_callback(lambda f: self._finish(f, outer, slot, request_id))
+        outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
+        return outer
+
+    def _route(self) -> Slot:
+        """The slot for the next request (callers hold the lock).
+
+        The candidate's share is spread evenly: request n goes to it when ``floor(n·p/100)``
+        steps up, so a 10 % canary takes every tenth request rather than bursts.
+        """
+        cand = self._candidate
+        if cand is None:
+            return self._primary
+        n = next(self._routed)
+        p = self._candidate_percent
+        return cand if int((n + 1) * p / 100.0) > int(n * p / 100.0) else self._primary
+
+    def _finish(
+        self,
+        inner: Future[ScheduledResult],
+        outer: Future[InferenceResult],
+        slot: Slot,
+        request_id: str,
+    ) -> None:
+        if inner.cancelled():
+            outer.cancel()
+            return
+        if not outer.set_running_or_notify_cancel():
+            return
+        exc = inner.exception()
+        if exc is not None:
+            outer.set_exception(exc)
+            return
+        r = inner.result()
+        slot.note_result(r)
+        record = slot.record
+        outer.set_result(
+            InferenceResult(
+                outputs=r.value,
+                deployment_id=self.deployment_id,
+                model_id=record.model_id,
+                model_version=record.version,
+                request_id=request_id,
+                execution_time_ms=r.execution_time_ms,
+                queue_time_ms=r.queue_time_ms,
+                batch_size=r.batch_size,
+            )
+        )
+
+    # ---- updates ------------------------------------------------------------------------------
+
+    def begin_update(self, new: Slot, strategy: str, canary_percent: float) -> None:
+        """Put a built, warmed slot beside the current one and start moving traffic to it."""
+        if strategy not in STRATEGIES:
+            raise InvalidRequestError(
+                f"unknown update strategy {strategy!r}; use one of {', '.join(STRATEGIES)}",
+                field="strategy",
+            )
+        if not self._update_lock.acquire(blocking=False):
+            raise ConflictError(
+                f"deployment {self.deployment_id} is already being updated", field="deployment_id"
+            )
+        try:
+            self._check_compatible(new)
+        except BaseException:
+            self._update_lock.release()
+            raise
+        first = {"canary": canary_percent, "rolling": ROLLING_STEPS[0], "blue_green": 100.0}
+        with self._lock:
+            self._candidate = new
+            self._candidate_percent = first[strategy]
+            self._strategy = strategy
+
+    def _check_compatible(self, new: Slot) -> None:
+        """Clients keep sending what they sent: the new version must take the same inputs."""
+        old = {s.name: (s.dtype, s.shape) for s in self._primary.inputs}
+        got = {s.name: (s.dtype, s.shape) for s in new.inputs}
+        if set(old) != set(got) or any(old[n][0] != got[n][0] for n in old):
+            raise InvalidRequestError(
+                f"model {new.record.model_id} takes inputs {_describe(got)}, but the deployment "
+                f"serves {_describe(old)}; deploy it separately",
+                field="model_id",
+            )
+
+    def set_candidate_percent(self, percent: float) -> None:
+        with self._lock:
+            if self._candidate is not None:
+                self._candidate_percent = percent
+
+    def promote(self) -> Slot:
+        """Send all traffic to the candidate; returns the old slot (draining)."""
+        with self._lock:
+            if self._candidate is None:
+                raise ConflictError(
+                    f"deployment {self.deployment_id} has no update in progress",
+                    field="deployment_id",
+                )
+            old, self._primary, self._candidate = self._primary, self._candidate, None
+            self._strategy = None
+        self._release_update()
+        old.close_in_background()
+        return old
+
+    def rollback(self) -> Slot:
+        """Send all traffic back to the current version; returns the candidate (draining)."""
+        with self._lock:
+            if self._candidate is None:
+                raise ConflictError(
+                    f"deployment {self.deployment_id} has no update in progress",
+                    field="deployment_id",
+                )
+            cand, self._candidate = self._candidate, None
+            self._strategy = None
+        self._release_update()
+        cand.close_in_background()
+        return cand
+
+    def _release_update(self) -> None:
+        if self._update_lock.locked():
+            self._update_lock.release()
+
+    @property
+    def strategy(self) -> str | None:
+        """The update strategy in progress, if any."""
+        return self._strategy if self._candidate is not None else None
+
+    def swap_primary(self, new: Slot) -> None:
+        """Replace the primary slot (scaling): traffic moves at once, the old slot drains."""
+        with self._lock:
+            old, self._primary = self._primary, new
+        old.close_in_background()
+
+    # ---- the rest -----------------------------------------------------------------------------
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop taking requests; with ``drain``, answer everything queued first."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            slots = [s for s in (self._primary, self._candidate) if s is not None]
+        for s in slots:
+            s.close(drain=drain)
+        self._release_update()
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-able description: ids, status, placement, scaling, versions and traffic."""
+        p = self._primary.record
+        out: dict[str, Any] = {
+            "deployment_id": self.deployment_id,
+            "status": self.status,
+            "model_id": p.model_id,
+            "model_name": p.name,
+            "model_version": p.version,
+            "execution_mode": self.spec.execution_mode,
+            "execution_policy": self.spec.execution_policy,
+            "replicas": self.replicas,
+            "placement": self.spec.placement.to_dict(),
+            "scaling_policy": self.spec.scaling.to_dict(),
+            "max_batch": self.spec.max_batch,
+        }
+        if self._candidate is not None:
+            out["update"] = {
+                "strategy": self._strategy,
+                "candidate_model_id": self._candidate.record.model_id,
+                "candidate_version": self._candidate.record.version,
+                "candidate_percent": self._candidate_percent,
+            }
+        return out
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+            f"<td>{html.escape(str(v))}</td></tr>"
+            for k, v in self.info().items()
+            if not isinstance(v, dict)
+        )
+        where = html.escape(self.spec.placement.describe())
+        return f"<table><caption>Deployment</caption>{rows}</table><p>{where}</p>"
+
+    def __repr__(self) -> str:
+        return (
+            f"Deployment({self.deployment_id!r}, model={self._primary.record.name}:"
+            f"{self._primary.record.version}, status={self.status!r}, replicas={self.replicas})"
+        )
+
+
+def _describe(specs: dict[str, Any]) -> str:
+    return ", ".join(f"{n}: {d[0].name}" for n, d in sorted(specs.items()))
