@@ -164,6 +164,24 @@ void init_scheduler(py::module_& m) {
           "Queue a request arriving now, due deadline_in seconds from now (inf: best effort). Returns 'pending' "
           "or the reason it was rejected: 'queue_full', 'deadline_infeasible' or 'closed'.")
       .def(
+          "submit_inline",
+          [](Scheduler& s, const py::object& id, const py::object& cls, const py::object& tenant,
+             const py::object& cost, const py::object& deadline_in) -> py::object {
+            const int64_t rid = int_from(id, kOp, "request id");
+            PHI_CHECK(rid >= 0, kOp, "request ids are non-negative");
+            const double dl = number_from(deadline_in, "deadline");
+            PHI_CHECK(dl > 0, kOp, "the deadline must be in the future");
+            Batch b;
+            const Outcome out = s.submit_inline(static_cast<uint64_t>(rid), small_int(cls, "priority class"),
+                                                small_int(tenant, "tenant"), number_from(cost, "cost"), dl, b);
+            if (b.requests.empty()) return py::str(outcome_name(out));
+            return py::make_tuple(b.token, b.start, b.requests.front().arrival);
+          },
+          py::arg("id"), py::arg("cls"), py::arg("tenant"), py::arg("cost"), py::arg("deadline_in"),
+          "submit() that may hand the request back to run in the caller's thread: (token, start, arrival) "
+          "when the policy dispatches it at once on an idle scheduler (run it, then release(token)); else "
+          "submit()'s answer.")
+      .def(
           "acquire",
           [](Scheduler& s, double timeout) -> py::object {
             Batch b;

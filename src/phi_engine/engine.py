@@ -32,6 +32,7 @@ from phi_engine.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    OverloadedError,
     PhiEngineError,
     UnsupportedError,
 )
@@ -322,8 +323,7 @@ class Engine:
 
     def deployment(self, deployment_id: str) -> Deployment:
         """A deployment by id. Raises ``NotFoundError``."""
-        with self._lock:
-            dep = self._deployments.get(deployment_id)
+        dep = self._deployments.get(deployment_id)  # one dict read: atomic, no lock needed
         if dep is None:
             raise NotFoundError(f"no deployment {deployment_id!r}", field="deployment_id")
         return dep
@@ -369,11 +369,7 @@ class Engine:
             NotFoundError: an unknown deployment.
             InvalidRequestError: inputs or fields that do not fit (``field`` names them).
         """
-        if execution_policy is not None and execution_policy not in POLICIES:
-            raise InvalidRequestError(
-                f"unknown execution_policy {execution_policy!r}; use one of {', '.join(POLICIES)}",
-                field="execution_policy",
-            )
+        _check_policy(execution_policy)
         dep = self.deployment(deployment_id)
         future = dep.submit(
             inputs,
@@ -385,14 +381,40 @@ class Engine:
         future.add_done_callback(lambda f: self._note_failure(deployment_id, f))
         return future
 
-    def infer(self, deployment_id: str, inputs: Any, **kwargs: Any) -> InferenceResult:
-        """:meth:`submit` and wait: the result, or the request's error raised here.
+    def infer(
+        self,
+        deployment_id: str,
+        inputs: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        execution_policy: str | None = None,
+        tenant: str = "default",
+    ) -> InferenceResult:
+        """Run an inference request and wait: the result, or the request's error raised here.
+
+        Takes :meth:`submit`'s arguments. On an idle deployment the request runs in the calling
+        thread (the scheduler still decides; see ``Deployment.infer``), saving two hand-offs.
 
         Raises:
             OverloadedError: shed or rejected by the scheduler (its ``reason`` says why).
             WorkerError: the worker process died and the retry failed.
         """
-        return self.submit(deployment_id, inputs, **kwargs).result()
+        _check_policy(execution_policy)
+        dep = self.deployment(deployment_id)
+        try:
+            return dep.infer(
+                inputs,
+                priority=priority,
+                deadline_ms=deadline_ms,
+                execution_policy=execution_policy,
+                tenant=tenant,
+            )
+        except Exception as exc:
+            # Refused requests are the caller's to see; failures of admitted ones are logged.
+            if not isinstance(exc, (InvalidRequestError, OverloadedError, ConflictError)):
+                self._log_failure(deployment_id, exc)
+            raise
 
     async def ainfer(self, deployment_id: str, inputs: Any, **kwargs: Any) -> InferenceResult:
         """:meth:`submit` and await the result."""
@@ -402,8 +424,11 @@ class Engine:
         if future.cancelled():
             return
         exc = future.exception()
-        if exc is None or getattr(exc, "code", None) == "overloaded":
+        if exc is None or isinstance(exc, OverloadedError):
             return  # shed requests are counted and logged in aggregate by the control loop
+        self._log_failure(deployment_id, exc)
+
+    def _log_failure(self, deployment_id: str, exc: BaseException) -> None:
         # An event log that refuses the record must not fail the request path.
         with contextlib.suppress(PhiEngineError):
             self._events.append(
@@ -954,6 +979,14 @@ class Engine:
             f"<p><b>phi_engine.Engine</b> at {html.escape(str(self.home))}: "
             f"{len(self.models())} models, {len(self._deployments)} deployments</p>"
             f"<table><tr>{head}</tr>{rows}</table>"
+        )
+
+
+def _check_policy(execution_policy: str | None) -> None:
+    if execution_policy is not None and execution_policy not in POLICIES:
+        raise InvalidRequestError(
+            f"unknown execution_policy {execution_policy!r}; use one of {', '.join(POLICIES)}",
+            field="execution_policy",
         )
 
 

@@ -84,3 +84,4 @@ def test_byte_limit_and_row_agreement() -> None:
     refused({"x": big}, [X], "x", InputLimits(max_rows=8, max_bytes=64))
     refused({"ids": [[1, 2]], "mask": [[1, 1], [1, 1]]}, [IDS, MASK], "ids")
     refused([[[1, 2]]], [IDS, MASK], "input")  # one array for a two-input model
+    assert "'seq'" in refused({"ids": [[1, 2]], "mask": [[1, 1, 1]]}, [IDS, MASK], "mask")

@@ -68,6 +68,48 @@ Outcome Scheduler::submit(uint64_t id, int cls, int tenant, double cost, double 
   return out;
 }
 
+Outcome Scheduler::submit_inline(uint64_t id, int cls, int tenant, double cost, double deadline_in,
+                                 Batch& batch) {
+  batch.requests.clear();
+  const auto t0 = SteadyClock::now();
+  std::unique_lock lk(mu_);
+  const double t = now();
+  Outcome out = Outcome::closed;
+  if (!closing_) {
+    const bool idle = core_.queued() == 0 && core_.in_flight() < core_.config().workers;
+    Request r;
+    r.id = id;
+    r.cls = cls;
+    r.tenant = tenant;
+    r.cost = cost;
+    r.arrival = t;
+    r.deadline = t + deadline_in;
+    out = core_.submit(r, t);
+    if (out == Outcome::pending) {
+      bool mine = false;
+      if (idle) {
+        // The queue holds only this request, so a batch the policy forms now is this request.
+        Decision d = timed_dispatch(t);
+        if (!d.ended.empty()) {
+          for (const Ended& e : d.ended) ++stats_.ended[static_cast<size_t>(e.outcome)];
+          outbox_.insert(outbox_.end(), d.ended.begin(), d.ended.end());
+          reap_cv_.notify_all();
+        }
+        mine = !d.batch.requests.empty();
+        if (mine) batch = std::move(d.batch);
+      }
+      if (!mine) {
+        work_cv_.notify_one();
+        wake_reaper_if_sooner(r.deadline - core_.plan_latency(r.cost));
+      }
+    }
+  }
+  ++stats_.submitted;
+  if (out != Outcome::pending) ++stats_.ended[static_cast<size_t>(out)];
+  stats_.submit_ns += std::chrono::duration<double, std::nano>(SteadyClock::now() - t0).count();
+  return out;
+}
+
 void Scheduler::wake_reaper_if_sooner(double t) {
   if (t < reaper_until_) reap_cv_.notify_all();
 }
@@ -116,8 +158,11 @@ void Scheduler::release(uint64_t token, bool ok) {
   std::unique_lock lk(mu_);
   const size_t members = core_.complete(token, now(), std::nan(""), ok);
   stats_.ended[static_cast<size_t>(ok ? Outcome::completed : Outcome::failed)] += static_cast<int64_t>(members);
-  work_cv_.notify_all();
-  reap_cv_.notify_all();
+  // A finished batch matters to waiting workers only when requests are queued (the policy may
+  // have held them for a free replica), and to the reaper only while closing (it ends when
+  // nothing is in flight); waking them otherwise costs each a context switch per batch.
+  if (core_.queued() > 0) work_cv_.notify_all();
+  if (closing_) reap_cv_.notify_all();
 }
 
 bool Scheduler::reap(double timeout, std::vector<Ended>& ended) {

@@ -40,6 +40,12 @@ class Scheduler {
   // Queues a request arriving now, due `deadline_in` seconds from now (+inf: best effort). Returns
   // pending, or the reason it was rejected (queue_full, infeasible, closed).
   Outcome submit(uint64_t id, int cls, int tenant, double cost, double deadline_in);
+  // submit() for a caller willing to run its own request. When the queue was empty and a worker
+  // is free, the caller makes the dispatch decision that worker would make on waking; if that
+  // decision is to run the request now, `batch` holds it and the caller runs it and calls
+  // release() like a worker. This saves two thread hand-offs on an idle deployment and changes no
+  // decision: the policy still chooses, and in-flight batches never exceed `workers`.
+  Outcome submit_inline(uint64_t id, int cls, int tenant, double cost, double deadline_in, Batch& batch);
   // For a free worker: blocks until a batch is ready (true, batch filled), `timeout` seconds pass
   // (true, batch empty), or the scheduler is closed with nothing left to run (false).
   bool acquire(double timeout, Batch& batch);

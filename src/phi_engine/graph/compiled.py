@@ -160,7 +160,7 @@ class CompiledModel:
         return {name: self.graph.types[name] for name in self.graph.outputs if name}
 
     def run(
-        self, inputs: Mapping[str, Any] | Sequence[Any], threads: int = 0
+        self, inputs: Mapping[str, Any] | Sequence[Any], threads: int = 0, *, check: bool = True
     ) -> dict[str, np.ndarray]:
         """Run the model.
 
@@ -168,6 +168,9 @@ class CompiledModel:
             inputs: Arrays by input name, or a sequence in input order. Non-array values are
                 converted to the input's dtype; arrays must already have it.
             threads: Threads per kernel (0: the default, see :func:`phi_engine.set_num_threads`).
+            check: Check the inputs. ``False`` is for callers that already did (the serving
+                layer checks each request on arrival): a mapping of every input name to a
+                C-contiguous array of its dtype, consistent shapes and at most ``max_batch`` rows.
 
         Returns:
             Every output by name.
@@ -177,7 +180,7 @@ class CompiledModel:
                 dimension, inconsistent symbolic dimensions, or a batch over ``max_batch``
                 (the error's ``field`` names the input).
         """
-        feeds = self._check_inputs(inputs)
+        feeds = self._check_inputs(inputs) if check else dict(inputs)
         program = self.program({name: a.shape for name, a in feeds.items()})
         return program.run(feeds, threads)
 

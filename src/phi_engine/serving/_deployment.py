@@ -27,7 +27,7 @@ import numpy as np
 
 from phi_engine.errors import ConflictError, InvalidRequestError
 from phi_engine.serving._inputs import InputLimits, parse_inputs
-from phi_engine.serving._scheduler import ScheduledResult
+from phi_engine.serving._scheduler import Admitted, ScheduledResult
 from phi_engine.serving._slot import Slot
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ STRATEGIES = ("rolling", "canary", "blue_green")
 ROLLING_STEPS = (25.0, 50.0, 75.0)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferenceResult:
     """The answer to one inference request (API.md 1.3).
 
@@ -118,6 +118,7 @@ class Deployment:
         self._update_lock = threading.Lock()
         self._routed = itertools.count()
         self._ids = itertools.count(1)
+        self._id_prefix = f"req_{deployment_id[4:12]}_"
         self._stopped = False
         self.created_at = time.time()
 
@@ -173,24 +174,78 @@ class Deployment:
                 an unknown priority or policy, or a bad deadline.
             ConflictError: the deployment is stopped.
         """
+        slot, found, request_id = self._enter(
+            inputs, priority, deadline_ms, execution_policy, tenant, here=False
+        )
+        assert isinstance(found, Future)
+        return self._wrap(found, slot, request_id)
+
+    def infer(
+        self,
+        inputs: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        execution_policy: str | None = None,
+        tenant: str = "default",
+    ) -> InferenceResult:
+        """:meth:`submit` and wait; on an idle deployment the request runs in this thread.
+
+        The scheduler still decides (it dispatches the request to this thread only when the
+        queue is empty, a replica is free and the policy would start it now), so this changes
+        no scheduling decision; it saves the two thread hand-offs of a queued request.
+
+        Raises:
+            InvalidRequestError, ConflictError: as :meth:`submit`.
+            OverloadedError: shed or rejected.
+            Exception: the model's error for this request.
+        """
+        slot, found, request_id = self._enter(
+            inputs, priority, deadline_ms, execution_policy, tenant, here=True
+        )
+        if isinstance(found, Future):
+            return self._wrap(found, slot, request_id).result()
+        try:
+            r = slot.run_admitted(found, execution_policy)
+        except BaseException:
+            slot.meter.failed += 1
+            raise
+        return self._result(r, slot, request_id)
+
+    def _enter(
+        self,
+        inputs: Any,
+        priority: str | int,
+        deadline_ms: float | None,
+        execution_policy: str | None,
+        tenant: str,
+        here: bool,
+    ) -> tuple[Slot, Admitted | Future[ScheduledResult], str]:
         if self._stopped:
             raise ConflictError(
                 f"deployment {self.deployment_id} is stopped", field="deployment_id"
             )
-        slot = self._primary
-        arrays = parse_inputs(inputs, slot.inputs, self.spec.limits)
+        arrays = parse_inputs(inputs, self._primary.inputs, self.spec.limits)
         rows = next(iter(arrays.values())).shape[0] if arrays else 1
-        request_id = f"req_{self.deployment_id[4:12]}_{next(self._ids)}"
+        request_id = f"{self._id_prefix}{next(self._ids)}"
+        # Routing and queueing under one lock: a slot an update retires has accepted every
+        # request routed to it before its drain begins.
         with self._lock:
             slot = self._route()
-            inner = slot.submit(
+            found = slot.submit(
                 arrays,
                 rows,
                 priority=priority,
                 deadline_ms=deadline_ms,
                 policy=execution_policy,
                 tenant=tenant,
+                here=here,
             )
+        return slot, found, request_id
+
+    def _wrap(
+        self, inner: Future[ScheduledResult], slot: Slot, request_id: str
+    ) -> Future[InferenceResult]:
         outer: Future[InferenceResult] = Future()
         inner.add_done_callback(lambda f: self._finish(f, outer, slot, request_id))
         outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
@@ -225,20 +280,20 @@ class Deployment:
         if exc is not None:
             outer.set_exception(exc)
             return
-        r = inner.result()
+        outer.set_result(self._result(inner.result(), slot, request_id))
+
+    def _result(self, r: ScheduledResult, slot: Slot, request_id: str) -> InferenceResult:
         slot.note_result(r)
         record = slot.record
-        outer.set_result(
-            InferenceResult(
-                outputs=r.value,
-                deployment_id=self.deployment_id,
-                model_id=record.model_id,
-                model_version=record.version,
-                request_id=request_id,
-                execution_time_ms=r.execution_time_ms,
-                queue_time_ms=r.queue_time_ms,
-                batch_size=r.batch_size,
-            )
+        return InferenceResult(
+            outputs=r.value,
+            deployment_id=self.deployment_id,
+            model_id=record.model_id,
+            model_version=record.version,
+            request_id=request_id,
+            execution_time_ms=r.execution_time_ms,
+            queue_time_ms=r.queue_time_ms,
+            batch_size=r.batch_size,
         )
 
     # ---- updates ------------------------------------------------------------------------------

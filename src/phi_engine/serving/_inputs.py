@@ -88,12 +88,13 @@ def parse_inputs(
     for spec in specs:
         array = _convert(spec, named[spec.name])
         _check_shape(spec, array, limits)
-        finite_only = not limits.allow_non_finite and array.dtype.kind in "fc"
-        if finite_only and not np.isfinite(array).all():
+        if not limits.allow_non_finite and array.dtype.kind in "fc" and not _finite(array):
             raise InvalidRequestError(
                 f"input {spec.name!r} holds NaN or infinity, which this deployment refuses",
                 field=spec.name,
             )
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
         total += array.nbytes
         if total > limits.max_bytes:
             raise InvalidRequestError(
@@ -101,11 +102,25 @@ def parse_inputs(
                 field=spec.name,
             )
         arrays[spec.name] = array
-    _check_rows(arrays)
+    if len(arrays) > 1:
+        _check_rows(arrays)
+        _check_symbols(arrays, specs)
     return arrays
 
 
+def _finite(array: np.ndarray) -> bool:
+    """No NaN or infinity: one reduction when there is none (a sum that overflows to infinity
+    falls back to the element-wise check)."""
+    if array.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            if math.isfinite(np.add.reduce(array, axis=None)):
+                return True
+    return bool(np.isfinite(array).all())
+
+
 def _by_name(data: Any, specs: Sequence[InputSpec]) -> dict[str, Any]:
+    if type(data) is dict and len(data) == len(specs) and all(s.name in data for s in specs):
+        return data  # the common case, checked without building anything
     names = [s.name for s in specs]
     if isinstance(data, Mapping):
         unknown = [k for k in data if k not in names]
@@ -234,7 +249,7 @@ def _check_shape(spec: InputSpec, array: np.ndarray, limits: InputLimits) -> Non
             field=spec.name,
         )
     for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
-        if isinstance(want, int) and want != got:
+        if want != got and isinstance(want, int):
             raise InvalidRequestError(
                 f"input {spec.name!r} dimension {axis} must be {want}, got {got}", field=spec.name
             )
@@ -246,3 +261,20 @@ def _check_rows(arrays: Mapping[str, np.ndarray]) -> None:
         raise InvalidRequestError(
             f"inputs disagree on the number of rows: {rows}", field=next(iter(rows))
         )
+
+
+def _check_symbols(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> None:
+    """Inputs that share a symbolic dimension (e.g. ``seq``) must agree on its size."""
+    seen: dict[str, tuple[int, str]] = {}
+    for spec in specs:
+        for axis, dim in enumerate(spec.shape or ()):
+            if axis == 0 or not isinstance(dim, str):
+                continue
+            got = arrays[spec.name].shape[axis]
+            first = seen.setdefault(dim, (got, spec.name))
+            if first[0] != got:
+                raise InvalidRequestError(
+                    f"input {spec.name!r} dimension {axis} ({dim!r}) is {got}, but input "
+                    f"{first[1]!r} has {dim!r} = {first[0]}",
+                    field=spec.name,
+                )

@@ -26,11 +26,14 @@ class ModelRunner:
         model: The compiled model.
         threads: Kernel threads per call (0: the process default, see
             :func:`phi_engine.set_num_threads`); a deployment gives each replica its share.
+        checked: Payloads were checked against the model on arrival (as a deployment does), so
+            the model skips its own input checks.
     """
 
-    def __init__(self, model: CompiledModel, threads: int = 0) -> None:
+    def __init__(self, model: CompiledModel, threads: int = 0, *, checked: bool = False) -> None:
         self.model = model
         self.threads = threads
+        self.checked = checked
         self.input_names = list(model.inputs)
 
     def rows(self, payload: Payload) -> int:
@@ -55,6 +58,8 @@ class ModelRunner:
         return int(counts.pop())
 
     def __call__(self, payloads: list[Payload]) -> list[dict[str, np.ndarray]]:
+        if len(payloads) == 1:  # nothing to stack or split
+            return [self.model.run(payloads[0], self.threads, check=not self.checked)]
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, p in enumerate(payloads):
             key = tuple((np.shape(p[n])[1:], np.asarray(p[n]).dtype.str) for n in self.input_names)
@@ -65,7 +70,7 @@ class ModelRunner:
                 n: np.concatenate([np.asarray(payloads[i][n]) for i in members])
                 for n in self.input_names
             }
-            outputs = self.model.run(feeds, self.threads)
+            outputs = self.model.run(feeds, self.threads, check=not self.checked)
             bounds = np.cumsum(
                 [0] + [np.shape(payloads[i][self.input_names[0]])[0] for i in members]
             )

@@ -26,13 +26,14 @@ from typing import Any
 from phi_engine._native import require_core
 from phi_engine.errors import InvalidRequestError, OverloadedError, PhiEngineError
 from phi_engine.serving._policy import (
+    PRIORITIES,
     SchedulerConfig,
     deadline_seconds,
     priority_class,
     request_cost,
 )
 
-__all__ = ["ScheduledResult", "Scheduler"]
+__all__ = ["Admitted", "ScheduledResult", "Scheduler"]
 
 RunBatch = Callable[[list[Any]], Sequence[Any]]
 
@@ -59,7 +60,7 @@ def _close_open_schedulers() -> None:
         sched.close(drain=False, timeout=1.0)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScheduledResult:
     """What a request's future resolves to.
 
@@ -76,6 +77,18 @@ class ScheduledResult:
     queue_time_ms: float
     execution_time_ms: float
     batch_size: int
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request :meth:`Scheduler.admit` dispatched to its caller: run it with
+    :meth:`Scheduler.run_admitted` (until then it counts as a batch in flight)."""
+
+    token: int
+    start: float
+    arrival: float
+    request_id: int
+    payload: Any
 
 
 @dataclass
@@ -128,6 +141,9 @@ class Scheduler:
         self._slo = self.config.slo_by_class()
         self._max_cost = float(self.config.max_batch_cost or self.config.max_batch)
         self._tenants = {name: i for i, name in enumerate(self.config.tenant_weights)}
+        self._classes = {
+            name: index for name, index in PRIORITIES.items() if index < self._num_classes
+        }
         self._core = require_core().Scheduler(self.config.native(self._tenants))
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
@@ -176,30 +192,111 @@ class Scheduler:
             InvalidRequestError: an unknown priority, a deadline or cost that is not a positive
                 number, or a cost over the most one batch holds (``field`` names it).
         """
-        cls = priority_class(priority, self._num_classes)
+        result = self._enter(payload, priority, deadline_ms, cost, tenant, here=False)
+        assert isinstance(result, Future)
+        return result
+
+    def run_or_submit(
+        self,
+        payload: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        cost: float = 1.0,
+        tenant: str = "default",
+    ) -> ScheduledResult | Future[ScheduledResult]:
+        """Like :meth:`submit`, but an idle scheduler runs the request in the calling thread.
+
+        When the queue is empty, a worker is free and the policy dispatches the request at once
+        (the decision a waking worker would make), the caller runs it as a batch of one and gets
+        its :class:`ScheduledResult` (or ``run_batch``'s exception) directly: two thread
+        hand-offs and the future are saved. Otherwise it is queued and a future is returned.
+        Not for event-loop threads, which must not run a model.
+        """
+        found = self._enter(payload, priority, deadline_ms, cost, tenant, here=True)
+        return self.run_admitted(found) if isinstance(found, Admitted) else found
+
+    def admit(
+        self,
+        payload: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        cost: float = 1.0,
+        tenant: str = "default",
+    ) -> Admitted | Future[ScheduledResult]:
+        """:meth:`run_or_submit` in two steps: an :class:`Admitted` request is dispatched to the
+        caller, who must pass it to :meth:`run_admitted` (a router admits under its lock and runs
+        outside it)."""
+        return self._enter(payload, priority, deadline_ms, cost, tenant, here=True)
+
+    def _enter(
+        self,
+        payload: Any,
+        priority: str | int,
+        deadline_ms: float | None,
+        cost: float,
+        tenant: str,
+        here: bool,
+    ) -> Admitted | Future[ScheduledResult]:
+        # Dictionary hits first: the common names and values cost no parsing per request.
+        cls = self._classes.get(priority) if isinstance(priority, str) else None
+        if cls is None:
+            cls = priority_class(priority, self._num_classes)
         due = deadline_seconds(deadline_ms, self._slo.get(cls))
-        rows = request_cost(cost)
+        rows = cost if type(cost) is float and 0.0 < cost < math.inf else request_cost(cost)
         if rows > self._max_cost:
             raise InvalidRequestError(
                 f"cost {cost} is more than one batch holds ({self._max_cost:g})", field="cost"
             )
-        tenant_id = self._tenant(tenant)
-        future: Future[ScheduledResult] = Future()
+        tenant_id = self._tenants.get(tenant) if isinstance(tenant, str) else None
+        if tenant_id is None:
+            tenant_id = self._tenant(tenant)
         rid = next(self._ids)
+        # The lock is held across the core's (brief, GIL-holding) submit: a worker that
+        # dispatches the request at once finds its entry only through this lock, so the entry
+        # and its future can be made after the core's answer, and not at all when it runs here.
         with self._lock:
-            self._pending[rid] = _Pending(payload, future)
-        outcome = self._core.submit(rid, cls, tenant_id, rows, due)
+            if here:
+                outcome = self._core.submit_inline(rid, cls, tenant_id, rows, due)
+                if type(outcome) is tuple:
+                    token, start, arrival = outcome
+                    return Admitted(token, start, arrival, rid, payload)
+            else:
+                outcome = self._core.submit(rid, cls, tenant_id, rows, due)
+            future: Future[ScheduledResult] = Future()
+            if outcome == "pending":
+                self._pending[rid] = _Pending(payload, future)
         if outcome != "pending":
-            with self._lock:
-                self._pending.pop(rid, None)
             _settle(future, error=_overloaded(outcome))
             return future
         future.add_done_callback(lambda f: self._withdraw(rid) if f.cancelled() else None)
         return future
 
+    def run_admitted(self, admitted: Admitted) -> ScheduledResult:
+        """Run a request :meth:`admit` dispatched to the caller, as a batch of one.
+
+        Raises:
+            Exception: what ``run_batch`` raised (the request has then ended, failed).
+        """
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            values = self._run_batch([admitted.payload])
+            if len(values) != 1:
+                raise PhiEngineError(f"[scheduler] run_batch returned {len(values)} values for 1")
+            ok = True
+        finally:
+            elapsed = time.perf_counter() - t0
+            self._core.release(admitted.token, ok)
+            self._batches.append((1, elapsed))
+        queued_ms = (admitted.start - admitted.arrival) * 1000.0
+        return ScheduledResult(values[0], admitted.request_id, queued_ms, elapsed * 1000.0, 1)
+
     def infer(self, payload: Any, **kwargs: Any) -> ScheduledResult:
-        """:meth:`submit` and wait for the result (its exception is raised here)."""
-        return self.submit(payload, **kwargs).result()
+        """:meth:`run_or_submit` and wait for the result (its exception is raised here)."""
+        found = self.run_or_submit(payload, **kwargs)
+        return found.result() if isinstance(found, Future) else found
 
     async def ainfer(self, payload: Any, **kwargs: Any) -> ScheduledResult:
         """:meth:`submit` and await the result; cancelling the awaiting task withdraws it."""

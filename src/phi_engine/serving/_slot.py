@@ -21,7 +21,7 @@ import numpy as np
 
 from phi_engine.serving._inputs import InputSpec
 from phi_engine.serving._policy import SchedulerConfig
-from phi_engine.serving._scheduler import ScheduledResult, Scheduler
+from phi_engine.serving._scheduler import Admitted, ScheduledResult, Scheduler
 
 if TYPE_CHECKING:
     from phi_engine.registry import ModelRecord
@@ -64,7 +64,7 @@ class _Meter:
         self.queue_ms: deque[float] = deque(maxlen=4096)
         self.failed = 0
         # The last results (their outputs dropped), for a profile of live traffic.
-        self.results: deque[ScheduledResult] = deque(maxlen=10_000)
+        self.results: deque[tuple[int, float, float, int]] = deque(maxlen=10_000)
 
     def take(self) -> tuple[float, list[float], int]:
         with self._lock:
@@ -122,7 +122,7 @@ class Slot:
         from phi_engine.serving._runner import ModelRunner
 
         model = compile_model(str(self.path), max_batch=s.max_batch)
-        return ModelRunner(model, threads=s.threads_per_replica)
+        return ModelRunner(model, threads=s.threads_per_replica, checked=True)
 
     # ---- serving ------------------------------------------------------------------------------
 
@@ -165,22 +165,31 @@ class Slot:
         deadline_ms: float | None,
         policy: str | None,
         tenant: str,
-    ) -> Future[ScheduledResult]:
-        return self.scheduler(policy).submit(
+        here: bool = False,
+    ) -> Admitted | Future[ScheduledResult]:
+        """Queue a request; with ``here``, an idle scheduler hands it back to run in the caller's
+        thread (see :meth:`Scheduler.admit`)."""
+        sched = self.scheduler(policy)
+        enter = sched.admit if here else sched.submit
+        return enter(
             arrays, priority=priority, deadline_ms=deadline_ms, cost=float(rows), tenant=tenant
         )
 
+    def run_admitted(self, admitted: Admitted, policy: str | None) -> ScheduledResult:
+        return self.scheduler(policy).run_admitted(admitted)
+
     def note_result(self, result: ScheduledResult) -> None:
         """Note a served request's measured times (for the autoscaler and live profiles)."""
-        kept = replace(result, value=None)
+        kept = (result.request_id, result.queue_time_ms, result.execution_time_ms)
         with self.meter._lock:
             self.meter.queue_ms.append(result.queue_time_ms)
-            self.meter.results.append(kept)
+            self.meter.results.append((*kept, result.batch_size))
 
     def recent_results(self) -> list[ScheduledResult]:
         """The last requests served (without their outputs), oldest first."""
         with self.meter._lock:
-            return list(self.meter.results)
+            kept = list(self.meter.results)
+        return [ScheduledResult(None, rid, q, e, b) for rid, q, e, b in kept]
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
