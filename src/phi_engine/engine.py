@@ -30,6 +30,7 @@ import numpy as np
 
 from phi_engine.errors import (
     ConflictError,
+    IntegrityError,
     InvalidRequestError,
     NotFoundError,
     OverloadedError,
@@ -55,6 +56,7 @@ from phi_engine.serving._slot import Slot, SlotSettings
 __all__ = ["Engine", "InferenceResult"]
 
 EXECUTION_MODES = ("local", "process", "distributed")
+_SHED_REASONS = ("queue_full", "deadline_infeasible", "shed")
 _CONTROL_INTERVAL_S = 1.0
 
 
@@ -97,7 +99,7 @@ class Engine:
         self._jobs = JobStore(self.home / "jobs")
         self._deployments: dict[str, Deployment] = {}
         self._scalers: dict[str, Autoscaler] = {}
-        self._shed_seen: dict[str, int] = {}
+        self._shed_seen: dict[tuple[str, int, int], dict[str, int]] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._stop = threading.Event()
@@ -216,7 +218,7 @@ class Engine:
             limits,
         )
         deployment_id = "dep_" + secrets.token_hex(8)
-        slot = self._build_slot(record, spec, spec.placement.replicas)
+        slot = self._build_slot(record, spec, spec.placement.replicas, deployment_id)
         dep = Deployment(deployment_id, spec, slot)
         try:
             now = time.time()
@@ -296,9 +298,27 @@ class Engine:
             limits=InputLimits(max_batch, base.max_bytes, base.allow_non_finite),
         )
 
-    def _build_slot(self, record: ModelRecord, spec: DeploymentSpec, replicas: int) -> Slot:
+    def _build_slot(
+        self, record: ModelRecord, spec: DeploymentSpec, replicas: int, deployment_id: str
+    ) -> Slot:
         """Verify the artifact, load the model, check its memory, warm it up."""
-        path = self._registry.verified_path(record.model_id)
+        try:
+            path = self._registry.verified_path(record.model_id)
+        except IntegrityError as exc:
+            self._events.append(
+                "integrity_failed",
+                deployment_id=deployment_id,
+                level="error",
+                model_id=record.model_id,
+                message=str(exc)[:300],
+            )
+            raise
+        self._events.append(
+            "integrity_verified",
+            deployment_id=deployment_id,
+            model_id=record.model_id,
+            sha256=record.sha256,
+        )
         settings = SlotSettings(
             execution_mode=spec.execution_mode,
             replicas=replicas,
@@ -692,21 +712,31 @@ class Engine:
                         message=str(exc)[:300],
                     )
 
-    def _control_one(self, dep: Deployment, elapsed: float) -> None:
-        busy_s, queue_ms, _ = dep.primary.meter.take()
-        shed = sum(
-            int(s.get("shed", 0)) + int(s.get("rejected", 0)) for s in dep.primary.stats().values()
-        )
-        seen = self._shed_seen.get(dep.deployment_id, 0)
-        if shed > seen:
+    def _log_shed(self, dep: Deployment) -> None:
+        """One ``shed`` event per interval with the requests refused or shed since the last,
+        by reason (requests are not logged one by one: that would make the log the hot path)."""
+        counts = dict.fromkeys(_SHED_REASONS, 0)
+        for slot in (dep.primary, dep.candidate):
+            for stats in slot.stats().values() if slot is not None else ():
+                for reason in _SHED_REASONS:
+                    counts[reason] += int(stats["ended"].get(reason, 0))
+        key = (dep.deployment_id, id(dep.primary), id(dep.candidate))
+        seen = self._shed_seen.get(key, dict.fromkeys(_SHED_REASONS, 0))
+        new = {r: counts[r] - seen[r] for r in _SHED_REASONS if counts[r] > seen[r]}
+        self._shed_seen = {k: v for k, v in self._shed_seen.items() if k[0] != dep.deployment_id}
+        self._shed_seen[key] = counts
+        if new:
             self._events.append(
                 "shed",
                 deployment_id=dep.deployment_id,
                 level="warning",
-                count=shed - seen,
-                total=shed,
+                count=sum(new.values()),
+                **new,
             )
-        self._shed_seen[dep.deployment_id] = shed
+
+    def _control_one(self, dep: Deployment, elapsed: float) -> None:
+        busy_s, queue_ms, _ = dep.primary.meter.take()
+        self._log_shed(dep)
         with self._lock:
             scaler = self._scalers.get(dep.deployment_id)
         if scaler is None or dep.status != "ready":
@@ -761,7 +791,7 @@ class Engine:
                 f"deployment {deployment_id} is already being updated", field="deployment_id"
             )
         old_id = dep.model_id
-        slot = self._build_slot(record, dep.spec, dep.replicas)
+        slot = self._build_slot(record, dep.spec, dep.replicas, deployment_id)
         try:
             dep.begin_update(slot, strategy, float(canary_percent))
         except BaseException:
@@ -903,11 +933,12 @@ class Engine:
                 InputLimits(saved["max_batch"], saved["max_bytes"], saved["allow_non_finite"]),
             )
             replicas = int(saved.get("replicas", spec.placement.replicas))
-            slot = self._build_slot(self._registry.get(row["model_id"]), spec, replicas)
+            dep_id = row["deployment_id"]
+            slot = self._build_slot(self._registry.get(row["model_id"]), spec, replicas, dep_id)
             dep = Deployment(row["deployment_id"], spec, slot)
             if row["candidate_model_id"]:
                 cand = self._build_slot(
-                    self._registry.get(row["candidate_model_id"]), spec, replicas
+                    self._registry.get(row["candidate_model_id"]), spec, replicas, dep_id
                 )
                 dep.begin_update(cand, "canary", float(saved.get("candidate_percent", 10.0)))
             with self._lock:

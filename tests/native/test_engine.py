@@ -221,7 +221,7 @@ def test_restart_restores_deployments_and_undeploy_is_final(
         assert eng.deployment(kept).replicas == 2
         np.testing.assert_allclose(eng.infer(kept, {"x": x}).outputs["y"], mlp_reference(x), **TOL)
         events = [e.event for e in eng.logs(kept)]
-        assert events[:2] == ["deployed", "restored"]
+        assert events == ["integrity_verified", "deployed", "integrity_verified", "restored"]
         assert eng.verify_logs().ok
 
 
@@ -343,3 +343,40 @@ def test_distributed_mode_is_refused_clearly(engine: Engine, model_file: Path) -
         engine.deploy(m.model_id, "distributed")
     assert info.value.field == "execution_mode"
     assert engine.deployments() == []
+
+
+def test_shed_requests_are_counted_in_the_log(engine: Engine, tmp_path: Path) -> None:
+    slow = mlp(tmp_path / "slow.onnx", seed=3, width=512, layers=8)
+    d = engine.deploy(engine.register("slow", "onnx", "1", str(slow)).model_id)
+    x = np.zeros((32, 4), np.float32)
+    futures = [engine.submit(d.deployment_id, {"x": x}, deadline_ms=0.01) for _ in range(20)]
+    refused = 0
+    for f in futures:
+        try:
+            f.result(timeout=30)
+        except errors.OverloadedError as exc:
+            assert exc.reason in ("deadline_infeasible", "shed")
+            refused += 1
+    assert refused > 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        shed = [e for e in engine.logs(d.deployment_id) if e.event == "shed"]
+        if shed:
+            break
+        time.sleep(0.2)
+    assert sum(int(e.fields["count"]) for e in shed) == refused
+
+
+def test_integrity_is_verified_at_every_load(engine: Engine, model_file: Path) -> None:
+    m = engine.register("mlp", "onnx", "1", str(model_file))
+    d = engine.deploy(m.model_id)
+    assert "integrity_verified" in [e.event for e in engine.logs(d.deployment_id)]
+    with open(m.artifact_path, "r+b") as f:  # tamper with the stored artifact
+        f.seek(10)
+        f.write(b"\x00\x01\x02")
+    before = len(engine.deployments())
+    with pytest.raises(errors.IntegrityError):
+        engine.deploy(m.model_id)
+    assert len(engine.deployments()) == before
+    failed = [e for e in engine.logs(level="error") if e.event == "integrity_failed"]
+    assert failed and failed[-1].fields["model_id"] == m.model_id
