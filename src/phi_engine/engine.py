@@ -39,25 +39,27 @@ from phi_engine.errors import (
 )
 from phi_engine.observability import Event, EventLog
 from phi_engine.registry import Database, ModelRecord, Registry
-from phi_engine.serving._autoscale import (
-    Autoscaler,
-    Sample,
-    ScalingPolicy,
-    parse_autoscale_request,
-    parse_scaling_policy,
+from phi_engine.serving._autoscale import parse_autoscale_request
+from phi_engine.serving._control import Controller
+from phi_engine.serving._deployment import (
+    ROLLING_STEPS,
+    STRATEGIES,
+    Deployment,
+    DeploymentSpec,
+    InferenceResult,
 )
-from phi_engine.serving._deployment import STRATEGIES, Deployment, DeploymentSpec, InferenceResult
 from phi_engine.serving._inputs import InputLimits
 from phi_engine.serving._jobs import Job, JobStore
-from phi_engine.serving._policy import POLICIES, SchedulerConfig
-from phi_engine.serving._resources import Placement, place
 from phi_engine.serving._slot import Slot, SlotSettings
+from phi_engine.serving._specs import (
+    build_spec,
+    check_planned_memory,
+    check_policy,
+    spec_from_json,
+    spec_json,
+)
 
 __all__ = ["Engine", "InferenceResult"]
-
-EXECUTION_MODES = ("local", "process", "distributed")
-_SHED_REASONS = ("queue_full", "deadline_infeasible", "shed")
-_CONTROL_INTERVAL_S = 1.0
 
 
 def default_home() -> Path:
@@ -98,15 +100,13 @@ class Engine:
         self._events = EventLog(self.home / "events.db")
         self._jobs = JobStore(self.home / "jobs")
         self._deployments: dict[str, Deployment] = {}
-        self._scalers: dict[str, Autoscaler] = {}
-        self._shed_seen: dict[tuple[str, int, int], dict[str, int]] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._stop = threading.Event()
         self._job_threads: dict[str, threading.Thread] = {}
         self._job_stops: dict[str, threading.Event] = {}
-        self._control = threading.Thread(
-            target=self._control_loop, name="phi-engine-control", daemon=True
+        self._control = Controller(
+            self.deployments, lambda dep_id, n, why: self.scale(dep_id, n, reason=why), self._events
         )
         if restore:
             self._restore()
@@ -207,7 +207,7 @@ class Engine:
         """
         self._check_open()
         record = self._registry.get(model_id)
-        spec = self._spec(
+        spec = build_spec(
             execution_mode,
             resource_allocation,
             scaling_policy,
@@ -226,14 +226,14 @@ class Engine:
                 conn.execute(
                     "INSERT INTO deployments (deployment_id, model_id, candidate_model_id, status,"
                     " spec, created_at, updated_at) VALUES (?, ?, NULL, 'active', ?, ?, ?)",
-                    (deployment_id, model_id, json.dumps(_spec_json(spec)), now, now),
+                    (deployment_id, model_id, json.dumps(spec_json(spec)), now, now),
                 )
         except BaseException:
             dep.stop(drain=False)
             raise
         with self._lock:
             self._deployments[deployment_id] = dep
-            self._track_scaling(dep)
+            self._control.set_policy(deployment_id, dep.spec.scaling)
         self._events.append(
             "deployed",
             deployment_id=deployment_id,
@@ -243,60 +243,6 @@ class Engine:
             placement=spec.placement.describe(),
         )
         return dep
-
-    def _spec(
-        self,
-        execution_mode: str,
-        resource_allocation: Mapping[str, Any] | None,
-        scaling_policy: str | Mapping[str, Any] | None,
-        placement: str,
-        execution_policy: str,
-        max_batch: int,
-        slo_ms: Mapping[str, float] | None,
-        limits: InputLimits | None,
-    ) -> DeploymentSpec:
-        if execution_mode not in EXECUTION_MODES:
-            raise InvalidRequestError(
-                f"unknown execution_mode {execution_mode!r}; "
-                f"use one of {', '.join(EXECUTION_MODES)}",
-                field="execution_mode",
-            )
-        if execution_mode == "distributed":
-            raise UnsupportedError(
-                "execution_mode 'distributed' (replicas on a Ray cluster) is not available yet; "
-                "use 'local' or 'process'",
-                field="execution_mode",
-            )
-        if placement not in ("strict", "best_effort"):
-            raise InvalidRequestError(
-                "placement must be 'strict' or 'best_effort'", field="placement"
-            )
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise InvalidRequestError("max_batch must be a positive integer", field="max_batch")
-        # The scheduler settings validate the policy and SLOs and name the field at fault.
-        slos: dict[str | int, float] = {k: v for k, v in (slo_ms or {}).items()}
-        SchedulerConfig(policy=execution_policy, max_batch=max_batch, slo_ms=slos)
-        where: Placement = place(
-            dict(resource_allocation or {}), placement=placement, available_devices=("cpu",)
-        )
-        scaling = parse_scaling_policy(
-            scaling_policy,
-            replicas=where.replicas,
-            device=where.device,
-            capacity=where.max_replicas,
-        )
-        base = limits or InputLimits()
-        return DeploymentSpec(
-            execution_mode=execution_mode,
-            resource_allocation=dict(resource_allocation or {}),
-            placement_mode=placement,
-            placement=where,
-            scaling=scaling,
-            execution_policy=execution_policy,
-            max_batch=max_batch,
-            slo_ms={str(k): float(v) for k, v in (slo_ms or {}).items()},
-            limits=InputLimits(max_batch, base.max_bytes, base.allow_non_finite),
-        )
 
     def _build_slot(
         self, record: ModelRecord, spec: DeploymentSpec, replicas: int, deployment_id: str
@@ -329,7 +275,7 @@ class Engine:
         )
         slot = Slot(record, path, settings)
         try:
-            _check_memory(slot, spec)
+            check_planned_memory(slot, spec)
             slot.warm_up()
         except BaseException:
             slot.close(drain=False)
@@ -353,7 +299,7 @@ class Engine:
         dep = self.deployment(deployment_id)
         with self._lock:
             self._deployments.pop(deployment_id, None)
-            self._scalers.pop(deployment_id, None)
+            self._control.set_policy(deployment_id, None)
         dep.stop(drain=drain)
         with self._db.transaction() as conn:
             conn.execute(
@@ -389,7 +335,7 @@ class Engine:
             NotFoundError: an unknown deployment.
             InvalidRequestError: inputs or fields that do not fit (``field`` names them).
         """
-        _check_policy(execution_policy)
+        check_policy(execution_policy)
         dep = self.deployment(deployment_id)
         future = dep.submit(
             inputs,
@@ -420,7 +366,7 @@ class Engine:
             OverloadedError: shed or rejected by the scheduler (its ``reason`` says why).
             WorkerError: the worker process died and the retry failed.
         """
-        _check_policy(execution_policy)
+        check_policy(execution_policy)
         dep = self.deployment(deployment_id)
         try:
             return dep.infer(
@@ -651,7 +597,7 @@ class Engine:
             )
         dep.spec.scaling = policy
         with self._lock:
-            self._scalers[deployment_id] = Autoscaler(policy)
+            self._control.set_policy(deployment_id, policy)
         self._persist(dep)
         target = min(max(dep.replicas, policy.replicas_min), policy.replicas_max)
         if target != dep.replicas:
@@ -690,66 +636,6 @@ class Engine:
             reason=reason,
         )
         return dep
-
-    def _track_scaling(self, dep: Deployment) -> None:
-        if dep.spec.scaling.mode == "auto":
-            self._scalers[dep.deployment_id] = Autoscaler(dep.spec.scaling)
-
-    def _control_loop(self) -> None:
-        """Every second: feed the autoscalers their measurements and log shed counts."""
-        last = time.monotonic()
-        while not self._stop.wait(_CONTROL_INTERVAL_S):
-            now = time.monotonic()
-            elapsed, last = now - last, now
-            for dep in self.deployments():
-                try:
-                    self._control_one(dep, elapsed)
-                except PhiEngineError as exc:
-                    self._events.append(
-                        "control_error",
-                        deployment_id=dep.deployment_id,
-                        level="warning",
-                        message=str(exc)[:300],
-                    )
-
-    def _log_shed(self, dep: Deployment) -> None:
-        """One ``shed`` event per interval with the requests refused or shed since the last,
-        by reason (requests are not logged one by one: that would make the log the hot path)."""
-        counts = dict.fromkeys(_SHED_REASONS, 0)
-        for slot in (dep.primary, dep.candidate):
-            for stats in slot.stats().values() if slot is not None else ():
-                for reason in _SHED_REASONS:
-                    counts[reason] += int(stats["ended"].get(reason, 0))
-        key = (dep.deployment_id, id(dep.primary), id(dep.candidate))
-        seen = self._shed_seen.get(key, dict.fromkeys(_SHED_REASONS, 0))
-        new = {r: counts[r] - seen[r] for r in _SHED_REASONS if counts[r] > seen[r]}
-        self._shed_seen = {k: v for k, v in self._shed_seen.items() if k[0] != dep.deployment_id}
-        self._shed_seen[key] = counts
-        if new:
-            self._events.append(
-                "shed",
-                deployment_id=dep.deployment_id,
-                level="warning",
-                count=sum(new.values()),
-                **new,
-            )
-
-    def _control_one(self, dep: Deployment, elapsed: float) -> None:
-        busy_s, queue_ms, _ = dep.primary.meter.take()
-        self._log_shed(dep)
-        with self._lock:
-            scaler = self._scalers.get(dep.deployment_id)
-        if scaler is None or dep.status != "ready":
-            return
-        sample = Sample(
-            time=time.monotonic(),
-            busy_fraction=min(1.0, busy_s / max(elapsed * dep.replicas, 1e-9)),
-            queue_delay_ms=float(np.median(queue_ms)) if queue_ms else 0.0,
-            replicas=dep.replicas,
-        )
-        decision = scaler.observe(sample)
-        if decision is not None and decision.replicas != dep.replicas:
-            self.scale(dep.deployment_id, decision.replicas, reason=decision.reason)
 
     # ---- updates ------------------------------------------------------------------------------
 
@@ -806,7 +692,7 @@ class Engine:
             model_to=model_id,
         )
         if strategy == "rolling":
-            for percent in (*_rolling_steps(), 100.0):
+            for percent in (*ROLLING_STEPS[1:], 100.0):
                 time.sleep(step_seconds)
                 dep.set_candidate_percent(percent)
         if strategy != "canary":
@@ -849,7 +735,7 @@ class Engine:
                 (
                     dep.model_id,
                     dep.candidate_model_id,
-                    json.dumps(_spec_json(dep.spec, dep)),
+                    json.dumps(spec_json(dep.spec, dep)),
                     time.time(),
                     dep.deployment_id,
                 ),
@@ -922,17 +808,7 @@ class Engine:
     def _restore_one(self, row: Any) -> Deployment | BaseException:
         try:
             saved = json.loads(row["spec"])
-            spec = self._spec(
-                saved["execution_mode"],
-                saved["resource_allocation"],
-                saved["scaling_policy"],
-                "best_effort",
-                saved["execution_policy"],
-                saved["max_batch"],
-                saved["slo_ms"],
-                InputLimits(saved["max_batch"], saved["max_bytes"], saved["allow_non_finite"]),
-            )
-            replicas = int(saved.get("replicas", spec.placement.replicas))
+            spec, replicas = spec_from_json(saved)
             dep_id = row["deployment_id"]
             slot = self._build_slot(self._registry.get(row["model_id"]), spec, replicas, dep_id)
             dep = Deployment(row["deployment_id"], spec, slot)
@@ -943,7 +819,7 @@ class Engine:
                 dep.begin_update(cand, "canary", float(saved.get("candidate_percent", 10.0)))
             with self._lock:
                 self._deployments[dep.deployment_id] = dep
-                self._track_scaling(dep)
+                self._control.set_policy(dep.deployment_id, dep.spec.scaling)
             self._events.append("restored", deployment_id=dep.deployment_id, model_id=dep.model_id)
             return dep
         except Exception as exc:  # one broken deployment must not stop the others coming back
@@ -967,8 +843,7 @@ class Engine:
             t.join(timeout=30)
         for dep in self.deployments():
             dep.stop(drain=True)
-        if self._control.is_alive():
-            self._control.join(timeout=5)
+        self._control.stop()
         self._events.close()
         self._db.close()
 
@@ -1011,67 +886,3 @@ class Engine:
             f"{len(self.models())} models, {len(self._deployments)} deployments</p>"
             f"<table><tr>{head}</tr>{rows}</table>"
         )
-
-
-def _check_policy(execution_policy: str | None) -> None:
-    if execution_policy is not None and execution_policy not in POLICIES:
-        raise InvalidRequestError(
-            f"unknown execution_policy {execution_policy!r}; use one of {', '.join(POLICIES)}",
-            field="execution_policy",
-        )
-
-
-def _rolling_steps() -> tuple[float, ...]:
-    from phi_engine.serving._deployment import ROLLING_STEPS
-
-    return ROLLING_STEPS[1:]
-
-
-def _spec_json(spec: DeploymentSpec, dep: Deployment | None = None) -> dict[str, Any]:
-    out = {
-        "execution_mode": spec.execution_mode,
-        "resource_allocation": spec.resource_allocation,
-        "placement_mode": spec.placement_mode,
-        "scaling_policy": _scaling_json(spec.scaling),
-        "execution_policy": spec.execution_policy,
-        "max_batch": spec.max_batch,
-        "slo_ms": spec.slo_ms,
-        "max_bytes": spec.limits.max_bytes,
-        "allow_non_finite": spec.limits.allow_non_finite,
-        "replicas": spec.placement.replicas if dep is None else dep.replicas,
-    }
-    if dep is not None and dep.candidate is not None:
-        out["candidate_percent"] = dep.candidate_percent
-    return out
-
-
-def _scaling_json(policy: ScalingPolicy) -> dict[str, Any]:
-    """The policy in the object form ``scaling_policy`` accepts, to rebuild it at restart."""
-    keys: tuple[str, ...] = ("mode", "replicas_min", "replicas_max", "threshold")
-    keys += ("queue_delay_ms", "up_window_s", "down_window_s", "interval_s")
-    values = policy.to_dict()
-    return {k: values[k] for k in keys if values.get(k) is not None}
-
-
-def _check_memory(slot: Slot, spec: DeploymentSpec) -> None:
-    """The planned memory (weights + one batch's arena per replica) must fit the budget."""
-    if spec.placement.memory_budget_bytes is None:
-        return
-    from phi_engine.serving._resources import check_memory
-
-    check_memory(spec.placement, planned_memory(slot, spec))
-
-
-def planned_memory(slot: Slot, spec: DeploymentSpec) -> int:
-    """Bytes a slot plans to use: its weights once, plus a full batch's arena per replica."""
-    from phi_engine.graph import compile as compile_model
-    from phi_engine.graph.lower import NativeSegment
-
-    model = getattr(slot.runner, "model", None) or compile_model(
-        str(slot.path), max_batch=spec.max_batch
-    )
-    weights = sum(np.asarray(c).nbytes for c in model.graph.constants.values())
-    sample = slot.sample_inputs(spec.max_batch)
-    program = model.program({k: v.shape for k, v in sample.items()})
-    arena = sum(s.plan.arena_bytes for s in program.steps if isinstance(s, NativeSegment))
-    return int(weights + arena * slot.settings.replicas)

@@ -273,10 +273,10 @@ def test_scale_keeps_serving_and_autoscale_follows_load(
     )
     assert out["scaling_mode"] == "adaptive" and out["gpu_allocated"] == 0
     # short windows so the test sees a decision: the policy object's own fields
-    from phi_engine.serving._autoscale import Autoscaler, ScalingPolicy
+    from phi_engine.serving import ScalingPolicy
 
     policy = ScalingPolicy("auto", 1, 2, threshold=0.5, up_window_s=2.0, down_window_s=60.0)
-    engine._scalers[d.deployment_id] = Autoscaler(policy)
+    engine._control.set_policy(d.deployment_id, policy)
     x = rng.standard_normal((8, 4)).astype(np.float32)
     stop = threading.Event()
     failures: list[BaseException] = []

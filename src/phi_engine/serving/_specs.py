@@ -1,0 +1,167 @@
+"""What a deployment is asked for, checked and turned into a :class:`DeploymentSpec`; its JSON
+form (persisted in the deployments table and read back at restart); and its planned memory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from phi_engine.errors import InvalidRequestError, UnsupportedError
+from phi_engine.serving._autoscale import ScalingPolicy, parse_scaling_policy
+from phi_engine.serving._deployment import Deployment, DeploymentSpec
+from phi_engine.serving._inputs import InputLimits
+from phi_engine.serving._policy import POLICIES, SchedulerConfig
+from phi_engine.serving._resources import PLACEMENTS, check_memory, place
+
+if TYPE_CHECKING:
+    from phi_engine.serving._slot import Slot
+
+__all__ = [
+    "EXECUTION_MODES",
+    "build_spec",
+    "check_planned_memory",
+    "check_policy",
+    "planned_memory",
+    "spec_from_json",
+    "spec_json",
+]
+
+EXECUTION_MODES = ("local", "process", "distributed")
+
+
+def build_spec(
+    execution_mode: str,
+    resource_allocation: Mapping[str, Any] | None,
+    scaling_policy: str | Mapping[str, Any] | None,
+    placement: str,
+    execution_policy: str,
+    max_batch: int,
+    slo_ms: Mapping[str, float] | None,
+    limits: InputLimits | None,
+) -> DeploymentSpec:
+    """Check a deploy request's fields and place it on this machine.
+
+    Raises:
+        InvalidRequestError: a malformed field (``field`` names it).
+        UnsupportedError: ``distributed`` execution (Ray is not wired in yet).
+        ResourceError: resources that do not exist here (with ``placement="strict"``).
+    """
+    if execution_mode not in EXECUTION_MODES:
+        raise InvalidRequestError(
+            f"unknown execution_mode {execution_mode!r}; use one of {', '.join(EXECUTION_MODES)}",
+            field="execution_mode",
+        )
+    if execution_mode == "distributed":
+        raise UnsupportedError(
+            "execution_mode 'distributed' (replicas on a Ray cluster) is not available yet; "
+            "use 'local' or 'process'",
+            field="execution_mode",
+        )
+    if placement not in PLACEMENTS:
+        raise InvalidRequestError(
+            f"placement must be one of {', '.join(PLACEMENTS)}", field="placement"
+        )
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise InvalidRequestError("max_batch must be a positive integer", field="max_batch")
+    # The scheduler settings check the policy and SLOs and name the field at fault.
+    slos: dict[str | int, float] = {k: v for k, v in (slo_ms or {}).items()}
+    SchedulerConfig(policy=execution_policy, max_batch=max_batch, slo_ms=slos)
+    where = place(dict(resource_allocation or {}), placement=placement, available_devices=("cpu",))
+    scaling = parse_scaling_policy(
+        scaling_policy, replicas=where.replicas, device=where.device, capacity=where.max_replicas
+    )
+    base = limits or InputLimits()
+    return DeploymentSpec(
+        execution_mode=execution_mode,
+        resource_allocation=dict(resource_allocation or {}),
+        placement_mode=placement,
+        placement=where,
+        scaling=scaling,
+        execution_policy=execution_policy,
+        max_batch=max_batch,
+        slo_ms={str(k): float(v) for k, v in (slo_ms or {}).items()},
+        limits=InputLimits(max_batch, base.max_bytes, base.allow_non_finite),
+    )
+
+
+def check_policy(execution_policy: str | None) -> None:
+    """A request's ``execution_policy``, when it names one, must be a known policy."""
+    if execution_policy is not None and execution_policy not in POLICIES:
+        raise InvalidRequestError(
+            f"unknown execution_policy {execution_policy!r}; use one of {', '.join(POLICIES)}",
+            field="execution_policy",
+        )
+
+
+def spec_json(spec: DeploymentSpec, dep: Deployment | None = None) -> dict[str, Any]:
+    """The spec as persisted: the request's fields (re-placed at restart) and the live state."""
+    out = {
+        "execution_mode": spec.execution_mode,
+        "resource_allocation": spec.resource_allocation,
+        "placement_mode": spec.placement_mode,
+        "scaling_policy": _scaling_json(spec.scaling),
+        "execution_policy": spec.execution_policy,
+        "max_batch": spec.max_batch,
+        "slo_ms": spec.slo_ms,
+        "max_bytes": spec.limits.max_bytes,
+        "allow_non_finite": spec.limits.allow_non_finite,
+        "replicas": spec.placement.replicas if dep is None else dep.replicas,
+    }
+    if dep is not None and dep.candidate is not None:
+        out["candidate_percent"] = dep.candidate_percent
+    return out
+
+
+def spec_from_json(saved: Mapping[str, Any]) -> tuple[DeploymentSpec, int]:
+    """A persisted spec, placed again on this machine (best effort: the machine may have
+    changed since), and the replica count it had."""
+    spec = build_spec(
+        saved["execution_mode"],
+        saved["resource_allocation"],
+        saved["scaling_policy"],
+        "best_effort",
+        saved["execution_policy"],
+        saved["max_batch"],
+        saved["slo_ms"],
+        InputLimits(saved["max_batch"], saved["max_bytes"], saved["allow_non_finite"]),
+    )
+    return spec, int(saved.get("replicas", spec.placement.replicas))
+
+
+def _scaling_json(policy: ScalingPolicy) -> dict[str, Any]:
+    """The policy in the object form ``scaling_policy`` accepts, to rebuild it at restart."""
+    keys: tuple[str, ...] = ("mode", "replicas_min", "replicas_max", "threshold")
+    keys += ("queue_delay_ms", "up_window_s", "down_window_s", "interval_s")
+    values = policy.to_dict()
+    return {k: values[k] for k in keys if values.get(k) is not None}
+
+
+def check_planned_memory(slot: Slot, spec: DeploymentSpec) -> None:
+    """The planned memory must fit the deployment's budget, when it has one.
+
+    Raises:
+        ResourceError: it does not (both numbers are in the message).
+    """
+    if spec.placement.memory_budget_bytes is not None:
+        check_memory(spec.placement, planned_memory(slot, spec))
+
+
+def planned_memory(slot: Slot, spec: DeploymentSpec) -> int:
+    """Bytes a slot plans to use: its weights once, plus a full batch's arena per replica.
+
+    The arena is planned for ``max_batch`` rows with other symbolic dimensions at the warm-up
+    size, so a request with a longer sequence can use more.
+    """
+    from phi_engine.graph import compile as compile_model
+    from phi_engine.graph.lower import NativeSegment
+
+    model = getattr(slot.runner, "model", None) or compile_model(
+        str(slot.path), max_batch=spec.max_batch
+    )
+    weights = sum(np.asarray(c).nbytes for c in model.graph.constants.values())
+    sample = slot.sample_inputs(spec.max_batch)
+    program = model.program({k: v.shape for k, v in sample.items()})
+    arena = sum(s.plan.arena_bytes for s in program.steps if isinstance(s, NativeSegment))
+    return int(weights + arena * slot.settings.replicas)
