@@ -19,6 +19,7 @@ import html
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -73,7 +74,8 @@ class Engine:
     Args:
         home: The data directory (default :func:`default_home`).
         restore: Restart the deployments recorded as active and resume unfinished batch jobs.
-        progress: Show progress bars for downloads and batch jobs.
+        progress: Show progress bars for downloads, batch jobs and profiling sweeps (default:
+            when standard error is a terminal).
 
     Example::
 
@@ -90,11 +92,11 @@ class Engine:
         home: str | os.PathLike[str] | None = None,
         *,
         restore: bool = True,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> None:
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
-        self.progress = progress
+        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
         self._db = Database(self.home / "registry.db")
         self._registry = Registry(self.home, self._db)
         self._events = EventLog(self.home / "events.db")
