@@ -434,6 +434,13 @@ class Engine:
             the same home resumes it without computing a finished chunk twice.
         """
         dep = self.deployment(deployment_id)
+        if not isinstance(input_url, str):
+            raise InvalidRequestError("input_url must be a path or URL string", field="input_url")
+        if output_url is not None and not isinstance(output_url, str):
+            raise InvalidRequestError(
+                "output_url must be a path or URL string (batch_size is the fourth argument)",
+                field="output_url",
+            )
         specs = dep.primary.inputs
         job = self._jobs.create(
             deployment_id,
@@ -462,7 +469,11 @@ class Engine:
                     lambda chunk: self._infer_chunk(deployment_id, chunk, priority),
                     progress=self.progress,
                     stop=stop,
+                    pause=self._stop,  # close(): resumable, unlike cancel_job()
                 )
+                if job.status == "queued":
+                    self._events.append("job_paused", deployment_id=deployment_id, job_id=job_id)
+                    return
                 self._events.append(
                     "job_finished",
                     deployment_id=deployment_id,
@@ -838,9 +849,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        for stop in list(self._job_stops.values()):
-            stop.set()
+        self._stop.set()  # running jobs pause after their current chunk; a restart resumes them
         for t in list(self._job_threads.values()):
             t.join(timeout=30)
         for dep in self.deployments():

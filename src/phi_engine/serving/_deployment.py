@@ -208,7 +208,7 @@ class Deployment:
         try:
             r = slot.run_admitted(found, execution_policy)
         except BaseException:
-            slot.meter.failed += 1
+            slot.meter.count_failure()
             raise
         return self._result(r, slot, request_id)
 

@@ -258,6 +258,7 @@ class JobStore:
         *,
         progress: bool = True,
         stop: threading.Event | None = None,
+        pause: threading.Event | None = None,
     ) -> Job:
         """Run (or resume) a job to its end.
 
@@ -269,6 +270,9 @@ class JobStore:
             infer: Model inputs of one chunk -> its outputs (each with the chunk's rows).
             progress: Show a tqdm progress bar over rows (on stderr).
             stop: When set, the job stops after the current chunk and becomes ``cancelled``.
+            pause: When set, the job stops after the current chunk and goes back to ``queued``
+                with its chunks kept: the next ``run()`` (e.g. an engine restarted on the same
+                root) resumes it.
 
         Returns:
             The final job: ``completed``, ``failed`` (``error`` says why; ``run()`` again
@@ -285,9 +289,12 @@ class JobStore:
             if job.status != "running":
                 return job
             try:
-                if not self._compute(job, self._read(job_id)[1], infer, progress, stop):
+                outcome = self._compute(job, self._read(job_id)[1], infer, progress, stop, pause)
+                if outcome == "cancelled":
                     _remove_chunks(self._dir(job_id))
                     return self._set_status(job_id, "cancelled")
+                if outcome == "paused":
+                    return self._update(job_id, _pause)
                 self._assemble(job)
             except Exception as exc:
                 # Whatever goes wrong (the model, the files) fails this job, not its caller;
@@ -328,8 +335,9 @@ class JobStore:
         infer: Infer,
         progress: bool,
         stop: threading.Event,
-    ) -> bool:
-        """Compute every missing chunk; False if cancelled before the last one."""
+        pause: threading.Event | None = None,
+    ) -> str:
+        """Compute every missing chunk: ``done``, or ``cancelled``/``paused`` before the last."""
         from tqdm import tqdm
 
         folder = self._dir(job.job_id)
@@ -355,15 +363,17 @@ class JobStore:
                     if index in done:
                         continue
                     if stop.is_set():
-                        return False
+                        return "cancelled"
+                    if pause is not None and pause.is_set():
+                        return "paused"
                     span = _chunk_range(job, index)
                     outputs = _checked(infer(rows.read(span.start, span.stop)), len(span))
                     _write_chunk(folder, index, outputs)
                     rows_done += len(span)
                     if not self._set_rows(job.job_id, rows_done):
-                        return False
+                        return "cancelled"
                     bar.update(len(span))
-        return True
+        return "done"
 
     def _assemble(self, job: Job) -> None:
         """Join the chunk files in order and write the output atomically."""
@@ -418,6 +428,13 @@ def _start(job: Job) -> Job:
     if job.status in ("completed", "cancelled"):
         return job
     return dataclasses.replace(job, status="running", error=None)
+
+
+def _pause(job: Job) -> Job:
+    """A running job put back in the queue (cancelled meanwhile: it stays cancelled)."""
+    if job.status != "running":
+        return job
+    return dataclasses.replace(job, status="queued")
 
 
 def _write_manifest(folder: Path, job: Job, extra: Mapping[str, Any]) -> None:

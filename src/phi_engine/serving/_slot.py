@@ -66,6 +66,10 @@ class _Meter:
         # The last results (their outputs dropped), for a profile of live traffic.
         self.results: deque[tuple[int, float, float, int]] = deque(maxlen=10_000)
 
+    def count_failure(self, requests: int = 1) -> None:
+        with self._lock:
+            self.failed += requests
+
     def take(self) -> tuple[float, list[float], int]:
         with self._lock:
             out = (self.busy_s, list(self.queue_ms), self.failed)
@@ -131,8 +135,7 @@ class Slot:
         try:
             return self.runner(payloads)  # type: ignore[no-any-return]
         except BaseException:
-            with self.meter._lock:
-                self.meter.failed += len(payloads)
+            self.meter.count_failure(len(payloads))
             raise
         finally:
             elapsed = time.perf_counter() - t0
