@@ -36,6 +36,7 @@ from phi_engine.errors import (
     NotFoundError,
     OverloadedError,
     PhiEngineError,
+    ResourceError,
     UnsupportedError,
 )
 from phi_engine.observability import Event, EventLog
@@ -637,9 +638,20 @@ class Engine:
         dep = self.deployment(deployment_id)
         if replicas == dep.replicas:
             return dep
-        before = dep.replicas
-        new = dep.primary.with_replicas(replicas)
-        dep.swap_primary(new)
+        most = dep.spec.placement.max_replicas
+        if replicas > most:
+            raise ResourceError(
+                f"{replicas} replicas of {dep.spec.placement.threads_per_replica} thread(s) do not "
+                f"fit this machine; at most {most}",
+                field="replicas",
+            )
+        current = dep.primary
+        before = current.settings.replicas
+        if not dep.swap_primary(current, current.with_replicas(replicas)):
+            raise ConflictError(
+                f"deployment {deployment_id} changed while it was being scaled; try again",
+                field="deployment_id",
+            )
         self._persist(dep)
         self._events.append(
             "scaled",

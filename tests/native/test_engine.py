@@ -171,6 +171,8 @@ def test_bad_fields_and_unknown_ids(engine: Engine, model_file: Path, tmp_path: 
             "resource_allocation.memory",
             lambda: engine.deploy(m.model_id, resource_allocation={"memory": "1KiB"}),
         ),
+        (errors.ResourceError, "replicas", lambda: engine.scale(d.deployment_id, 1000)),
+        (errors.InvalidRequestError, "replicas", lambda: engine.scale(d.deployment_id, 0)),
         (
             errors.InvalidRequestError,
             "strategy",
@@ -238,7 +240,7 @@ def test_batch_job_through_a_deployment(engine: Engine, model_file: Path, tmp_pa
 
 def test_logs_filters_and_follow(engine: Engine, model_file: Path) -> None:
     m = engine.register("mlp", "onnx", "1", str(model_file))
-    d = engine.deploy(m.model_id)
+    d = engine.deploy(m.model_id, resource_allocation={"cpu": 1})
     t0 = time.time()
     engine.scale(d.deployment_id, 2)
     assert [e.event for e in engine.logs(d.deployment_id, since=t0)] == ["scaled"]

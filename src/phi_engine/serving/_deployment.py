@@ -373,11 +373,18 @@ class Deployment:
         """The update strategy in progress, if any."""
         return self._strategy if self._candidate is not None else None
 
-    def swap_primary(self, new: Slot) -> None:
-        """Replace the primary slot (scaling): traffic moves at once, the old slot drains."""
+    def swap_primary(self, expected: Slot, new: Slot) -> bool:
+        """Replace the primary slot (scaling): traffic moves at once, the old slot drains.
+
+        Only if the primary is still ``expected``: an update promoted meanwhile must not be
+        undone by a slot built from the version it replaced (``new`` is closed instead).
+        """
         with self._lock:
-            old, self._primary = self._primary, new
-        old.close_in_background()
+            swapped = self._primary is expected and not self._stopped
+            if swapped:
+                self._primary = new
+        (expected if swapped else new).close_in_background()
+        return swapped
 
     # ---- the rest -----------------------------------------------------------------------------
 
