@@ -22,6 +22,7 @@ import secrets
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -103,6 +104,13 @@ class Engine:
         self._events = EventLog(self.home / "events.db")
         self._jobs = JobStore(self.home / "jobs")
         self._deployments: dict[str, Deployment] = {}
+        # Loaded models shared by local slots, by (sha256, max_batch, threads); weak, so that a
+        # model no deployment serves is freed. Their measured latencies seed later slots.
+        self._runners: weakref.WeakValueDictionary[tuple[str, int, int], Any] = (
+            weakref.WeakValueDictionary()
+        )
+        self._latency_seeds: dict[tuple[str, int, int], dict[float, list[float]]] = {}
+        self._load_locks: dict[tuple[str, int, int], threading.Lock] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._stop = threading.Event()
@@ -250,7 +258,46 @@ class Engine:
     def _build_slot(
         self, record: ModelRecord, spec: DeploymentSpec, replicas: int, deployment_id: str
     ) -> Slot:
-        """Verify the artifact, load the model, check its memory, warm it up."""
+        """Verify the artifact, load the model, check its memory, warm it up.
+
+        Local slots of the same artifact, batch limit and threads share one compiled model
+        (and its shape cache): it was verified and loaded once, and a restart with many
+        deployments of one model compiles it once. A shared model's latencies seed the new
+        slot's scheduler instead of a second warm-up.
+        """
+        settings = SlotSettings(
+            execution_mode=spec.execution_mode,
+            replicas=replicas,
+            threads_per_replica=spec.placement.threads_per_replica,
+            max_batch=spec.max_batch,
+            policy=spec.execution_policy,
+            slo_ms=spec.slo_ms,
+        )
+        key = (record.sha256, spec.max_batch, settings.threads_per_replica)
+        local = spec.execution_mode == "local"
+        with self._lock:
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:
+            shared = self._runners.get(key) if local else None
+            path = record.artifact_path if shared else self._verify(record, deployment_id)
+            slot = Slot(record, path, settings, runner=shared)
+            try:
+                check_planned_memory(slot, spec)
+                seeds = self._latency_seeds.get(key) if local else None
+                if seeds:
+                    slot.scheduler().seed_latencies(seeds)
+                else:
+                    slot.warm_up()
+                if local:
+                    self._runners[key] = slot.runner
+                    self._latency_seeds[key] = slot.measured_latencies()
+            except BaseException:
+                slot.close(drain=False)
+                raise
+        return slot
+
+    def _verify(self, record: ModelRecord, deployment_id: str) -> Path:
+        """The artifact's path once its hash is checked again (logged either way)."""
         try:
             path = self._registry.verified_path(record.model_id)
         except IntegrityError as exc:
@@ -268,22 +315,7 @@ class Engine:
             model_id=record.model_id,
             sha256=record.sha256,
         )
-        settings = SlotSettings(
-            execution_mode=spec.execution_mode,
-            replicas=replicas,
-            threads_per_replica=spec.placement.threads_per_replica,
-            max_batch=spec.max_batch,
-            policy=spec.execution_policy,
-            slo_ms=spec.slo_ms,
-        )
-        slot = Slot(record, path, settings)
-        try:
-            check_planned_memory(slot, spec)
-            slot.warm_up()
-        except BaseException:
-            slot.close(drain=False)
-            raise
-        return slot
+        return path
 
     def deployments(self) -> list[Deployment]:
         """The deployments this engine serves."""

@@ -369,16 +369,21 @@ def test_shed_requests_are_counted_in_the_log(engine: Engine, tmp_path: Path) ->
     assert sum(int(e.fields["count"]) for e in shed) == refused
 
 
-def test_integrity_is_verified_at_every_load(engine: Engine, model_file: Path) -> None:
-    m = engine.register("mlp", "onnx", "1", str(model_file))
-    d = engine.deploy(m.model_id)
-    assert "integrity_verified" in [e.event for e in engine.logs(d.deployment_id)]
+def test_integrity_is_verified_at_every_load(home: Path, model_file: Path) -> None:
+    with Engine(home) as engine:
+        m = engine.register("mlp", "onnx", "1", str(model_file))
+        d = engine.deploy(m.model_id)
+        assert "integrity_verified" in [e.event for e in engine.logs(d.deployment_id)]
+        # a second deployment shares the model already loaded and verified: no second load
+        engine.deploy(m.model_id)
     with open(m.artifact_path, "r+b") as f:  # tamper with the stored artifact
         f.seek(10)
         f.write(b"\x00\x01\x02")
-    before = len(engine.deployments())
-    with pytest.raises(errors.IntegrityError):
-        engine.deploy(m.model_id)
-    assert len(engine.deployments()) == before
-    failed = [e for e in engine.logs(level="error") if e.event == "integrity_failed"]
-    assert failed and failed[-1].fields["model_id"] == m.model_id
+    with Engine(home) as engine:  # the restart loads it again: refused, logged, nothing served
+        assert engine.deployments() == []
+        failed = [e for e in engine.logs(level="error") if e.event == "integrity_failed"]
+        assert len(failed) == 2 and failed[-1].fields["model_id"] == m.model_id
+        assert {e.event for e in engine.logs(level="error")} >= {"restore_failed"}
+        with pytest.raises(errors.IntegrityError):
+            engine.deploy(m.model_id)
+        assert engine.deployments() == []

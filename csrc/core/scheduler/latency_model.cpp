@@ -21,6 +21,7 @@ LatencyModel::LatencyModel(double max_cost, int window, double quantile)
   buckets_ = static_cast<int>(std::min<double>(kMaxBuckets, std::ceil(max_cost)));
   width_ = max_cost / buckets_;
   ring_.resize(buckets_ + 1);
+  sorted_.resize(buckets_ + 1);
   count_.assign(buckets_ + 1, 0);
   q_.assign(buckets_ + 1, std::numeric_limits<double>::quiet_NaN());
   m_ = q_;
@@ -34,35 +35,41 @@ void LatencyModel::record_many(double cost, const std::vector<double>& seconds) 
   if (!(cost > 0)) return;
   const int b = bucket_of(cost);
   auto& ring = ring_[b];
+  auto& sorted = sorted_[b];
   bool any = false;
   for (double s : seconds) {
     if (!std::isfinite(s) || s < 0) continue;
+    const auto x = static_cast<float>(s);
     if (static_cast<int>(ring.size()) < window_) {
-      ring.push_back(static_cast<float>(s));
+      ring.push_back(x);
     } else {
-      ring[count_[b] % window_] = static_cast<float>(s);
+      float& slot = ring[count_[b] % window_];
+      sorted.erase(std::lower_bound(sorted.begin(), sorted.end(), slot));
+      slot = x;
     }
+    // The window kept sorted beside the ring: a quantile is then one lookup, and a sample costs
+    // two binary searches and a short move instead of a copy and two selections per batch.
+    sorted.insert(std::upper_bound(sorted.begin(), sorted.end(), x), x);
     if (count_[b]++ == 0) ++measured_;
     any = true;
   }
   if (!any) return;
+  const double q = q_[b], m = m_[b];
   refresh_bucket(b);
-  rebuild();
+  // NaN != NaN: a bucket's first sample always rebuilds.
+  if (!(q_[b] == q && m_[b] == m)) rebuild();
 }
 
 void LatencyModel::refresh_bucket(int b) {
-  std::vector<float> tmp(ring_[b]);
-  const size_t n = tmp.size();
+  const auto& sorted = sorted_[b];
+  const size_t n = sorted.size();
   // Nearest-rank quantiles: with fewer than 1/(1-q) samples the tail one is the maximum.
   auto rank = [n](double q) {
     const auto k = static_cast<size_t>(std::ceil(q * static_cast<double>(n)));
     return std::clamp<size_t>(k, 1, n) - 1;
   };
-  const size_t k = rank(quantile_), h = rank(0.5);
-  std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(k), tmp.end());
-  q_[b] = tmp[k];
-  std::nth_element(tmp.begin(), tmp.begin() + static_cast<std::ptrdiff_t>(h), tmp.begin() + static_cast<std::ptrdiff_t>(k));
-  m_[b] = tmp[h];
+  q_[b] = sorted[rank(quantile_)];
+  m_[b] = sorted[rank(0.5)];
 }
 
 void LatencyModel::rebuild() {

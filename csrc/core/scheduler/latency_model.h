@@ -67,6 +67,7 @@ class LatencyModel {
   double quantile_;
   int measured_ = 0;                       // buckets with at least one sample
   std::vector<std::vector<float>> ring_;   // per bucket, the last `window_` samples
+  std::vector<std::vector<float>> sorted_; // per bucket, the same samples in ascending order
   std::vector<int64_t> count_;             // per bucket, samples ever recorded
   std::vector<double> q_;                  // per bucket, the quantile of its ring (NaN: none)
   std::vector<double> m_;                  // per bucket, the median of its ring (NaN: none)

@@ -109,9 +109,10 @@ def parse_inputs(
 
 
 def _finite(array: np.ndarray) -> bool:
-    """No NaN or infinity: one reduction when there is none (a sum that overflows to infinity
-    falls back to the element-wise check)."""
-    if array.dtype.kind == "f":
+    """No NaN or infinity. A large array is checked by one reduction when it has none (a sum
+    that overflows to infinity falls back to the element-wise check); a small one directly,
+    since setting the floating-point error state costs more than checking it."""
+    if array.dtype.kind == "f" and array.size >= 4096:
         with np.errstate(over="ignore", invalid="ignore"):
             if math.isfinite(np.add.reduce(array, axis=None)):
                 return True

@@ -155,7 +155,7 @@ class Slot:
                 if self._schedulers:
                     # Another policy's scheduler already learned this model's latencies.
                     first = next(iter(self._schedulers.values()))
-                    found.seed_latencies({c: [s] for c, s, _ in first.latency_table()})
+                    found.seed_latencies({c: [s] for c, s, n in first.latency_table() if n})
                 self._schedulers[policy] = found
             return found
 
@@ -212,6 +212,10 @@ class Slot:
         one = self.sample_inputs(1)
         self.scheduler().warm_up(lambda n: [one] * n, repeats=repeats)
 
+    def measured_latencies(self) -> dict[float, list[float]]:
+        """The default scheduler's measured latency buckets, as ``seed_latencies`` takes them."""
+        return {c: [sec] for c, sec, n in self.scheduler().latency_table() if n}
+
     def with_replicas(self, replicas: int) -> Slot:
         """A slot like this one with another replica count (local slots share the model)."""
         settings = replace(self.settings, replicas=replicas)
@@ -220,7 +224,7 @@ class Slot:
         with self._lock:
             tables = {p: s.latency_table() for p, s in self._schedulers.items()}
         for policy, table in tables.items():
-            slot.scheduler(policy).seed_latencies({c: [s] for c, s, _ in table})
+            slot.scheduler(policy).seed_latencies({c: [s] for c, s, n in table if n})
         return slot
 
     def stats(self) -> dict[str, Any]:
