@@ -28,7 +28,7 @@ from phi_engine._system import get_num_threads
 from phi_engine.errors import InvalidRequestError
 from phi_engine.graph.compiled import CompiledModel
 from phi_engine.observability._histogram import LatencyHistogram
-from phi_engine.serving import ScheduledResult, Scheduler
+from phi_engine.serving._scheduler import ScheduledResult, Scheduler
 
 __all__ = [
     "BatchRow",

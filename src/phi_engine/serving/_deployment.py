@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from phi_engine.errors import ConflictError, InvalidRequestError
+from phi_engine.errors import ConflictError, InvalidRequestError, OverloadedError
+from phi_engine.observability._metrics import DeploymentMetrics, Gauges
 from phi_engine.serving._inputs import InputLimits, parse_inputs
 from phi_engine.serving._scheduler import Admitted, ScheduledResult
 from phi_engine.serving._slot import Slot
@@ -119,6 +120,7 @@ class Deployment:
         self._routed = itertools.count()
         self._ids = itertools.count(1)
         self._id_prefix = f"req_{deployment_id[4:12]}_"
+        self.metrics = DeploymentMetrics()
         self._stopped = False
         self.created_at = time.time()
 
@@ -209,6 +211,7 @@ class Deployment:
             r = slot.run_admitted(found, execution_policy)
         except BaseException:
             slot.meter.count_failure()
+            self.metrics.ended("failed")
             raise
         return self._result(r, slot, request_id)
 
@@ -272,18 +275,21 @@ class Deployment:
         request_id: str,
     ) -> None:
         if inner.cancelled():
+            self.metrics.ended("cancelled")
             outer.cancel()
             return
         if not outer.set_running_or_notify_cancel():
             return
         exc = inner.exception()
         if exc is not None:
+            self.metrics.ended(exc.reason if isinstance(exc, OverloadedError) else "failed")
             outer.set_exception(exc)
             return
         outer.set_result(self._result(inner.result(), slot, request_id))
 
     def _result(self, r: ScheduledResult, slot: Slot, request_id: str) -> InferenceResult:
         slot.note_result(r)
+        self.metrics.served(r.queue_time_ms, r.execution_time_ms, r.batch_size)
         record = slot.record
         return InferenceResult(
             outputs=r.value,
@@ -398,6 +404,24 @@ class Deployment:
         for s in slots:
             s.close(drain=drain)
         self._release_update()
+
+    def gauges(self) -> Gauges:
+        """Its state now, for the metrics endpoint."""
+        queued = in_flight = 0
+        for slot in (self._primary, self._candidate):
+            for stats in slot.stats().values() if slot is not None else ():
+                queued += int(stats["queued"])
+                in_flight += int(stats["in_flight"])
+        record = self._primary.record
+        return Gauges(
+            self.deployment_id,
+            record.name,
+            record.version,
+            self.replicas,
+            queued,
+            in_flight,
+            self.metrics,
+        )
 
     def info(self) -> dict[str, Any]:
         """A JSON-able description: ids, status, placement, scaling, versions and traffic."""
