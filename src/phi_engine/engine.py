@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import json
 import os
@@ -26,7 +27,7 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,6 +62,9 @@ from phi_engine.serving._specs import (
     spec_from_json,
     spec_json,
 )
+
+if TYPE_CHECKING:
+    from phi_engine.security import ClientStore, TokenIssuer
 
 __all__ = ["Engine", "InferenceResult"]
 
@@ -901,6 +905,46 @@ class Engine:
         self._control.stop()
         self._events.close()
         self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @functools.cached_property
+    def clients(self) -> ClientStore:
+        """The OAuth 2.0 clients allowed to call the HTTP API (secrets stored hashed)."""
+        from phi_engine.security import ClientStore
+
+        return ClientStore(self._db)
+
+    @functools.cached_property
+    def tokens(self) -> TokenIssuer:
+        """Issues and verifies the HTTP API's access tokens (key pair kept in ``home/keys``)."""
+        from phi_engine.security import TokenIssuer
+
+        return TokenIssuer(self.home / "keys")
+
+    def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        auth: bool = True,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Run the embedded HTTP server in the foreground (needs ``phi_engine[server]``).
+
+        Args:
+            host: The address to bind (``auth=False`` is allowed on loopback only).
+            port: The port.
+            auth: Require OAuth 2.0 bearer tokens; create clients with ``engine.clients.create``
+                or ``phi-engine clients create``.
+            data_dir: Where batch-job files named by clients live (default ``home/data``).
+        """
+        from phi_engine.server import serve
+
+        serve(self, host, port, auth=auth, data_dir=data_dir)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -11,6 +11,7 @@ HTTP status in the REST adapter::
     ├── ConflictError              409  duplicate name and version, or a state conflict
     ├── OverloadedError            503  shed or rejected by the scheduler (``reason`` says why)
     ├── WorkerError                503  the worker running the request died or stopped
+    ├── RateLimitedError           429  too many requests (``retry_after_s`` says when to retry)
     ├── IntegrityError             400  an artifact does not match its pinned hash or signature
     ├── UnsupportedError           400  valid, but not supported here (op, opset, device, framework)
     └── ResourceError              400  asks for resources that do not exist or do not fit
@@ -28,6 +29,7 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PhiEngineError",
+    "RateLimitedError",
     "ResourceError",
     "UnauthorizedError",
     "UnsupportedError",
@@ -116,6 +118,21 @@ class WorkerError(PhiEngineError):
 
     status = 503
     code = "worker_failed"
+
+
+class RateLimitedError(PhiEngineError):
+    """Too many requests for one key; retry after ``retry_after_s`` (HTTP 429, RFC 6585 §4).
+
+    Attributes:
+        retry_after_s: Seconds until the key's bucket holds a token again (for ``Retry-After``).
+    """
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
 
 
 class IntegrityError(PhiEngineError):

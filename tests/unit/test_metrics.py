@@ -40,4 +40,4 @@ def test_concurrent_recording_loses_nothing() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert m.snapshot()["outcomes"]["completed"] == 8000  # type: ignore[index]
+    assert m.snapshot().outcomes["completed"] == 8000

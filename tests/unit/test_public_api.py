@@ -67,6 +67,7 @@ def test_error_tree_and_statuses() -> None:
         errors.OverloadedError: 503,
         errors.IntegrityError: 400,
         errors.UnsupportedError: 400,
+        errors.RateLimitedError: 429,
         errors.ResourceError: 400,
         errors.PhiEngineError: 500,
     }

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["OUTCOMES", "DeploymentMetrics", "Gauges", "prometheus_text"]
+__all__ = ["OUTCOMES", "DeploymentMetrics", "Gauges", "Snapshot", "prometheus_text"]
 
 #: How a request can end (the scheduler's outcomes).
 OUTCOMES = (
@@ -69,6 +69,15 @@ class _Histogram:
         return out
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """Outcome counts, and per histogram (``queue``, ``compute``, ``batch``) its cumulative
+    ``(le, count)`` buckets and sum."""
+
+    outcomes: dict[str, int]
+    histograms: dict[str, tuple[list[tuple[str, int]], float]]
+
+
 class DeploymentMetrics:
     """Thread-safe counters and histograms of one deployment's requests."""
 
@@ -92,15 +101,17 @@ class DeploymentMetrics:
         with self._lock:
             self.outcomes[outcome if outcome in self.outcomes else "failed"] += 1
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self) -> Snapshot:
         """Copies of everything, taken under the lock."""
         with self._lock:
-            return {
-                "outcomes": dict(self.outcomes),
-                "queue": (self.queue.cumulative(), self.queue.sum),
-                "compute": (self.compute.cumulative(), self.compute.sum),
-                "batch": (self.batch.cumulative(), self.batch.sum),
-            }
+            return Snapshot(
+                dict(self.outcomes),
+                {
+                    "queue": (self.queue.cumulative(), self.queue.sum),
+                    "compute": (self.compute.cumulative(), self.compute.sum),
+                    "batch": (self.batch.cumulative(), self.batch.sum),
+                },
+            )
 
 
 @dataclass(frozen=True)
@@ -136,9 +147,7 @@ def prometheus_text(deployments: Iterable[Gauges]) -> str:
     family("phi_requests_total", "counter", "Requests by how they ended.")
     snaps = {g.deployment_id: g.metrics.snapshot() for g in deps}
     for g in deps:
-        outcomes = snaps[g.deployment_id]["outcomes"]
-        assert isinstance(outcomes, dict)
-        for outcome, n in outcomes.items():
+        for outcome, n in snaps[g.deployment_id].outcomes.items():
             lines.append(
                 f"phi_requests_total{_labels(deployment=g.deployment_id, outcome=outcome)} {n}"
             )
@@ -149,7 +158,7 @@ def prometheus_text(deployments: Iterable[Gauges]) -> str:
     ):
         family(name, "histogram", help_text)
         for g in deps:
-            buckets, total = snaps[g.deployment_id][key]  # type: ignore[misc]
+            buckets, total = snaps[g.deployment_id].histograms[key]
             for le, count in buckets:
                 lines.append(f"{name}_bucket{_labels(deployment=g.deployment_id, le=le)} {count}")
             lines.append(f"{name}_sum{_labels(deployment=g.deployment_id)} {total}")

@@ -1,0 +1,10 @@
+"""The embedded HTTP server (optional: ``pip install phi_engine[server]``): the product sheet's API
+under ``/v1`` over an :class:`~phi_engine.Engine`, with OAuth 2.0 client credentials and JWTs.
+
+``create_app(engine)`` builds the FastAPI app; ``serve(engine)`` (or ``Engine.serve()``, or
+``phi-engine serve``) runs it with uvicorn.
+"""
+
+from phi_engine.server._app import create_app, serve
+
+__all__ = ["create_app", "serve"]

@@ -1,0 +1,162 @@
+"""The embedded HTTP server: a FastAPI app over an ``Engine``, and how to run it with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from phi_engine._version import __version__
+from phi_engine.engine import Engine
+from phi_engine.errors import InvalidRequestError
+from phi_engine.observability._metrics import prometheus_text
+from phi_engine.server._auth import Auth
+from phi_engine.server._errors import error_response, install_error_handlers
+from phi_engine.server._v1 import v1_router
+from phi_engine.server._v2 import v2_router
+
+__all__ = ["DEFAULT_MAX_BODY", "create_app", "serve"]
+
+DEFAULT_MAX_BODY = 64 << 20
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _BodyLimit:
+    """Refuses request bodies over the limit with 413, by header and while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, "payload_too_large", f"the request body is over {self.limit} bytes"
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(
+    engine: Engine,
+    *,
+    auth: bool = True,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+) -> FastAPI:
+    """The HTTP face of ``engine``: ``/v1`` (the product sheet), health and OpenAPI.
+
+    Args:
+        engine: The engine every route translates to.
+        auth: Require OAuth 2.0 bearer tokens (``False``: ``--no-auth``, for local use only).
+        data_dir: Where batch-job files named by clients live (default ``home/data``); a client
+            can name no file outside it.
+        max_body_bytes: Larger request bodies are refused with 413.
+    """
+    root = Path(data_dir) if data_dir is not None else engine.home / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    gate = Auth(engine.clients, engine.tokens, enabled=auth)
+    app = FastAPI(
+        title="phi_engine",
+        version=__version__,
+        description="Register, deploy and serve AI models: the product sheet's API (/v1) and "
+        "the Open Inference Protocol (/v2).",
+    )
+    install_error_handlers(app)
+    app.include_router(v1_router(engine, gate, root))
+    app.include_router(v2_router(engine, gate))
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/health/ready", tags=["health"])
+    async def ready() -> JSONResponse:
+        states = {d.deployment_id: d.status for d in engine.deployments()}
+        ok = not engine.closed and all(s in ("ready", "updating") for s in states.values())
+        body = {"status": "ready" if ok else "not_ready", "deployments": states}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        dependencies=[Depends(gate.require("logs:read"))],
+    )
+    async def metrics() -> PlainTextResponse:
+        text = prometheus_text(d.gauges() for d in engine.deployments())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.state.engine = engine
+    app.state.auth = gate
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    return app
+
+
+def serve(
+    engine: Engine,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    auth: bool = True,
+    data_dir: str | os.PathLike[str] | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the server in the foreground until interrupted.
+
+    Raises:
+        InvalidRequestError: ``auth=False`` on an address other than loopback.
+    """
+    import uvicorn
+
+    if not auth and not _loopback(host):
+        raise InvalidRequestError(
+            "serving without authentication is only allowed on a loopback address", field="host"
+        )
+    app = create_app(engine, auth=auth, data_dir=data_dir)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,85 @@
+"""Errors as HTTP answers: one JSON shape, the status each ``phi_engine.errors`` class maps to.
+
+API.md "Conventions": every error is ``{"error": {"code", "message", "field"?}}``; validation errors
+are 400 naming the field (never FastAPI's default 422); a 500 is a bug and its body leaks nothing
+of the internals (the traceback goes to the server's log, under an id the body gives).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from phi_engine.errors import PhiEngineError
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger("phi_engine.server")
+
+# HTTP statuses Starlette raises itself (unknown route, wrong method) and their codes.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, **headers: str
+) -> JSONResponse:
+    """The error body API.md specifies."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse({"error": body}, status_code=status, headers=headers or None)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """``("body", "resource_allocation", "cpu")`` -> ``resource_allocation.cpu``."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PhiEngineError)
+    if exc.status >= 500 and exc.code == "internal_error":
+        return await _bug(request, exc)
+    headers = {}
+    retry = getattr(exc, "retry_after_s", None)
+    if retry is not None:
+        headers["Retry-After"] = str(max(1, round(retry)))
+    return error_response(exc.status, exc.code, exc.message, exc.field, **headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+    field = _field(tuple(first.get("loc", ("body",))))
+    message = f"{field}: {first.get('msg', 'invalid value')}"
+    return error_response(400, "invalid_request", message, field)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _bug(request: Request, exc: Exception) -> JSONResponse:
+    incident = secrets.token_hex(6)
+    log.error(
+        "internal error %s on %s %s", incident, request.method, request.url.path, exc_info=exc
+    )
+    return error_response(
+        500, "internal_error", f"internal error (incident {incident}); this is a bug"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception to one JSON error shape."""
+    app.add_exception_handler(PhiEngineError, _engine_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _bug)

@@ -1,0 +1,279 @@
+"""The Open Inference Protocol (KServe V2, as Triton serves it) under ``/v2``.
+
+Existing clients (``tritonclient.http``, KServe's) work unchanged: server and model metadata,
+readiness, ``infer`` with JSON tensors or the binary tensor data extension, the model repository
+extension (index, load, unload) and per-model statistics. A V2 *model* is a registered model name
+and a *version* its version string; requests go to the deployment serving it. Triton's request
+parameters map to our scheduler: ``priority`` (1 is the highest level, 0 the default) to our
+classes, ``timeout`` (microseconds) to ``deadline_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from phi_engine._version import __version__
+from phi_engine.engine import Engine
+from phi_engine.errors import InvalidRequestError, NotFoundError
+from phi_engine.server._auth import Auth
+from phi_engine.serving._deployment import Deployment
+from phi_engine.serving._inputs import V2_DATATYPES
+
+__all__ = ["v2_router"]
+
+_DATATYPE_OF = {dtype: name for name, dtype in V2_DATATYPES.items()}
+_HEADER = "inference-header-content-length"
+# Triton's priority levels: 1 is the highest; 0 means the model's default.
+_PRIORITY = {0: "normal", 1: "ultra-high", 2: "high", 3: "normal"}
+
+
+def _find(engine: Engine, name: str, version: str | None) -> Deployment:
+    """The deployment serving model ``name`` (at ``version``, if given)."""
+    for dep in engine.deployments():
+        record = dep.primary.record
+        if record.name == name and (version is None or record.version == version):
+            return dep
+    what = name if version is None else f"{name} version {version}"
+    raise NotFoundError(f"no deployment serves model {what}", field="model_name")
+
+
+def _metadata(dep: Deployment) -> dict[str, Any]:
+    record = dep.primary.record
+
+    def tensors(specs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "datatype": _DATATYPE_OF.get(np.dtype(t["dtype"]), "BYTES"),
+                "shape": [d if isinstance(d, int) else -1 for d in (t.get("shape") or [])],
+            }
+            for name, t in specs.items()
+        ]
+
+    return {
+        "name": record.name,
+        "versions": [record.version],
+        "platform": f"onnx ({record.framework})",
+        "inputs": tensors(record.inputs),
+        "outputs": tensors(record.outputs),
+    }
+
+
+def v2_router(engine: Engine, auth: Auth) -> APIRouter:
+    """The ``/v2`` routes over ``engine``."""
+    r = APIRouter(prefix="/v2", tags=["v2"])
+    read = Depends(auth.require("models:read"))
+    infer_scope = Depends(auth.require("infer"))
+    deploy = Depends(auth.require("deploy"))
+
+    @r.get("")
+    async def server_metadata() -> dict[str, Any]:
+        return {
+            "name": "phi_engine",
+            "version": __version__,
+            "extensions": ["binary_tensor_data", "model_repository", "statistics"],
+        }
+
+    @r.get("/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @r.get("/health/ready")
+    async def ready() -> Response:
+        ok = not engine.closed
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @r.get("/models/{name}", dependencies=[read])
+    @r.get("/models/{name}/versions/{version}", dependencies=[read])
+    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+        return _metadata(_find(engine, name, version))
+
+    @r.get("/models/{name}/ready", dependencies=[read])
+    @r.get("/models/{name}/versions/{version}/ready", dependencies=[read])
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        try:
+            ok = _find(engine, name, version).status in ("ready", "updating")
+        except NotFoundError:
+            ok = False
+        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 400)
+
+    @r.post("/models/{name}/infer", dependencies=[infer_scope])
+    @r.post("/models/{name}/versions/{version}/infer", dependencies=[infer_scope])
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        dep = _find(engine, name, version)
+        raw = await request.body()
+        header, tensors = _split(raw, request.headers.get(_HEADER))
+        inputs = _inputs(header, tensors)
+        params = header.get("parameters") or {}
+        future = engine.submit(
+            dep.deployment_id,
+            inputs,
+            priority=_priority(params.get("priority", 0)),
+            deadline_ms=_deadline(params.get("timeout")),
+        )
+        result = await asyncio.wrap_future(future)
+        return _response(header, name, result.model_version, result.outputs)
+
+    @r.get("/models/{name}/stats", dependencies=[read])
+    @r.get("/models/{name}/versions/{version}/stats", dependencies=[read])
+    async def stats(name: str, version: str | None = None) -> dict[str, Any]:
+        dep = _find(engine, name, version)
+        snap = dep.metrics.snapshot()
+        outcomes = snap.outcomes
+        queue_sum = snap.histograms["queue"][1]
+        compute_sum = snap.histograms["compute"][1]
+        ok = int(outcomes["completed"])
+        failed = sum(int(n) for k, n in outcomes.items() if k != "completed")
+        return {
+            "model_stats": [
+                {
+                    "name": name,
+                    "version": dep.primary.record.version,
+                    "inference_count": ok,
+                    "execution_count": ok,
+                    "inference_stats": {
+                        "success": {"count": ok, "ns": int((queue_sum + compute_sum) * 1e9)},
+                        "fail": {"count": failed, "ns": 0},
+                        "queue": {"count": ok, "ns": int(queue_sum * 1e9)},
+                        "compute_infer": {"count": ok, "ns": int(compute_sum * 1e9)},
+                    },
+                }
+            ]
+        }
+
+    @r.post("/repository/index", dependencies=[read])
+    async def index() -> list[dict[str, str]]:
+        served = {d.primary.record.model_id: d for d in engine.deployments()}
+        return [
+            {
+                "name": m.name,
+                "version": m.version,
+                "state": "READY" if m.model_id in served else "UNAVAILABLE",
+            }
+            for m in engine.models()
+        ]
+
+    @r.post("/repository/models/{name}/load", dependencies=[deploy])
+    async def load(name: str) -> dict[str, Any]:
+        try:
+            return {"name": name, "deployment_id": _find(engine, name, None).deployment_id}
+        except NotFoundError:
+            pass
+        versions = engine.models(name)
+        if not versions:
+            raise NotFoundError(f"no model named {name!r} is registered", field="model_name")
+        dep = await run_in_threadpool(engine.deploy, versions[-1].model_id)
+        return {"name": name, "deployment_id": dep.deployment_id}
+
+    @r.post("/repository/models/{name}/unload", dependencies=[deploy])
+    async def unload(name: str) -> dict[str, Any]:
+        dep = _find(engine, name, None)
+        await run_in_threadpool(engine.undeploy, dep.deployment_id)
+        return {"name": name}
+
+    return r
+
+
+def _priority(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequestError(
+            "parameters.priority must be a non-negative integer", field="parameters.priority"
+        )
+    return _PRIORITY.get(value, "low")
+
+
+def _deadline(timeout_us: Any) -> float | None:
+    if timeout_us is None or timeout_us == 0:
+        return None
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us < 0:
+        raise InvalidRequestError(
+            "parameters.timeout must be microseconds >= 0", field="parameters.timeout"
+        )
+    return float(timeout_us) / 1000.0
+
+
+def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON header and the binary tensor data after it (binary tensor data extension)."""
+    if header_length is None:
+        size = len(raw)
+    elif header_length.isdigit() and int(header_length) <= len(raw):
+        size = int(header_length)
+    else:
+        raise InvalidRequestError(f"{_HEADER} is not a length within the body", field=_HEADER)
+    try:
+        header = json.loads(raw[:size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(
+            f"the inference request is not JSON: {exc}", field="body"
+        ) from exc
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidRequestError("the request needs an 'inputs' list", field="inputs")
+    return header, raw[size:]
+
+
+def _inputs(header: dict[str, Any], binary: bytes) -> list[dict[str, Any]]:
+    """V2 typed tensors, with binary data decoded into arrays of their datatype and shape."""
+    out, offset = [], 0
+    for t in header["inputs"]:
+        if not isinstance(t, dict):
+            raise InvalidRequestError("each input must be an object", field="inputs")
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            out.append(t)
+            continue
+        name = str(t.get("name"))
+        dtype = V2_DATATYPES.get(str(t.get("datatype", "")).upper())
+        if dtype is None or not isinstance(size, int) or offset + size > len(binary):
+            raise InvalidRequestError(f"input {name!r}: bad binary data", field=name)
+        data = np.frombuffer(
+            binary, dtype=dtype.newbyteorder("<"), count=size // dtype.itemsize, offset=offset
+        )
+        offset += size
+        out.append({**t, "data": data.astype(dtype)})
+    return out
+
+
+def _response(
+    header: dict[str, Any], name: str, version: str, outputs: dict[str, np.ndarray]
+) -> Response:
+    """JSON tensors, or binary ones where the request asked (``binary_data``)."""
+    wanted = header.get("outputs")
+    binary_all = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    names = [o["name"] for o in wanted] if wanted else list(outputs)
+    binary = {o["name"] for o in wanted or [] if (o.get("parameters") or {}).get("binary_data")}
+    unknown = [n for n in names if n not in outputs]
+    if unknown:
+        raise InvalidRequestError(f"unknown output {unknown[0]!r}", field="outputs")
+    tensors, blobs = [], []
+    for n in names:
+        array = np.ascontiguousarray(outputs[n])
+        entry: dict[str, Any] = {
+            "name": n,
+            "datatype": _DATATYPE_OF.get(array.dtype, "BYTES"),
+            "shape": list(array.shape),
+        }
+        if binary_all or n in binary:
+            blob = array.astype(array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.ravel().tolist()
+        tensors.append(entry)
+    body: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": tensors}
+    if "id" in header:
+        body["id"] = header["id"]
+    head = json.dumps(body).encode()
+    if not blobs:
+        return Response(head, media_type="application/json")
+    return Response(
+        head + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )

@@ -1,0 +1,1 @@
+"""End-to-end tests: a real server on loopback, real clients."""

@@ -1,0 +1,75 @@
+"""A real server on loopback: uvicorn serving the app of an engine in a temporary home."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server extra is not installed")
+pytest.importorskip("uvicorn", reason="the server extra is not installed")
+httpx = pytest.importorskip("httpx")
+
+import uvicorn  # noqa: E402
+
+from phi_engine.engine import Engine  # noqa: E402
+from phi_engine.server import create_app  # noqa: E402
+
+
+@dataclass
+class Server:
+    """A running server: its engine, base URL and an admin client's credentials."""
+
+    engine: Engine
+    url: str
+    client_id: str
+    client_secret: str
+    data_dir: Path
+
+    def token(self, scope: str | None = None) -> str:
+        body = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "grant_type": "client_credentials",
+        }
+        if scope:
+            body["scope"] = scope
+        r = httpx.post(f"{self.url}/v1/auth/token", json=body, timeout=30)
+        r.raise_for_status()
+        return str(r.json()["access_token"])
+
+    def client(self, scope: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token(scope)}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+def start(app: object) -> tuple[uvicorn.Server, threading.Thread, str]:
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    engine = Engine(tmp_path / "home")
+    admin = engine.clients.create(["admin"], name="tests")
+    app = create_app(engine)
+    uv, thread, url = start(app)
+    try:
+        yield Server(engine, url, admin.client_id, admin.client_secret, engine.home / "data")
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        engine.close()

@@ -1,0 +1,285 @@
+"""The product sheet's API over real HTTP on loopback, with the sheet's own JSON bodies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from phi_test_models.tiny import mlp, mlp_reference
+
+from .conftest import Server
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    return mlp(tmp_path / "src" / "mlp.onnx", seed=0)
+
+
+def test_the_sheet_end_to_end(server: Server, model_file: Path) -> None:
+    # Authentication (sheet: JSON body) -> token
+    r = httpx.post(
+        f"{server.url}/v1/auth/token",
+        json={
+            "client_id": server.client_id,
+            "client_secret": server.client_secret,
+            "grant_type": "client_credentials",
+        },
+    )
+    assert r.status_code == 200, r.text
+    token = r.json()
+    assert token["token_type"] == "Bearer" and token["expires_in"] == 3600
+    assert r.headers["cache-control"] == "no-store"
+    c = httpx.Client(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+        timeout=60,
+    )
+    with c:
+        # 1.1 register
+        r = c.post(
+            "/v1/models/register",
+            json={
+                "model_name": "quantum_ai_v2",
+                "framework": "TensorFlow",  # any case; the artifact is ONNX exported from it
+                "version": "2.0.0",
+                "storage_url": model_file.as_uri(),
+            },
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] == "success" and body["model_id"].startswith("mdl_")
+        model_id = body["model_id"]
+        # 1.2 deploy (resources this machine has)
+        r = c.post(
+            "/v1/models/deploy",
+            json={
+                "model_id": model_id,
+                "execution_mode": "local",
+                "resource_allocation": {"cpu": 1, "nodes": 2},
+                "scaling_policy": "auto",
+            },
+        )
+        assert r.status_code == 200, r.text
+        dep_id = r.json()["deployment_id"]
+        assert "2 replicas" in r.json()["message"]
+        # 1.3 inference, inline
+        x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+        r = c.post(
+            "/v1/inference/run",
+            json={
+                "deployment_id": dep_id,
+                "input": {"data": x.tolist()},
+                "batch_size": 128,
+                "priority": "ultra-high",
+                "execution_policy": "quantum-optimized",
+            },
+        )
+        assert r.status_code == 200, r.text
+        out = r.json()
+        np.testing.assert_allclose(out["output"]["y"], mlp_reference(x), rtol=1e-5, atol=1e-5)
+        assert out["execution_time"].endswith("ms") and out["model_version"] == "2.0.0"
+        # 1.3 inference, a file of rows in the data directory: a batch job
+        rows = np.random.default_rng(4).standard_normal((37, 4)).astype(np.float32)
+        (server.data_dir / "input_data.json").write_text(json.dumps(rows.tolist()))
+        r = c.post(
+            "/v1/inference/run",
+            json={
+                "deployment_id": dep_id,
+                "input": {"data": "input_data.json"},
+                "batch_size": 16,
+                "priority": "low",
+            },
+        )
+        assert r.status_code == 200, r.text
+        result = json.loads((server.data_dir / r.json()["output"]).read_text())
+        np.testing.assert_allclose(result["y"], mlp_reference(rows), rtol=1e-5, atol=1e-5)
+        # async job: 202, then poll
+        r = c.post(
+            "/v1/inference/run",
+            json={
+                "deployment_id": dep_id,
+                "input": {"data": "input_data.json"},
+                "output_url": "async_out.json",
+                "async": True,
+            },
+        )
+        assert r.status_code == 202 and r.json()["job_id"].startswith("job_")
+        job_id = r.json()["job_id"]
+        for _ in range(200):
+            status = c.get(f"/v1/inference/{job_id}").json()["status"]
+            if status in ("completed", "failed"):
+                break
+            import time
+
+            time.sleep(0.05)
+        assert status == "completed"
+        # 2.1 logs
+        r = c.get("/v1/logs", params={"deployment_id": dep_id})
+        assert r.status_code == 200
+        events = [e["event"] for e in r.json()["logs"]]
+        assert "deployed" in events and all("timestamp" in e for e in r.json()["logs"])
+        # 3.1 auto-scale (the sheet's fields, bounds this machine holds)
+        r = c.post(
+            "/v1/models/auto-scale",
+            json={
+                "deployment_id": dep_id,
+                "gpu_min": 1,
+                "gpu_max": 2,
+                "tpu_enabled": False,
+                "threshold": "85% utilization",
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["scaling_mode"] == "adaptive" and r.json()["gpu_allocated"] == 0
+        # 3.2 profile
+        r = c.post(
+            "/v1/models/profile",
+            json={"deployment_id": dep_id, "batch_sizes": [1, 4], "requests": 8},
+        )
+        assert r.status_code == 200, r.text
+        prof = r.json()
+        assert {"execution_time", "latency_distribution", "optimization_suggestions"} <= set(prof)
+        assert "99th_percentile" in prof["latency_distribution"]
+        # listing
+        assert [m["model_id"] for m in c.get("/v1/models").json()["models"]] == [model_id]
+        assert c.get(f"/v1/deployments/{dep_id}").json()["replicas"] == 2
+
+
+def test_errors_are_json_with_the_status_and_field(server: Server, model_file: Path) -> None:
+    with server.client() as c:
+        r = c.post("/v1/models/register", json={"model_name": "m", "framework": "onnx"})
+        assert r.status_code == 400 and r.json()["error"]["field"] in ("version", "storage_url")
+        r = c.post(
+            "/v1/models/register",
+            json={
+                "model_name": "m",
+                "framework": "onnx",
+                "version": "1",
+                "storage_url": model_file.as_uri(),
+                "colour": "red",
+            },
+        )
+        assert r.status_code == 400 and r.json()["error"]["field"] == "colour"
+        r = c.post("/v1/models/deploy", json={"model_id": "mdl_0000000000000000"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        body = {
+            "model_name": "m",
+            "framework": "onnx",
+            "version": "1",
+            "storage_url": model_file.as_uri(),
+        }
+        model_id = c.post("/v1/models/register", json=body).json()["model_id"]
+        r = c.post("/v1/models/register", json=body)
+        assert r.status_code == 409 and r.json()["error"]["field"] == "version"
+        dep = c.post("/v1/models/deploy", json={"model_id": model_id}).json()["deployment_id"]
+        r = c.post(
+            "/v1/inference/run", json={"deployment_id": dep, "input": {"data": [[1.0, 2.0]]}}
+        )
+        assert r.status_code == 400 and r.json()["error"]["field"] == "x"
+        r = c.post(
+            "/v1/inference/run",
+            json={"deployment_id": dep, "input": {"data": "../../etc/passwd.json"}},
+        )
+        assert r.status_code == 400 and r.json()["error"]["field"] == "input.data"
+        r = c.post(
+            "/v1/models/deploy", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400
+        r = c.get("/v1/nowhere")
+        assert r.status_code == 404 and "error" in r.json()
+        r = c.post(
+            "/v1/models/register",
+            content=b"x" * (65 << 20),
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 413
+
+
+def test_auth_401_403_and_token_forms(server: Server) -> None:
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    r = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    reader = server.engine.clients.create(["models:read"])
+    # form body (RFC 6749 §4.4.2) and HTTP Basic (§2.3.1)
+    r = httpx.post(
+        f"{server.url}/v1/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": reader.client_id,
+            "client_secret": reader.client_secret,
+        },
+    )
+    assert r.status_code == 200, r.text
+    r = httpx.post(
+        f"{server.url}/v1/auth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(reader.client_id, reader.client_secret),
+    )
+    assert r.status_code == 200, r.text
+    headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    assert httpx.get(f"{server.url}/v1/models", headers=headers).status_code == 200
+    r = httpx.post(f"{server.url}/v1/models/deploy", json={"model_id": "x"}, headers=headers)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    # wrong secret: 401 invalid_client (§5.2); wrong grant: 400 unsupported_grant_type
+    r = httpx.post(
+        f"{server.url}/v1/auth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(reader.client_id, "wrong"),
+    )
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    assert "Basic" in r.headers["www-authenticate"]
+    r = httpx.post(f"{server.url}/v1/auth/token", json={"grant_type": "password"})
+    assert r.status_code == 400 and r.json()["error"] == "unsupported_grant_type"
+
+
+def test_token_endpoint_is_rate_limited(server: Server) -> None:
+    codes = []
+    for _ in range(30):
+        r = httpx.post(
+            f"{server.url}/v1/auth/token",
+            json={
+                "client_id": server.client_id,
+                "client_secret": "wrong",
+                "grant_type": "client_credentials",
+            },
+        )
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+            break
+    assert codes[0] == 401 and codes[-1] == 429
+
+
+def test_health_and_openapi(server: Server) -> None:
+    assert httpx.get(f"{server.url}/health/live").json() == {"status": "live"}
+    assert httpx.get(f"{server.url}/health/ready").status_code == 200
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/models/register" in spec["paths"] and "/v1/inference/run" in spec["paths"]
+
+
+def test_metrics_count_requests_by_outcome(server: Server, model_file: Path) -> None:
+    with server.client() as c:
+        body = {
+            "model_name": "m",
+            "framework": "onnx",
+            "version": "1",
+            "storage_url": model_file.as_uri(),
+        }
+        model_id = c.post("/v1/models/register", json=body).json()["model_id"]
+        dep = c.post("/v1/models/deploy", json={"model_id": model_id}).json()["deployment_id"]
+        for _ in range(5):
+            r = c.post(
+                "/v1/inference/run",
+                json={"deployment_id": dep, "input": {"data": [[1.0, 2.0, 3.0, 4.0]]}},
+            )
+            assert r.status_code == 200
+        text = c.get("/metrics").text
+    assert f'phi_requests_total{{deployment="{dep}",outcome="completed"}} 5' in text
+    assert f'phi_queue_seconds_count{{deployment="{dep}"}} 5' in text
+    assert f'phi_compute_seconds_bucket{{deployment="{dep}",le="+Inf"}} 5' in text
+    assert "# TYPE phi_replicas gauge" in text
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
