@@ -20,6 +20,7 @@ import html
 import json
 import os
 import secrets
+import sqlite3
 import sys
 import threading
 import time
@@ -151,6 +152,7 @@ class Engine:
             IntegrityError: the artifact does not match ``sha256``.
             ConflictError: the name and version are already registered.
         """
+        self._check_open()
         record = self._registry.register(
             model_name,
             framework,
@@ -161,7 +163,7 @@ class Engine:
             metadata=metadata,
             progress=self.progress,
         )
-        self._events.append(
+        self._note(
             "model_registered",
             model_id=record.model_id,
             model_name=record.name,
@@ -172,16 +174,19 @@ class Engine:
 
     def models(self, name: str | None = None) -> list[ModelRecord]:
         """Registered models (of one name, if given), oldest first."""
+        self._check_open()
         return self._registry.list(name)
 
     def model(self, model_id: str) -> ModelRecord:
         """A registered model. Raises ``NotFoundError``."""
+        self._check_open()
         return self._registry.get(model_id)
 
     def delete_model(self, model_id: str) -> None:
         """Delete a model version; refused (``ConflictError``) while a deployment serves it."""
+        self._check_open()
         self._registry.delete(model_id)
-        self._events.append("model_deleted", model_id=model_id)
+        self._note("model_deleted", model_id=model_id)
 
     # ---- deployments --------------------------------------------------------------------------
 
@@ -233,23 +238,31 @@ class Engine:
             limits,
         )
         deployment_id = "dep_" + secrets.token_hex(8)
-        slot = self._build_slot(record, spec, spec.placement.replicas, deployment_id)
+        # The row is written first, as 'starting': it reserves the model (a delete is refused
+        # while any row but a stopped one names it) during the slow load below.
+        now = time.time()
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO deployments (deployment_id, model_id, candidate_model_id, status,"
+                " spec, created_at, updated_at) VALUES (?, ?, NULL, 'starting', ?, ?, ?)",
+                (deployment_id, model_id, json.dumps(spec_json(spec)), now, now),
+            )
+        try:
+            slot = self._build_slot(record, spec, spec.placement.replicas, deployment_id)
+        except BaseException:
+            with self._db.transaction() as conn:  # a refused deploy leaves no trace
+                conn.execute("DELETE FROM deployments WHERE deployment_id = ?", (deployment_id,))
+            raise
         dep = Deployment(deployment_id, spec, slot)
         try:
-            now = time.time()
-            with self._db.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO deployments (deployment_id, model_id, candidate_model_id, status,"
-                    " spec, created_at, updated_at) VALUES (?, ?, NULL, 'active', ?, ?, ?)",
-                    (deployment_id, model_id, json.dumps(spec_json(spec)), now, now),
-                )
+            self._set_status(deployment_id, "active")
         except BaseException:
             dep.stop(drain=False)
             raise
         with self._lock:
             self._deployments[deployment_id] = dep
             self._control.set_policy(deployment_id, dep.spec.scaling)
-        self._events.append(
+        self._note(
             "deployed",
             deployment_id=deployment_id,
             model_id=model_id,
@@ -305,7 +318,7 @@ class Engine:
         try:
             path = self._registry.verified_path(record.model_id)
         except IntegrityError as exc:
-            self._events.append(
+            self._note(
                 "integrity_failed",
                 deployment_id=deployment_id,
                 level="error",
@@ -313,7 +326,7 @@ class Engine:
                 message=str(exc)[:300],
             )
             raise
-        self._events.append(
+        self._note(
             "integrity_verified",
             deployment_id=deployment_id,
             model_id=record.model_id,
@@ -328,6 +341,7 @@ class Engine:
 
     def deployment(self, deployment_id: str) -> Deployment:
         """A deployment by id. Raises ``NotFoundError``."""
+        self._check_open()
         dep = self._deployments.get(deployment_id)  # one dict read: atomic, no lock needed
         if dep is None:
             raise NotFoundError(f"no deployment {deployment_id!r}", field="deployment_id")
@@ -335,17 +349,39 @@ class Engine:
 
     def undeploy(self, deployment_id: str, drain: bool = True) -> None:
         """Stop a deployment for good (answering what it queued when ``drain``)."""
+        self._check_open()
         dep = self.deployment(deployment_id)
+        self._set_status(deployment_id, "stopped")
         with self._lock:
             self._deployments.pop(deployment_id, None)
             self._control.set_policy(deployment_id, None)
         dep.stop(drain=drain)
+        self._note("undeployed", deployment_id=deployment_id)
+
+    def _set_candidate(self, deployment_id: str, model_id: str | None) -> None:
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "UPDATE deployments SET candidate_model_id = ?, updated_at = ? "
+                    "WHERE deployment_id = ?",
+                    (model_id, time.time(), deployment_id),
+                )
+        except sqlite3.IntegrityError as exc:  # deleted since it was looked up
+            raise NotFoundError(f"no model {model_id!r}", field="model_id") from exc
+
+    def _set_status(self, deployment_id: str, status: str) -> None:
         with self._db.transaction() as conn:
             conn.execute(
-                "UPDATE deployments SET status = 'stopped', updated_at = ? WHERE deployment_id = ?",
-                (time.time(), deployment_id),
+                "UPDATE deployments SET status = ?, updated_at = ? WHERE deployment_id = ?",
+                (status, time.time(), deployment_id),
             )
-        self._events.append("undeployed", deployment_id=deployment_id)
+
+    def _note(self, event: str, **fields: Any) -> None:
+        """Log an event after a change is committed: the change stands even if the log refuses
+        a field (e.g. a model name that looks like a credential), so the caller is not told it
+        failed."""
+        with contextlib.suppress(PhiEngineError):
+            self._events.append(event, **fields)
 
     # ---- inference ----------------------------------------------------------------------------
 
@@ -434,15 +470,13 @@ class Engine:
         self._log_failure(deployment_id, exc)
 
     def _log_failure(self, deployment_id: str, exc: BaseException) -> None:
-        # An event log that refuses the record must not fail the request path.
-        with contextlib.suppress(PhiEngineError):
-            self._events.append(
-                "request_failed",
-                deployment_id=deployment_id,
-                level="error",
-                error=type(exc).__name__,
-                message=str(exc)[:300],
-            )
+        self._note(
+            "request_failed",
+            deployment_id=deployment_id,
+            level="error",
+            error=type(exc).__name__,
+            message=str(exc)[:300],
+        )
 
     # ---- batch jobs ---------------------------------------------------------------------------
 
@@ -488,7 +522,7 @@ class Engine:
             {s.name: s.dtype for s in specs},
             output_names=list(dep.primary.record.outputs),
         )
-        self._events.append(
+        self._note(
             "job_created", deployment_id=deployment_id, job_id=job.job_id, rows=job.rows_total
         )
         thread = self._start_job(job.job_id, deployment_id, priority)
@@ -509,9 +543,9 @@ class Engine:
                     pause=self._stop,  # close(): resumable, unlike cancel_job()
                 )
                 if job.status == "queued":
-                    self._events.append("job_paused", deployment_id=deployment_id, job_id=job_id)
+                    self._note("job_paused", deployment_id=deployment_id, job_id=job_id)
                     return
-                self._events.append(
+                self._note(
                     "job_finished",
                     deployment_id=deployment_id,
                     job_id=job_id,
@@ -519,7 +553,7 @@ class Engine:
                     level="info" if job.status == "completed" else "warning",
                 )
             except PhiEngineError as exc:
-                self._events.append(
+                self._note(
                     "job_failed",
                     deployment_id=deployment_id,
                     job_id=job_id,
@@ -587,6 +621,7 @@ class Engine:
             follow: Keep yielding new events as they happen (until ``timeout_s`` passes with
                 none, or the engine closes).
         """
+        self._check_open()
         if deployment_id is not None:
             self._known_deployment(deployment_id)
         if follow:
@@ -652,7 +687,7 @@ class Engine:
         target = min(max(dep.replicas, policy.replicas_min), policy.replicas_max)
         if target != dep.replicas:
             self.scale(deployment_id, target, reason="bounds changed")
-        self._events.append(
+        self._note(
             "autoscale_configured",
             deployment_id=deployment_id,
             replicas_min=policy.replicas_min,
@@ -683,13 +718,19 @@ class Engine:
             )
         current = dep.primary
         before = current.settings.replicas
-        if not dep.swap_primary(current, current.with_replicas(replicas)):
+        new = current.with_replicas(replicas)
+        try:
+            check_planned_memory(new, dep.spec)
+        except BaseException:
+            new.close(drain=False)
+            raise
+        if not dep.swap_primary(current, new):
             raise ConflictError(
                 f"deployment {deployment_id} changed while it was being scaled; try again",
                 field="deployment_id",
             )
         self._persist(dep)
-        self._events.append(
+        self._note(
             "scaled",
             deployment_id=deployment_id,
             replicas_from=before,
@@ -733,19 +774,30 @@ class Engine:
             )
         dep = self.deployment(deployment_id)
         record = self._registry.get(model_id)
-        if dep.candidate is not None:
-            raise ConflictError(
-                f"deployment {deployment_id} is already being updated", field="deployment_id"
-            )
+        dep.claim_update(record)  # one update at a time; the new inputs must match
         old_id = dep.model_id
-        slot = self._build_slot(record, dep.spec, dep.replicas, deployment_id)
+        try:
+            # Recorded before the slow load: the new version is reserved against deletion.
+            self._set_candidate(deployment_id, model_id)
+            slot = self._build_slot(record, dep.spec, dep.replicas, deployment_id)
+        except BaseException:
+            dep.release_update()
+            with contextlib.suppress(PhiEngineError, sqlite3.Error):
+                self._set_candidate(deployment_id, None)
+            raise
         try:
             dep.begin_update(slot, strategy, float(canary_percent))
+            self._persist(dep)
         except BaseException:
-            slot.close(drain=False)
+            if dep.candidate is slot:
+                dep.rollback()
+            else:
+                dep.release_update()
+                slot.close(drain=False)
+            with contextlib.suppress(PhiEngineError, sqlite3.Error):
+                self._set_candidate(deployment_id, None)
             raise
-        self._persist(dep)
-        self._events.append(
+        self._note(
             "update_started",
             deployment_id=deployment_id,
             strategy=strategy,
@@ -765,7 +817,7 @@ class Engine:
         dep = self.deployment(deployment_id)
         old = dep.promote()
         self._persist(dep)
-        self._events.append(
+        self._note(
             "updated",
             deployment_id=deployment_id,
             model_from=old.record.model_id,
@@ -779,7 +831,7 @@ class Engine:
         dep = self.deployment(deployment_id)
         cand = dep.rollback()
         self._persist(dep)
-        self._events.append(
+        self._note(
             "rolled_back",
             deployment_id=deployment_id,
             level="warning",
@@ -841,13 +893,15 @@ class Engine:
             deadline_ms=deadline_ms,
             progress=self.progress,
         )
-        self._events.append("profiled", deployment_id=deployment_id, batch_sizes=list(sizes))
+        self._note("profiled", deployment_id=deployment_id, batch_sizes=list(sizes))
         return result
 
     # ---- restart ------------------------------------------------------------------------------
 
     def _restore(self) -> None:
         """Bring back the deployments recorded as active, and resume unfinished jobs."""
+        with self._db.transaction() as conn:  # deploys a crash interrupted never served
+            conn.execute("DELETE FROM deployments WHERE status = 'starting'")
         rows = self._db.query(
             "SELECT deployment_id, model_id, candidate_model_id, spec FROM deployments "
             "WHERE status = 'active' ORDER BY created_at"
@@ -855,7 +909,7 @@ class Engine:
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(rows)))) as pool:
             for row, outcome in zip(rows, pool.map(self._restore_one, rows), strict=True):
                 if isinstance(outcome, BaseException):
-                    self._events.append(
+                    self._note(
                         "restore_failed",
                         deployment_id=row["deployment_id"],
                         level="error",
@@ -874,14 +928,14 @@ class Engine:
             slot = self._build_slot(self._registry.get(row["model_id"]), spec, replicas, dep_id)
             dep = Deployment(row["deployment_id"], spec, slot)
             if row["candidate_model_id"]:
-                cand = self._build_slot(
-                    self._registry.get(row["candidate_model_id"]), spec, replicas, dep_id
-                )
+                cand_record = self._registry.get(row["candidate_model_id"])
+                dep.claim_update(cand_record)
+                cand = self._build_slot(cand_record, spec, replicas, dep_id)
                 dep.begin_update(cand, "canary", float(saved.get("candidate_percent", 10.0)))
             with self._lock:
                 self._deployments[dep.deployment_id] = dep
                 self._control.set_policy(dep.deployment_id, dep.spec.scaling)
-            self._events.append("restored", deployment_id=dep.deployment_id, model_id=dep.model_id)
+            self._note("restored", deployment_id=dep.deployment_id, model_id=dep.model_id)
             return dep
         except Exception as exc:  # one broken deployment must not stop the others coming back
             return exc

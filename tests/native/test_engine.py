@@ -387,3 +387,78 @@ def test_integrity_is_verified_at_every_load(home: Path, model_file: Path) -> No
         with pytest.raises(errors.IntegrityError):
             engine.deploy(m.model_id)
         assert engine.deployments() == []
+
+
+def test_refusals_found_in_review_leave_state_as_it_was(
+    home: Path, model_file: Path, tmp_path: Path
+) -> None:
+    wide = mlp(tmp_path / "wide.onnx", seed=5, width=64)
+    with Engine(home) as engine:
+        # a model name the event log would refuse as credential-like still registers cleanly
+        jwt_like = engine.register("eyJhbGci.eyJzdWIi.x", "onnx", "1", str(model_file))
+        assert engine.model(jwt_like.model_id).name == "eyJhbGci.eyJzdWIi.x"
+        m = engine.register("mlp", "onnx", "1", str(model_file))
+        d = engine.deploy(m.model_id, resource_allocation={"cpu": 1})
+        # an update to a model with other input shapes is refused before anything is loaded
+        other = engine.register("other", "onnx", "1", str(_four_to_eight(tmp_path)))
+        with pytest.raises(errors.InvalidRequestError) as info:
+            engine.update(d.deployment_id, other.model_id, "canary")
+        assert info.value.field == "model_id"
+        assert d.candidate_model_id is None and d.status == "ready"
+        engine.delete_model(other.model_id)  # nothing reserved it
+        # a memory budget holds for scaling too, not only at deploy
+        w = engine.register("wide", "onnx", "1", str(wide))
+        from phi_engine.serving._specs import planned_memory
+
+        probe = engine.deploy(w.model_id, resource_allocation={"cpu": 1})
+        one = planned_memory(probe.primary, probe.spec)
+        engine.undeploy(probe.deployment_id)
+        budget = one + (planned_memory(probe.primary.with_replicas(2), probe.spec) - one) // 2
+        tight = engine.deploy(w.model_id, resource_allocation={"cpu": 1, "memory": budget})
+        with pytest.raises(errors.ResourceError):
+            engine.scale(tight.deployment_id, 2)
+        assert tight.replicas == 1
+        # a deploy a crash interrupted ('starting') is removed at the next start
+        with engine._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO deployments VALUES ('dep_crashed0000000', ?, NULL, 'starting', '{}',"
+                " 0, 0)",
+                (m.model_id,),
+            )
+    with Engine(home) as engine:
+        rows = engine._db.query(
+            "SELECT status FROM deployments WHERE deployment_id = ?", ("dep_crashed0000000",)
+        )
+        assert rows == []
+        kept = engine.deployment(d.deployment_id)
+    # a closed engine refuses with a clear error, and forgets nothing
+    for call in (
+        lambda: engine.models(),
+        lambda: engine.register("x", "onnx", "1", str(model_file)),
+        lambda: engine.undeploy(kept.deployment_id),
+        lambda: engine.infer(kept.deployment_id, [[0.0, 1.0, 2.0, 3.0]]),
+    ):
+        with pytest.raises(errors.ConflictError):
+            call()
+    with Engine(home) as engine:
+        assert kept.deployment_id in [x.deployment_id for x in engine.deployments()]
+
+
+def _four_to_eight(tmp_path: Path) -> Path:
+    """An MLP that takes x[N, 8]: other inputs than the [N, 4] model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((8, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "eight",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "eight.onnx"
+    onnx.save(model, str(path))
+    return path

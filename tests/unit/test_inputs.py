@@ -85,3 +85,12 @@ def test_byte_limit_and_row_agreement() -> None:
     refused({"ids": [[1, 2]], "mask": [[1, 1], [1, 1]]}, [IDS, MASK], "ids")
     refused([[[1, 2]]], [IDS, MASK], "input")  # one array for a two-input model
     assert "'seq'" in refused({"ids": [[1, 2]], "mask": [[1, 1, 1]]}, [IDS, MASK], "mask")
+
+
+def test_integers_that_do_not_fit_are_refused_not_wrapped() -> None:
+    small = InputSpec("ids", np.dtype(np.int32), ("batch", 2))
+    got = parse_inputs({"ids": [[1, 2**31 - 1]]}, [small], LIMITS)
+    assert got["ids"].dtype == np.int32 and got["ids"][0, 1] == 2**31 - 1
+    for value in (2**31, 2**32 + 5, -(2**31) - 1):
+        assert "without loss" in refused({"ids": [[1, value]]}, [small], "ids")
+    assert "without loss" in refused({"x": [[2**60 + 1, 0, 0, 0]]}, [X], "x")  # not exact in f32

@@ -27,11 +27,12 @@ import numpy as np
 
 from phi_engine.errors import ConflictError, InvalidRequestError, OverloadedError
 from phi_engine.observability._metrics import DeploymentMetrics, Gauges
-from phi_engine.serving._inputs import InputLimits, parse_inputs
+from phi_engine.serving._inputs import InputLimits, InputSpec, parse_inputs
 from phi_engine.serving._scheduler import Admitted, ScheduledResult
 from phi_engine.serving._slot import Slot
 
 if TYPE_CHECKING:
+    from phi_engine.registry import ModelRecord
     from phi_engine.serving._autoscale import ScalingPolicy
     from phi_engine.serving._resources import Placement
 
@@ -234,6 +235,10 @@ class Deployment:
         # Routing and queueing under one lock: a slot an update retires has accepted every
         # request routed to it before its drain begins.
         with self._lock:
+            if self._stopped:  # checked again under the lock: stop() may have run meanwhile
+                raise ConflictError(
+                    f"deployment {self.deployment_id} is stopped", field="deployment_id"
+                )
             slot = self._route()
             found = slot.submit(
                 arrays,
@@ -304,38 +309,40 @@ class Deployment:
 
     # ---- updates ------------------------------------------------------------------------------
 
+    def claim_update(self, record: ModelRecord) -> None:
+        """Take the deployment's one update slot for a move to ``record`` (before building it).
+
+        Raises:
+            ConflictError: another update is in progress.
+            InvalidRequestError: the model takes other inputs than the deployment serves.
+        """
+        check_compatible(self._primary.inputs, record)
+        if not self._update_lock.acquire(blocking=False):
+            raise ConflictError(
+                f"deployment {self.deployment_id} is already being updated", field="deployment_id"
+            )
+
+    def release_update(self) -> None:
+        """Give the update slot back (an update that failed before :meth:`begin_update`)."""
+        self._release_update()
+
     def begin_update(self, new: Slot, strategy: str, canary_percent: float) -> None:
-        """Put a built, warmed slot beside the current one and start moving traffic to it."""
+        """Put a built, warmed slot beside the current one and start moving traffic to it
+        (the caller holds the update slot, see :meth:`claim_update`)."""
         if strategy not in STRATEGIES:
             raise InvalidRequestError(
                 f"unknown update strategy {strategy!r}; use one of {', '.join(STRATEGIES)}",
                 field="strategy",
             )
-        if not self._update_lock.acquire(blocking=False):
-            raise ConflictError(
-                f"deployment {self.deployment_id} is already being updated", field="deployment_id"
-            )
-        try:
-            self._check_compatible(new)
-        except BaseException:
-            self._update_lock.release()
-            raise
         first = {"canary": canary_percent, "rolling": ROLLING_STEPS[0], "blue_green": 100.0}
         with self._lock:
+            if self._stopped:
+                raise ConflictError(
+                    f"deployment {self.deployment_id} is stopped", field="deployment_id"
+                )
             self._candidate = new
             self._candidate_percent = first[strategy]
             self._strategy = strategy
-
-    def _check_compatible(self, new: Slot) -> None:
-        """Clients keep sending what they sent: the new version must take the same inputs."""
-        old = {s.name: (s.dtype, s.shape) for s in self._primary.inputs}
-        got = {s.name: (s.dtype, s.shape) for s in new.inputs}
-        if set(old) != set(got) or any(old[n][0] != got[n][0] for n in old):
-            raise InvalidRequestError(
-                f"model {new.record.model_id} takes inputs {_describe(got)}, but the deployment "
-                f"serves {_describe(old)}; deploy it separately",
-                field="model_id",
-            )
 
     def set_candidate_percent(self, percent: float) -> None:
         with self._lock:
@@ -465,5 +472,39 @@ class Deployment:
         )
 
 
+def check_compatible(inputs: list[InputSpec], record: ModelRecord) -> None:
+    """Clients keep sending what they sent: a new version must take the same inputs — names,
+    dtypes, ranks and fixed dimensions (symbolic ones may differ).
+
+    Raises:
+        InvalidRequestError: naming ``model_id`` and both signatures.
+    """
+    old = {s.name: (s.dtype, s.shape) for s in inputs}
+    new = {
+        name: (np.dtype(t["dtype"]), None if t.get("shape") is None else tuple(t["shape"]))
+        for name, t in record.inputs.items()
+    }
+
+    def same(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
+        if a[0] != b[0]:
+            return False
+        if a[1] is None or b[1] is None:
+            return True
+        return len(a[1]) == len(b[1]) and all(
+            x == y or isinstance(x, str) or isinstance(y, str)
+            for x, y in zip(a[1][1:], b[1][1:], strict=True)
+        )
+
+    if set(old) != set(new) or not all(same(old[n], new[n]) for n in old):
+        raise InvalidRequestError(
+            f"model {record.model_id} takes inputs {_describe(new)}, but the deployment serves "
+            f"{_describe(old)}; deploy it separately",
+            field="model_id",
+        )
+
+
 def _describe(specs: dict[str, Any]) -> str:
-    return ", ".join(f"{n}: {d[0].name}" for n, d in sorted(specs.items()))
+    def dims(shape: Any) -> str:
+        return "?" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+    return ", ".join(f"{n}: {d[0].name}{dims(d[1])}" for n, d in sorted(specs.items()))

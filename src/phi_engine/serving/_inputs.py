@@ -208,9 +208,7 @@ def _convert(spec: InputSpec, value: Any, source: np.dtype[Any] | None = None) -
             f"(got {array.dtype.name}; is it ragged?)",
             field=spec.name,
         )
-    # Python ints and floats arrive as int64/float64: narrowing within a kind is what a JSON
-    # client means; crossing kinds that lose data (float -> int, negative -> unsigned) is not.
-    if np.can_cast(array.dtype, spec.dtype, casting="same_kind") or _exact(array, spec.dtype):
+    if _lossless(array, spec.dtype):
         return array.astype(spec.dtype)
     raise InvalidRequestError(
         f"input {spec.name!r} must be {spec.dtype.name}; {array.dtype.name} values do not "
@@ -219,9 +217,19 @@ def _convert(spec: InputSpec, value: Any, source: np.dtype[Any] | None = None) -
     )
 
 
-def _exact(array: np.ndarray, dtype: np.dtype[Any]) -> bool:
-    """Whether every value survives the conversion unchanged (e.g. 1.0 -> int 1, 3 -> uint8)."""
-    if dtype.kind not in "biu" or array.dtype.kind == "c":
+def _lossless(array: np.ndarray, dtype: np.dtype[Any]) -> bool:
+    """Whether converting ``array`` to ``dtype`` keeps every value.
+
+    Python ints and floats arrive as int64/float64. Float narrowing is what a JSON client means
+    (a value that overflows to infinity is then refused by the finite check); any other narrowing
+    or change of kind is allowed only when every value survives the round trip (1.0 -> int 1,
+    3 -> uint8; not 2**32 + 5 -> int32, nor 1.5 -> int).
+    """
+    if np.can_cast(array.dtype, dtype, casting="safe"):
+        return True
+    if array.dtype.kind == "f" and dtype.kind == "f":
+        return True
+    if "c" in (array.dtype.kind, dtype.kind):
         return False
     with np.errstate(all="ignore"):
         converted = array.astype(dtype)

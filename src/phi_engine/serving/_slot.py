@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from phi_engine.errors import ConflictError
 from phi_engine.serving._inputs import InputSpec
 from phi_engine.serving._policy import SchedulerConfig
 from phi_engine.serving._scheduler import Admitted, ScheduledResult, Scheduler
@@ -149,6 +150,10 @@ class Slot:
         if found is not None:
             return found
         with self._lock:
+            if self._closed:
+                raise ConflictError(
+                    f"model {self.record.model_id} is no longer served here", field="deployment_id"
+                )
             found = self._schedulers.get(policy)
             if found is None:
                 found = Scheduler(self._run_batch, self.settings.scheduler_config(policy))
