@@ -183,6 +183,20 @@ def logs(
         )
 
 
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="How long the clients send requests.")] = 3.0,
+    home: Home = None,
+) -> None:
+    """The whole product over HTTP: server, token, register, deploy, requests, profile, logs."""
+    from phi_engine._demo import run
+
+    try:
+        run(home, seconds, echo=typer.echo)
+    except PhiEngineError as exc:
+        _fail(exc)
+
+
 @clients_app.command("create")
 def clients_create(
     scopes: Annotated[

@@ -283,3 +283,27 @@ def test_metrics_count_requests_by_outcome(server: Server, model_file: Path) -> 
     assert f'phi_compute_seconds_bucket{{deployment="{dep}",le="+Inf"}} 5' in text
     assert "# TYPE phi_replicas gauge" in text
     assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+
+def test_logs_stream_as_server_sent_events(server: Server, model_file: Path) -> None:
+    m = server.engine.register("mlp", "onnx", "1", str(model_file))
+    d = server.engine.deploy(m.model_id, resource_allocation={"cpu": 1})
+    headers = {"Authorization": f"Bearer {server.token()}", "Accept": "text/event-stream"}
+    seen: list[dict[str, object]] = []
+    with httpx.stream(
+        "GET",
+        f"{server.url}/v1/logs",
+        params={"deployment_id": d.deployment_id},
+        headers=headers,
+        timeout=30,
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if seen[-1]["event"] == "scaled":
+                    break
+                if seen[-1]["event"] == "deployed":
+                    server.engine.scale(d.deployment_id, 2)  # a new event while streaming
+    assert [e["event"] for e in seen] == ["integrity_verified", "deployed", "scaled"]

@@ -2,9 +2,11 @@
 under ``/v1`` over an :class:`~phi_engine.Engine`, with OAuth 2.0 client credentials and JWTs.
 
 ``create_app(engine)`` builds the FastAPI app; ``serve(engine)`` (or ``Engine.serve()``, or
-``phi-engine serve``) runs it with uvicorn.
+``phi-engine serve``) runs it with uvicorn; ``running_server(engine)`` runs it on a background
+thread (notebooks, tests, ``phi-engine demo``).
 """
 
 from phi_engine.server._app import create_app, serve
+from phi_engine.server._background import running_server
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "running_server", "serve"]
