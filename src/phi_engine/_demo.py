@@ -106,13 +106,12 @@ def run(
                 )
                 headers = {"Authorization": f"Bearer {token['access_token']}"}
                 with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
-                    return _tour(http, engine.home, Path(tmp), seconds, echo)
+                    return _tour(http, engine.home, seconds, echo)
 
 
-def _tour(
-    http: Any, home: Path, tmp: Path, seconds: float, echo: Callable[[str], Any]
-) -> dict[str, Any]:
-    model = write_mlp(tmp / "demo_mlp.onnx")
+def _tour(http: Any, home: Path, seconds: float, echo: Callable[[str], Any]) -> dict[str, Any]:
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    model = write_mlp(home / "data" / "demo_mlp.onnx")  # clients name files in the data dir
     r = _ok(
         http.post(
             "/v1/models/register",

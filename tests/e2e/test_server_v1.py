@@ -15,8 +15,9 @@ from .conftest import Server
 
 
 @pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    return mlp(tmp_path / "src" / "mlp.onnx", seed=0)
+def model_file(server: Server) -> Path:
+    """A model in the server's data directory, where clients may name files."""
+    return mlp(server.data_dir / "models" / "mlp.onnx", seed=0)
 
 
 def test_the_sheet_end_to_end(server: Server, model_file: Path) -> None:
@@ -307,3 +308,25 @@ def test_logs_stream_as_server_sent_events(server: Server, model_file: Path) -> 
                 if seen[-1]["event"] == "deployed":
                     server.engine.scale(d.deployment_id, 2)  # a new event while streaming
     assert [e["event"] for e in seen] == ["integrity_verified", "deployed", "scaled"]
+
+
+def test_storage_urls_outside_the_data_directory_are_refused(
+    server: Server, tmp_path: Path
+) -> None:
+    outside = mlp(tmp_path / "elsewhere.onnx")
+    with server.client() as c:
+        for url in (
+            str(outside),
+            outside.as_uri(),
+            "/etc/passwd",
+            "../../etc/passwd",
+            "http://127.0.0.1:1/model.onnx",
+            "http://localhost/m.onnx",
+        ):
+            r = c.post(
+                "/v1/models/register",
+                json={"model_name": "m", "framework": "onnx", "version": "1", "storage_url": url},
+            )
+            assert r.status_code == 400, (url, r.text)
+            assert r.json()["error"]["field"] == "storage_url"
+    assert server.engine.models() == []

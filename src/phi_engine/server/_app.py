@@ -79,6 +79,7 @@ def create_app(
     auth: bool = True,
     data_dir: str | os.PathLike[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    allow_private_urls: bool = False,
 ) -> FastAPI:
     """The HTTP face of ``engine``: ``/v1`` (the product sheet), health and OpenAPI.
 
@@ -88,6 +89,8 @@ def create_app(
         data_dir: Where batch-job files named by clients live (default ``home/data``); a client
             can name no file outside it.
         max_body_bytes: Larger request bodies are refused with 413.
+        allow_private_urls: Let clients register models from URLs on this machine or a private
+            network (off: a client could otherwise make the server probe its own network).
     """
     root = Path(data_dir) if data_dir is not None else engine.home / "data"
     root.mkdir(parents=True, exist_ok=True)
@@ -99,7 +102,7 @@ def create_app(
         "the Open Inference Protocol (/v2).",
     )
     install_error_handlers(app)
-    app.include_router(v1_router(engine, gate, root))
+    app.include_router(v1_router(engine, gate, root, allow_private_urls=allow_private_urls))
     app.include_router(v2_router(engine, gate))
 
     @app.get("/health/live", tags=["health"])
@@ -123,6 +126,7 @@ def create_app(
         text = prometheus_text(d.gauges() for d in engine.deployments())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.engine = engine
     app.state.auth = gate
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
@@ -160,3 +164,137 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_OPEN = (
+    "/health/live",
+    "/health/ready",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v1/auth/token",
+)
+_ERROR_STATUSES = {
+    "400": "Invalid request (the field is named)",
+    "401": "No or invalid bearer token",
+    "403": "The token lacks the route's scope",
+    "404": "Unknown id",
+    "409": "Conflicts with the current state",
+    "413": "The body is too large",
+    "429": "Rate limited (see Retry-After)",
+    "503": "Shed, overloaded or not ready (the reason is given)",
+}
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string"},
+            },
+        }
+    },
+}
+_OAUTH_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+}
+# The Open Inference Protocol's inference request (JSON form).
+_V2_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string"},
+                    "parameters": {"type": "object"},
+                    "data": {},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+            },
+        },
+    },
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, made to say what the server really does: our error bodies instead of
+    the 422 it never sends, the bearer scheme on every gated route, V2's request body."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    doc = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Error"] = _ERROR
+    schemas["OAuthError"] = _OAUTH_ERROR
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    }
+    for path, ops in doc.get("paths", {}).items():
+        for method, op in ops.items():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            ref = "OAuthError" if path == "/v1/auth/token" else "Error"
+            if path.endswith("/ready"):
+                # Readiness answers not-ready with its own body (V2: 400; ours: 503).
+                for status in ("400", "503"):
+                    responses[status] = {
+                        "description": "Not ready",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+            for status, text in _ERROR_STATUSES.items():
+                responses.setdefault(
+                    status,
+                    {
+                        "description": text,
+                        "content": {
+                            "application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}
+                        },
+                    },
+                )
+            if path not in _OPEN:
+                op["security"] = [{"bearer": []}]
+            if "{version}" not in path and "parameters" in op:
+                # A handler shared with the versioned route: its version is not a query.
+                kept = [
+                    p
+                    for p in op["parameters"]
+                    if not (p.get("in") == "query" and p.get("name") == "version")
+                ]
+                if kept:
+                    op["parameters"] = kept
+                else:
+                    del op["parameters"]
+            if path.startswith("/v2/models/") and path.endswith("/infer") and method == "post":
+                op["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": _V2_REQUEST}},
+                }
+    app.openapi_schema = doc
+    return doc

@@ -23,7 +23,12 @@ __all__ = ["error_response", "install_error_handlers"]
 log = logging.getLogger("phi_engine.server")
 
 # HTTP statuses Starlette raises itself (unknown route, wrong method) and their codes.
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
 def error_response(
@@ -38,6 +43,8 @@ def error_response(
 
 def _field(loc: tuple[Any, ...]) -> str:
     """``("body", "resource_allocation", "cpu")`` -> ``resource_allocation.cpu``."""
+    if len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):
+        return "body"  # a body that is not JSON: pydantic reports a byte offset
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 
@@ -47,6 +54,8 @@ async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status >= 500 and exc.code == "internal_error":
         return await _bug(request, exc)
     headers = {}
+    if exc.status == 401:  # RFC 6750 §3, RFC 9110 §15.5.2: a 401 names its scheme
+        headers["WWW-Authenticate"] = 'Bearer realm="phi-engine"'
     retry = getattr(exc, "retry_after_s", None)
     if retry is not None:
         headers["Retry-After"] = str(max(1, round(retry)))

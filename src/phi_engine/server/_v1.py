@@ -8,11 +8,14 @@ compute (register, deploy, infer, profile, ...) run in the thread pool, never on
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -107,8 +110,15 @@ def _ms(value: float) -> str:
     return f"{value:.3f}ms"
 
 
-def v1_router(engine: Engine, auth: Auth, data_dir: Path) -> APIRouter:
-    """The ``/v1`` routes over ``engine``; batch-job files must live under ``data_dir``."""
+def v1_router(
+    engine: Engine, auth: Auth, data_dir: Path, *, allow_private_urls: bool = False
+) -> APIRouter:
+    """The ``/v1`` routes over ``engine``.
+
+    Files a client names (batch-job rows, a model's ``storage_url``) must live under
+    ``data_dir``; a ``storage_url`` fetched over the network must not point at this machine or
+    its private network unless ``allow_private_urls``.
+    """
     r = APIRouter(prefix="/v1")
     read_models = Depends(auth.require("models:read"))
     write_models = Depends(auth.require("models:write"))
@@ -142,12 +152,13 @@ def v1_router(engine: Engine, auth: Auth, data_dir: Path) -> APIRouter:
 
     @r.post("/models/register", tags=["models"], dependencies=[write_models])
     async def register(body: RegisterRequest) -> dict[str, Any]:
+        url = await run_in_threadpool(_source, body.storage_url, data_dir, allow_private_urls)
         record = await run_in_threadpool(
             engine.register,
             body.model_name,
             body.framework,
             body.version,
-            body.storage_url,
+            url,
             sha256=body.sha256,
             model_card=body.model_card,
             metadata=body.metadata,
@@ -321,9 +332,34 @@ async def _batch_job(
     return JSONResponse(out)
 
 
+def _source(url: str, data_dir: Path, allow_private: bool) -> str:
+    """A client's ``storage_url``, checked: the server's files are not the client's to read, nor
+    its internal network the client's to probe (server-side request forgery)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() == "file" or len(scheme) == 1:  # a path (or C:\...)
+        return str(_inside(url, data_dir, "storage_url"))
+    if scheme.lower() in ("http", "https") and not allow_private:
+        host = urlsplit(url).hostname or ""
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except (OSError, UnicodeError):
+            infos = []  # unresolvable: the fetch will say so
+        for info in infos:
+            address = ipaddress.ip_address(info[4][0])
+            if not address.is_global:
+                raise InvalidRequestError(
+                    "storage_url points at this machine or a private network, which this server "
+                    "does not fetch from",
+                    field="storage_url",
+                )
+    return url
+
+
 def _inside(name: str, root: Path, field: str) -> Path:
     """A client's file name, resolved under the server's data directory (never outside it)."""
     path = name.removeprefix("file://")
+    if "\x00" in path:
+        raise InvalidRequestError(f"{field} must not contain a NUL byte", field=field)
     resolved = (root / path).resolve()
     if not resolved.is_relative_to(root.resolve()):
         raise InvalidRequestError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -196,7 +197,13 @@ def _deadline(timeout_us: Any) -> float | None:
         raise InvalidRequestError(
             "parameters.timeout must be microseconds >= 0", field="parameters.timeout"
         )
-    return float(timeout_us) / 1000.0
+    try:
+        ms = float(timeout_us) / 1000.0
+    except OverflowError:
+        ms = math.inf
+    if not math.isfinite(ms):
+        raise InvalidRequestError("parameters.timeout is too large", field="parameters.timeout")
+    return ms
 
 
 def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -215,6 +222,21 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes
         ) from exc
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidRequestError("the request needs an 'inputs' list", field="inputs")
+    if not isinstance(header.get("parameters") or {}, dict):
+        raise InvalidRequestError("parameters must be an object", field="parameters")
+    outputs = header.get("outputs")
+    if outputs is not None and not (
+        isinstance(outputs, list)
+        and all(
+            isinstance(o, dict)
+            and isinstance(o.get("name"), str)
+            and isinstance(o.get("parameters") or {}, dict)
+            for o in outputs
+        )
+    ):
+        raise InvalidRequestError(
+            "outputs must be a list of {name, parameters?} objects", field="outputs"
+        )
     return header, raw[size:]
 
 
@@ -224,6 +246,10 @@ def _inputs(header: dict[str, Any], binary: bytes) -> list[dict[str, Any]]:
     for t in header["inputs"]:
         if not isinstance(t, dict):
             raise InvalidRequestError("each input must be an object", field="inputs")
+        if not isinstance(t.get("name"), str) or not isinstance(t.get("parameters") or {}, dict):
+            raise InvalidRequestError(
+                "each input needs a string name and object parameters", field="inputs"
+            )
         size = (t.get("parameters") or {}).get("binary_data_size")
         if size is None:
             out.append(t)
