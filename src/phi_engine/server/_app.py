@@ -17,6 +17,7 @@ from phi_engine.errors import InvalidRequestError
 from phi_engine.observability._metrics import prometheus_text
 from phi_engine.server._auth import Auth
 from phi_engine.server._errors import error_response, install_error_handlers
+from phi_engine.server._fast import FastInference
 from phi_engine.server._v1 import v1_router
 from phi_engine.server._v2 import v2_router
 
@@ -130,6 +131,8 @@ def create_app(
     app.state.engine = engine
     app.state.auth = gate
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    # Added last, so outermost: inline inference skips the router and the layers above.
+    app.add_middleware(FastInference, engine=engine, auth=gate, limit=max_body_bytes)
     return app
 
 

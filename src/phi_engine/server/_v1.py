@@ -22,13 +22,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from phi_engine.engine import Engine
+from phi_engine.engine import Engine, InferenceResult
 from phi_engine.errors import InvalidRequestError
 from phi_engine.observability import Event
 from phi_engine.registry import ModelRecord
 from phi_engine.server._auth import Auth
 
-__all__ = ["v1_router"]
+__all__ = ["InferenceRequest", "inference_body", "v1_router"]
 
 
 class _Body(BaseModel):
@@ -103,6 +103,17 @@ def _model_json(record: ModelRecord) -> dict[str, Any]:
     body = record.to_dict()
     body.pop("artifact_path", None)  # where the server keeps its files is not the client's
     return body
+
+
+def inference_body(result: InferenceResult) -> dict[str, Any]:
+    """The answer to an inline ``/v1/inference/run``: the sheet's ``output`` and
+    ``execution_time`` (``"12.345ms"``), with the same times as numbers and the request's ids."""
+    out = result.to_dict()
+    out["execution_time_ms"] = result.execution_time_ms
+    out["queue_time_ms"] = result.queue_time_ms
+    out["execution_time"] = _ms(result.execution_time_ms)
+    out["queue_time"] = _ms(result.queue_time_ms)
+    return out
 
 
 def _ms(value: float) -> str:
@@ -252,12 +263,7 @@ def v1_router(
             execution_policy=body.execution_policy,
         )
         result = await asyncio.wrap_future(future)
-        out = result.to_dict()
-        out["execution_time_ms"] = result.execution_time_ms
-        out["queue_time_ms"] = result.queue_time_ms
-        out["execution_time"] = _ms(result.execution_time_ms)
-        out["queue_time"] = _ms(result.queue_time_ms)
-        return JSONResponse(out)
+        return JSONResponse(inference_body(result))
 
     @r.get("/inference/{job_id}", tags=["inference"], dependencies=[infer])
     async def job(job_id: str) -> dict[str, Any]:

@@ -1,0 +1,177 @@
+"""The inference hot path as plain ASGI, ahead of FastAPI's router, dependencies and middleware.
+
+An inline ``POST /v1/inference/run`` is most of a server's traffic, and on a small model the
+framework's per-request work (route matching, dependency solving, middleware layers, stdlib JSON)
+costs several times the model (``benchmarks/RESULTS.md``, "HTTP serving"). This layer serves such
+requests directly: the same body checks (the route's pydantic model), the same bearer check and
+scope, the same engine call and the same answer and error bodies. Anything else — batch jobs,
+bodies that do not parse, other routes — goes on to the app unchanged, with the body replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from phi_engine.engine import Engine
+from phi_engine.errors import PhiEngineError
+from phi_engine.security import require_scope
+from phi_engine.server._auth import Auth
+from phi_engine.server._v1 import InferenceRequest, inference_body
+
+try:  # orjson parses and writes these bodies ~5x faster than the standard library
+    import orjson
+
+    def _loads(raw: bytes) -> Any:
+        return orjson.loads(raw)
+
+    def _dumps(value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    _DECODE_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
+except ImportError:  # pragma: no cover - orjson is in the server extra
+
+    def _loads(raw: bytes) -> Any:
+        return json.loads(raw)
+
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(value).encode()
+
+    _DECODE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
+
+__all__ = ["FastInference"]
+
+log = logging.getLogger("phi_engine.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_PATH = "/v1/inference/run"
+_JSON = [(b"content-type", b"application/json")]
+_NO_HEADERS: list[tuple[bytes, bytes]] = []
+
+
+class FastInference:
+    """ASGI middleware serving inline inference requests itself (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, engine: Engine, auth: Auth, limit: int) -> None:
+        self.app = app
+        self.engine = engine
+        self.auth = auth
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != _PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await _read(receive, self.limit)
+        if body is None:
+            message = f"the request body is over {self.limit} bytes"
+            payload = _dumps({"error": {"code": "payload_too_large", "message": message}})
+            await send({"type": "http.response.start", "status": 413, "headers": _JSON})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        try:
+            obj = _loads(body)
+        except _DECODE_ERRORS:
+            obj = None
+        data = obj.get("input") if isinstance(obj, dict) else None
+        if not isinstance(data, dict) or isinstance(data.get("data"), str) or obj.get("async"):
+            # Batch jobs and malformed bodies: the full route (and its error messages).
+            await self.app(scope, _replay(body, receive), send)
+            return
+        try:
+            status, payload, headers = 200, await self._infer(scope, obj), _NO_HEADERS
+        except ValidationError:
+            await self.app(scope, _replay(body, receive), send)  # the route's 400 naming the field
+            return
+        except PhiEngineError as exc:
+            status, payload, headers = _error(exc)
+        except Exception:  # a bug: logged with its traceback, answered without internals
+            log.exception("internal error on POST %s", _PATH)
+            status, payload, headers = (
+                500,
+                _dumps(
+                    {
+                        "error": {
+                            "code": "internal_error",
+                            "message": "internal error; this is a bug",
+                        }
+                    }
+                ),
+                [],
+            )
+        await send({"type": "http.response.start", "status": status, "headers": _JSON + headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _infer(self, scope: Scope, obj: dict[str, Any]) -> bytes:
+        if self.auth.enabled:
+            header = None
+            for name, value in scope.get("headers", ()):
+                if name == b"authorization":
+                    header = value.decode("latin-1")
+                    break
+            require_scope(self.auth.verify_header(header), "infer")
+        req = InferenceRequest.model_validate(obj)
+        future = self.engine.submit(
+            req.deployment_id,
+            req.input.data,
+            priority=req.priority,
+            deadline_ms=req.deadline_ms,
+            execution_policy=req.execution_policy,
+        )
+        result = await asyncio.wrap_future(future)
+        return _dumps(inference_body(result))
+
+
+def _error(exc: PhiEngineError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The same body and headers as the app's handler for ``phi_engine.errors``."""
+    if exc.status >= 500 and exc.code == "internal_error":
+        log.error("internal error on POST %s", _PATH, exc_info=exc)
+        body = {"code": "internal_error", "message": "internal error; this is a bug"}
+        return 500, _dumps({"error": body}), []
+    headers: list[tuple[bytes, bytes]] = []
+    if exc.status == 401:  # RFC 6750 §3
+        headers.append((b"www-authenticate", b'Bearer realm="phi-engine"'))
+    retry = getattr(exc, "retry_after_s", None)
+    if retry is not None:
+        headers.append((b"retry-after", str(max(1, round(retry))).encode()))
+    return exc.status, _dumps({"error": exc.to_dict()}), headers
+
+
+async def _read(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the body already read, then the client's own messages."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
