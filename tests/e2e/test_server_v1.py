@@ -330,3 +330,44 @@ def test_storage_urls_outside_the_data_directory_are_refused(
             assert r.status_code == 400, (url, r.text)
             assert r.json()["error"]["field"] == "storage_url"
     assert server.engine.models() == []
+
+
+def test_inference_fast_path_answers_like_the_route(server: Server, model_file: Path) -> None:
+    m = server.engine.register("mlp", "onnx", "1", str(model_file))
+    dep = server.engine.deploy(m.model_id, resource_allocation={"cpu": 1}).deployment_id
+    url = f"{server.url}/v1/inference/run"
+    body = {"deployment_id": dep, "input": {"data": [[1.0, 2.0, 3.0, 4.0]]}}
+    r = httpx.post(url, json=body)  # no token
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    reader = server.engine.clients.create(["models:read"])
+    token = httpx.post(
+        f"{server.url}/v1/auth/token",
+        json={
+            "client_id": reader.client_id,
+            "client_secret": reader.client_secret,
+            "grant_type": "client_credentials",
+        },
+    ).json()["access_token"]
+    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403 and r.json()["error"]["field"] == "scope"
+    with server.client() as c:
+        r = c.post("/v1/inference/run", json=body)
+        assert r.status_code == 200 and r.json()["output"]["y"][0] == pytest.approx(
+            mlp_reference(np.array([[1.0, 2.0, 3.0, 4.0]], np.float32))[0].tolist(), abs=1e-5
+        )
+        for bad, field in (
+            ({**body, "priority": "urgent"}, "priority"),
+            ({**body, "colour": 1}, "colour"),
+            ({**body, "deadline_ms": -5}, "deadline_ms"),
+            ({**body, "deployment_id": 7}, "deployment_id"),
+        ):
+            r = c.post("/v1/inference/run", json=bad)
+            assert r.status_code == 400 and r.json()["error"]["field"] == field, r.text
+        r = c.post("/v1/inference/run", json={**body, "deployment_id": "dep_nope"})
+        assert r.status_code == 404
+        chunks = (b"1" * (1 << 20) for _ in range(65))  # streamed: no Content-Length
+        r = c.post(
+            "/v1/inference/run", content=chunks, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
