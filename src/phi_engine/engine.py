@@ -457,9 +457,42 @@ class Engine:
                 self._log_failure(deployment_id, exc)
             raise
 
-    async def ainfer(self, deployment_id: str, inputs: Any, **kwargs: Any) -> InferenceResult:
-        """:meth:`submit` and await the result."""
-        return await asyncio.wrap_future(self.submit(deployment_id, inputs, **kwargs))
+    async def ainfer(
+        self,
+        deployment_id: str,
+        inputs: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        execution_policy: str | None = None,
+        tenant: str = "default",
+    ) -> InferenceResult:
+        """:meth:`submit` and await the result on the running event loop.
+
+        Takes :meth:`submit`'s arguments. The request waits on an :class:`asyncio.Future` that its
+        batch resolves (no thread future per request); cancelling the awaiting task withdraws a
+        request still queued.
+
+        Raises:
+            OverloadedError: shed or rejected by the scheduler (its ``reason`` says why).
+            InvalidRequestError, NotFoundError: as :meth:`submit`.
+        """
+        check_policy(execution_policy)
+        dep = self.deployment(deployment_id)
+        try:
+            return await dep.ainfer(
+                inputs,
+                priority=priority,
+                deadline_ms=deadline_ms,
+                execution_policy=execution_policy,
+                tenant=tenant,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, (InvalidRequestError, OverloadedError, ConflictError)):
+                self._log_failure(deployment_id, exc)
+            raise
 
     def _note_failure(self, deployment_id: str, future: Future[InferenceResult]) -> None:
         if future.cancelled():

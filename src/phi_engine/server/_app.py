@@ -21,7 +21,7 @@ from phi_engine.server._fast import FastInference
 from phi_engine.server._v1 import v1_router
 from phi_engine.server._v2 import v2_router
 
-__all__ = ["DEFAULT_MAX_BODY", "create_app", "serve"]
+__all__ = ["DEFAULT_MAX_BODY", "PhiApp", "create_app", "serve"]
 
 DEFAULT_MAX_BODY = 64 << 20
 
@@ -74,6 +74,25 @@ class _TooLarge(Exception):
     pass
 
 
+class PhiApp(FastAPI):
+    """The FastAPI app, with inline inference served ahead of its whole middleware stack.
+
+    Starlette wraps every request in its error and telemetry middleware and the app's own
+    (body limit) before routing; an inline ``POST /v1/inference/run`` skips all of them and goes
+    to :class:`~phi_engine.server._fast.FastInference`, which answers it or hands it back to the
+    full app (``FastAPI.__call__``) with its body replayed.
+    """
+
+    fast: FastInference | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast
+        if fast is not None and scope["type"] == "http" and scope["path"] == fast.path:
+            await fast(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     engine: Engine,
     *,
@@ -96,7 +115,7 @@ def create_app(
     root = Path(data_dir) if data_dir is not None else engine.home / "data"
     root.mkdir(parents=True, exist_ok=True)
     gate = Auth(engine.clients, engine.tokens, enabled=auth)
-    app = FastAPI(
+    app = PhiApp(
         title="phi_engine",
         version=__version__,
         description="Register, deploy and serve AI models: the product sheet's API (/v1) and "
@@ -131,8 +150,11 @@ def create_app(
     app.state.engine = engine
     app.state.auth = gate
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
-    # Added last, so outermost: inline inference skips the router and the layers above.
-    app.add_middleware(FastInference, engine=engine, auth=gate, limit=max_body_bytes)
+
+    async def full_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await FastAPI.__call__(app, scope, receive, send)
+
+    app.fast = FastInference(full_app, engine=engine, auth=gate, limit=max_body_bytes)
     return app
 
 

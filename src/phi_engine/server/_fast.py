@@ -10,7 +10,6 @@ bodies that do not parse, other routes — goes on to the app unchanged, with th
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -60,7 +59,10 @@ _NO_HEADERS: list[tuple[bytes, bytes]] = []
 
 
 class FastInference:
-    """ASGI middleware serving inline inference requests itself (see the module docstring)."""
+    """ASGI handler serving inline inference requests itself (see the module docstring);
+    ``app`` gets every other request."""
+
+    path = _PATH
 
     def __init__(self, app: ASGIApp, engine: Engine, auth: Auth, limit: int) -> None:
         self.app = app
@@ -121,14 +123,13 @@ class FastInference:
                     break
             require_scope(self.auth.verify_header(header), "infer")
         req = InferenceRequest.model_validate(obj)
-        future = self.engine.submit(
+        result = await self.engine.ainfer(
             req.deployment_id,
             req.input.data,
             priority=req.priority,
             deadline_ms=req.deadline_ms,
             execution_policy=req.execution_policy,
         )
-        result = await asyncio.wrap_future(future)
         return _dumps(inference_body(result))
 
 

@@ -7,7 +7,6 @@ compute (register, deploy, infer, profile, ...) run in the thread pool, never on
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
@@ -255,14 +254,13 @@ def v1_router(
             raise InvalidRequestError(
                 "async applies to batch jobs (input.data a file URI)", field="async"
             )
-        future = engine.submit(
+        result = await engine.ainfer(
             body.deployment_id,
             data,
             priority=body.priority,
             deadline_ms=body.deadline_ms,
             execution_policy=body.execution_policy,
         )
-        result = await asyncio.wrap_future(future)
         return JSONResponse(inference_body(result))
 
     @r.get("/inference/{job_id}", tags=["inference"], dependencies=[infer])

@@ -10,7 +10,6 @@ classes, ``timeout`` (microseconds) to ``deadline_ms``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from typing import Any
@@ -113,13 +112,12 @@ def v2_router(engine: Engine, auth: Auth) -> APIRouter:
         header, tensors = _split(raw, request.headers.get(_HEADER))
         inputs = _inputs(header, tensors)
         params = header.get("parameters") or {}
-        future = engine.submit(
+        result = await engine.ainfer(
             dep.deployment_id,
             inputs,
             priority=_priority(params.get("priority", 0)),
             deadline_ms=_deadline(params.get("timeout")),
         )
-        result = await asyncio.wrap_future(future)
         return _response(header, name, result.model_version, result.outputs)
 
     @r.get("/models/{name}/stats", dependencies=[read])

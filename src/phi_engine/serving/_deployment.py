@@ -15,6 +15,7 @@ another replica count the same way.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import itertools
 import threading
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 __all__ = ["STRATEGIES", "Deployment", "InferenceResult"]
 
 STRATEGIES = ("rolling", "canary", "blue_green")
+# A lone request on an event loop runs there when its batch is estimated at or under this: two
+# thread hand-offs cost tens to hundreds of microseconds, and blocking the loop for longer than
+# this would delay whatever else it serves.
+INLINE_BUDGET_MS = 0.5
 ROLLING_STEPS = (25.0, 50.0, 75.0)
 
 
@@ -123,6 +128,10 @@ class Deployment:
         self._id_prefix = f"req_{deployment_id[4:12]}_"
         self.metrics = DeploymentMetrics()
         self._stopped = False
+        self._local = threading.local()  # per event loop thread: ainfer calls in progress
+        #: A lone request whose batch the latency model puts at or under this many
+        #: milliseconds runs in the event loop's thread (see :meth:`ainfer`); 0 turns it off.
+        self.inline_budget_ms = INLINE_BUDGET_MS
         self.created_at = time.time()
 
     # ---- what it serves -----------------------------------------------------------------------
@@ -178,10 +187,78 @@ class Deployment:
             ConflictError: the deployment is stopped.
         """
         slot, found, request_id = self._enter(
-            inputs, priority, deadline_ms, execution_policy, tenant, here=False
+            inputs, priority, deadline_ms, execution_policy, tenant, mode="future"
         )
         assert isinstance(found, Future)
         return self._wrap(found, slot, request_id)
+
+    async def ainfer(
+        self,
+        inputs: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        execution_policy: str | None = None,
+        tenant: str = "default",
+    ) -> InferenceResult:
+        """:meth:`submit` and await the result, on the running event loop.
+
+        A queued request waits on an :class:`asyncio.Future` that the worker resolves together
+        with the rest of its batch (one loop callback per batch), not on a thread future per
+        request. Cancelling the awaiting task withdraws a request still queued.
+
+        A request that is alone (no other request of this deployment in progress on this
+        loop, after one yield to let requests that arrived with it show themselves), finds the
+        scheduler idle, and whose batch the latency model puts under :attr:`inline_budget_ms`
+        runs in the loop's thread, as :meth:`infer` does: the scheduler still decides, and the
+        two thread hand-offs, which cost more than such a model, are saved. Under concurrent
+        load requests always queue, so they are ranked and batched.
+
+        Raises:
+            InvalidRequestError, ConflictError: as :meth:`submit`.
+            OverloadedError: shed or rejected.
+            Exception: the model's error for this request.
+        """
+        local = self._local
+        active = getattr(local, "active", 0) + 1
+        local.active = active
+        try:
+            arrays, rows = self._parse(inputs)
+            mode = "async"
+            if active == 1 and self.inline_budget_ms > 0:
+                slot = self._primary
+                estimate = slot.scheduler(execution_policy).estimate_seconds(rows)
+                if estimate is not None and estimate * 1000.0 <= self.inline_budget_ms:
+                    await asyncio.sleep(0)
+                    if local.active == 1:
+                        mode = "here-async"
+            slot, found, request_id = self._queue(
+                arrays, rows, priority, deadline_ms, execution_policy, tenant, mode
+            )
+            if isinstance(found, Admitted):
+                try:
+                    r = slot.run_admitted(found, execution_policy)
+                except BaseException:
+                    slot.meter.count_failure()
+                    self.metrics.ended("failed")
+                    raise
+                return self._result(r, slot, request_id)
+            rid, waiting = found
+            try:
+                r = await waiting
+            except asyncio.CancelledError:
+                slot.scheduler(execution_policy).withdraw(rid)
+                self.metrics.ended("cancelled")
+                raise
+            except OverloadedError as exc:
+                self.metrics.ended(exc.reason)
+                raise
+            except BaseException:
+                self.metrics.ended("failed")
+                raise
+            return self._result(r, slot, request_id)
+        finally:
+            local.active -= 1
 
     def infer(
         self,
@@ -204,7 +281,7 @@ class Deployment:
             Exception: the model's error for this request.
         """
         slot, found, request_id = self._enter(
-            inputs, priority, deadline_ms, execution_policy, tenant, here=True
+            inputs, priority, deadline_ms, execution_policy, tenant, mode="here"
         )
         if isinstance(found, Future):
             return self._wrap(found, slot, request_id).result()
@@ -223,14 +300,30 @@ class Deployment:
         deadline_ms: float | None,
         execution_policy: str | None,
         tenant: str,
-        here: bool,
-    ) -> tuple[Slot, Admitted | Future[ScheduledResult], str]:
+        mode: str,
+    ) -> tuple[Slot, Any, str]:
+        arrays, rows = self._parse(inputs)
+        return self._queue(arrays, rows, priority, deadline_ms, execution_policy, tenant, mode)
+
+    def _parse(self, inputs: Any) -> tuple[dict[str, np.ndarray], int]:
         if self._stopped:
             raise ConflictError(
                 f"deployment {self.deployment_id} is stopped", field="deployment_id"
             )
         arrays = parse_inputs(inputs, self._primary.inputs, self.spec.limits)
         rows = next(iter(arrays.values())).shape[0] if arrays else 1
+        return arrays, rows
+
+    def _queue(
+        self,
+        arrays: dict[str, np.ndarray],
+        rows: int,
+        priority: str | int,
+        deadline_ms: float | None,
+        execution_policy: str | None,
+        tenant: str,
+        mode: str,
+    ) -> tuple[Slot, Any, str]:
         request_id = f"{self._id_prefix}{next(self._ids)}"
         # Routing and queueing under one lock: a slot an update retires has accepted every
         # request routed to it before its drain begins.
@@ -247,7 +340,7 @@ class Deployment:
                 deadline_ms=deadline_ms,
                 policy=execution_policy,
                 tenant=tenant,
-                here=here,
+                mode=mode,
             )
         return slot, found, request_id
 

@@ -2,16 +2,20 @@
 
 Requests are queued, ranked, admitted, shed and batched in the native core (``_core.Scheduler``,
 DESIGN.md "Φ(a)"); its blocking calls release the GIL. Python holds what the core cannot: each
-request's payload and its :class:`concurrent.futures.Future`. Worker threads take batches from the
-core and call ``run_batch`` (holding the GIL only while it runs Python); a reaper thread answers
-requests the core ended without running. Every request ends exactly once: a result, an
-:class:`~phi_engine.errors.OverloadedError` (rejected or shed), the batch's exception, or cancelled.
+request's payload and what resolves it: a :class:`concurrent.futures.Future` for threads, or an
+:class:`asyncio.Future` for coroutines (:meth:`Scheduler.enqueue_async`; a batch's asyncio futures
+are resolved by one callback per event loop, not one thread hand-off each). Worker threads take
+batches from the core and call ``run_batch`` (holding the GIL only while it runs Python); a reaper
+thread answers requests the core ended without running. Every request ends exactly once: a
+result, an :class:`~phi_engine.errors.OverloadedError` (rejected or shed), the batch's exception,
+or cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import itertools
 import math
 import threading
@@ -91,10 +95,43 @@ class Admitted:
     payload: Any
 
 
-@dataclass
 class _Pending:
-    payload: Any
-    future: Future[ScheduledResult]
+    """A queued request: its payload and its future (threads') or asyncio future and loop."""
+
+    __slots__ = ("future", "loop", "payload")
+
+    def __init__(
+        self,
+        payload: Any,
+        future: Future[ScheduledResult] | asyncio.Future[ScheduledResult],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.payload = payload
+        self.future = future
+        self.loop = loop
+
+    def start(self) -> bool:
+        """Whether it is still wanted (an asyncio future's flag is read across threads: a
+        cancellation that races the read costs a wasted row, never a second answer)."""
+        if self.loop is None:
+            return self.future.set_running_or_notify_cancel()  # type: ignore[union-attr]
+        return not self.future.done()
+
+
+def _resolve(items: list[tuple[asyncio.Future[ScheduledResult], Any, bool]]) -> None:
+    """Settle asyncio futures on their loop (one call per batch and loop)."""
+    for future, value, failed in items:
+        if not future.done():
+            if failed:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+
+def _post(loop: asyncio.AbstractEventLoop, items: list[Any]) -> None:
+    # A closed loop raises RuntimeError: nobody is left to await these futures.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_resolve, items)
 
 
 def _overloaded(reason: str) -> OverloadedError:
@@ -150,6 +187,8 @@ class Scheduler:
         self._ids = itertools.count()
         self._closed = False
         self._batches: deque[tuple[int, float]] = deque(maxlen=_BATCH_LOG)
+        self._table: list[tuple[float, float]] = []
+        self._table_due = 0.0
         self._threads = [
             threading.Thread(target=self._work, name=f"phi-scheduler-worker-{i}", daemon=True)
             for i in range(self.config.workers)
@@ -214,7 +253,10 @@ class Scheduler:
         Not for event-loop threads, which must not run a model.
         """
         found = self._enter(payload, priority, deadline_ms, cost, tenant, here=True)
-        return self.run_admitted(found) if isinstance(found, Admitted) else found
+        if isinstance(found, Admitted):
+            return self.run_admitted(found)
+        assert isinstance(found, Future)
+        return found
 
     def admit(
         self,
@@ -228,7 +270,55 @@ class Scheduler:
         """:meth:`run_or_submit` in two steps: an :class:`Admitted` request is dispatched to the
         caller, who must pass it to :meth:`run_admitted` (a router admits under its lock and runs
         outside it)."""
-        return self._enter(payload, priority, deadline_ms, cost, tenant, here=True)
+        found = self._enter(payload, priority, deadline_ms, cost, tenant, here=True)
+        assert not isinstance(found, tuple)
+        return found
+
+    def admit_async(
+        self,
+        payload: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        cost: float = 1.0,
+        tenant: str = "default",
+    ) -> Admitted | tuple[int, asyncio.Future[ScheduledResult]]:
+        """:meth:`admit` for a coroutine: :class:`Admitted` on an idle scheduler, else
+        :meth:`enqueue_async`'s answer."""
+        loop = asyncio.get_running_loop()
+        found = self._enter(payload, priority, deadline_ms, cost, tenant, here=True, loop=loop)
+        assert not isinstance(found, Future)
+        return found
+
+    def estimate_seconds(self, cost: float) -> float | None:
+        """The latency model's tail estimate for a batch of this cost (``None``: not measured).
+        Read from a copy of the table refreshed at most every 0.5 s."""
+        now = time.monotonic()
+        if now >= self._table_due:
+            self._table = sorted((c, s) for c, s, n in self._core.latency_table() if n)
+            self._table_due = now + 0.5
+        for c, seconds in self._table:
+            if c >= cost:
+                return seconds
+        return None
+
+    def enqueue_async(
+        self,
+        payload: Any,
+        *,
+        priority: str | int = "normal",
+        deadline_ms: float | None = None,
+        cost: float = 1.0,
+        tenant: str = "default",
+    ) -> tuple[int, asyncio.Future[ScheduledResult]]:
+        """Queue a request from a coroutine: its id and an :class:`asyncio.Future` of the running
+        loop (call on the loop's thread). Takes :meth:`submit`'s arguments and raises what it
+        raises. A caller that stops waiting passes the id to :meth:`withdraw`.
+        """
+        loop = asyncio.get_running_loop()
+        found = self._enter(payload, priority, deadline_ms, cost, tenant, here=False, loop=loop)
+        assert isinstance(found, tuple)
+        return found
 
     def _enter(
         self,
@@ -238,7 +328,8 @@ class Scheduler:
         cost: float,
         tenant: str,
         here: bool,
-    ) -> Admitted | Future[ScheduledResult]:
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Admitted | Future[ScheduledResult] | tuple[int, asyncio.Future[ScheduledResult]]:
         # Dictionary hits first: the common names and values cost no parsing per request.
         cls = self._classes.get(priority) if isinstance(priority, str) else None
         if cls is None:
@@ -264,6 +355,13 @@ class Scheduler:
                     return Admitted(token, start, arrival, rid, payload)
             else:
                 outcome = self._core.submit(rid, cls, tenant_id, rows, due)
+            if loop is not None:
+                waiting: asyncio.Future[ScheduledResult] = loop.create_future()
+                if outcome == "pending":
+                    self._pending[rid] = _Pending(payload, waiting, loop)
+                else:
+                    waiting.set_exception(_overloaded(outcome))
+                return rid, waiting
             future: Future[ScheduledResult] = Future()
             if outcome == "pending":
                 self._pending[rid] = _Pending(payload, future)
@@ -299,8 +397,14 @@ class Scheduler:
         return found.result() if isinstance(found, Future) else found
 
     async def ainfer(self, payload: Any, **kwargs: Any) -> ScheduledResult:
-        """:meth:`submit` and await the result; cancelling the awaiting task withdraws it."""
-        return await asyncio.wrap_future(self.submit(payload, **kwargs))
+        """:meth:`enqueue_async` and await the result; cancelling the awaiting task withdraws
+        a request still queued."""
+        rid, waiting = self.enqueue_async(payload, **kwargs)
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            self.withdraw(rid)
+            raise
 
     def _tenant(self, tenant: str) -> int:
         if not isinstance(tenant, str):
@@ -314,6 +418,10 @@ class Scheduler:
                     )
                 index = self._tenants[tenant] = len(self._tenants)
             return index
+
+    def withdraw(self, rid: int) -> None:
+        """Take a request out of the queue if it is still there (its caller stopped waiting)."""
+        self._withdraw(rid)
 
     def _withdraw(self, rid: int) -> None:
         """A caller cancelled the future: take the request out of the queue if it is still there."""
@@ -339,11 +447,7 @@ class Scheduler:
                 (self._pending.pop(r, None), r, t) for r, t in zip(ids, arrivals, strict=True)
             ]
         # A future cancelled after dispatch is skipped; Future's own state machine decides the race.
-        live = [
-            (e, rid, t)
-            for e, rid, t in entries
-            if e is not None and e.future.set_running_or_notify_cancel()
-        ]
+        live = [(e, rid, t) for e, rid, t in entries if e is not None and e.start()]
         ok = False
         try:
             ok = self._execute(live, start)
@@ -361,25 +465,41 @@ class Scheduler:
                 got, want = len(values), len(live)
                 raise PhiEngineError(f"[scheduler] run_batch returned {got} values for {want}")
         except BaseException as exc:  # every request of the batch must end, whatever was raised
-            for e, _, _ in live:
-                _settle(e.future, error=exc)
+            self._settle_all([(e, exc, True) for e, _, _ in live])
             return False
         exec_ms = (time.perf_counter() - t0) * 1000.0
-        for (e, rid, arrival), value in zip(live, values, strict=True):
-            result = ScheduledResult(value, rid, (start - arrival) * 1000.0, exec_ms, len(live))
-            _settle(e.future, result=result)
+        n = len(live)
+        self._settle_all(
+            [
+                (e, ScheduledResult(value, rid, (start - arrival) * 1000.0, exec_ms, n), False)
+                for (e, rid, arrival), value in zip(live, values, strict=True)
+            ]
+        )
         return True
+
+    @staticmethod
+    def _settle_all(ended: list[tuple[_Pending, Any, bool]]) -> None:
+        """End requests: threads' futures here, asyncio futures by one callback per loop."""
+        posts: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for e, value, failed in ended:
+            if e.loop is None:
+                if failed:
+                    _settle(e.future, error=value)  # type: ignore[arg-type]
+                else:
+                    _settle(e.future, result=value)  # type: ignore[arg-type]
+            else:
+                posts.setdefault(e.loop, []).append((e.future, value, failed))
+        for loop, items in posts.items():
+            _post(loop, items)
 
     def _reap(self) -> None:
         while True:
             ended = self._core.reap(_POLL_S)
             if ended is None:
                 return
-            for rid, reason in ended:
-                with self._lock:
-                    entry = self._pending.pop(rid, None)
-                if entry is not None:
-                    _settle(entry.future, error=_overloaded(reason))
+            with self._lock:
+                entries = [(self._pending.pop(rid, None), reason) for rid, reason in ended]
+            self._settle_all([(e, _overloaded(r), True) for e, r in entries if e is not None])
 
     # ---- everything else ----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ every request it accepted is still answered: that is what makes updates and scal
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -173,15 +174,24 @@ class Slot:
         deadline_ms: float | None,
         policy: str | None,
         tenant: str,
-        here: bool = False,
-    ) -> Admitted | Future[ScheduledResult]:
-        """Queue a request; with ``here``, an idle scheduler hands it back to run in the caller's
-        thread (see :meth:`Scheduler.admit`)."""
+        mode: str = "future",
+    ) -> Admitted | Future[ScheduledResult] | tuple[int, asyncio.Future[ScheduledResult]]:
+        """Queue a request. ``mode``: ``future`` (a thread future), ``async`` (an id and an
+        asyncio future, see :meth:`Scheduler.enqueue_async`), ``here`` (an idle scheduler hands
+        it back to run in the caller's thread, see :meth:`Scheduler.admit`) or ``here-async``
+        (``here``, else ``async``)."""
         sched = self.scheduler(policy)
-        enter = sched.admit if here else sched.submit
-        return enter(
-            arrays, priority=priority, deadline_ms=deadline_ms, cost=float(rows), tenant=tenant
-        )
+        cost = float(rows)
+        if mode == "async":
+            return sched.enqueue_async(
+                arrays, priority=priority, deadline_ms=deadline_ms, cost=cost, tenant=tenant
+            )
+        if mode == "here-async":
+            return sched.admit_async(
+                arrays, priority=priority, deadline_ms=deadline_ms, cost=cost, tenant=tenant
+            )
+        enter = sched.admit if mode == "here" else sched.submit
+        return enter(arrays, priority=priority, deadline_ms=deadline_ms, cost=cost, tenant=tenant)
 
     def run_admitted(self, admitted: Admitted, policy: str | None) -> ScheduledResult:
         return self.scheduler(policy).run_admitted(admitted)
