@@ -10,6 +10,7 @@ void init_ops(py::module_& m);
 void init_plan(py::module_& m);
 void init_packed(py::module_& m);
 void init_scheduler(py::module_& m);
+void init_json(py::module_& m);
 }  // namespace phi::py_bind
 
 PYBIND11_MODULE(_core, m) {
@@ -23,4 +24,5 @@ PYBIND11_MODULE(_core, m) {
   phi::py_bind::init_plan(m);
   phi::py_bind::init_packed(m);
   phi::py_bind::init_scheduler(m);
+  phi::py_bind::init_json(m);
 }
