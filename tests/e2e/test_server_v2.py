@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -72,3 +73,122 @@ def test_v2_metadata_repository_and_errors(served: tuple[Server, dict[str, str]]
         )
         assert r.status_code == 400
     assert httpx.post(f"{server.url}/v2/models/mlp/infer", json=body).status_code == 401
+
+
+def test_infer_fast_path_answers_like_the_route(
+    served: tuple[Server, dict[str, str]], rng: np.random.Generator
+) -> None:
+    """Every V2 infer request gets the same status and body from the fast path (the live
+    server) as from the FastAPI route behind it (a second server on the same engine with the
+    fast path off)."""
+    from phi_engine.server import create_app
+
+    from .conftest import start
+
+    server, headers = served
+    routed = create_app(server.engine)
+    routed.fast = None  # type: ignore[attr-defined]
+    uv, thread, route_url = start(routed)
+    reader = server.engine.clients.create(["models:read"])
+    read_only = httpx.post(
+        f"{server.url}/v1/auth/token",
+        json={
+            "client_id": reader.client_id,
+            "client_secret": reader.client_secret,
+            "grant_type": "client_credentials",
+        },
+    ).json()["access_token"]
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    good = {
+        "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": x.ravel().tolist()}]
+    }
+    blob = x.tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+
+    def tensor(**change: object) -> dict[str, object]:
+        return {"inputs": [{**good["inputs"][0], **change}]}
+
+    cases: list[tuple[str, dict[str, str], bytes]] = [
+        ("/v2/models/mlp/infer", headers, json.dumps(good).encode()),
+        ("/v2/models/mlp/versions/1.0.0/infer", headers, json.dumps({**good, "id": "r1"}).encode()),
+        ("/v2/models/mlp/infer", headers, json.dumps(tensor(data=x.tolist())).encode()),
+        (
+            "/v2/models/mlp/infer",
+            {**headers, "Inference-Header-Content-Length": str(len(head))},
+            head + blob,
+        ),
+        ("/v2/models/mlp/infer", {}, json.dumps(good).encode()),
+        (
+            "/v2/models/mlp/infer",
+            {"Authorization": f"Bearer {read_only}"},
+            json.dumps(good).encode(),
+        ),
+        ("/v2/models/nope/infer", headers, json.dumps(good).encode()),
+        ("/v2/models/mlp/versions/9/infer", headers, json.dumps(good).encode()),
+        ("/v2/models/mlp/infer", headers, b"{not json"),
+        ("/v2/models/mlp/infer", headers, b'{"inputs": {}}'),
+        ("/v2/models/mlp/infer", headers, json.dumps(tensor(datatype="FP99")).encode()),
+        ("/v2/models/mlp/infer", headers, json.dumps(tensor(shape=[3, 4])).encode()),
+        ("/v2/models/mlp/infer", headers, json.dumps(tensor(name="z")).encode()),
+        (
+            "/v2/models/mlp/infer",
+            headers,
+            json.dumps({**good, "parameters": {"priority": -1}}).encode(),
+        ),
+        (
+            "/v2/models/mlp/infer",
+            headers,
+            json.dumps({**good, "parameters": {"timeout": -5}}).encode(),
+        ),
+        (
+            "/v2/models/mlp/infer",
+            headers,
+            json.dumps({**good, "outputs": [{"name": "w"}]}).encode(),
+        ),
+        (
+            "/v2/models/mlp/infer",
+            {**headers, "Inference-Header-Content-Length": "99999"},
+            head + blob,
+        ),
+        ("/v2/models/mlp/infer", headers, b"\x00" * (65 << 20)),
+    ]
+    try:
+        for path, hdrs, body in cases:
+            answers = []
+            for base in (server.url, route_url):
+                r = httpx.post(base + path, content=body, headers=hdrs, timeout=60)
+                answers.append(r)
+            fast, route = answers
+            assert fast.status_code == route.status_code, (path, fast.text, route.text)
+            if fast.headers["content-type"].startswith("application/json"):
+                a, b = fast.json(), route.json()
+                if "error" in a:
+                    assert a["error"]["code"] == b["error"]["code"] and a["error"].get(
+                        "field"
+                    ) == b["error"].get("field")
+                else:
+                    assert a == b, path
+            else:
+                assert fast.content == route.content
+                assert (
+                    fast.headers["inference-header-content-length"]
+                    == route.headers["inference-header-content-length"]
+                )
+        ok = httpx.post(server.url + cases[0][0], content=cases[0][2], headers=headers).json()
+        y = np.asarray(ok["outputs"][0]["data"], np.float32).reshape(ok["outputs"][0]["shape"])
+        np.testing.assert_allclose(y, mlp_reference(x), rtol=1e-5, atol=1e-5)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)

@@ -78,16 +78,17 @@ class PhiApp(FastAPI):
     """The FastAPI app, with inline inference served ahead of its whole middleware stack.
 
     Starlette wraps every request in its error and telemetry middleware and the app's own
-    (body limit) before routing; an inline ``POST /v1/inference/run`` skips all of them and goes
-    to :class:`~phi_engine.server._fast.FastInference`, which answers it or hands it back to the
-    full app (``FastAPI.__call__``) with its body replayed.
+    (body limit) before routing; an inline ``POST /v1/inference/run`` or a V2 ``infer`` skips all
+    of them and goes to :class:`~phi_engine.server._fast.FastInference`, which answers it (with
+    the routes' own checks and functions) or hands it back to the full app
+    (``FastAPI.__call__``) with its body replayed.
     """
 
     fast: FastInference | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.fast
-        if fast is not None and scope["type"] == "http" and scope["path"] == fast.path:
+        if fast is not None and fast.handles(scope):
             await fast(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)

@@ -23,6 +23,7 @@ from phi_engine.errors import PhiEngineError
 from phi_engine.security import require_scope
 from phi_engine.server._auth import Auth
 from phi_engine.server._v1 import InferenceRequest, inference_body
+from phi_engine.server._v2 import find_deployment, infer_v2
 
 # Bodies are decoded natively with their number arrays read straight into numpy arrays (what
 # parse_inputs would make of the lists); anything that is not JSON raises ValueError.
@@ -52,8 +53,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PATH = "/v1/inference/run"
+_V2_PREFIX = "/v2/models/"
 _JSON = [(b"content-type", b"application/json")]
 _NO_HEADERS: list[tuple[bytes, bytes]] = []
+_BUG = _dumps({"error": {"code": "internal_error", "message": "internal error; this is a bug"}})
 
 
 class FastInference:
@@ -68,16 +71,24 @@ class FastInference:
         self.auth = auth
         self.limit = limit
 
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        """Whether a request is one this handler serves (the rest goes to the app)."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        path: str = scope["path"]
+        return path == _PATH or (path.startswith(_V2_PREFIX) and path.endswith("/infer"))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != _PATH or scope["method"] != "POST":
+        if not self.handles(scope):
             await self.app(scope, receive, send)
+            return
+        if scope["path"] != _PATH:
+            await self._v2(scope, receive, send)
             return
         body = await _read(receive, self.limit)
         if body is None:
-            message = f"the request body is over {self.limit} bytes"
-            payload = _dumps({"error": {"code": "payload_too_large", "message": message}})
-            await send({"type": "http.response.start", "status": 413, "headers": _JSON})
-            await send({"type": "http.response.body", "body": payload})
+            await _too_large(send, self.limit)
             return
         try:
             obj = _loads(body)
@@ -97,22 +108,11 @@ class FastInference:
             status, payload, headers = _error(exc)
         except Exception:  # a bug: logged with its traceback, answered without internals
             log.exception("internal error on POST %s", _PATH)
-            status, payload, headers = (
-                500,
-                _dumps(
-                    {
-                        "error": {
-                            "code": "internal_error",
-                            "message": "internal error; this is a bug",
-                        }
-                    }
-                ),
-                [],
-            )
+            status, payload, headers = 500, _BUG, []
         await send({"type": "http.response.start", "status": status, "headers": _JSON + headers})
         await send({"type": "http.response.body", "body": payload})
 
-    async def _infer(self, scope: Scope, obj: dict[str, Any]) -> bytes:
+    def _check_auth(self, scope: Scope) -> None:
         if self.auth.enabled:
             header = None
             for name, value in scope.get("headers", ()):
@@ -120,6 +120,46 @@ class FastInference:
                     header = value.decode("latin-1")
                     break
             require_scope(self.auth.verify_header(header), "infer")
+
+    async def _v2(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v2/models/{name}[/versions/{version}]/infer``, as the ``/v2`` route does it
+        (the same function computes the answer), without the framework around it."""
+        parts = scope["path"][len(_V2_PREFIX) :].split("/")
+        if len(parts) == 2 and parts[0]:
+            name, version = parts[0], None
+        elif len(parts) == 4 and parts[0] and parts[1] == "versions" and parts[2]:
+            name, version = parts[0], parts[2]
+        else:  # not an infer route after all: the app's 404
+            await self.app(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = []
+        try:
+            self._check_auth(scope)
+            dep = find_deployment(self.engine, name, version)
+            raw = await _read(receive, self.limit)
+            if raw is None:
+                await _too_large(send, self.limit)
+                return
+            length = None
+            for key, value in scope.get("headers", ()):
+                if key == b"inference-header-content-length":
+                    length = value.decode("latin-1")
+                    break
+            payload, media_type, extra = await infer_v2(self.engine, dep, name, raw, length)
+            status = 200
+            headers = [(b"content-type", media_type.encode())]
+            headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        except PhiEngineError as exc:
+            status, payload, more = _error(exc)
+            headers = _JSON + more
+        except Exception:  # a bug: logged with its traceback, answered without internals
+            log.exception("internal error on POST %s", scope["path"])
+            status, payload, headers = 500, _BUG, _JSON
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _infer(self, scope: Scope, obj: dict[str, Any]) -> bytes:
+        self._check_auth(scope)
         req = InferenceRequest.model_validate(obj)
         result = await self.engine.ainfer(
             req.deployment_id,
@@ -144,6 +184,13 @@ def _error(exc: PhiEngineError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     if retry is not None:
         headers.append((b"retry-after", str(max(1, round(retry))).encode()))
     return exc.status, _dumps({"error": exc.to_dict()}), headers
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    message = f"the request body is over {limit} bytes"
+    payload = _dumps({"error": {"code": "payload_too_large", "message": message}})
+    await send({"type": "http.response.start", "status": 413, "headers": _JSON})
+    await send({"type": "http.response.body", "body": payload})
 
 
 async def _read(receive: Receive, limit: int) -> bytes | None:

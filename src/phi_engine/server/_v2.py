@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from phi_engine._native import require_core
 from phi_engine._version import __version__
 from phi_engine.engine import Engine
 from phi_engine.errors import InvalidRequestError, NotFoundError
@@ -26,7 +28,22 @@ from phi_engine.server._auth import Auth
 from phi_engine.serving._deployment import Deployment
 from phi_engine.serving._inputs import V2_DATATYPES
 
-__all__ = ["v2_router"]
+__all__ = ["find_deployment", "infer_v2", "v2_router"]
+
+# Request bodies: the native decoder (number arrays straight into numpy arrays; ValueError on
+# anything that is not JSON). Answers: orjson where installed.
+_loads: Callable[[bytes], Any] = require_core().json_loads
+try:
+    import orjson
+
+    def _dumps(value: Any) -> bytes:
+        return orjson.dumps(value)
+
+except ImportError:  # pragma: no cover - orjson is in the server extra
+
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(value).encode()
+
 
 _DATATYPE_OF = {dtype: name for name, dtype in V2_DATATYPES.items()}
 _HEADER = "inference-header-content-length"
@@ -109,16 +126,10 @@ def v2_router(engine: Engine, auth: Auth) -> APIRouter:
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         dep = _find(engine, name, version)
         raw = await request.body()
-        header, tensors = _split(raw, request.headers.get(_HEADER))
-        inputs = _inputs(header, tensors)
-        params = header.get("parameters") or {}
-        result = await engine.ainfer(
-            dep.deployment_id,
-            inputs,
-            priority=_priority(params.get("priority", 0)),
-            deadline_ms=_deadline(params.get("timeout")),
+        body, media_type, headers = await infer_v2(
+            engine, dep, name, raw, request.headers.get(_HEADER)
         )
-        return _response(header, name, result.model_version, result.outputs)
+        return Response(body, media_type=media_type, headers=headers)
 
     @r.get("/models/{name}/stats", dependencies=[read])
     @r.get("/models/{name}/versions/{version}/stats", dependencies=[read])
@@ -180,6 +191,36 @@ def v2_router(engine: Engine, auth: Auth) -> APIRouter:
     return r
 
 
+async def infer_v2(
+    engine: Engine, dep: Deployment, name: str, raw: bytes, header_length: str | None
+) -> tuple[bytes, str, dict[str, str]]:
+    """One V2 ``infer`` call on ``dep``: the answer's body, media type and extra headers.
+
+    Raises:
+        InvalidRequestError: a body, tensor or parameter that does not fit (``field`` names it).
+        OverloadedError: shed or rejected by the scheduler.
+    """
+    header, tensors = _split(raw, header_length)
+    inputs = _inputs(header, tensors)
+    params = header.get("parameters") or {}
+    result = await engine.ainfer(
+        dep.deployment_id,
+        inputs,
+        priority=_priority(params.get("priority", 0)),
+        deadline_ms=_deadline(params.get("timeout")),
+    )
+    return _response(header, name, result.model_version, result.outputs)
+
+
+def find_deployment(engine: Engine, name: str, version: str | None) -> Deployment:
+    """The deployment serving model ``name`` (at ``version``, if given).
+
+    Raises:
+        NotFoundError: none does.
+    """
+    return _find(engine, name, version)
+
+
 def _priority(value: Any) -> str | int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidRequestError(
@@ -213,8 +254,8 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes
     else:
         raise InvalidRequestError(f"{_HEADER} is not a length within the body", field=_HEADER)
     try:
-        header = json.loads(raw[:size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = _loads(raw[:size])
+    except ValueError as exc:
         raise InvalidRequestError(
             f"the inference request is not JSON: {exc}", field="body"
         ) from exc
@@ -266,7 +307,7 @@ def _inputs(header: dict[str, Any], binary: bytes) -> list[dict[str, Any]]:
 
 def _response(
     header: dict[str, Any], name: str, version: str, outputs: dict[str, np.ndarray]
-) -> Response:
+) -> tuple[bytes, str, dict[str, str]]:
     """JSON tensors, or binary ones where the request asked (``binary_data``)."""
     wanted = header.get("outputs")
     binary_all = bool((header.get("parameters") or {}).get("binary_data_output", False))
@@ -293,11 +334,11 @@ def _response(
     body: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": tensors}
     if "id" in header:
         body["id"] = header["id"]
-    head = json.dumps(body).encode()
+    head = _dumps(body)
     if not blobs:
-        return Response(head, media_type="application/json")
-    return Response(
+        return head, "application/json", {}
+    return (
         head + b"".join(blobs),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(head))},
+        "application/octet-stream",
+        {"Inference-Header-Content-Length": str(len(head))},
     )

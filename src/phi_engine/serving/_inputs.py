@@ -172,6 +172,8 @@ def _from_v2(tensors: Sequence[Any], specs: Sequence[InputSpec]) -> dict[str, An
                 field=f"{name}.datatype",
             )
         shape = t.get("shape")
+        if isinstance(shape, np.ndarray) and shape.ndim == 1 and shape.dtype.kind == "i":
+            shape = shape.tolist()  # a decoder that reads number arrays into arrays
         if not isinstance(shape, Sequence) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
