@@ -331,7 +331,7 @@ def fmt(x: float, digits: int = 1) -> str:
 def table(results: dict[tuple[str, int], list[dict]], names: list[str], concs: list[int]) -> str:
     lines = [
         "| server | concurrency | req/s | p50 ms | p99 ms | errors | checked "
-        "| server CPU µs/req | req/s ÷ floor | p50 ÷ floor p50 |",
+        "| server CPU µs/req | req/s ÷ floor (paired) | p50 ÷ floor p50 (paired) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     med = {
@@ -349,8 +349,13 @@ def table(results: dict[tuple[str, int], list[dict]], names: list[str], concs: l
             m = med[(n, c)]
             errs = sum(r["errors"] for r in results[(n, c)])
             checked = sum(r["checked"] for r in results[(n, c)])
-            r_rps = fmt(m["rps"] / floor["rps"], 2) if floor else "—"
-            r_p50 = fmt(m["p50_ms"] / floor["p50_ms"], 2) if floor else "—"
+            r_rps = r_p50 = "—"
+            if floor:
+                # The median of the rounds' own ratios: each round runs the floor and this server
+                # back to back, so a machine that slows down between rounds cancels out.
+                rounds = list(zip(results[(FLOOR, c)], results[(n, c)], strict=False))
+                r_rps = fmt(statistics.median(b["rps"] / a["rps"] for a, b in rounds), 2)
+                r_p50 = fmt(statistics.median(b["p50_ms"] / a["p50_ms"] for a, b in rounds), 2)
             shown = "n/a" if n.startswith("constant") else checked
             lines.append(
                 f"| {n} | {c} | {fmt(m['rps'], 0)} | {fmt(m['p50_ms'], 2)} | "
@@ -529,7 +534,10 @@ def main() -> None:
             finally:
                 server.stop()
     print()
-    print(f"Machine: {machine()}. Medians over {a.rounds} round(s); floor = `{FLOOR}`.\n")
+    print(
+        f"Machine: {machine()}. Medians over {a.rounds} round(s); floor = `{FLOOR}`; ratios are "
+        "medians of each round's own ratio (floor and server measured back to back).\n"
+    )
     print(table(results, names, concs))
     for n, why in skipped.items():
         print(f"\n- {n}: not measured: {why}")
