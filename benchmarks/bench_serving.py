@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))
 
 from _harness import machine  # noqa: E402
 
-PHI_PY = os.environ.get("PHI_PYTHON", "/tmp/venv-main/bin/python")
+PHI_PY = os.environ.get("PHI_PYTHON", sys.executable)  # the Python that has phi_engine
 ALL = [
     "constant",
     "constant-phivenv",
@@ -460,7 +460,14 @@ def main() -> None:
     p.add_argument("--profile-server", default="phi-v1")
     p.add_argument("--profile-concurrency", type=int, default=64)
     p.add_argument("--json", default=None, help="write every run's raw result here")
+    p.add_argument(
+        "--dims",
+        default=None,
+        help="another MLP for every server and the client, e.g. 256,10 (default 256,512,512,10)",
+    )
     a = p.parse_args()
+    if a.dims:
+        os.environ["PHI_BENCH_DIMS"] = a.dims  # inherited by every server and the load generator
     venvs = Path(a.venvs)
     names = a.only.split(",") if a.only else list(DEFAULT)
     concs = [int(c) for c in a.concurrency.split(",")]

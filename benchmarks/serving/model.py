@@ -8,11 +8,14 @@ for phi_engine, and ``reference()`` computes the answer every response is checke
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
 
-DIMS = (256, 512, 512, 10)
+# PHI_BENCH_DIMS="256,10" (set by bench_serving.py --dims) swaps in another MLP for every server
+# and the load generator at once, e.g. to separate the serving path from the model's compute.
+DIMS = tuple(int(d) for d in os.environ.get("PHI_BENCH_DIMS", "256,512,512,10").split(","))
 SEED = 6
 
 

@@ -9,7 +9,7 @@
 # instead of pulling it in. Re-running skips venvs that already import their peer.
 #
 # Also "phi-std": uvloop + httptools (what uvicorn[standard] adds) layered over phi_engine's own
-# venv (PHI_VENV, default /tmp/venv-main; its site-packages are added by a .pth, nothing is
+# venv (PHI_VENV, default: the environment of $PYTHON; its site-packages are added by a .pth, nothing is
 # installed into it), so phi_engine can also be measured on the HTTP stack the peers get.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -57,7 +57,7 @@ for name in fastapi litserve ray bentoml; do
   echo "[setup] $name: ok ($("$venv/bin/pip" freeze | grep -i -E "^(${name}|ray|litserve|bentoml|fastapi|uvicorn|numpy)==" | tr '\n' ' '))"
 done
 # phi-std: uvloop + httptools over phi_engine's venv.
-PHI_VENV="${PHI_VENV:-/tmp/venv-main}"
+PHI_VENV="${PHI_VENV:-$("$PY" -c 'import sys; print(sys.prefix)')}"
 venv="$ROOT/phi-std"
 if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import uvloop, httptools, phi_engine" 2>/dev/null; then
   echo "[setup] phi-std: ready ($venv)"
