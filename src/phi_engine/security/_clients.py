@@ -165,10 +165,31 @@ class ClientStore:
         db: The engine's database; the ``auth_clients`` table is created in it if missing.
     """
 
+    #: How long a client's enabled state is trusted before it is read again: a client disabled
+    #: elsewhere (another process on the same home) loses its tokens within this many seconds;
+    #: one disabled through this store loses them at once.
+    ACTIVE_TTL_S = 1.0
+
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._active: dict[str, tuple[bool, float]] = {}
         with db.transaction() as conn:
             conn.execute(_TABLE)
+
+    def is_active(self, client_id: str) -> bool:
+        """Whether the client exists and is not disabled (its tokens are honoured)."""
+        now = time.monotonic()
+        known = self._active.get(client_id)
+        if known is not None and now - known[1] < self.ACTIVE_TTL_S:
+            return known[0]
+        rows = self._db.query(
+            "SELECT disabled FROM auth_clients WHERE client_id = ?", (client_id,)
+        )
+        active = bool(rows) and not rows[0]["disabled"]
+        if len(self._active) > 100_000:
+            self._active.clear()
+        self._active[client_id] = (active, now)
+        return active
 
     def create(self, scopes: Sequence[str], name: str | None = None) -> NewClient:
         """Create a client with a fresh id and secret.
@@ -236,9 +257,9 @@ class ClientStore:
         return _client(rows[0])
 
     def disable(self, client_id: str) -> None:
-        """Refuse the client's credentials from now on (idempotent).
-
-        Tokens already issued to it stay valid until they expire (at most the token lifetime).
+        """Refuse the client's credentials, and the tokens already issued to it, from now on
+        (idempotent; a server on another process sharing the home stops honouring its tokens
+        within :attr:`ACTIVE_TTL_S`).
 
         Raises:
             NotFoundError: no such client.
@@ -249,6 +270,7 @@ class ClientStore:
             )
             if cur.rowcount == 0:
                 raise NotFoundError(f"no client {client_id!r}", field="client_id")
+        self._active[client_id] = (False, time.monotonic())
 
     def list(self) -> builtins.list[Client]:
         """Every client, oldest first (never with secrets)."""

@@ -94,8 +94,13 @@ class Auth:
             claims = self._cache.get(token)
             if claims is not None:
                 self._cache.move_to_end(token)
-        if claims is not None and claims.exp > now:
-            return claims
+        if claims is None or claims.exp <= now:
+            claims = self._verify_new(token)
+        if not self.clients.is_active(claims.sub):
+            raise UnauthorizedError(f"client {claims.sub} is disabled")
+        return claims
+
+    def _verify_new(self, token: str) -> TokenClaims:
         claims = self.tokens.verify(token)  # raises UnauthorizedError
         with self._lock:
             self._cache[token] = claims
