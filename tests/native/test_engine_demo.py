@@ -1,4 +1,5 @@
-"""The main job (README's first command) runs end to end: register, deploy, serve, profile, log."""
+"""examples/engine_demo.py (MiniLM served in process by Engine) runs end to end: register, deploy,
+serve, profile, log."""
 
 from __future__ import annotations
 

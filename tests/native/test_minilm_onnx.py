@@ -1,19 +1,19 @@
-"""examples/minilm_onnx.py: all-MiniLM-L6-v2 written as ONNX with onnx.helper, no torch.
+"""phi_engine.models.minilm.write_onnx: all-MiniLM-L6-v2 written as ONNX with onnx.helper, no torch.
 
 The exported file must be valid ONNX, compile to fused native kernels, and compute what the
 PyTorch module of ``phi_test_models.minilm`` computes: normalised sentence embeddings within an
 absolute error of 1e-5 of torch's (measured: about 3e-7) and a relative L2 error of 1e-4, over
 several batch and sequence sizes with padded rows (one of them all padding). onnxruntime must
-agree as well, and two exports of the same package must be byte-identical.
+agree as well, and two exports of the same package must be byte-identical, also when written by
+``examples/minilm_onnx.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,29 +26,17 @@ pytest.importorskip(
 onnx = pytest.importorskip("onnx")
 
 from phi_engine.graph import compile  # noqa: E402
+from phi_engine.models.minilm import INPUTS, write_onnx  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm_onnx.py"
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the torch export's order
 ATOL = 1e-5  # on unit-length embeddings
 REL_L2 = 1e-4  # as tests/native/test_graph_models.py
 SHAPES = [(1, 8), (3, 17), (4, 64)]
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("minilm_onnx", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ex = _load_example()
-
-
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ex.export_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")  # type: ignore[no-any-return]
+    return write_onnx(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +107,18 @@ def test_exported_file_is_valid_onnx(onnx_path: Path) -> None:
 
 
 def test_export_is_deterministic(tmp_path: Path, onnx_path: Path) -> None:
-    again = ex.export_onnx(tmp_path / "again.onnx")
+    again = write_onnx(tmp_path / "again.onnx")
     first, second = onnx_path.read_bytes(), again.read_bytes()
     assert hashlib.sha256(first).digest() == hashlib.sha256(second).digest()
     assert first == second
+
+
+def test_example_script_writes_the_same_file(tmp_path: Path, onnx_path: Path) -> None:
+    out = tmp_path / "example.onnx"
+    cmd = [sys.executable, str(EXAMPLE), str(out)]
+    printed = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.read_bytes() == onnx_path.read_bytes()
+    assert hashlib.sha256(out.read_bytes()).hexdigest() in printed
 
 
 def test_compiles_to_fused_native_kernels(compiled: Any) -> None:
@@ -161,7 +157,7 @@ def test_onnxruntime_agrees(onnx_path: Path, torch_model: Any, rng: np.random.Ge
 
 
 def test_token_embeddings_output(tmp_path: Path, compiled: Any, rng: np.random.Generator) -> None:
-    path = ex.export_onnx(tmp_path / "tokens.onnx", token_embeddings=True)
+    path = write_onnx(tmp_path / "tokens.onnx", token_embeddings=True)
     onnx.checker.check_model(str(path))
     inputs = inputs_for(rng, 3, 12)
     out = compile(path, max_batch=8).run(inputs)

