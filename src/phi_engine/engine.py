@@ -227,6 +227,7 @@ class Engine:
         """
         self._check_open()
         record = self._registry.get(model_id)
+        self._check_not_blocked(model_id)
         spec = build_spec(
             execution_mode,
             resource_allocation,
@@ -347,16 +348,96 @@ class Engine:
             raise NotFoundError(f"no deployment {deployment_id!r}", field="deployment_id")
         return dep
 
-    def undeploy(self, deployment_id: str, drain: bool = True) -> None:
+    # ---- the kill switch ----------------------------------------------------------------------
+
+    def kill_switch(self, model_id: str, reason: str, *, actor: str = "library") -> list[str]:
+        """Take a model out of service at once, and keep it out until :meth:`lift_kill_switch`.
+
+        Every deployment serving it stops without draining (requests it queued end with
+        ``OverloadedError``, reason ``closed``, rather than being answered by the model), an
+        update moving to it is rolled back the same way, and deploying or updating to it is
+        refused. The call is logged (``kill_switch``: model, actor, reason, deployments).
+
+        Args:
+            model_id: The model version to stop.
+            reason: Why (kept with the block and in the log; 1-500 characters).
+            actor: Who (the HTTP API passes the token's client id).
+
+        Returns:
+            The ids of the deployments stopped or rolled back.
+
+        Raises:
+            NotFoundError: an unknown model.
+            InvalidRequestError: an empty or overlong reason.
+        """
+        self._check_open()
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+            raise InvalidRequestError("reason must be 1-500 characters", field="reason")
+        self._registry.get(model_id)
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO model_blocks (model_id, reason, actor, blocked_at) "
+                "VALUES (?, ?, ?, ?)",
+                (model_id, reason.strip(), str(actor), time.time()),
+            )
+        touched = []
+        for dep in self.deployments():
+            if dep.model_id == model_id:
+                self.undeploy(dep.deployment_id, drain=False, status="killed")
+                touched.append(dep.deployment_id)
+            elif dep.candidate_model_id == model_id:
+                dep.rollback(drain=False)
+                self._persist(dep)
+                touched.append(dep.deployment_id)
+        self._note(
+            "kill_switch",
+            level="error",
+            model_id=model_id,
+            actor=str(actor),
+            reason=reason.strip(),
+            deployments=touched,
+        )
+        return touched
+
+    def lift_kill_switch(self, model_id: str, *, actor: str = "library") -> None:
+        """Allow a model blocked by :meth:`kill_switch` to be deployed again (logged).
+
+        Raises:
+            NotFoundError: the model is not blocked.
+        """
+        self._check_open()
+        with self._db.transaction() as conn:
+            cur = conn.execute("DELETE FROM model_blocks WHERE model_id = ?", (model_id,))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"model {model_id!r} is not blocked", field="model_id")
+        self._note("kill_switch_lifted", level="warning", model_id=model_id, actor=str(actor))
+
+    def blocked(self, model_id: str) -> dict[str, Any] | None:
+        """The kill switch's block on a model (``reason``, ``actor``, ``blocked_at``), if any."""
+        rows = self._db.query(
+            "SELECT reason, actor, blocked_at FROM model_blocks WHERE model_id = ?", (model_id,)
+        )
+        return dict(rows[0]) if rows else None
+
+    def _check_not_blocked(self, model_id: str) -> None:
+        block = self.blocked(model_id)
+        if block is not None:
+            raise ConflictError(
+                f"model {model_id} is stopped by the kill switch ({block['reason']}); "
+                "lift it first",
+                field="model_id",
+            )
+
+    def undeploy(self, deployment_id: str, drain: bool = True, *, status: str = "stopped") -> None:
         """Stop a deployment for good (answering what it queued when ``drain``)."""
         self._check_open()
         dep = self.deployment(deployment_id)
-        self._set_status(deployment_id, "stopped")
+        self._set_status(deployment_id, status)
         with self._lock:
             self._deployments.pop(deployment_id, None)
             self._control.set_policy(deployment_id, None)
         dep.stop(drain=drain)
-        self._note("undeployed", deployment_id=deployment_id)
+        self._note("undeployed", deployment_id=deployment_id, status=status)
 
     def _set_candidate(self, deployment_id: str, model_id: str | None) -> None:
         try:
@@ -807,6 +888,7 @@ class Engine:
             )
         dep = self.deployment(deployment_id)
         record = self._registry.get(model_id)
+        self._check_not_blocked(model_id)
         dep.claim_update(record)  # one update at a time; the new inputs must match
         old_id = dep.model_id
         try:

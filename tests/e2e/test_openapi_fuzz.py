@@ -61,6 +61,8 @@ class Seeded:
         if not models:
             models = [engine.register(MODEL_NAME, "onnx", MODEL_VERSION, str(self.model_file))]
         model_id = models[0].model_id
+        if engine.blocked(model_id) is not None:  # a fuzzed kill switch call stopped it
+            engine.lift_kill_switch(model_id)
         served = [d for d in engine.deployments() if d.primary.record.model_id == model_id]
         if not served:
             served = [engine.deploy(model_id, resource_allocation={"cpu": 1, "nodes": 1})]

@@ -56,6 +56,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deployments_model_id ON deployments (model_id);
     CREATE INDEX deployments_candidate_model_id ON deployments (candidate_model_id);
     """,
+    # 2: the kill switch: models taken out of service, by whom and why, until lifted.
+    """
+    CREATE TABLE model_blocks (
+      model_id TEXT PRIMARY KEY REFERENCES models(model_id) ON DELETE CASCADE,
+      reason TEXT NOT NULL,
+      actor TEXT NOT NULL,
+      blocked_at REAL NOT NULL
+    );
+    """,
 ]
 
 

@@ -329,8 +329,9 @@ class Registry:
     @staticmethod
     def _release_deployments(conn: sqlite3.Connection, model_id: str) -> None:
         live = conn.execute(
-            "SELECT deployment_id, status FROM deployments WHERE status != 'stopped' AND "
-            "(model_id = ? OR candidate_model_id = ?) ORDER BY deployment_id",
+            "SELECT deployment_id, status FROM deployments "
+            "WHERE status NOT IN ('stopped', 'killed') "
+            "AND (model_id = ? OR candidate_model_id = ?) ORDER BY deployment_id",
             (model_id, model_id),
         ).fetchall()
         if live:

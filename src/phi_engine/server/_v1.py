@@ -25,6 +25,7 @@ from phi_engine.engine import Engine, InferenceResult
 from phi_engine.errors import InvalidRequestError
 from phi_engine.observability import Event
 from phi_engine.registry import ModelRecord
+from phi_engine.security import TokenClaims
 from phi_engine.server._auth import Auth
 
 __all__ = ["InferenceRequest", "inference_body", "v1_router"]
@@ -88,6 +89,11 @@ class AutoScaleRequest(_Body):
     replicas_min: int | None = None
     replicas_max: int | None = None
     queue_delay_ms: float | None = None
+
+
+class KillSwitchRequest(_Body):
+    model_id: str
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class ProfileRequest(_Body):
@@ -302,6 +308,26 @@ def v1_router(
         )
         out: dict[str, Any] = prof.to_dict()
         return out
+
+    security = Depends(auth.require("security"))
+
+    @r.post("/security/kill-switch", tags=["security"])
+    async def kill_switch(
+        body: KillSwitchRequest, claims: TokenClaims | None = security
+    ) -> dict[str, Any]:
+        actor = claims.sub if claims is not None else "no-auth"
+        stopped = await run_in_threadpool(
+            engine.kill_switch, body.model_id, body.reason, actor=actor
+        )
+        return {"status": "killed", "model_id": body.model_id, "deployments": stopped}
+
+    @r.delete("/security/kill-switch/{model_id}", tags=["security"])
+    async def lift_kill_switch(
+        model_id: str, claims: TokenClaims | None = security
+    ) -> dict[str, Any]:
+        actor = claims.sub if claims is not None else "no-auth"
+        await run_in_threadpool(engine.lift_kill_switch, model_id, actor=actor)
+        return {"status": "lifted", "model_id": model_id}
 
     return r
 

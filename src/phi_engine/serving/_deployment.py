@@ -456,8 +456,9 @@ class Deployment:
         old.close_in_background()
         return old
 
-    def rollback(self) -> Slot:
-        """Send all traffic back to the current version; returns the candidate (draining)."""
+    def rollback(self, drain: bool = True) -> Slot:
+        """Send all traffic back to the current version; returns the candidate (draining, or
+        with ``drain=False`` closed at once: what it queued ends with ``OverloadedError``)."""
         with self._lock:
             if self._candidate is None:
                 raise ConflictError(
@@ -467,7 +468,10 @@ class Deployment:
             cand, self._candidate = self._candidate, None
             self._strategy = None
         self._release_update()
-        cand.close_in_background()
+        if drain:
+            cand.close_in_background()
+        else:
+            cand.close(drain=False)
         return cand
 
     def _release_update(self) -> None:
