@@ -13,17 +13,35 @@ from __future__ import annotations
 from phi_engine.security._clients import SCOPES, Client, ClientStore, NewClient
 from phi_engine.security._oauth import oauth_error
 from phi_engine.security._ratelimit import RateLimitedError, RateLimiter
+from phi_engine.security._scan import (
+    PICKLE_ALLOWLIST,
+    RULES,
+    Finding,
+    ScanLimits,
+    ScannedFile,
+    ScanReport,
+    scan_bytes,
+    scan_path,
+)
 from phi_engine.security._tokens import TokenClaims, TokenIssuer, require_scope
 
 __all__ = [
+    "PICKLE_ALLOWLIST",
+    "RULES",
     "SCOPES",
     "Client",
     "ClientStore",
+    "Finding",
     "NewClient",
     "RateLimitedError",
     "RateLimiter",
+    "ScanLimits",
+    "ScanReport",
+    "ScannedFile",
     "TokenClaims",
     "TokenIssuer",
     "oauth_error",
     "require_scope",
+    "scan_bytes",
+    "scan_path",
 ]
