@@ -447,6 +447,74 @@ def test_pickles_refused(registry: Registry, tmp_path: Path) -> None:
     refused(registry, UnsupportedError, "storage_url", storage_url=str(checkpoint))
 
 
+class _System:
+    """Pickles as os.system(...); pickling it only writes bytes, nothing here loads them."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def _u(text: str) -> bytes:
+    raw = text.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+# Hand-written streams: STACK_GLOBAL fed through the memo, a dotted name through an allowed
+# module, protocol 0 GLOBAL, and a truncated stream.
+_MALICIOUS = {
+    "reduce": pickle.dumps(_System(), protocol=4),
+    "memo": b"\x80\x04"
+    + _u("os")
+    + b"\x94"
+    + _u("system")
+    + b"\x94"
+    + b"h\x00h\x01\x93"
+    + _u("id")
+    + b"\x85R.",
+    "dotted": b"\x80\x04"
+    + _u("numpy")
+    + _u("testing._private.utils.os.system")
+    + b"\x93"
+    + _u("id")
+    + b"\x85R.",
+    "exec": b"cbuiltins\nexec\n(Vprint(1)\ntR.",
+    "truncated": pickle.dumps(_System(), protocol=2)[:-5],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_MALICIOUS))
+def test_pickles_hidden_in_archives_are_refused(
+    registry: Registry, tmp_path: Path, kind: str
+) -> None:
+    """A valid model beside a pickle under an innocent name, nested or not: refused at register
+    (the scanner reads every member by content), and nothing is stored."""
+    payload = _MALICIOUS[kind]
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("notes/weights.txt", payload)
+    cases = {
+        "flat.zip": zip_with(
+            tmp_path / f"{kind}-flat.zip", {"model.onnx": model_bytes(), "labels.txt": payload}
+        ),
+        "nested.zip": zip_with(
+            tmp_path / f"{kind}-nested.zip",
+            {"model.onnx": model_bytes(), "extra.dat": inner.getvalue()},
+        ),
+        "tar.gz": tar_with(
+            tmp_path / f"{kind}.tar.gz",
+            [file_info("m/model.onnx", model_bytes()), file_info("m/vocab.bin", payload)],
+        ),
+    }
+    for archive in cases.values():
+        error = refused(registry, UnsupportedError, "storage_url", storage_url=str(archive))
+        assert "pickle" in error.message
+    # The same archive without the pickle registers.
+    clean = zip_with(tmp_path / "clean.zip", {"model.onnx": model_bytes(), "labels.txt": b"a b"})
+    assert registry.register("m", "onnx", "1", str(clean)).framework == "onnx"
+
+
 # ---------------------------------------------------------------------------------------------
 # Archives
 
@@ -502,7 +570,7 @@ def test_external_data_outside_the_archive_refused(registry: Registry, tmp_path:
                 entry.value = "../../secret.bin"
     archive = zip_with(tmp_path / "evil.zip", {"model.onnx": model.SerializeToString()})
     error = refused(registry, InvalidRequestError, "storage_url", storage_url=str(archive))
-    assert "outside the archive" in error.message
+    assert "external data" in error.message and "../../secret.bin" in error.message
 
 
 @pytest.mark.parametrize(

@@ -208,6 +208,7 @@ class Registry:
         kind = sniff(fetched.path)
         if kind == "pickle":
             raise pickle_error(repr(redact(url)))
+        _scan(fetched.path, redact(url))
         if kind == "onnx":
             model = _load(fetched.path)
             if locations := external_locations(model):
@@ -378,3 +379,26 @@ class Registry:
                     shutil.rmtree(entry, ignore_errors=True)
             except FileNotFoundError:
                 continue
+
+
+def _scan(path: Path, shown: str) -> None:
+    """Refuse what the artifact scanner finds critical or high risk in the fetched bytes (every
+    member of an archive, by content, nested archives included), before anything is stored.
+
+    Raises:
+        UnsupportedError: a pickle stream anywhere in it (pickles are never loaded).
+        InvalidRequestError: any other critical or high finding (e.g. external data escaping
+            the model folder, an archive bomb, a Keras Lambda layer).
+    """
+    from phi_engine.security import scan_path  # the security package imports the registry's db
+
+    report = scan_path(path)
+    if report.ok:
+        return
+    worst = report.findings[0]
+    where = worst.path.replace(path.name, repr(shown), 1)
+    if worst.rule.startswith("pickle."):
+        raise pickle_error(f"{where} ({worst.message})")
+    raise InvalidRequestError(
+        f"[registry] unsafe artifact: {where}: {worst.message} [{worst.rule}]", field="storage_url"
+    )
