@@ -94,3 +94,25 @@ def test_integers_that_do_not_fit_are_refused_not_wrapped() -> None:
     for value in (2**31, 2**32 + 5, -(2**31) - 1):
         assert "without loss" in refused({"ids": [[1, value]]}, [small], "ids")
     assert "without loss" in refused({"x": [[2**60 + 1, 0, 0, 0]]}, [X], "x")  # not exact in f32
+
+
+def test_decoded_float_arrays_are_checked_like_lists(rng: np.random.Generator) -> None:
+    """The float64 arrays the native JSON decoder makes take a shorter path through
+    parse_inputs; it must answer exactly as the list path does."""
+    rows = rng.standard_normal((3, 4))
+    got = parse_inputs({"x": rows}, [X], LIMITS)["x"]
+    want = parse_inputs({"x": rows.tolist()}, [X], LIMITS)["x"]
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    for bad, words in (
+        (rows[0], "rank 2"),
+        (rng.standard_normal((2, 5)), "dimension 1 must be 4"),
+        (np.full((1, 4), np.nan), "NaN"),
+        (np.full((1, 4), np.inf), "NaN or infinity"),
+        (rng.standard_normal((9, 4)), "at most 8"),
+    ):
+        message = refused({"x": bad}, [X], "x")
+        assert words in message, message
+        assert refused({"x": bad.tolist()}, [X], "x") == message
+    assert "no rows" in refused({"x": np.zeros((0, 4))}, [X], "x")
+    small = InputLimits(max_rows=64, max_bytes=32)
+    assert "byte limit" in refused({"x": rows}, [X], "x", small)

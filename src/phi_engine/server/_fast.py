@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -160,15 +161,42 @@ class FastInference:
 
     async def _infer(self, scope: Scope, obj: dict[str, Any]) -> bytes:
         self._check_auth(scope)
-        req = InferenceRequest.model_validate(obj)
+        fields = _plain_fields(obj)
+        if fields is None:  # anything unusual: the route's model decides (and names the field)
+            req = InferenceRequest.model_validate(obj)
+            fields = (req.deployment_id, req.priority, req.deadline_ms, req.execution_policy)
+        deployment_id, priority, deadline_ms, policy = fields
         result = await self.engine.ainfer(
-            req.deployment_id,
-            req.input.data,
-            priority=req.priority,
-            deadline_ms=req.deadline_ms,
-            execution_policy=req.execution_policy,
+            deployment_id,
+            obj["input"]["data"],
+            priority=priority,
+            deadline_ms=deadline_ms,
+            execution_policy=policy,
         )
         return _dumps(inference_body(result))
+
+
+_PLAIN_KEYS = frozenset(("deployment_id", "input", "priority", "deadline_ms", "execution_policy"))
+
+
+def _plain_fields(obj: dict[str, Any]) -> tuple[str, str | int, float | None, str | None] | None:
+    """The fields of the common inline body, when each is plainly what ``InferenceRequest``
+    accepts as is (so validating it would change nothing); ``None`` for anything else."""
+    if not _PLAIN_KEYS.issuperset(obj) or len(obj["input"]) != 1:
+        return None
+    deployment_id = obj.get("deployment_id")
+    priority = obj.get("priority", "normal")
+    deadline = obj.get("deadline_ms")
+    policy = obj.get("execution_policy")
+    if type(deployment_id) is not str or type(priority) not in (str, int):
+        return None
+    if policy is not None and type(policy) is not str:
+        return None
+    if deadline is not None:
+        if type(deadline) not in (int, float) or not 0 < deadline < math.inf:
+            return None
+        deadline = float(deadline)
+    return deployment_id, priority, deadline, policy
 
 
 def _error(exc: PhiEngineError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
