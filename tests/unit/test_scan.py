@@ -210,7 +210,7 @@ def test_stack_tricks_and_unresolvable_names_are_refused() -> None:
 
 
 def test_an_endless_stream_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("phi_engine.security._scan._MAX_OPS", 1000)
+    monkeypatch.setattr("phi_engine.security._scan_pickle._MAX_OPS", 1000)
     report = scan_bytes(b"N" * 5000 + b".", "data.bin", allow_pickle=True)
     assert "more than 1000 opcodes" in messages(report, "pickle.unparseable")
 
