@@ -184,6 +184,41 @@ def logs(
 
 
 @app.command()
+def validate(
+    model_id: Annotated[str | None, typer.Option(help="The model to assess.")] = None,
+    deployment_id: Annotated[
+        str | None, typer.Option(help="A deployment to assess (its model, limits and log).")
+    ] = None,
+    standards: Annotated[
+        list[str] | None, typer.Option("--standard", help="Report only these standards.")
+    ] = None,
+    home: Home = None,
+    as_json: AsJson = False,
+) -> None:
+    """Run the security and compliance checks (not a certification).
+
+    Run here, without the server, the HTTP checks are not_run; POST /v1/security/validate on a
+    running server assesses its own settings too.
+    """
+    try:
+        with _engine(home) as eng:
+            report = eng.validate(model_id, deployment_id, standards=standards)
+    except PhiEngineError as exc:
+        _fail(exc)
+    if as_json:
+        _print(report.to_dict(), True, "")
+        return
+    typer.echo(
+        f"{report.status}: risk score {report.risk_score:.2f}; automated checks all passed "
+        f"for: {', '.join(report.compliance) or 'none'}"
+    )
+    for c in report.checks:
+        mark = " (critical)" if c.critical else ""
+        typer.echo(f"  {c.result:<8} {c.id:<20} {c.evidence}{mark}")
+    typer.echo(report.disclaimer)
+
+
+@app.command()
 def demo(
     seconds: Annotated[float, typer.Option(help="How long the clients send requests.")] = 3.0,
     model: Annotated[

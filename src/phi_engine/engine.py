@@ -348,6 +348,108 @@ class Engine:
             raise NotFoundError(f"no deployment {deployment_id!r}", field="deployment_id")
         return dep
 
+    # ---- compliance ---------------------------------------------------------------------------
+
+    def validate(
+        self,
+        model_id: str | None = None,
+        deployment_id: str | None = None,
+        *,
+        standards: Sequence[str] | None = None,
+        server: Any = None,
+    ) -> Any:
+        """Run the automated security and compliance checks on a model or a deployment.
+
+        Args:
+            model_id: The model to assess (or give ``deployment_id``: its serving model).
+            deployment_id: A deployment to assess, with its input limits and log.
+            standards: Report compliance for these only (default: all the checks map to); the
+                sheet's names (``ISO 27001``, ``GDPR``, ``EU AI Act``, ``NIST``) are accepted.
+            server: The HTTP server's :class:`~phi_engine.security.ServerSettings` (the server
+                passes its own); without it the HTTP checks are ``not_run``.
+
+        Returns:
+            A :class:`~phi_engine.security.ComplianceReport`: ``status``, ``risk_score``,
+            ``compliance``, every check with its evidence and controls, ``not_assessed`` and
+            the disclaimer (it is not a certification).
+
+        Raises:
+            InvalidRequestError: neither or both of ``model_id`` and ``deployment_id`` wrong,
+                or an unknown standard.
+            NotFoundError: an unknown model or deployment.
+        """
+        from phi_engine.registry._formats import sniff
+        from phi_engine.registry._store import sha256_file
+        from phi_engine.security import scan_path
+        from phi_engine.security._compliance import (
+            Evidence,
+            assess,
+            installed_versions,
+            resolve_standards,
+        )
+
+        self._check_open()
+        wanted = None if standards is None else resolve_standards(standards)
+        dep = None
+        if deployment_id is not None:
+            dep = self.deployment(deployment_id)
+            if model_id is not None and model_id != dep.model_id:
+                raise InvalidRequestError(
+                    f"deployment {deployment_id} serves {dep.model_id}, not {model_id}",
+                    field="model_id",
+                )
+            model_id = dep.model_id
+        if model_id is None:
+            raise InvalidRequestError("give model_id or deployment_id", field="model_id")
+        record = self._registry.get(model_id)
+        path = record.artifact_path
+        events = [
+            e
+            for e in self._events.query()
+            if e.fields.get("model_id") == model_id
+            or (dep is not None and e.deployment_id == dep.deployment_id)
+        ]
+        recent = tuple(e.fields for e in self._events.query()[-200:])
+        chain = self.verify_logs()
+        _ = self.clients  # creates the clients table if no client was ever made
+        schemes = tuple(
+            str(r["secret_hash"]).split("$")[1] if str(r["secret_hash"]).count("$") >= 2 else "?"
+            for r in self._db.query("SELECT secret_hash FROM auth_clients")
+        )
+        evidence = Evidence(
+            model_id=model_id,
+            framework=record.framework,
+            artifact_kind=sniff(path),
+            scan=scan_path(path),
+            sha256_pinned=self._registry.sha256_pinned(model_id),
+            sha256_matches=sha256_file(path)[0] == record.sha256,
+            model_card=record.model_card,
+            metadata=record.metadata,
+            deployment_id=None if dep is None else dep.deployment_id,
+            limits=None if dep is None else dep.spec.limits,
+            log_events=len(events),
+            chain_ok=chain.ok,
+            chain_reason=chain.reason,
+            recent_log_fields=recent,
+            jwt_algorithm=self.tokens.algorithm,
+            jwt_lifetime_s=self.tokens.lifetime_s,
+            jwt_issuer=self.tokens.issuer,
+            jwt_audience=self.tokens.audience,
+            secret_schemes=schemes,
+            kill_switch=True,
+            blocked=self.blocked(model_id) is not None,
+            server=server,
+            versions=installed_versions(),
+        )
+        report = assess(evidence, wanted)
+        self._note(
+            "validated",
+            model_id=model_id,
+            status=report.status,
+            risk_score=report.risk_score,
+        )
+        return report
+
     # ---- the kill switch ----------------------------------------------------------------------
 
     def kill_switch(self, model_id: str, reason: str, *, actor: str = "library") -> list[str]:

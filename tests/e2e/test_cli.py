@@ -129,3 +129,18 @@ def test_demo_refuses_an_unknown_model(tmp_path: Path) -> None:
         "error: model must be one of minilm, mlp, got 'resnet' (model)"
     )
     assert r.stdout == ""
+
+
+def test_validate_prints_the_report(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    model = mlp(tmp_path / "m.onnx")
+    reg = json.loads(cli("register", "mlp", "onnx", "1", str(model), "--json", home=home).stdout)
+    report = json.loads(cli("validate", "--model-id", reg["model_id"], "--json", home=home).stdout)
+    results = {c["id"]: c["result"] for c in report["checks"]}
+    assert results["auth_every_route"] == "not_run", "no server was assessed from the CLI"
+    assert results["hash_pinned"] == "fail" and results["artifact_format"] == "pass"
+    assert report["status"] == "insecure" and "not a certification" in report["disclaimer"]
+    text = cli("validate", "--model-id", reg["model_id"], home=home).stdout
+    assert text.startswith("insecure: risk score") and "hash_pinned" in text
+    bad = cli("validate", home=home, check=False)
+    assert bad.returncode == 2 and "model_id" in bad.stderr

@@ -123,6 +123,16 @@ def test_the_sheet_end_to_end(server: Server, model_file: Path) -> None:
         assert r.status_code == 200
         events = [e["event"] for e in r.json()["logs"]]
         assert "deployed" in events and all("timestamp" in e for e in r.json()["logs"])
+        # 2.2 security validation (the sheet's standards)
+        r = c.post(
+            "/v1/security/validate",
+            json={"deployment_id": dep_id, "standards": ["ISO 27001", "GDPR", "EU AI Act", "NIST"]},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] in ("secure", "at_risk", "insecure")
+        assert 0 <= body["risk_score"] <= 1 and isinstance(body["compliance"], list)
+        assert body["checks"] and "not a certification" in body["disclaimer"]
         # 3.1 auto-scale (the sheet's fields, bounds this machine holds)
         r = c.post(
             "/v1/models/auto-scale",

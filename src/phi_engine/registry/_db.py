@@ -65,6 +65,10 @@ MIGRATIONS: list[str] = [
       blocked_at REAL NOT NULL
     );
     """,
+    # 3: whether the registration pinned the SHA-256 (compliance evidence).
+    """
+    ALTER TABLE models ADD COLUMN sha256_pinned INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

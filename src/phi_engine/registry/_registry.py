@@ -178,6 +178,7 @@ class Registry:
                 "model_card": card_json,
                 "metadata": metadata_json,
                 "created_at": time.time(),
+                "sha256_pinned": int(pin is not None),
             }
             self._commit(row, staged)
         finally:
@@ -346,6 +347,17 @@ class Registry:
             (model_id,),
         )
         conn.execute("DELETE FROM deployments WHERE model_id = ?", (model_id,))
+
+    def sha256_pinned(self, model_id: str) -> bool:
+        """Whether the model was registered with a SHA-256 pin.
+
+        Raises:
+            NotFoundError: no such model.
+        """
+        rows = self.db.query("SELECT sha256_pinned FROM models WHERE model_id = ?", (model_id,))
+        if not rows:
+            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
+        return bool(rows[0]["sha256_pinned"])
 
     def verified_path(self, model_id: str) -> Path:
         """The artifact's path, after re-hashing it against the registered digest.

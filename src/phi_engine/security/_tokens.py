@@ -131,6 +131,7 @@ class TokenIssuer:
     ) -> None:
         if lifetime_s <= 0:
             raise InvalidRequestError("lifetime_s must be positive", field="lifetime_s")
+        self.algorithm = _ALG
         self.issuer = issuer
         self.audience = audience
         self.lifetime_s = lifetime_s

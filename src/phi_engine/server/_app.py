@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -10,11 +11,13 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 
 from phi_engine._version import __version__
 from phi_engine.engine import Engine
 from phi_engine.errors import InvalidRequestError
 from phi_engine.observability._metrics import prometheus_text
+from phi_engine.security import ServerSettings
 from phi_engine.server._auth import Auth
 from phi_engine.server._errors import error_response, install_error_handlers
 from phi_engine.server._fast import FastInference
@@ -156,7 +159,32 @@ def create_app(
         await FastAPI.__call__(app, scope, receive, send)
 
     app.fast = FastInference(full_app, engine=engine, auth=gate, limit=max_body_bytes)
+    app.state.security_settings = ServerSettings(
+        auth=auth,
+        max_body_bytes=max_body_bytes,
+        token_rate=gate.token_rate if auth else 0.0,
+        unscoped_routes=_unscoped_routes(app),
+        open_routes=_OPEN,
+    )
     return app
+
+
+def _unscoped_routes(app: FastAPI) -> tuple[str, ...]:
+    """Routes outside the open list that no scope dependency guards (should be none)."""
+    out: list[str] = []
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.path in _OPEN:
+            continue
+        names = {getattr(d.call, "__name__", "") for d in route.dependant.dependencies}
+        if not any(n.startswith("requires_") for n in names):
+            out.extend(f"{m} {route.path}" for m in sorted(route.methods or ()))
+    return tuple(out)
+
+
+def bind_host(app: FastAPI, host: str) -> None:
+    """Tell the app's compliance checks which address it is served on."""
+    settings = app.state.security_settings
+    app.state.security_settings = dataclasses.replace(settings, host=host)
 
 
 def serve(
@@ -180,6 +208,7 @@ def serve(
             "serving without authentication is only allowed on a loopback address", field="host"
         )
     app = create_app(engine, auth=auth, data_dir=data_dir)
+    bind_host(app, host)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

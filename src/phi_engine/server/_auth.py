@@ -60,6 +60,7 @@ class Auth:
         self.clients = clients
         self.tokens = tokens
         self.enabled = enabled
+        self.token_rate = token_rate
         self._limiter = RateLimiter(token_rate, token_burst)
         self._cache: OrderedDict[str, TokenClaims] = OrderedDict()
         self._lock = threading.Lock()

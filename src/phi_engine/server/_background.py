@@ -10,7 +10,7 @@ from typing import Any
 
 from phi_engine.engine import Engine
 from phi_engine.errors import PhiEngineError
-from phi_engine.server._app import create_app
+from phi_engine.server._app import bind_host, create_app
 
 __all__ = ["running_server"]
 
@@ -30,6 +30,7 @@ def running_server(
     import uvicorn
 
     app = create_app(engine, **options)
+    bind_host(app, host)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="phi-engine-http", daemon=True)

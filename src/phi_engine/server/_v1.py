@@ -91,6 +91,12 @@ class AutoScaleRequest(_Body):
     queue_delay_ms: float | None = None
 
 
+class ValidateRequest(_Body):
+    model_id: str | None = None
+    deployment_id: str | None = None
+    standards: list[str] | None = None
+
+
 class KillSwitchRequest(_Body):
     model_id: str
     reason: str = Field(min_length=1, max_length=500)
@@ -310,6 +316,18 @@ def v1_router(
         return out
 
     security = Depends(auth.require("security"))
+
+    @r.post("/security/validate", tags=["security"], dependencies=[security])
+    async def validate(body: ValidateRequest, request: Request) -> dict[str, Any]:
+        report = await run_in_threadpool(
+            engine.validate,
+            body.model_id,
+            body.deployment_id,
+            standards=body.standards,
+            server=getattr(request.app.state, "security_settings", None),
+        )
+        out: dict[str, Any] = report.to_dict()
+        return out
 
     @r.post("/security/kill-switch", tags=["security"])
     async def kill_switch(
