@@ -18,6 +18,7 @@ import contextlib
 import functools
 import html
 import json
+import math
 import os
 import secrets
 import sqlite3
@@ -83,6 +84,8 @@ class Engine:
         restore: Restart the deployments recorded as active and resume unfinished batch jobs.
         progress: Show progress bars for downloads, batch jobs and profiling sweeps (default:
             when standard error is a terminal).
+        rehash_interval_s: How often every loaded model's stored artifact is hashed again while
+            it serves (:meth:`check_integrity`); ``None`` turns it off.
 
     Example::
 
@@ -100,7 +103,14 @@ class Engine:
         *,
         restore: bool = True,
         progress: bool | None = None,
+        rehash_interval_s: float | None = 300.0,
     ) -> None:
+        if rehash_interval_s is not None and not 0 < rehash_interval_s < math.inf:
+            raise InvalidRequestError(
+                "rehash_interval_s must be a positive number of seconds or None",
+                field="rehash_interval_s",
+            )
+        self.rehash_interval_s = rehash_interval_s
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
@@ -127,6 +137,15 @@ class Engine:
         if restore:
             self._restore()
         self._control.start()
+        self._rehasher: threading.Thread | None = None
+        if rehash_interval_s is not None:
+            self._rehasher = threading.Thread(
+                target=self._rehash_loop,
+                args=(rehash_interval_s,),
+                name="phi-engine-rehash",
+                daemon=True,
+            )
+            self._rehasher.start()
 
     # ---- models -------------------------------------------------------------------------------
 
@@ -335,6 +354,48 @@ class Engine:
         )
         return path
 
+    def check_integrity(self) -> dict[str, bool]:
+        """Hash every serving model's stored artifact again, now (the re-hash loop's step).
+
+        A mismatch takes the deployments serving that model out of readiness (their status
+        becomes ``failed``: ``/health/ready`` answers 503 and load balancers stop sending
+        traffic) and logs ``integrity_failed``; the model already loaded in memory is the one
+        verified at load, so requests sent anyway are still answered by it.
+
+        Returns:
+            ``{model_id: matches}`` for every model checked.
+        """
+        from phi_engine.registry._store import sha256_file
+
+        results: dict[str, bool] = {}
+        for dep in self.deployments():
+            for slot in (dep.primary, dep.candidate):
+                if slot is None:
+                    continue
+                record = slot.record
+                if record.model_id not in results:
+                    try:
+                        ok = sha256_file(record.artifact_path)[0] == record.sha256
+                    except OSError:
+                        ok = False
+                    results[record.model_id] = ok
+                if not results[record.model_id] and not dep.integrity_failed:
+                    dep.integrity_failed = True
+                    self._note(
+                        "integrity_failed",
+                        deployment_id=dep.deployment_id,
+                        level="error",
+                        model_id=record.model_id,
+                        message="the stored artifact no longer matches its registered SHA-256 "
+                        "(runtime re-hash); readiness dropped",
+                    )
+        return results
+
+    def _rehash_loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            with contextlib.suppress(PhiEngineError, OSError):
+                self.check_integrity()
+
     def deployments(self) -> list[Deployment]:
         """The deployments this engine serves."""
         with self._lock:
@@ -431,6 +492,7 @@ class Engine:
             chain_ok=chain.ok,
             chain_reason=chain.reason,
             recent_log_fields=recent,
+            runtime_rehash_s=self.rehash_interval_s,
             jwt_algorithm=self.tokens.algorithm,
             jwt_lifetime_s=self.tokens.lifetime_s,
             jwt_issuer=self.tokens.issuer,

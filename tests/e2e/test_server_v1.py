@@ -363,6 +363,7 @@ def test_inference_fast_path_answers_like_the_route(server: Server, model_file: 
     assert r.status_code == 403 and r.json()["error"]["field"] == "scope"
     with server.client() as c:
         r = c.post("/v1/inference/run", json=body)
+        assert r.json()["model_sha256"] == m.sha256, "the verified artifact's digest is named"
         assert r.status_code == 200 and r.json()["output"]["y"][0] == pytest.approx(
             mlp_reference(np.array([[1.0, 2.0, 3.0, 4.0]], np.float32))[0].tolist(), abs=1e-5
         )

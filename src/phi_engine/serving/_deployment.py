@@ -56,6 +56,7 @@ class InferenceResult:
         deployment_id: The deployment that served it.
         model_id: The model version that computed it.
         model_version: That model's version string.
+        model_sha256: The SHA-256 of that model's verified artifact.
         request_id: The engine's id of the request.
         execution_time_ms: How long its batch ran (measured).
         queue_time_ms: From submission to the start of its batch (measured).
@@ -70,6 +71,7 @@ class InferenceResult:
     execution_time_ms: float
     queue_time_ms: float
     batch_size: int
+    model_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON response: ``{"output", "execution_time", "queue_time", ...}`` (times in ms)."""
@@ -79,6 +81,7 @@ class InferenceResult:
             "queue_time": self.queue_time_ms,
             "model_id": self.model_id,
             "model_version": self.model_version,
+            "model_sha256": self.model_sha256,
             "request_id": self.request_id,
             "deployment_id": self.deployment_id,
             "batch_size": self.batch_size,
@@ -128,6 +131,8 @@ class Deployment:
         self._id_prefix = f"req_{deployment_id[4:12]}_"
         self.metrics = DeploymentMetrics()
         self._stopped = False
+        #: Set when a runtime re-hash found the stored artifact changed (status ``failed``).
+        self.integrity_failed = False
         self._local = threading.local()  # per event loop thread: ainfer calls in progress
         #: A lone request whose batch the latency model puts at or under this many
         #: milliseconds runs in the event loop's thread (see :meth:`ainfer`); 0 turns it off.
@@ -140,6 +145,8 @@ class Deployment:
     def status(self) -> str:
         if self._stopped:
             return "stopped"
+        if self.integrity_failed:
+            return "failed"
         return "updating" if self._candidate is not None else "ready"
 
     @property
@@ -398,6 +405,7 @@ class Deployment:
             execution_time_ms=r.execution_time_ms,
             queue_time_ms=r.queue_time_ms,
             batch_size=r.batch_size,
+            model_sha256=record.sha256,
         )
 
     # ---- updates ------------------------------------------------------------------------------
