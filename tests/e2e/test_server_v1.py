@@ -293,6 +293,8 @@ def test_metrics_count_requests_by_outcome(server: Server, model_file: Path) -> 
     assert f'phi_queue_seconds_count{{deployment="{dep}"}} 5' in text
     assert f'phi_compute_seconds_bucket{{deployment="{dep}",le="+Inf"}} 5' in text
     assert "# TYPE phi_replicas gauge" in text
+    sha = server.engine.model(model_id).sha256
+    assert f'model_id="{model_id}",sha256="{sha}"}} 1' in text, "phi_model_info"
     assert httpx.get(f"{server.url}/metrics").status_code == 401
 
 

@@ -125,6 +125,9 @@ class Gauges:
     queued: int
     in_flight: int
     metrics: DeploymentMetrics = field(compare=False)
+    model_id: str = ""
+    sha256: str = ""
+    ready: bool = True
 
 
 def _escape(value: str) -> str:
@@ -172,4 +175,19 @@ def prometheus_text(deployments: Iterable[Gauges]) -> str:
         for g in deps:
             labels = _labels(deployment=g.deployment_id, model=g.model, version=g.version)
             lines.append(f"{name}{labels} {getattr(g, attr)}")
+    family(
+        "phi_model_info",
+        "gauge",
+        "The model version a deployment serves, with its artifact's SHA-256; 1 while ready, 0 "
+        "when not (e.g. a runtime re-hash found the artifact changed).",
+    )
+    for g in deps:
+        labels = _labels(
+            deployment=g.deployment_id,
+            model=g.model,
+            version=g.version,
+            model_id=g.model_id,
+            sha256=g.sha256,
+        )
+        lines.append(f"phi_model_info{labels} {int(g.ready)}")
     return "\n".join(lines) + "\n"

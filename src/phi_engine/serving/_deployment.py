@@ -533,6 +533,9 @@ class Deployment:
             queued,
             in_flight,
             self.metrics,
+            model_id=record.model_id,
+            sha256=record.sha256,
+            ready=self.status in ("ready", "updating"),
         )
 
     def info(self) -> dict[str, Any]:
