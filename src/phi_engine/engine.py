@@ -159,8 +159,15 @@ class Engine:
         sha256: str | None = None,
         model_card: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        signature: str | None = None,
+        signer: str | None = None,
     ) -> ModelRecord:
         """Register a model version: fetch, verify, compile (a model that cannot run is refused).
+
+        ``signature`` (base64 Ed25519 over ``b"phi-engine artifact sha256 " + <hex SHA-256 of
+        the fetched bytes>``) and ``signer`` (the name of a key pinned with :meth:`trust_key`)
+        make the registration verify the publisher's signature; it is verified again at every
+        load.
 
         Returns:
             The stored record; ``model_id`` names it from now on.
@@ -180,6 +187,8 @@ class Engine:
             sha256=sha256,
             model_card=model_card,
             metadata=metadata,
+            signature=signature,
+            signer=signer,
             progress=self.progress,
         )
         self._note(
@@ -200,6 +209,13 @@ class Engine:
         """A registered model. Raises ``NotFoundError``."""
         self._check_open()
         return self._registry.get(model_id)
+
+    def trust_key(self, name: str, public_key: str) -> None:
+        """Pin a publisher's Ed25519 public key under ``name`` (PEM, or its 32 raw bytes in
+        base64 or hex); registrations then name it as ``signer`` (logged)."""
+        self._check_open()
+        self._registry.trust_key(name, public_key)
+        self._note("key_trusted", name=name)
 
     def delete_model(self, model_id: str) -> None:
         """Delete a model version; refused (``ConflictError``) while a deployment serves it."""
@@ -316,6 +332,8 @@ class Engine:
             load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:
             shared = self._runners.get(key) if local else None
+            if shared is not None and self._registry.signature_state(record.model_id) == "invalid":
+                shared = None  # a signature that no longer verifies: the full check refuses it
             path = record.artifact_path if shared else self._verify(record, deployment_id)
             slot = Slot(record, path, settings, runner=shared)
             try:
@@ -493,6 +511,7 @@ class Engine:
             chain_reason=chain.reason,
             recent_log_fields=recent,
             runtime_rehash_s=self.rehash_interval_s,
+            signature=self._registry.signature_state(model_id),
             jwt_algorithm=self.tokens.algorithm,
             jwt_lifetime_s=self.tokens.lifetime_s,
             jwt_issuer=self.tokens.issuer,

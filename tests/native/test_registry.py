@@ -681,7 +681,7 @@ def test_transaction_rolls_back_and_nests(db: Database) -> None:
     def insert(conn: Any, model_id: str) -> None:
         conn.execute(
             "INSERT INTO models VALUES (?, ?, '1', 'onnx', 's', 1, 'a', 'u', '{}', '{}', "
-            "NULL, NULL, 0, 0)",
+            "NULL, NULL, 0, 0, NULL, NULL, NULL)",
             (model_id, model_id),
         )
 

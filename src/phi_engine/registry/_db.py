@@ -69,6 +69,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE models ADD COLUMN sha256_pinned INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: Ed25519 signatures: the pinned publisher keys, and each model's signature.
+    """
+    CREATE TABLE trusted_keys (
+      name TEXT PRIMARY KEY,
+      public_key TEXT NOT NULL,
+      added_at REAL NOT NULL
+    );
+    ALTER TABLE models ADD COLUMN signature TEXT;
+    ALTER TABLE models ADD COLUMN signer TEXT;
+    ALTER TABLE models ADD COLUMN signed_sha256 TEXT;
+    """,
 ]
 
 

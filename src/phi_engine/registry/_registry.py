@@ -38,6 +38,8 @@ from phi_engine.registry._formats import (
     sniff,
 )
 from phi_engine.registry._record import ModelRecord, record_from_row
+from phi_engine.registry._signing import check_key_name, parse_public_key
+from phi_engine.registry._signing import verify as verify_signature
 from phi_engine.registry._store import ArtifactStore, Staged, sha256_file
 from phi_engine.registry._validate import check_args, check_sha256, to_json
 
@@ -121,6 +123,8 @@ class Registry:
         metadata: Mapping[str, Any] | None = None,
         progress: bool = False,
         max_bytes: int = 4 << 30,
+        signature: str | None = None,
+        signer: str | None = None,
     ) -> ModelRecord:
         """Fetch, check, compile and store a model version.
 
@@ -157,11 +161,19 @@ class Registry:
         card_json = to_json(model_card, "model_card")
         metadata_json = to_json(metadata, "metadata")
         check_not_pickle_name(storage_url)
+        if (signature is None) != (signer is None):
+            raise InvalidRequestError(
+                "give both signature and signer (a key pinned with trust_key), or neither",
+                field="signature" if signature is None else "signer",
+            )
+        signer_key = None if signer is None else self.trusted_key(signer)
         self._check_unique(model_name, version)
         self._staging.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="register-", dir=self._staging))
         try:
-            model, artifact = self._prepare(storage_url, workdir, pin, max_bytes, progress)
+            model, artifact, fetched_sha256 = self._prepare(
+                storage_url, workdir, pin, max_bytes, progress, signer_key, signature
+            )
             inputs, outputs = _signature(model)
             staged = self.store.stage_file(artifact)
             row: dict[str, Any] = {
@@ -179,6 +191,9 @@ class Registry:
                 "metadata": metadata_json,
                 "created_at": time.time(),
                 "sha256_pinned": int(pin is not None),
+                "signature": signature,
+                "signer": signer,
+                "signed_sha256": fetched_sha256 if signature is not None else None,
             }
             self._commit(row, staged)
         finally:
@@ -197,31 +212,49 @@ class Registry:
             )
 
     def _prepare(
-        self, url: str, workdir: Path, pin: str | None, max_bytes: int, progress: bool
-    ) -> tuple[Any, Path]:
-        """Fetch and unpack; returns the ModelProto and the file holding the bytes to store."""
+        self,
+        url: str,
+        workdir: Path,
+        pin: str | None,
+        max_bytes: int,
+        progress: bool,
+        signer_key: bytes | None = None,
+        signature: str | None = None,
+    ) -> tuple[Any, Path, str]:
+        """Fetch, verify and unpack; returns the ModelProto, the file holding the bytes to
+        store, and the fetched bytes' SHA-256."""
         fetched = fetch(url, workdir / "fetched", max_bytes=max_bytes, progress=progress)
         if pin is not None and fetched.sha256 != pin:
             raise IntegrityError(
                 f"[registry] {redact(url)!r} has SHA-256 {fetched.sha256}, not the pinned {pin}",
                 field="sha256",
             )
-        kind = sniff(fetched.path)
+        if signer_key is not None and signature is not None:
+            verify_signature(signer_key, signature, fetched.sha256)
+        model, path = self._unpack(url, fetched.path, workdir, max_bytes)
+        return model, path, fetched.sha256
+
+    def _unpack(
+        self, url: str, fetched_path: Path, workdir: Path, max_bytes: int
+    ) -> tuple[Any, Path]:
+        """Scan and unpack what was fetched: the ModelProto and the file holding the bytes to
+        store (the fetched file, or the self-contained model taken out of an archive)."""
+        kind = sniff(fetched_path)
         if kind == "pickle":
             raise pickle_error(repr(redact(url)))
-        _scan(fetched.path, redact(url))
+        _scan(fetched_path, redact(url))
         if kind == "onnx":
-            model = _load(fetched.path)
+            model = _load(fetched_path)
             if locations := external_locations(model):
                 raise InvalidRequestError(
                     f"[registry] the model refers to external data files ({', '.join(locations)});"
                     " register a .tar.gz or .zip holding the model and those files",
                     field="storage_url",
                 )
-            return model, fetched.path
+            return model, fetched_path
         unpacked = workdir / "unpacked"
         unpacked.mkdir()
-        member = unpacked / find_model(unpack(fetched.path, unpacked, kind, max_bytes=max_bytes))
+        member = unpacked / find_model(unpack(fetched_path, unpacked, kind, max_bytes=max_bytes))
         model = _load(member)
         if not external_locations(model):
             return model, member
@@ -359,6 +392,65 @@ class Registry:
             raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
         return bool(rows[0]["sha256_pinned"])
 
+    # ---- signatures ---------------------------------------------------------------------------
+
+    def trust_key(self, name: str, public_key: str) -> None:
+        """Pin a publisher's Ed25519 public key under ``name`` (PEM, or raw base64/hex).
+
+        Raises:
+            InvalidRequestError: a bad name or key.
+            ConflictError: the name is taken by another key.
+        """
+        check_key_name(name)
+        raw = parse_public_key(public_key)
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT public_key FROM trusted_keys WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None:
+                if row["public_key"] != raw.hex():
+                    raise ConflictError(
+                        f"[registry] key {name!r} is pinned to another key", field="signer"
+                    )
+                return
+            conn.execute(
+                "INSERT INTO trusted_keys (name, public_key, added_at) VALUES (?, ?, ?)",
+                (name, raw.hex(), time.time()),
+            )
+
+    def trusted_key(self, name: str) -> bytes:
+        """The raw public key pinned under ``name``.
+
+        Raises:
+            InvalidRequestError: no key is pinned under that name (``field="signer"``).
+        """
+        rows = self.db.query("SELECT public_key FROM trusted_keys WHERE name = ?", (name,))
+        if not rows:
+            raise InvalidRequestError(
+                f"[registry] no trusted key named {name!r}; pin it with trust_key first",
+                field="signer",
+            )
+        return bytes.fromhex(rows[0]["public_key"])
+
+    def signature_state(self, model_id: str) -> str:
+        """``verified`` (signed, and the signature verifies now with the pinned key), ``none``
+        (unsigned) or ``invalid``."""
+        rows = self.db.query(
+            "SELECT signature, signer, signed_sha256 FROM models WHERE model_id = ?", (model_id,)
+        )
+        if not rows:
+            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
+        row = rows[0]
+        if row["signature"] is None:
+            return "none"
+        try:
+            verify_signature(
+                self.trusted_key(row["signer"]), row["signature"], row["signed_sha256"]
+            )
+        except (IntegrityError, InvalidRequestError):
+            return "invalid"
+        return "verified"
+
     def verified_path(self, model_id: str) -> Path:
         """The artifact's path, after re-hashing it against the registered digest.
 
@@ -378,6 +470,12 @@ class Registry:
             raise IntegrityError(
                 f"[registry] the artifact of {model_id} was altered: SHA-256 {digest}, "
                 f"registered {record.sha256}",
+                field="model_id",
+            )
+        if self.signature_state(model_id) == "invalid":
+            raise IntegrityError(
+                f"[registry] the signature of {model_id} no longer verifies with its signer's "
+                "pinned key (key removed or replaced, or the record altered)",
                 field="model_id",
             )
         return path

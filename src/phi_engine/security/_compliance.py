@@ -258,8 +258,10 @@ def _hash_at_load(e: Evidence) -> Outcome:
 
 def _signature(e: Evidence) -> Outcome:
     if e.signature == "verified":
-        return "pass", "an Ed25519 signature over the artifact was verified against a pinned key"
-    return "fail", "no signature: the artifact's origin rests on the pinned hash alone"
+        return "pass", "an Ed25519 signature over the artifact verifies now against a pinned key"
+    if e.signature == "invalid":
+        return "fail", "the artifact's signature no longer verifies against its signer's key"
+    return "fail", "no signature: the artifact's origin rests on its hash alone"
 
 
 def _runtime_integrity(e: Evidence) -> Outcome:

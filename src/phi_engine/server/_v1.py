@@ -43,6 +43,10 @@ class RegisterRequest(_Body):
     sha256: str | None = None
     model_card: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    signature: str | None = Field(
+        None, description="base64 Ed25519 signature (see Engine.register)"
+    )
+    signer: str | None = Field(None, description="the name of a pinned publisher key")
 
 
 class DeployRequest(_Body):
@@ -184,6 +188,8 @@ def v1_router(
             sha256=body.sha256,
             model_card=body.model_card,
             metadata=body.metadata,
+            signature=body.signature,
+            signer=body.signer,
         )
         return {
             "status": "success",
