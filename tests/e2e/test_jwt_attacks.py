@@ -435,11 +435,10 @@ def test_repeated_wrong_secrets_hit_429_with_retry_after(server: Server) -> None
     codes = wait_for_429(lambda _: token_request(server, server.client_id, "wrong"))
     limited_at = time.monotonic()
     assert set(codes[:-1]) == {401} and codes[-1] == 429
-    # While limited, even the right secret is refused (the guesser learns nothing). The bucket
-    # refills one request per 1/rate = 0.5 s: only a machine too slow to send the next request
-    # within that may see it served, and then only after the refill.
+    # While limited, even the right secret is refused (the guesser learns nothing): the refused
+    # call put the bucket into debt, so the next one needs a full refill period (1/rate = 0.5 s).
     r = token_request(server, server.client_id, server.client_secret)
-    if r.status_code != 429:
+    if r.status_code != 429:  # only a machine that took a whole refill period to send it
         assert time.monotonic() - limited_at >= 0.5, r.text
         codes = wait_for_429(lambda _: token_request(server, server.client_id, "wrong"))
         r = token_request(server, server.client_id, server.client_secret)

@@ -437,11 +437,18 @@ def test_burst_then_refusal_with_a_sensible_retry_after() -> None:
         limiter.check("cl_a")
     assert caught.value.status == 429
     assert caught.value.code == "rate_limited"
-    assert caught.value.retry_after_s == pytest.approx(0.5)  # one token at 2 per second
-    clock.now = 0.25
+    # The refused call cost a token too (debt -1): a whole token back takes 1 s at 2 per second.
+    assert caught.value.retry_after_s == pytest.approx(1.0)
+    clock.now = 0.25  # hammering while limited digs deeper: -1 + 0.5 - 1 = -1.5
     with pytest.raises(RateLimitedError) as again:
         limiter.check("cl_a")
-    assert again.value.retry_after_s == pytest.approx(0.25)
+    assert again.value.retry_after_s == pytest.approx(1.25)
+    clock.now = 0.25 + 1.25  # Retry-After is honest: waiting it out is enough
+    limiter.check("cl_a")
+    for _ in range(20):  # the debt is bounded by one burst: a flood never locks out for long
+        with pytest.raises(RateLimitedError) as deep:
+            limiter.check("cl_a")
+    assert deep.value.retry_after_s == pytest.approx((1 + 5) / 2.0)
 
 
 def test_buckets_refill_over_time() -> None:

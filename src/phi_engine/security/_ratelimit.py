@@ -15,7 +15,8 @@ __all__ = ["RateLimitedError", "RateLimiter"]
 class RateLimiter:
     """Token bucket per key (e.g. client_id or remote address).
 
-    Each key's bucket holds up to ``burst`` tokens and refills at ``rate_per_s``; a call takes one.
+    Each key's bucket holds up to ``burst`` tokens and refills at ``rate_per_s``; a call takes one,
+    and a refused call takes one too (the bucket goes into debt, at most one burst deep).
     A bucket that has refilled completely is the same as no bucket, so idle keys are forgotten;
     past ``max_keys`` live buckets the least recently used one is dropped too, which keeps memory
     bounded under a flood of distinct keys at the price of a fresh burst for the dropped key.
@@ -62,6 +63,10 @@ class RateLimiter:
             # max(0, ...): an injected clock may step back; never refill on negative time.
             tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate_per_s)
             if tokens < 1.0:
+                # A refused call costs a token too (down to a debt of one burst): hammering a
+                # limited key keeps it limited instead of slipping through at each refill, and
+                # Retry-After stays true for the caller that waits it out.
+                tokens = max(tokens - 1.0, -float(self.burst))
                 self._buckets[key] = (tokens, now)
                 retry = (1.0 - tokens) / self.rate_per_s
                 raise RateLimitedError(
