@@ -482,13 +482,14 @@ class Engine:
             raise InvalidRequestError("give model_id or deployment_id", field="model_id")
         record = self._registry.get(model_id)
         path = record.artifact_path
+        logged = self._events.query()
         events = [
             e
-            for e in self._events.query()
+            for e in logged
             if e.fields.get("model_id") == model_id
             or (dep is not None and e.deployment_id == dep.deployment_id)
         ]
-        recent = tuple(e.fields for e in self._events.query()[-200:])
+        recent = tuple(e.fields for e in logged[-200:])
         chain = self.verify_logs()
         _ = self.clients  # creates the clients table if no client was ever made
         schemes = tuple(

@@ -243,13 +243,7 @@ class Deployment:
                 arrays, rows, priority, deadline_ms, execution_policy, tenant, mode
             )
             if isinstance(found, Admitted):
-                try:
-                    r = slot.run_admitted(found, execution_policy)
-                except BaseException:
-                    slot.meter.count_failure()
-                    self.metrics.ended("failed")
-                    raise
-                return self._result(r, slot, request_id)
+                return self._run_here(found, slot, execution_policy, request_id)
             rid, waiting = found
             try:
                 r = await waiting
@@ -292,8 +286,14 @@ class Deployment:
         )
         if isinstance(found, Future):
             return self._wrap(found, slot, request_id).result()
+        return self._run_here(found, slot, execution_policy, request_id)
+
+    def _run_here(
+        self, admitted: Admitted, slot: Slot, policy: str | None, request_id: str
+    ) -> InferenceResult:
+        """Run a request the scheduler handed to the calling thread, as a batch of one."""
         try:
-            r = slot.run_admitted(found, execution_policy)
+            r = slot.run_admitted(admitted, policy)
         except BaseException:
             slot.meter.count_failure()
             self.metrics.ended("failed")

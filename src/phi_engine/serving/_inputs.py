@@ -91,20 +91,9 @@ def parse_inputs(
     total = 0
     for spec in specs:
         array = _convert(spec, named[spec.name])
-        _check_shape(spec, array, limits)
-        if not limits.allow_non_finite and array.dtype.kind in "fc" and not _finite(array):
-            raise InvalidRequestError(
-                f"input {spec.name!r} holds NaN or infinity, which this deployment refuses",
-                field=spec.name,
-            )
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
-        total += array.nbytes
-        if total > limits.max_bytes:
-            raise InvalidRequestError(
-                f"inputs are over the {limits.max_bytes} byte limit of one request",
-                field=spec.name,
-            )
+        total = _check_array(spec, array, limits, total)
         arrays[spec.name] = array
     if len(arrays) > 1:
         _check_rows(arrays)
@@ -126,17 +115,24 @@ def _one_float_array(
     ):
         return None
     array = value if value.dtype == spec.dtype else value.astype(spec.dtype)
+    _check_array(spec, array, limits, 0)
+    return {spec.name: array}
+
+
+def _check_array(spec: InputSpec, array: np.ndarray, limits: InputLimits, total: int) -> int:
+    """Shape, finite values and the byte limit of one input; returns the bytes so far."""
     _check_shape(spec, array, limits)
-    if not limits.allow_non_finite and not _finite(array):
+    if not limits.allow_non_finite and array.dtype.kind in "fc" and not _finite(array):
         raise InvalidRequestError(
             f"input {spec.name!r} holds NaN or infinity, which this deployment refuses",
             field=spec.name,
         )
-    if array.nbytes > limits.max_bytes:
+    total += array.nbytes
+    if total > limits.max_bytes:
         raise InvalidRequestError(
             f"inputs are over the {limits.max_bytes} byte limit of one request", field=spec.name
         )
-    return {spec.name: array}
+    return total
 
 
 def _finite(array: np.ndarray) -> bool:
