@@ -31,6 +31,7 @@ from phi_engine.security import (
     oauth_error,
     require_scope,
 )
+from phi_engine.server._errors import retry_after
 
 __all__ = ["Auth"]
 
@@ -139,7 +140,7 @@ class Auth:
             scope = fields.get("scope")
             body = self.tokens.issue(client, scope.split() if scope else None)
         except RateLimitedError as exc:
-            headers = {"Retry-After": str(max(1, round(exc.retry_after_s))), **_NO_STORE}
+            headers = {"Retry-After": retry_after(exc.retry_after_s), **_NO_STORE}
             return JSONResponse(oauth_error(exc), status_code=429, headers=headers)
         except UnauthorizedError as exc:
             # §5.2: invalid_client is 401, with a challenge when the client used Basic.

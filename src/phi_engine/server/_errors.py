@@ -8,6 +8,7 @@ of the internals (the traceback goes to the server's log, under an id the body g
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phi_engine.errors import PhiEngineError
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "retry_after"]
 
 log = logging.getLogger("phi_engine.server")
 
@@ -29,6 +30,12 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
 }
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value (RFC 9110 §10.2.3: whole seconds) that is never too early:
+    rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def error_response(
@@ -58,7 +65,7 @@ async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="phi-engine"'
     retry = getattr(exc, "retry_after_s", None)
     if retry is not None:
-        headers["Retry-After"] = str(max(1, round(retry)))
+        headers["Retry-After"] = retry_after(retry)
     return error_response(exc.status, exc.code, exc.message, exc.field, **headers)
 
 

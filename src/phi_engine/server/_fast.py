@@ -23,6 +23,7 @@ from phi_engine.engine import Engine
 from phi_engine.errors import PhiEngineError
 from phi_engine.security import require_scope
 from phi_engine.server._auth import Auth
+from phi_engine.server._errors import retry_after
 from phi_engine.server._v1 import InferenceRequest, inference_body
 from phi_engine.server._v2 import find_deployment, infer_v2
 
@@ -210,7 +211,7 @@ def _error(exc: PhiEngineError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         headers.append((b"www-authenticate", b'Bearer realm="phi-engine"'))
     retry = getattr(exc, "retry_after_s", None)
     if retry is not None:
-        headers.append((b"retry-after", str(max(1, round(retry))).encode()))
+        headers.append((b"retry-after", retry_after(retry).encode()))
     return exc.status, _dumps({"error": exc.to_dict()}), headers
 
 
