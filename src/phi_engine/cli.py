@@ -79,19 +79,97 @@ def register(
     framework: str,
     version: str,
     storage_url: str,
-    sha256: Annotated[str | None, typer.Option(help="Pin: the artifact's SHA-256.")] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option(help="Pin: the manifest digest (see `phi-engine manifest`) or file SHA-256."),
+    ] = None,
+    signature: Annotated[
+        str | None, typer.Option(help="Base64 Ed25519 signature (see `phi-engine sign`).")
+    ] = None,
+    signer: Annotated[
+        str | None, typer.Option(help="The pinned key that made it (see `trust-key`).")
+    ] = None,
     home: Home = None,
     as_json: AsJson = False,
 ) -> None:
     """Register a model version (fetched, verified and compiled now)."""
     try:
         with _engine(home) as eng:
-            record = eng.register(model_name, framework, version, storage_url, sha256=sha256)
+            record = eng.register(
+                model_name,
+                framework,
+                version,
+                storage_url,
+                sha256=sha256,
+                signature=signature,
+                signer=signer,
+            )
     except PhiEngineError as exc:
         _fail(exc)
     body = record.to_dict()
     body.pop("artifact_path", None)
     _print(body, as_json, f"{record.model_id}  {record.name}:{record.version}  {record.sha256}")
+
+
+@app.command()
+def manifest(
+    path: Annotated[Path, typer.Argument(help="A model file, directory, or tar/zip archive.")],
+    as_json: AsJson = False,
+) -> None:
+    """Print a model's per-file SHA-256 manifest and its digest (what `--sha256` pins and a
+    signature covers)."""
+    from phi_engine.registry import build_manifest
+
+    try:
+        found = build_manifest(path)
+    except PhiEngineError as exc:
+        _fail(exc)
+    lines = [f"{f.sha256}  {f.size:>12}  {f.path}" for f in found.files]
+    _print(
+        {**found.to_dict(), "digest": found.digest},
+        as_json,
+        "\n".join([*lines, f"digest: {found.digest}"]),
+    )
+
+
+@app.command()
+def sign(
+    path: Annotated[Path, typer.Argument(help="A model file, directory, or tar/zip archive.")],
+    key: Annotated[
+        Path, typer.Option(help="The publisher's Ed25519 private key (PEM, unencrypted).")
+    ],
+) -> None:
+    """Print the base64 Ed25519 signature over a model's manifest digest, for `register
+    --signature`."""
+    from phi_engine.registry import build_manifest, sign_manifest
+
+    try:
+        secret = key.read_bytes()
+    except OSError as exc:
+        _fail(InvalidRequestError(f"cannot read the key: {exc.strerror}", field="key"))
+    try:
+        typer.echo(sign_manifest(secret, build_manifest(path)))
+    except PhiEngineError as exc:
+        _fail(exc)
+
+
+@app.command("trust-key")
+def trust_key(
+    name: Annotated[str, typer.Argument(help="The signer name registrations will give.")],
+    public_key: Annotated[Path, typer.Argument(help="The Ed25519 public key (PEM) file.")],
+    home: Home = None,
+) -> None:
+    """Pin a publisher's Ed25519 public key under a name."""
+    try:
+        text = public_key.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(InvalidRequestError(f"cannot read the public key: {exc}", field="public_key"))
+    try:
+        with _engine(home) as eng:
+            eng.trust_key(name, text)
+    except PhiEngineError as exc:
+        _fail(exc)
+    typer.echo(f"trusted {name}")
 
 
 @app.command()

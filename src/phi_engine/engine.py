@@ -44,7 +44,7 @@ from phi_engine.errors import (
     UnsupportedError,
 )
 from phi_engine.observability import Event, EventLog
-from phi_engine.registry import Database, ModelRecord, Registry
+from phi_engine.registry import Database, Manifest, ModelRecord, Registry
 from phi_engine.serving._autoscale import parse_autoscale_request
 from phi_engine.serving._control import Controller
 from phi_engine.serving._deployment import (
@@ -164,10 +164,14 @@ class Engine:
     ) -> ModelRecord:
         """Register a model version: fetch, verify, compile (a model that cannot run is refused).
 
-        ``signature`` (base64 Ed25519 over ``b"phi-engine artifact sha256 " + <hex SHA-256 of
-        the fetched bytes>``) and ``signer`` (the name of a key pinned with :meth:`trust_key`)
-        make the registration verify the publisher's signature; it is verified again at every
-        load.
+        ``storage_url`` is an ``.onnx`` file, a model directory, or a tar/zip archive of one
+        (see :meth:`phi_engine.registry.Registry.register`). The per-file SHA-256 manifest of
+        what arrived is pinned with the record (:meth:`manifest`). ``sha256`` pins the
+        manifest's digest (for one file, its SHA-256; for an archive, its own SHA-256 works
+        too). ``signature`` (base64 Ed25519 over ``b"phi-engine artifact sha256 " +
+        <manifest digest>``, as :func:`phi_engine.registry.sign_manifest` makes it) and
+        ``signer`` (the name of a key pinned with :meth:`trust_key`) make the registration
+        verify the publisher's signature; it is verified again at every load.
 
         Returns:
             The stored record; ``model_id`` names it from now on.
@@ -199,6 +203,12 @@ class Engine:
             sha256=record.sha256,
         )
         return record
+
+    def manifest(self, model_id: str) -> Manifest:
+        """The per-file SHA-256 manifest pinned when ``model_id`` was registered. Raises
+        ``NotFoundError``."""
+        self._check_open()
+        return self._registry.manifest(model_id)
 
     def models(self, name: str | None = None) -> list[ModelRecord]:
         """Registered models (of one name, if given), oldest first."""
@@ -334,8 +344,8 @@ class Engine:
             shared = self._runners.get(key) if local else None
             if shared is not None and self._registry.signature_state(record.model_id) == "invalid":
                 shared = None  # a signature that no longer verifies: the full check refuses it
-            path = record.artifact_path if shared else self._verify(record, deployment_id)
-            slot = Slot(record, path, settings, runner=shared)
+            source = None if shared else self._verify(record, deployment_id)
+            slot = Slot(record, record.artifact_path, settings, runner=shared, source=source)
             try:
                 check_planned_memory(slot, spec)
                 seeds = self._latency_seeds.get(key) if local else None
@@ -351,10 +361,11 @@ class Engine:
                 raise
         return slot
 
-    def _verify(self, record: ModelRecord, deployment_id: str) -> Path:
-        """The artifact's path once its hash is checked again (logged either way)."""
+    def _verify(self, record: ModelRecord, deployment_id: str) -> bytes:
+        """The artifact's bytes, read once and checked against the registered digest (logged
+        either way)."""
         try:
-            path = self._registry.verified_path(record.model_id)
+            data = self._registry.verified_bytes(record.model_id)
         except IntegrityError as exc:
             self._note(
                 "integrity_failed",
@@ -370,7 +381,7 @@ class Engine:
             model_id=record.model_id,
             sha256=record.sha256,
         )
-        return path
+        return data
 
     def check_integrity(self) -> dict[str, bool]:
         """Hash every serving model's stored artifact again, now (the re-hash loop's step).
@@ -383,7 +394,7 @@ class Engine:
         Returns:
             ``{model_id: matches}`` for every model checked.
         """
-        from phi_engine.registry._store import sha256_file
+        from phi_engine.registry._store import verify_file
 
         results: dict[str, bool] = {}
         for dep in self.deployments():
@@ -393,8 +404,9 @@ class Engine:
                 record = slot.record
                 if record.model_id not in results:
                     try:
-                        ok = sha256_file(record.artifact_path)[0] == record.sha256
-                    except OSError:
+                        verify_file(record.artifact_path, record.sha256)
+                        ok = True
+                    except (IntegrityError, OSError):
                         ok = False
                     results[record.model_id] = ok
                 if not results[record.model_id] and not dep.integrity_failed:

@@ -144,3 +144,58 @@ def test_validate_prints_the_report(tmp_path: Path) -> None:
     assert text.startswith("insecure: risk score") and "hash_pinned" in text
     bad = cli("validate", home=home, check=False)
     assert bad.returncode == 2 and "model_id" in bad.stderr
+
+
+def test_manifest_sign_trust_key_and_a_signed_register(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    home = tmp_path / "home"
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    mlp(folder / "model.onnx")
+    (folder / "README.md").write_text("the publisher's notes\n")
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "key.pub").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+    def bare(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "phi_engine.cli", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+    shown = json.loads(bare("manifest", str(folder), "--json").stdout)
+    assert [f["path"] for f in shown["files"]] == ["README.md", "model.onnx"]
+    assert (
+        shown["files"][1]["sha256"]
+        == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    )
+    assert bare("manifest", str(folder)).stdout.strip().endswith(f"digest: {shown['digest']}")
+    signature = bare("sign", str(folder), "--key", str(tmp_path / "key.pem")).stdout.strip()
+    assert cli("trust-key", "acme", str(tmp_path / "key.pub"), home=home).stdout.strip() == (
+        "trusted acme"
+    )
+    reg = cli(
+        "register", "signed", "onnx", "1", str(folder), "--sha256", shown["digest"],
+        "--signature", signature, "--signer", "acme", "--json", home=home,
+    )  # fmt: skip
+    assert json.loads(reg.stdout)["model_id"].startswith("mdl_")
+    # A file added after signing: refused with one line and status 2, nothing registered.
+    (folder / "extra.txt").write_text("x")
+    r = cli(
+        "register", "signed", "onnx", "2", str(folder), "--signature", signature,
+        "--signer", "acme", home=home, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and "signature" in r.stderr and "Traceback" not in r.stderr
+    # Not a key: one line, status 2.
+    r = bare("sign", str(folder), "--key", str(tmp_path / "key.pub"))
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "private_key" in r.stderr

@@ -242,7 +242,7 @@ def test_register_local_path_and_read_back(registry: Registry, tmp_path: Path) -
     assert json.loads(json.dumps(record.to_dict()))["model_id"] == record.model_id
     # The store holds a copy: changing the source changes nothing registered.
     source.write_bytes(b"changed")
-    assert registry.verified_path(record.model_id).read_bytes() == data
+    assert registry.verified_bytes(record.model_id) == data
 
 
 def test_register_file_url(registry: Registry, tmp_path: Path) -> None:
@@ -305,7 +305,7 @@ def test_duplicate_name_and_version_conflicts(registry: Registry, tmp_path: Path
 
 
 def test_unknown_ids_are_not_found(registry: Registry) -> None:
-    for call in (registry.get, registry.delete, registry.verified_path):
+    for call in (registry.get, registry.delete, registry.verified_bytes, registry.manifest):
         with pytest.raises(NotFoundError) as caught:
             call("mdl_0000000000000000")
         assert caught.value.field == "model_id"
@@ -321,7 +321,7 @@ def test_delete_removes_row_and_unshared_artifact(registry: Registry, tmp_path: 
     with pytest.raises(NotFoundError):
         registry.get(first.model_id)
     # The second version has the same bytes: the artifact stays.
-    assert registry.verified_path(second.model_id).is_file()
+    assert registry.verified_bytes(second.model_id) == second.artifact_path.read_bytes()
     registry.delete(second.model_id)
     assert registry.list() == []
     assert artifacts(registry) == []
@@ -527,7 +527,7 @@ def test_archives_hold_one_model(registry: Registry, tmp_path: Path) -> None:
     digest = hashlib.sha256(targz.read_bytes()).hexdigest()
     record = registry.register("m", "onnx", "1", str(targz), sha256=digest)
     assert record.sha256 == hashlib.sha256(data).hexdigest()
-    assert registry.verified_path(record.model_id).read_bytes() == data
+    assert registry.verified_bytes(record.model_id) == data
     zipped = zip_with(tmp_path / "m.zip", {"model.onnx": model_bytes(2), "labels.txt": b"a"})
     assert registry.register("m", "onnx", "2", str(zipped)).framework == "onnx"
     write(tmp_path / "plain" / "model.onnx", model_bytes(3))
@@ -647,15 +647,15 @@ def test_corrupt_archive_refused(registry: Registry, tmp_path: Path) -> None:
 # Integrity, persistence, crash recovery, concurrency
 
 
-def test_verified_path_detects_tampering(registry: Registry, tmp_path: Path) -> None:
+def test_verified_bytes_detect_tampering(registry: Registry, tmp_path: Path) -> None:
     record = registry.register("m", "onnx", "1", str(write(tmp_path / "m.onnx", model_bytes())))
-    assert registry.verified_path(record.model_id) == record.artifact_path
+    assert registry.verified_bytes(record.model_id) == record.artifact_path.read_bytes()
     record.artifact_path.write_bytes(record.artifact_path.read_bytes() + b"\x00")
     with pytest.raises(IntegrityError, match="altered"):
-        registry.verified_path(record.model_id)
+        registry.verified_bytes(record.model_id)
     record.artifact_path.unlink()
     with pytest.raises(IntegrityError, match="missing"):
-        registry.verified_path(record.model_id)
+        registry.verified_bytes(record.model_id)
 
 
 def test_reopening_keeps_data_and_schema(home: Path, tmp_path: Path) -> None:
@@ -681,7 +681,7 @@ def test_transaction_rolls_back_and_nests(db: Database) -> None:
     def insert(conn: Any, model_id: str) -> None:
         conn.execute(
             "INSERT INTO models VALUES (?, ?, '1', 'onnx', 's', 1, 'a', 'u', '{}', '{}', "
-            "NULL, NULL, 0, 0, NULL, NULL, NULL)",
+            "NULL, NULL, 0, 0, NULL, NULL, NULL, NULL)",
             (model_id, model_id),
         )
 
@@ -705,7 +705,7 @@ def test_recovery_after_a_crash_mid_delete(home: Path, db: Database, tmp_path: P
     # A crash between moving the artifact aside and committing the delete: the row survived.
     kept.artifact_path.rename(str(kept.artifact_path) + ".deleted")
     Registry(home, db)
-    assert registry.verified_path(kept.model_id) == kept.artifact_path
+    assert registry.verified_bytes(kept.model_id) == kept.artifact_path.read_bytes()
     assert not gone_path.exists()
 
 
@@ -759,4 +759,4 @@ def test_delete_refused_while_another_table_refers_to_it(
     with pytest.raises(ConflictError, match="still referenced"):
         registry.delete(record.model_id)
     assert snapshot(registry) == before
-    assert registry.verified_path(record.model_id).is_file()
+    assert registry.verified_bytes(record.model_id) == record.artifact_path.read_bytes()

@@ -80,6 +80,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models ADD COLUMN signer TEXT;
     ALTER TABLE models ADD COLUMN signed_sha256 TEXT;
     """,
+    # 5: the per-file manifest of the model as distributed (JSON; NULL for rows registered
+    # before, whose manifest is their one stored file).
+    """
+    ALTER TABLE models ADD COLUMN manifest TEXT;
+    """,
 ]
 
 

@@ -17,8 +17,10 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from phi_engine.errors import (
     ConflictError,
@@ -37,10 +39,16 @@ from phi_engine.registry._formats import (
     pickle_error,
     sniff,
 )
+from phi_engine.registry._manifest import (
+    Manifest,
+    ManifestEntry,
+    copy_directory,
+    manifest_of_files,
+)
 from phi_engine.registry._record import ModelRecord, record_from_row
 from phi_engine.registry._signing import check_key_name, parse_public_key
 from phi_engine.registry._signing import verify as verify_signature
-from phi_engine.registry._store import ArtifactStore, Staged, sha256_file
+from phi_engine.registry._store import ArtifactStore, Staged, read_verified
 from phi_engine.registry._validate import check_args, check_sha256, to_json
 
 __all__ = ["ModelRecord", "Registry"]
@@ -83,6 +91,55 @@ def _signature(model: Any) -> tuple[str, str]:
         )
 
     return describe(compiled.inputs), describe(compiled.outputs)
+
+
+def _local_directory(url: str) -> Path | None:
+    """The directory a local path or ``file://`` URL names, if it names one."""
+    if url.startswith("file://"):
+        path = Path(unquote(urlsplit(url).path))
+    elif "://" in url:
+        return None
+    else:
+        path = Path(url).expanduser()
+    return path if path.is_dir() and not path.is_symlink() else None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A registration's checked inputs: the model, the file to store, the per-file manifest of
+    what was fetched, and the SHA-256 of the fetched archive's bytes (None unless an archive)."""
+
+    model: Any
+    artifact: Path
+    manifest: Manifest
+    archive_sha256: str | None
+
+    def check_pin(self, pin: str | None, shown: str) -> None:
+        """A pin is the manifest's digest (a plain file's SHA-256), or an archive's SHA-256."""
+        if pin is None or pin in (self.manifest.digest, self.archive_sha256):
+            return
+        what = f"SHA-256 {self.manifest.digest}"
+        if self.archive_sha256 is not None:
+            what = f"SHA-256 {self.archive_sha256} (its files' manifest: {self.manifest.digest})"
+        elif len(self.manifest.files) > 1:
+            what = f"manifest digest {self.manifest.digest}"
+        raise IntegrityError(
+            f"[registry] {shown!r} has {what}, not the pinned {pin}", field="sha256"
+        )
+
+    def check_signature(self, key: bytes | None, signature: str | None) -> str | None:
+        """Verify a signature over the manifest's digest (or, for an archive, over the
+        archive's SHA-256); returns the digest it covers."""
+        if key is None or signature is None:
+            return None
+        if self.archive_sha256 is not None:
+            try:
+                verify_signature(key, signature, self.archive_sha256)
+                return self.archive_sha256
+            except IntegrityError:
+                pass
+        verify_signature(key, signature, self.manifest.digest)
+        return self.manifest.digest
 
 
 class Registry:
@@ -135,25 +192,32 @@ class Registry:
             version: 1-64 characters, the same set as ``model_name``.
             storage_url: A local path, ``file://``, ``http(s)://``, ``s3://`` (endpoint from
                 ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``), or another fsspec scheme whose
-                package is installed. An ``.onnx`` file, or a tar/zip archive holding exactly
-                one (plus its external data files).
-            sha256: Pin: the SHA-256 (hex, any case) of the fetched bytes (the archive's, for
-                an archive).
+                package is installed. An ``.onnx`` file, a tar/zip archive holding exactly
+                one (plus its external data and any other files), or (local paths only) a
+                directory holding the same, with no symbolic links.
+            sha256: Pin (hex, any case): the digest of the per-file manifest of what arrived
+                (:func:`build_manifest`; for a single file, its SHA-256), or, for an archive,
+                the archive's own SHA-256.
             model_card: Intended use, limits, data, owner, risk class (JSON object).
             metadata: Free-form JSON object.
             progress: Show a download progress bar on stderr.
             max_bytes: The most bytes fetched, and unpacked from an archive.
+            signature: Base64 Ed25519 signature by ``signer`` over the manifest's digest
+                (:func:`sign_manifest`), or, for an archive, over its own SHA-256.
+            signer: The name of a key pinned with :meth:`trust_key`.
 
         Returns:
             The new record. ``sha256`` in it is the digest of the stored artifact: the fetched
-            file itself, or the self-contained model taken out of an archive.
+            file itself, or the self-contained model taken out of an archive or directory
+            (external data folded in). :meth:`manifest` returns the pinned per-file manifest.
 
         Raises:
             InvalidRequestError: a bad argument, an unreachable or missing source, an unsafe
                 archive, or a model that is not valid ONNX.
             UnsupportedError: a pickle-based artifact, a scheme whose package is missing, or a
                 model using what phi_engine cannot run.
-            IntegrityError: the fetched bytes do not match ``sha256``.
+            IntegrityError: what arrived does not match ``sha256``, or the signature does not
+                verify.
             ConflictError: ``model_name`` and ``version`` are already registered.
         """
         framework = check_args(model_name, framework, version, storage_url, max_bytes)
@@ -171,11 +235,11 @@ class Registry:
         self._staging.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="register-", dir=self._staging))
         try:
-            model, artifact, fetched_sha256 = self._prepare(
-                storage_url, workdir, pin, max_bytes, progress, signer_key, signature
-            )
-            inputs, outputs = _signature(model)
-            staged = self.store.stage_file(artifact)
+            prepared = self._prepare(storage_url, workdir, max_bytes, progress)
+            prepared.check_pin(pin, redact(storage_url))
+            signed = prepared.check_signature(signer_key, signature)
+            inputs, outputs = _signature(prepared.model)
+            staged = self.store.stage_file(prepared.artifact)
             row: dict[str, Any] = {
                 "model_id": "mdl_" + secrets.token_hex(8),
                 "name": model_name,
@@ -193,7 +257,8 @@ class Registry:
                 "sha256_pinned": int(pin is not None),
                 "signature": signature,
                 "signer": signer,
-                "signed_sha256": fetched_sha256 if signature is not None else None,
+                "signed_sha256": signed,
+                "manifest": json.dumps(prepared.manifest.to_dict(), sort_keys=True),
             }
             self._commit(row, staged)
         finally:
@@ -211,50 +276,43 @@ class Registry:
                 field="version",
             )
 
-    def _prepare(
-        self,
-        url: str,
-        workdir: Path,
-        pin: str | None,
-        max_bytes: int,
-        progress: bool,
-        signer_key: bytes | None = None,
-        signature: str | None = None,
-    ) -> tuple[Any, Path, str]:
-        """Fetch, verify and unpack; returns the ModelProto, the file holding the bytes to
-        store, and the fetched bytes' SHA-256."""
+    def _prepare(self, url: str, workdir: Path, max_bytes: int, progress: bool) -> _Prepared:
+        """Fetch (or copy a local model directory), scan, unpack and hash every file."""
+        directory = _local_directory(url)
+        if directory is not None:
+            root = workdir / "unpacked"
+            files = copy_directory(directory, root, max_bytes=max_bytes)
+            _scan(root, redact(url))
+            manifest = manifest_of_files(root, files)
+            model, artifact = self._model_in(root, files, workdir)
+            return _Prepared(model, artifact, manifest, None)
         fetched = fetch(url, workdir / "fetched", max_bytes=max_bytes, progress=progress)
-        if pin is not None and fetched.sha256 != pin:
-            raise IntegrityError(
-                f"[registry] {redact(url)!r} has SHA-256 {fetched.sha256}, not the pinned {pin}",
-                field="sha256",
-            )
-        if signer_key is not None and signature is not None:
-            verify_signature(signer_key, signature, fetched.sha256)
-        model, path = self._unpack(url, fetched.path, workdir, max_bytes)
-        return model, path, fetched.sha256
-
-    def _unpack(
-        self, url: str, fetched_path: Path, workdir: Path, max_bytes: int
-    ) -> tuple[Any, Path]:
-        """Scan and unpack what was fetched: the ModelProto and the file holding the bytes to
-        store (the fetched file, or the self-contained model taken out of an archive)."""
-        kind = sniff(fetched_path)
+        kind = sniff(fetched.path)
         if kind == "pickle":
             raise pickle_error(repr(redact(url)))
-        _scan(fetched_path, redact(url))
+        _scan(fetched.path, redact(url))
         if kind == "onnx":
-            model = _load(fetched_path)
+            model = _load(fetched.path)
             if locations := external_locations(model):
                 raise InvalidRequestError(
                     f"[registry] the model refers to external data files ({', '.join(locations)});"
-                    " register a .tar.gz or .zip holding the model and those files",
+                    " register a directory, .tar.gz or .zip holding the model and those files",
                     field="storage_url",
                 )
-            return model, fetched_path
-        unpacked = workdir / "unpacked"
-        unpacked.mkdir()
-        member = unpacked / find_model(unpack(fetched_path, unpacked, kind, max_bytes=max_bytes))
+            name = PurePosixPath(urlsplit(url).path).name or "model.onnx"
+            manifest = Manifest((ManifestEntry(name, fetched.size_bytes, fetched.sha256),))
+            return _Prepared(model, fetched.path, manifest, None)
+        root = workdir / "unpacked"
+        root.mkdir()
+        files = unpack(fetched.path, root, kind, max_bytes=max_bytes)
+        manifest = manifest_of_files(root, files)
+        model, artifact = self._model_in(root, files, workdir)
+        return _Prepared(model, artifact, manifest, fetched.sha256)
+
+    @staticmethod
+    def _model_in(root: Path, files: list[Path], workdir: Path) -> tuple[Any, Path]:
+        """The ModelProto among unpacked files and the self-contained file to store."""
+        member = root / find_model(files)
         model = _load(member)
         if not external_locations(model):
             return model, member
@@ -451,34 +509,41 @@ class Registry:
             return "invalid"
         return "verified"
 
-    def verified_path(self, model_id: str) -> Path:
-        """The artifact's path, after re-hashing it against the registered digest.
+    def manifest(self, model_id: str) -> Manifest:
+        """The per-file manifest pinned at register (for a model registered before manifests
+        existed: its one stored file).
 
         Raises:
             NotFoundError: no such model.
-            IntegrityError: the artifact is missing or its bytes changed.
+        """
+        rows = self.db.query(
+            "SELECT manifest, sha256, size_bytes FROM models WHERE model_id = ?", (model_id,)
+        )
+        if not rows:
+            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
+        row = rows[0]
+        if row["manifest"] is None:
+            return Manifest((ManifestEntry("model.onnx", int(row["size_bytes"]), row["sha256"]),))
+        return Manifest.from_dict(json.loads(row["manifest"]))
+
+    def verified_bytes(self, model_id: str) -> bytes:
+        """The stored artifact's bytes, read once and hashed against the registered digest;
+        the signature, if any, verified again with its signer's pinned key.
+
+        Raises:
+            NotFoundError: no such model.
+            IntegrityError: the artifact is missing, a link, or its bytes changed; or the
+                signature no longer verifies.
         """
         record = self.get(model_id)
-        path = record.artifact_path
-        try:
-            digest, _ = sha256_file(path)
-        except FileNotFoundError as exc:
-            raise IntegrityError(
-                f"[registry] the artifact of {model_id} is missing ({path})", field="model_id"
-            ) from exc
-        if digest != record.sha256:
-            raise IntegrityError(
-                f"[registry] the artifact of {model_id} was altered: SHA-256 {digest}, "
-                f"registered {record.sha256}",
-                field="model_id",
-            )
+        data = read_verified(record.artifact_path, record.sha256, f"the artifact of {model_id}")
         if self.signature_state(model_id) == "invalid":
             raise IntegrityError(
                 f"[registry] the signature of {model_id} no longer verifies with its signer's "
                 "pinned key (key removed or replaced, or the record altered)",
                 field="model_id",
             )
-        return path
+        return data
 
     def _sweep_staging(self) -> None:
         """Remove staging directories left by a crashed registration (older than a day)."""

@@ -1,7 +1,9 @@
 """Ed25519 signatures over artifacts, verified against public keys pinned in the registry.
 
-A publisher signs the message ``b"phi-engine artifact sha256 " + <hex SHA-256 of the artifact
-as fetched>`` with its Ed25519 key; the engine pins the publisher's public key under a name
+A publisher signs the message ``b"phi-engine artifact sha256 " + <manifest digest>`` with its
+Ed25519 key (``_manifest``: for one file the digest is its SHA-256, for a directory or archive
+the SHA-256 of the canonical per-file manifest; a signature over an archive's own SHA-256 is
+accepted too). The engine pins the publisher's public key under a name
 (:meth:`Registry.trust_key`), verifies the signature at register, stores it, and verifies it
 again at every load. Signing a digest rather than the bytes keeps verification cheap for large
 models; the digest itself is checked against the bytes.

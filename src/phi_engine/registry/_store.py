@@ -17,12 +17,22 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["CHUNK", "ArtifactStore", "Staged", "fsync_dir", "sha256_file"]
+__all__ = [
+    "CHUNK",
+    "ArtifactStore",
+    "Staged",
+    "fsync_dir",
+    "read_verified",
+    "sha256_file",
+    "verify_file",
+]
 
 CHUNK = 1 << 20
 _SUFFIX = ".onnx"
@@ -49,6 +59,74 @@ def sha256_file(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def _open_regular(path: Path, what: str) -> BinaryIO:
+    """``path`` opened for reading, refusing a symbolic link (``O_NOFOLLOW``) or anything but
+    a regular file.
+
+    Raises:
+        IntegrityError: missing, a link, or not a regular file (``field="model_id"``).
+    """
+    from phi_engine.errors import IntegrityError
+
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"[registry] {what} is missing ({path})", field="model_id") from exc
+    except OSError as exc:  # ELOOP: a symbolic link where the artifact should be
+        raise IntegrityError(
+            f"[registry] {what} cannot be opened as a regular file ({exc.strerror}); stored "
+            "artifacts are never symbolic links",
+            field="model_id",
+        ) from exc
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise IntegrityError(f"[registry] {what} is not a regular file", field="model_id")
+    return f
+
+
+def _mismatch(what: str, digest: str, sha256: str) -> Exception:
+    from phi_engine.errors import IntegrityError
+
+    return IntegrityError(
+        f"[registry] {what} was altered: SHA-256 {digest}, registered {sha256}", field="model_id"
+    )
+
+
+def read_verified(path: Path, sha256: str, what: str = "the artifact") -> bytes:
+    """The bytes of a stored artifact, once their SHA-256 matches ``sha256``.
+
+    The bytes returned are the bytes hashed (read once, then used), so nothing can change
+    between the check and their use. A symbolic link is refused, and so is anything but a
+    regular file.
+
+    Raises:
+        IntegrityError: missing, not a regular file, a link, or other bytes
+            (``field="model_id"``).
+    """
+    with _open_regular(path, what) as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise _mismatch(what, digest, sha256)
+    return data
+
+
+def verify_file(path: Path, sha256: str, what: str = "the artifact") -> None:
+    """:func:`read_verified` without keeping the bytes (streamed, for periodic checks).
+
+    Raises:
+        IntegrityError: as :func:`read_verified`.
+    """
+    digest = hashlib.sha256()
+    with _open_regular(path, what) as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise _mismatch(what, digest.hexdigest(), sha256)
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,8 @@ class ProcessRunner:
         max_batch: The most rows one model call may have.
         start_timeout_s: How long a worker may take to start and compile.
         run_timeout_s: How long one batch may run before its worker is stopped as hung.
+        sha256: When given, each worker reads the file once, checks these bytes' SHA-256 and
+            compiles exactly them (a replacement worker too), refusing a changed file.
 
     Raises:
         InvalidRequestError: bad arguments, or the model is not a valid ONNX file.
@@ -175,6 +177,7 @@ class ProcessRunner:
         max_batch: int = 64,
         start_timeout_s: float = 120.0,
         run_timeout_s: float = 300.0,
+        sha256: str | None = None,
     ) -> None:
         for name, value in (("processes", processes), ("max_batch", max_batch)):
             if not isinstance(value, int):
@@ -186,7 +189,12 @@ class ProcessRunner:
         _positive("start_timeout_s", start_timeout_s)
         _positive("run_timeout_s", run_timeout_s)
         self._config = WorkerConfig(
-            os.path.abspath(model_path), max_batch, threads, start_timeout_s, run_timeout_s
+            os.path.abspath(model_path),
+            max_batch,
+            threads,
+            start_timeout_s,
+            run_timeout_s,
+            sha256,
         )
         self._pool = _Pool()
         self._finalizer = weakref.finalize(self, self._pool.shutdown, 5.0)

@@ -86,10 +86,13 @@ class Slot:
 
     Args:
         record: The registered model.
-        path: Its verified artifact.
+        path: Its stored artifact.
         settings: Replicas, threads, batch limit and the default policy.
-        runner: A runner to share (scaling a local slot reuses the compiled model); built from
-            ``path`` when ``None``.
+        runner: A runner to share (scaling a local slot reuses the compiled model); built when
+            ``None``: a local slot compiles ``source``, a process slot's workers each read
+            ``path`` and check its bytes against the record's SHA-256 themselves.
+        source: The artifact's bytes, already checked against the record's SHA-256 (local
+            slots that build a runner).
     """
 
     def __init__(
@@ -98,12 +101,13 @@ class Slot:
         path: Path,
         settings: SlotSettings,
         runner: Any | None = None,
+        source: bytes | None = None,
     ) -> None:
         self.record = record
         self.path = path
         self.settings = settings
         self.meter = _Meter()
-        self.runner = runner if runner is not None else self._build_runner()
+        self.runner = runner if runner is not None else self._build_runner(source)
         self._owns_runner = runner is None
         self.inputs = [
             InputSpec(name, np.dtype(t["dtype"]), _shape(t.get("shape")))
@@ -113,7 +117,7 @@ class Slot:
         self._lock = threading.Lock()
         self._closed = False
 
-    def _build_runner(self) -> Any:
+    def _build_runner(self, source: bytes | None) -> Any:
         s = self.settings
         if s.execution_mode == "process":
             from phi_engine.serving._process import ProcessRunner
@@ -123,11 +127,16 @@ class Slot:
                 processes=s.replicas,
                 threads=s.threads_per_replica,
                 max_batch=s.max_batch,
+                sha256=self.record.sha256,
             )
         from phi_engine.graph import compile as compile_model
         from phi_engine.serving._runner import ModelRunner
 
-        model = compile_model(str(self.path), max_batch=s.max_batch)
+        if source is None:
+            from phi_engine.registry._store import read_verified
+
+            source = read_verified(self.path, self.record.sha256)
+        model = compile_model(source, max_batch=s.max_batch)
         return ModelRunner(model, threads=s.threads_per_replica, checked=True)
 
     # ---- serving ------------------------------------------------------------------------------

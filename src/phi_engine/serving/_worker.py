@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,14 @@ def rebuild(class_name: str, message: str, field: str | None) -> errors.PhiEngin
     return errors.PhiEngineError(f"[process] the model raised {class_name}: {message}")
 
 
-def serve(conn: Connection, model_path: str, max_batch: int, threads: int, parent: int) -> None:
+def serve(
+    conn: Connection,
+    model_path: str,
+    max_batch: int,
+    threads: int,
+    parent: int,
+    sha256: str | None = None,
+) -> None:
     """The worker's main function: compile, report ready, then serve until stopped.
 
     Args:
@@ -68,6 +76,7 @@ def serve(conn: Connection, model_path: str, max_batch: int, threads: int, paren
         max_batch: Passed to :func:`phi_engine.compile`.
         threads: Kernel threads (:func:`phi_engine.set_num_threads`).
         parent: The parent's pid; the worker exits when it changes (the parent died).
+        sha256: The file's registered digest: the worker compiles the bytes it hashed.
     """
     # Ctrl-C reaches the whole process group; stopping workers is the parent's decision.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -75,7 +84,12 @@ def serve(conn: Connection, model_path: str, max_batch: int, threads: int, paren
 
     try:
         set_num_threads(threads)
-        model = compile(model_path, max_batch=max_batch)
+        source: str | bytes = model_path
+        if sha256 is not None:
+            from phi_engine.registry._store import read_verified
+
+            source = read_verified(Path(model_path), sha256)
+        model = compile(source, max_batch=max_batch)
     except Exception as exc:
         conn.send(describe(exc))
         return
@@ -157,6 +171,7 @@ class WorkerConfig:
     threads: int
     start_timeout_s: float
     run_timeout_s: float
+    sha256: str | None = None
 
 
 def _exit_reason(process: SpawnProcess) -> str:
@@ -202,7 +217,7 @@ class WorkerSlot:
         c = self.config
         self.process = ctx.Process(
             target=serve,
-            args=(child_end, c.model_path, c.max_batch, c.threads, os.getpid()),
+            args=(child_end, c.model_path, c.max_batch, c.threads, os.getpid(), c.sha256),
             name="phi-process-worker",
             daemon=True,
         )
