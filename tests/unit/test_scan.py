@@ -221,6 +221,20 @@ def test_extension_registry_opcodes_are_refused(ext: bytes) -> None:
     assert "pickle.extension_code" in rules(report)
 
 
+@pytest.mark.parametrize("ext", [b"\x82\x01", b"\x83\x01\x00", b"\x84\x01\x00\x00\x00"])
+def test_raw_tensor_bytes_starting_with_an_ext_opcode_are_not_pickles(ext: bytes) -> None:
+    # Raw float storage (torch's data/N members, ONNX external data) starts with an EXT byte
+    # about 1 % of the time: bytes that do not parse as a pickle import nothing.
+    raw = ext + (np.arange(64, dtype=np.float32) + 0.5).tobytes()  # 0.5 is 00 00 00 3f
+    assert scan_bytes(raw, "weights.bin").ok
+    member = io.BytesIO()
+    with zipfile.ZipFile(member, "w") as zf:
+        zf.writestr("archive/data/0", raw)
+    assert scan_bytes(member.getvalue(), "pkg.zip").ok
+    # Without a header, an EXT stream that does parse is a pickle that imports: refused.
+    assert "pickle.extension_code" in rules(refused(ext + b")" + REDUCE + STOP))
+
+
 def test_truncated_unknown_and_trailing_streams_are_refused() -> None:
     benign = pickle.dumps(np.arange(6.0), protocol=4)
     assert scan_bytes(benign, "a.pkl", allow_pickle=True).ok

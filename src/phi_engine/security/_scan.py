@@ -351,7 +351,8 @@ class _Scanner:
         unknown bytes, parse to a STOP at their end)."""
         walk = _walk_pickle(data)
         plain = kind in ("text", "unknown")
-        if not walk.risky and not (plain and walk.end == len(data)):
+        imports = walk.risky or (walk.extension and walk.end >= 0)
+        if not imports and not (plain and walk.end == len(data)):
             return kind
         if not plain:
             self.add("pickle.polyglot", label, kind, f"this {kind} also parses as a pickle")
@@ -481,7 +482,7 @@ class _Scanner:
     def pickle(self, data: bytes, label: str, *, start: int = 0, deferrable: bool = False) -> None:
         """Judge the pickle stream at ``start``, and any streams right after it."""
         walk = _walk_pickle(data, start)
-        if deferrable and walk.end < 0 and not walk.risky:
+        if deferrable and walk.end < 0 and not (walk.risky or walk.extension):
             self.pending[label] = self.broken(walk, label)
             return
         for _ in range(16):  # a legacy (pre-zip) torch.save file holds streams back to back
