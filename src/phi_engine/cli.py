@@ -31,10 +31,10 @@ Home = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _engine(home: Path | None, restore: bool = False) -> Any:
+def _engine(home: Path | None, restore: bool = False, **options: Any) -> Any:
     from phi_engine.engine import Engine
 
-    return Engine(home, restore=restore)
+    return Engine(home, restore=restore, **options)
 
 
 def _fail(exc: PhiEngineError) -> NoReturn:
@@ -64,10 +64,14 @@ def serve(
     data_dir: Annotated[
         Path | None, typer.Option(help="Where batch-job files live (default: home/data).")
     ] = None,
+    log_retention_days: Annotated[
+        float | None,
+        typer.Option(help="Prune audit events older than this (default: keep every event)."),
+    ] = None,
 ) -> None:
     """Run the HTTP server (restores the deployments recorded in the home)."""
     try:
-        with _engine(home, restore=True) as eng:
+        with _engine(home, restore=True, log_retention_days=log_retention_days) as eng:
             eng.serve(host, port, auth=not no_auth, data_dir=data_dir)
     except PhiEngineError as exc:
         _fail(exc)

@@ -43,7 +43,7 @@ from phi_engine.errors import (
     ResourceError,
     UnsupportedError,
 )
-from phi_engine.observability import Event, EventLog
+from phi_engine.observability import Event, EventLog, PruneReport
 from phi_engine.registry import Database, Manifest, ModelRecord, Registry
 from phi_engine.serving._autoscale import parse_autoscale_request
 from phi_engine.serving._control import Controller
@@ -86,6 +86,9 @@ class Engine:
             when standard error is a terminal).
         rehash_interval_s: How often every loaded model's stored artifact is hashed again while
             it serves (:meth:`check_integrity`); ``None`` turns it off.
+        log_retention_days: Keep audit events this many days: older ones are pruned at start
+            and then hourly (:meth:`apply_retention`), and what remains still verifies.
+            ``None`` (the default) keeps every event.
 
     Example::
 
@@ -104,13 +107,20 @@ class Engine:
         restore: bool = True,
         progress: bool | None = None,
         rehash_interval_s: float | None = 300.0,
+        log_retention_days: float | None = None,
     ) -> None:
-        if rehash_interval_s is not None and not 0 < rehash_interval_s < math.inf:
-            raise InvalidRequestError(
-                "rehash_interval_s must be a positive number of seconds or None",
-                field="rehash_interval_s",
-            )
+        for name, value in (
+            ("rehash_interval_s", rehash_interval_s),
+            ("log_retention_days", log_retention_days),
+        ):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value < math.inf
+            ):
+                raise InvalidRequestError(f"{name} must be a positive number or None", field=name)
         self.rehash_interval_s = rehash_interval_s
+        self.log_retention_days = log_retention_days
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
@@ -146,6 +156,14 @@ class Engine:
                 daemon=True,
             )
             self._rehasher.start()
+        self._retainer: threading.Thread | None = None
+        if log_retention_days is not None:
+            with contextlib.suppress(PhiEngineError):  # refused: logged, and the events kept
+                self.apply_retention()
+            self._retainer = threading.Thread(
+                target=self._retention_loop, name="phi-engine-retention", daemon=True
+            )
+            self._retainer.start()
 
     # ---- models -------------------------------------------------------------------------------
 
@@ -421,6 +439,37 @@ class Engine:
                     )
         return results
 
+    def apply_retention(self) -> PruneReport | None:
+        """Prune audit events older than ``log_retention_days`` now (the hourly step); logs
+        ``logs_pruned`` when any went. ``None`` when no retention is configured.
+
+        Raises:
+            PhiEngineError: the events to prune do not verify (they are kept, and the failure
+                is logged as ``logs_prune_refused``).
+        """
+        if self.log_retention_days is None:
+            return None
+        cutoff = time.time() - self.log_retention_days * 86400.0
+        try:
+            report = self._events.prune(cutoff)
+        except PhiEngineError as exc:
+            with contextlib.suppress(PhiEngineError):
+                self._events.append("logs_prune_refused", level="error", message=str(exc)[:300])
+            raise
+        if report.pruned:
+            self._note(
+                "logs_pruned",
+                pruned=report.pruned,
+                through_seq=report.through_seq,
+                retention_days=self.log_retention_days,
+            )
+        return report
+
+    def _retention_loop(self) -> None:
+        while not self._stop.wait(3600.0):
+            with contextlib.suppress(PhiEngineError):
+                self.apply_retention()
+
     def _rehash_loop(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
             with contextlib.suppress(PhiEngineError, OSError):
@@ -522,6 +571,7 @@ class Engine:
             log_events=len(events),
             chain_ok=chain.ok,
             chain_reason=chain.reason,
+            retention_days=self.log_retention_days,
             recent_log_fields=recent,
             runtime_rehash_s=self.rehash_interval_s,
             signature=self._registry.signature_state(model_id),

@@ -509,3 +509,119 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"not a sqlite file at all" * 100)
     with pytest.raises(PhiEngineError, match="event log open failed"):
         EventLog(bad)
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+
+class _Clock:
+    """A settable time.time for the event log module."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock(1_000_000.0)
+    monkeypatch.setattr("phi_engine.observability._events.time.time", fake)
+    return fake
+
+
+def test_prune_removes_a_prefix_and_what_remains_verifies(path: Path, clock: _Clock) -> None:
+    with EventLog(path) as log:
+        for i in range(6):
+            clock.now = 1_000_000.0 + i
+            log.append("served", deployment_id=("d1", "d2", None)[i % 3], rows=i)
+        report = log.prune(1_000_003.0)
+        assert (report.pruned, report.through_seq) == (3, 3)
+        assert [e.seq for e in log.query()] == [4, 5, 6]
+        assert log.verify().ok and log.verify().checked == 3
+        assert all(log.verify(d).ok for d in ("d1", "d2"))
+        assert log.prune(1_000_003.0).pruned == 0  # nothing more is that old
+        # Appends go on from the checkpoints: seq keeps counting, chains keep linking.
+        clock.now += 10
+        tip = log.query("d1")[-1]
+        added = log.append("served", deployment_id="d1", rows=9)
+        assert added.seq == 7 and added.prev_hash == tip.hash
+    with EventLog(path) as log:
+        assert log.verify().ok and log.verify().checked == 4
+
+
+def test_pruning_everything_keeps_the_chains_going(path: Path, clock: _Clock) -> None:
+    with EventLog(path) as log:
+        last = [log.append("deployed", deployment_id=d) for d in ("d1", "d2", "d1")]
+        assert log.prune(clock.now + 1).pruned == 3 and log.query() == []
+        assert log.verify().ok
+        nxt = log.append("scaled", deployment_id="d1")
+        assert (nxt.seq, nxt.prev_hash) == (4, last[2].hash)
+        fresh = log.append("deployed", deployment_id="d3")
+        assert fresh.prev_hash == GENESIS
+        assert log.verify().ok
+
+
+def test_a_clock_that_stepped_back_never_prunes_newer_events(path: Path, clock: _Clock) -> None:
+    with EventLog(path) as log:
+        for when in (100.0, 300.0, 200.0, 400.0):  # the third was logged after a step back
+            clock.now = when
+            log.append("served", deployment_id="d1")
+        report = log.prune(250.0)
+        assert report.pruned == 1, "the event at 200 s came after the one at 300 s"
+        assert [e.timestamp for e in log.query()] == [300.0, 200.0, 400.0]
+        assert log.verify().ok
+
+
+def test_prune_refuses_to_remove_tampered_events(path: Path, clock: _Clock) -> None:
+    with EventLog(path) as log:
+        for i in range(4):
+            clock.now = 1_000_000.0 + i
+            log.append("served", deployment_id="d1", rows=i)
+    _raw(path, "DROP TRIGGER events_no_update")
+    _raw(path, "UPDATE events SET fields = ? WHERE seq = 2", ('{"rows":99}',))
+    with EventLog(path) as log:
+        with pytest.raises(PhiEngineError, match="do not verify"):
+            log.prune(1_000_003.0)
+        assert len(log.query()) == 4, "the evidence is kept"
+
+
+def test_only_prune_may_delete_or_write_checkpoints(log: EventLog, path: Path) -> None:
+    log.append("deployed", deployment_id="d1")
+    log.prune(time.time() + 1)
+    log.append("deployed", deployment_id="d1")
+    for sql in (
+        "DELETE FROM events",
+        "UPDATE checkpoints SET tip_hash = 'x'",
+        "DELETE FROM checkpoints",
+        "INSERT INTO checkpoints VALUES ('d9', 'x', 1)",
+        "UPDATE prune_state SET through_seq = 0",
+    ):
+        with pytest.raises(sqlite3.DatabaseError, match=r"append-only|only retention"):
+            _raw(path, sql)
+    assert log.verify().ok
+
+
+def test_a_schema_1_log_is_upgraded_and_can_be_pruned(path: Path, clock: _Clock) -> None:
+    with EventLog(path) as log:
+        log.append("deployed", deployment_id="d1")
+    for sql in (
+        "DROP TRIGGER events_no_delete",
+        "CREATE TRIGGER events_no_delete BEFORE DELETE ON events "
+        "BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END",
+        "DROP TABLE checkpoints",
+        "PRAGMA user_version = 1",
+    ):
+        _raw(path, sql)
+    clock.now += 5
+    with EventLog(path) as log:
+        assert log.prune(clock.now).pruned == 1
+        assert log.verify().ok
+
+
+@pytest.mark.parametrize("before", [float("nan"), float("inf"), "yesterday", True])
+def test_prune_checks_its_cutoff(log: EventLog, before: Any) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        log.prune(before)
+    assert info.value.field == "before"

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from phi_engine.observability._events import LEVELS, ChainReport, Event, EventLog
+from phi_engine.observability._events import LEVELS, ChainReport, Event, EventLog, PruneReport
 from phi_engine.observability._histogram import LatencyHistogram
 from phi_engine.observability._profiler import (
     BatchRow,
@@ -23,6 +23,7 @@ __all__ = [
     "LatencyHistogram",
     "OperatorRow",
     "Profile",
+    "PruneReport",
     "Suggestion",
     "profile_model",
     "summarize_live",

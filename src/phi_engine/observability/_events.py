@@ -30,7 +30,7 @@ import numpy as np
 
 from phi_engine.errors import InvalidRequestError, PhiEngineError
 
-__all__ = ["LEVELS", "ChainReport", "Event", "EventLog"]
+__all__ = ["LEVELS", "ChainReport", "Event", "EventLog", "PruneReport"]
 
 #: Levels from least to most severe; a ``level`` filter is a minimum.
 LEVELS = ("debug", "info", "warning", "error")
@@ -59,7 +59,7 @@ _MAX_LIST = 32
 _MAX_FIELDS = 64
 _MAX_DEPLOYMENT_ID = 128
 _PAGE = 500
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -77,9 +77,38 @@ _SCHEMA = (
     # Even a bug in phi_engine cannot rewrite history: the file refuses it.
     """CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END""",
+    # Retention (schema 2): the only deletion is EventLog.prune, which raises the guard inside
+    # its own transaction; checkpoints keep each chain's last pruned hash, so what remains still
+    # verifies, and only prune may write them.
+    """CREATE TABLE IF NOT EXISTS prune_guard (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        active INTEGER NOT NULL
+    )""",
+    "INSERT OR IGNORE INTO prune_guard (id, active) VALUES (1, 0)",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        chain TEXT PRIMARY KEY,
+        tip_hash TEXT NOT NULL,
+        pruned INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS prune_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        through_seq INTEGER NOT NULL,
+        pruned INTEGER NOT NULL,
+        before REAL NOT NULL,
+        pruned_at REAL NOT NULL
+    )""",
     """CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+    WHEN (SELECT active FROM prune_guard WHERE id = 1) IS NOT 1
     BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END""",
+    *(
+        f"""CREATE TRIGGER IF NOT EXISTS {table}_guarded_{op.lower()} BEFORE {op} ON {table}
+        WHEN (SELECT active FROM prune_guard WHERE id = 1) IS NOT 1
+        BEGIN SELECT RAISE(ABORT, 'only retention may write {table}'); END"""
+        for table in ("checkpoints", "prune_state")
+        for op in ("INSERT", "UPDATE", "DELETE")
+    ),
 )
+_ENGINE_CHAIN = ""  # the checkpoints key of the engine-wide chain (deployment_id None)
 _COLUMNS = "seq, deployment_id, timestamp, level, event, fields, prev_hash, hash"
 
 Scalar = str | int | float | bool | None
@@ -139,6 +168,21 @@ class ChainReport:
     checked: int
     first_bad_seq: int | None
     reason: str | None
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :meth:`EventLog.prune` removed.
+
+    Attributes:
+        pruned: Events removed now.
+        through_seq: Every event up to this ``seq`` is gone (now or before); 0 when none is.
+        before: The cutoff asked for (unix seconds).
+    """
+
+    pruned: int
+    through_seq: int
+    before: float
 
 
 @dataclass(frozen=True)
@@ -418,6 +462,8 @@ class EventLog:
                     f"{self.path} has event log schema {version}; this phi_engine reads "
                     f"{_SCHEMA_VERSION}"
                 )
+            if version < 2:  # schema 1's trigger refused every delete, retention's too
+                conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
@@ -470,12 +516,18 @@ class EventLog:
         with self._lock, _sqlite_errors("append"):
             self._open_conn()
             with self._transaction() as conn:
-                seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events").fetchone()[0]
+                seq = (
+                    max(
+                        conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0],
+                        _pruned_through(conn),
+                    )
+                    + 1
+                )
                 tip = conn.execute(
                     "SELECT hash FROM events WHERE deployment_id IS ? ORDER BY seq DESC LIMIT 1",
                     (deployment_id,),
                 ).fetchone()
-                prev_hash = tip[0] if tip else GENESIS
+                prev_hash = tip[0] if tip else _checkpoint(conn, deployment_id)
                 timestamp = time.time()
                 digest = chain_hash(prev_hash, seq, deployment_id, timestamp, level, event, clean)
                 conn.execute(
@@ -619,8 +671,14 @@ class EventLog:
         """
         whole_log = deployment_id is None
         flt = _make_filter(deployment_id, None, None, None)
-        tips: dict[str | None, str] = {}
-        checked, after = 0, 0
+        with self._lock, _sqlite_errors("read"):
+            conn = self._open_conn()
+            tips: dict[str | None, str] = {
+                (None if chain == _ENGINE_CHAIN else chain): tip
+                for chain, tip in conn.execute("SELECT chain, tip_hash FROM checkpoints")
+            }
+            after = _pruned_through(conn)
+        checked = 0
         while True:
             where, params = _where(flt, after_seq=after)
             sql = f"SELECT {_COLUMNS} FROM events{where} ORDER BY seq LIMIT {_PAGE}"
@@ -633,6 +691,75 @@ class EventLog:
                 after = row[0]
             if len(rows) < _PAGE:
                 return ChainReport(True, checked, None, None)
+
+    def prune(self, before: float) -> PruneReport:
+        """Remove the oldest events, those logged before ``before`` (the retention period).
+
+        What goes is a prefix of the log: every event up to the first one logged at or after
+        ``before`` (so a clock that stepped back never removes a newer event). The removed
+        events are verified first, and refused if they do not verify: evidence of tampering is
+        never pruned away. Each chain's last removed hash is kept as its checkpoint, so the
+        events that remain still verify, and ``seq`` keeps counting from where it was.
+
+        Raises:
+            InvalidRequestError: ``before`` is not a finite number (``field="before"``).
+            PhiEngineError: the events to remove do not verify, the log is closed, or the
+                write failed.
+        """
+        if isinstance(before, bool) or not isinstance(before, int | float):
+            raise InvalidRequestError("before must be unix seconds", field="before")
+        if not math.isfinite(before):
+            raise InvalidRequestError("before must be a finite number", field="before")
+        with self._lock, _sqlite_errors("prune"):
+            self._open_conn()
+            with self._transaction() as conn:
+                done = _pruned_through(conn)
+                first_kept = conn.execute(
+                    "SELECT MIN(seq) FROM events WHERE timestamp >= ?", (before,)
+                ).fetchone()[0]
+                if first_kept is None:
+                    first_kept = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+                    first_kept = (first_kept or done) + 1
+                through = first_kept - 1
+                if through <= done:
+                    return PruneReport(0, done, float(before))
+                tips = {
+                    (None if chain == _ENGINE_CHAIN else chain): tip
+                    for chain, tip in conn.execute("SELECT chain, tip_hash FROM checkpoints")
+                }
+                pruned: dict[str | None, int] = {}
+                prev = done
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE seq <= ? ORDER BY seq", (through,)
+                )
+                for row in rows:
+                    reason = _check_row(row, tips, prev)
+                    if reason is not None:
+                        raise PhiEngineError(
+                            f"the events to prune do not verify (seq {row[0]}: {reason}); "
+                            "nothing was pruned"
+                        )
+                    prev = row[0]
+                    pruned[row[1]] = pruned.get(row[1], 0) + 1
+                conn.execute("UPDATE prune_guard SET active = 1 WHERE id = 1")
+                for chain, count in pruned.items():
+                    key = _ENGINE_CHAIN if chain is None else chain
+                    conn.execute(
+                        "INSERT INTO checkpoints (chain, tip_hash, pruned) VALUES (?, ?, ?) "
+                        "ON CONFLICT (chain) DO UPDATE SET tip_hash = excluded.tip_hash, "
+                        "pruned = pruned + excluded.pruned",
+                        (key, tips[chain], count),
+                    )
+                removed = conn.execute("DELETE FROM events WHERE seq <= ?", (through,)).rowcount
+                conn.execute(
+                    "INSERT INTO prune_state (id, through_seq, pruned, before, pruned_at) "
+                    "VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "through_seq = excluded.through_seq, pruned = pruned + excluded.pruned, "
+                    "before = excluded.before, pruned_at = excluded.pruned_at",
+                    (through, removed, float(before), time.time()),
+                )
+                conn.execute("UPDATE prune_guard SET active = 0 WHERE id = 1")
+        return PruneReport(removed, through, float(before))
 
     def close(self) -> None:
         """Close the file and end every follower. Calling it again does nothing."""
@@ -654,6 +781,19 @@ class EventLog:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _pruned_through(conn: sqlite3.Connection) -> int:
+    """The ``seq`` through which retention removed every event (0: none removed)."""
+    row = conn.execute("SELECT through_seq FROM prune_state WHERE id = 1").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _checkpoint(conn: sqlite3.Connection, deployment_id: str | None) -> str:
+    """A chain's hash before its first remaining event: its last pruned one, or GENESIS."""
+    key = _ENGINE_CHAIN if deployment_id is None else deployment_id
+    row = conn.execute("SELECT tip_hash FROM checkpoints WHERE chain = ?", (key,)).fetchone()
+    return str(row[0]) if row else GENESIS
 
 
 def _check_row(

@@ -368,10 +368,21 @@ def _audit_chain(e: Evidence) -> Outcome:
     return "fail", f"the event log's hash chain is broken: {e.chain_reason}"
 
 
+_AI_ACT_LOG_DAYS = 183
+"""EU AI Act Art. 19(1) and 26(6): logs of a high-risk system kept at least six months."""
+
+
 def _retention(e: Evidence) -> Outcome:
-    if e.retention_days:
-        return "pass", f"events are kept {e.retention_days:g} days"
-    return "fail", "no retention period is configured for the event log"
+    days = e.retention_days
+    if not days:
+        return "fail", (
+            "no retention period is configured: audit events are kept forever "
+            "(Engine(log_retention_days=...), phi-engine serve --log-retention-days)"
+        )
+    kept = f"audit events older than {days:g} days are pruned hourly, and what remains verifies"
+    if days < _AI_ACT_LOG_DAYS:
+        return "warn", f"{kept}; that is under the six months EU AI Act Art. 19/26(6) asks"
+    return "pass", kept
 
 
 _SECRETISH = re.compile(
