@@ -43,6 +43,9 @@ def test_tritonclient_infers_with_json_and_binary_tensors(
                 "mlp", [inp], outputs=[out], headers=headers, priority=1, timeout=5_000_000
             )
             np.testing.assert_allclose(result.as_numpy("y"), mlp_reference(x), rtol=1e-5, atol=1e-5)
+            # The verified artifact that answered, in the response's parameters.
+            digest = server.engine.models()[0].sha256
+            assert result.get_response()["parameters"] == {"model_sha256": digest}
         stats = client.get_inference_statistics("mlp", headers=headers)
         assert stats["model_stats"][0]["inference_count"] == 2
     finally:

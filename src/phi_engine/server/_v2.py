@@ -209,7 +209,7 @@ async def infer_v2(
         priority=_priority(params.get("priority", 0)),
         deadline_ms=_deadline(params.get("timeout")),
     )
-    return _response(header, name, result.model_version, result.outputs)
+    return _response(header, name, result.model_version, result.outputs, result.model_sha256)
 
 
 def find_deployment(engine: Engine, name: str, version: str | None) -> Deployment:
@@ -306,9 +306,14 @@ def _inputs(header: dict[str, Any], binary: bytes) -> list[dict[str, Any]]:
 
 
 def _response(
-    header: dict[str, Any], name: str, version: str, outputs: dict[str, np.ndarray]
+    header: dict[str, Any],
+    name: str,
+    version: str,
+    outputs: dict[str, np.ndarray],
+    sha256: str = "",
 ) -> tuple[bytes, str, dict[str, str]]:
-    """JSON tensors, or binary ones where the request asked (``binary_data``)."""
+    """JSON tensors, or binary ones where the request asked (``binary_data``); the response's
+    ``parameters.model_sha256`` names the verified artifact that computed them."""
     wanted = header.get("outputs")
     binary_all = bool((header.get("parameters") or {}).get("binary_data_output", False))
     names = [o["name"] for o in wanted] if wanted else list(outputs)
@@ -334,6 +339,8 @@ def _response(
     body: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": tensors}
     if "id" in header:
         body["id"] = header["id"]
+    if sha256:
+        body["parameters"] = {"model_sha256": sha256}
     head = _dumps(body)
     if not blobs:
         return head, "application/json", {}
