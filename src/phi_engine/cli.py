@@ -163,7 +163,8 @@ def trust_key(
     public_key: Annotated[Path, typer.Argument(help="The Ed25519 public key (PEM) file.")],
     home: Home = None,
 ) -> None:
-    """Pin a publisher's Ed25519 public key under a name."""
+    """Pin a publisher's public key under a name: Ed25519, or EC (P-256/384/521) for OpenSSF
+    model signing bundles."""
     try:
         text = public_key.read_text()
     except (OSError, UnicodeDecodeError) as exc:

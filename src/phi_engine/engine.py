@@ -189,7 +189,9 @@ class Engine:
         too). ``signature`` (base64 Ed25519 over ``b"phi-engine artifact sha256 " +
         <manifest digest>``, as :func:`phi_engine.registry.sign_manifest` makes it) and
         ``signer`` (the name of a key pinned with :meth:`trust_key`) make the registration
-        verify the publisher's signature; it is verified again at every load.
+        verify the publisher's signature; it is verified again at every load. ``signature`` may
+        instead be an OpenSSF model signing bundle (the JSON ``model_signing sign key`` writes,
+        with ``signer`` an EC key), whose file list must equal the manifest.
 
         Returns:
             The stored record; ``model_id`` names it from now on.
@@ -239,8 +241,9 @@ class Engine:
         return self._registry.get(model_id)
 
     def trust_key(self, name: str, public_key: str) -> None:
-        """Pin a publisher's Ed25519 public key under ``name`` (PEM, or its 32 raw bytes in
-        base64 or hex); registrations then name it as ``signer`` (logged)."""
+        """Pin a publisher's public key under ``name``: Ed25519 (PEM, or its 32 raw bytes in
+        base64 or hex) for phi_engine signatures, or an EC P-256/P-384/P-521 key in PEM for
+        OpenSSF model signing bundles; registrations then name it as ``signer`` (logged)."""
         self._check_open()
         self._registry.trust_key(name, public_key)
         self._note("key_trusted", name=name)

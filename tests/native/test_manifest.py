@@ -262,3 +262,99 @@ def test_sign_manifest_refuses_what_is_not_an_ed25519_key() -> None:
         with pytest.raises(PhiEngineError) as info:
             sign_manifest(bad, "0" * 64)
         assert info.value.field == "private_key"
+
+
+# --- OpenSSF model signing bundles (the model_signing extra) ------------------------------------
+
+
+def ec_keys(tmp_path: Path, curve: Any = None) -> tuple[Path, Path, str]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(curve or ec.SECP256R1())
+    private, public = tmp_path / "ec.pem", tmp_path / "ec.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    public.write_bytes(pub)
+    return private, public, pub.decode()
+
+
+def model_signing_bundle(private: Path, model: Path, out: Path) -> str:
+    ms = pytest.importorskip("model_signing", reason="the model_signing extra is not installed")
+    ms.signing.Config().use_elliptic_key_signer(private_key=private).sign(model, out)
+    return out.read_text()
+
+
+def test_openssf_model_signing_bundles_verify_at_register_and_load(
+    engine: Engine, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder = model_dir(tmp_path / "pkg")
+    private, _, public = ec_keys(tmp_path, ec.SECP384R1())
+    engine.trust_key("openssf", public)
+    bundle = model_signing_bundle(private, folder, tmp_path / "model.sig")
+    # The same bundle covers the directory and its archives (model_signing signs files).
+    for version, source in (("1", folder), ("2", tar_of(folder, tmp_path / "m.tgz"))):
+        record = engine.register(
+            "ms", "onnx", version, str(source), signature=bundle, signer="openssf"
+        )
+        engine.deploy(record.model_id)  # verified again at load
+    # A single file, signed on its own.
+    single = mlp(tmp_path / "single.onnx", seed=5)
+    one = model_signing_bundle(private, single, tmp_path / "single.sig")
+    engine.register("ms-one", "onnx", "1", str(single), signature=one, signer="openssf")
+
+    ed = Ed25519PrivateKey.generate()
+    engine.trust_key("ed", pem(ed))
+    (tmp_path / "other").mkdir()
+    other_private, _, other_public = ec_keys(tmp_path / "other")
+    engine.trust_key("stranger", other_public)
+    (folder / "README.md").write_text("changed after signing\n")
+    cases = [
+        ({"signature": bundle, "signer": "openssf"}, "changed: README.md"),
+        ({"signature": bundle, "signer": "stranger"}, "another public key"),
+        ({"signature": bundle, "signer": "ed"}, "EC public key"),
+        ({"signature": '{"dsseEnvelope": 1}', "signer": "openssf"}, "not a Sigstore bundle"),
+    ]
+    for kwargs, words in cases:
+        before = state(engine)
+        with pytest.raises(IntegrityError) as info:
+            engine.register("ms", "onnx", "9", str(folder), **kwargs)
+        assert info.value.field == "signature" and words in info.value.message, info.value
+        assert state(engine) == before
+    # A file left out of the signature, and a signature by another key of the same shape.
+    (folder / "README.md").write_text("a test model\n")
+    (folder / "notes.txt").write_text("added after signing")
+    with pytest.raises(IntegrityError, match=r"present but not signed: notes\.txt"):
+        engine.register("ms", "onnx", "9", str(folder), signature=bundle, signer="openssf")
+    (folder / "notes.txt").unlink()
+    forged = model_signing_bundle(other_private, folder, tmp_path / "forged.sig")
+    with pytest.raises(IntegrityError):
+        engine.register("ms", "onnx", "9", str(folder), signature=forged, signer="openssf")
+
+
+def test_a_model_signing_bundle_is_checked_again_at_every_load(
+    engine: Engine, tmp_path: Path
+) -> None:
+    folder = model_dir(tmp_path / "pkg")
+    private, _, public = ec_keys(tmp_path)
+    engine.trust_key("openssf", public)
+    bundle = model_signing_bundle(private, folder, tmp_path / "model.sig")
+    record = engine.register("ms", "onnx", "1", str(folder), signature=bundle, signer="openssf")
+    # The pinned manifest altered in the registry: the bundle no longer matches it.
+    manifest = engine.manifest(record.model_id).to_dict()
+    manifest["files"][0]["sha256"] = "0" * 64
+    engine._db.query(
+        "UPDATE models SET manifest = ? WHERE model_id = ?",
+        (json.dumps(manifest), record.model_id),
+    )
+    with pytest.raises(IntegrityError, match="signature"):
+        engine.deploy(record.model_id)

@@ -46,7 +46,13 @@ from phi_engine.registry._manifest import (
     manifest_of_files,
 )
 from phi_engine.registry._record import ModelRecord, record_from_row
-from phi_engine.registry._signing import check_key_name, parse_public_key
+from phi_engine.registry._signing import (
+    check_key_name,
+    is_bundle,
+    model_signing_agrees,
+    parse_public_key,
+    verify_bundle,
+)
 from phi_engine.registry._signing import verify as verify_signature
 from phi_engine.registry._store import ArtifactStore, Staged, read_verified
 from phi_engine.registry._validate import check_args, check_sha256, to_json
@@ -113,6 +119,7 @@ class _Prepared:
     artifact: Path
     manifest: Manifest
     archive_sha256: str | None
+    files: Path  # the model as it arrived: its directory, or its one file
 
     def check_pin(self, pin: str | None, shown: str) -> None:
         """A pin is the manifest's digest (a plain file's SHA-256), or an archive's SHA-256."""
@@ -132,6 +139,14 @@ class _Prepared:
         archive's SHA-256); returns the digest it covers."""
         if key is None or signature is None:
             return None
+        if is_bundle(signature):
+            verify_bundle(key, signature, self.manifest)
+            if model_signing_agrees(key, signature, self.files) is False:
+                raise IntegrityError(
+                    "the model_signing package does not verify the bundle over these files",
+                    field="signature",
+                )
+            return self.manifest.digest
         if self.archive_sha256 is not None:
             try:
                 verify_signature(key, signature, self.archive_sha256)
@@ -285,7 +300,7 @@ class Registry:
             _scan(root, redact(url))
             manifest = manifest_of_files(root, files)
             model, artifact = self._model_in(root, files, workdir)
-            return _Prepared(model, artifact, manifest, None)
+            return _Prepared(model, artifact, manifest, None, root)
         fetched = fetch(url, workdir / "fetched", max_bytes=max_bytes, progress=progress)
         kind = sniff(fetched.path)
         if kind == "pickle":
@@ -301,13 +316,13 @@ class Registry:
                 )
             name = PurePosixPath(urlsplit(url).path).name or "model.onnx"
             manifest = Manifest((ManifestEntry(name, fetched.size_bytes, fetched.sha256),))
-            return _Prepared(model, fetched.path, manifest, None)
+            return _Prepared(model, fetched.path, manifest, None, fetched.path)
         root = workdir / "unpacked"
         root.mkdir()
         files = unpack(fetched.path, root, kind, max_bytes=max_bytes)
         manifest = manifest_of_files(root, files)
         model, artifact = self._model_in(root, files, workdir)
-        return _Prepared(model, artifact, manifest, fetched.sha256)
+        return _Prepared(model, artifact, manifest, fetched.sha256, root)
 
     @staticmethod
     def _model_in(root: Path, files: list[Path], workdir: Path) -> tuple[Any, Path]:
@@ -453,7 +468,8 @@ class Registry:
     # ---- signatures ---------------------------------------------------------------------------
 
     def trust_key(self, name: str, public_key: str) -> None:
-        """Pin a publisher's Ed25519 public key under ``name`` (PEM, or raw base64/hex).
+        """Pin a publisher's public key under ``name``: Ed25519 (PEM, or raw base64/hex), or
+        an EC P-256/P-384/P-521 key in PEM for OpenSSF model signing bundles.
 
         Raises:
             InvalidRequestError: a bad name or key.
@@ -502,9 +518,11 @@ class Registry:
         if row["signature"] is None:
             return "none"
         try:
-            verify_signature(
-                self.trusted_key(row["signer"]), row["signature"], row["signed_sha256"]
-            )
+            key = self.trusted_key(row["signer"])
+            if is_bundle(row["signature"]):
+                verify_bundle(key, row["signature"], self.manifest(model_id))
+            else:
+                verify_signature(key, row["signature"], row["signed_sha256"])
         except (IntegrityError, InvalidRequestError):
             return "invalid"
         return "verified"

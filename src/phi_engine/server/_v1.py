@@ -44,7 +44,9 @@ class RegisterRequest(_Body):
     model_card: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     signature: str | None = Field(
-        None, description="base64 Ed25519 signature (see Engine.register)"
+        None,
+        description="base64 Ed25519 signature over the manifest digest, or an OpenSSF model "
+        "signing bundle (JSON text); see Engine.register",
     )
     signer: str | None = Field(None, description="the name of a pinned publisher key")
 
