@@ -244,7 +244,8 @@ def model_signing_agrees(public_pem: bytes, bundle_text: str, model_path: Path) 
         key_file.write_bytes(public_pem)
         sig_file.write_text(bundle_text)
         try:
-            config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=key_file)
+            verifying: Any = model_signing.verifying  # the package ships no complete types
+            config = verifying.Config().use_elliptic_key_verifier(public_key=key_file)
             config.verify(model_path, sig_file)
         except Exception:  # the package raises ValueError and its own errors
             return False
