@@ -384,3 +384,44 @@ def test_inference_fast_path_answers_like_the_route(server: Server, model_file: 
             "/v1/inference/run", content=chunks, headers={"content-type": "application/json"}
         )
         assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_bug_is_a_500_with_an_incident_id_and_no_internals(
+    server: Server,
+    model_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fast path (inline inference, V2 infer) and the app (any other route) answer a bug
+    the same way: 500, an incident id that the server's log repeats with the traceback, and
+    nothing of the exception in the body."""
+    engine = server.engine
+    record = engine.register("mlp", "onnx", "1.0.0", str(model_file))
+    dep = engine.deploy(record.model_id).deployment_id
+    secret = "/internal/path/and secret detail"
+
+    async def broken_ainfer(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(secret)
+
+    def broken_models(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(secret)
+
+    monkeypatch.setattr(engine, "ainfer", broken_ainfer)
+    monkeypatch.setattr(engine, "models", broken_models)
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}
+    with server.client() as c, caplog.at_level("ERROR", logger="phi_engine.server"):
+        answers = [
+            c.post(
+                "/v1/inference/run", json={"deployment_id": dep, "input": {"data": [[1.0] * 4]}}
+            ),
+            c.post("/v2/models/mlp/infer", json={"inputs": [tensor]}),
+            c.get("/v1/models"),
+        ]
+    for r in answers:
+        assert r.status_code == 500, r.text
+        error = r.json()["error"]
+        assert error["code"] == "internal_error" and "this is a bug" in error["message"]
+        assert secret not in r.text and "RuntimeError" not in r.text
+        incident = error["message"].split("incident ")[1].split(")")[0]
+        logged = [rec for rec in caplog.records if incident in rec.getMessage()]
+        assert logged and secret in (logged[0].exc_text or ""), "the log has the traceback"

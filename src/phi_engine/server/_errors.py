@@ -56,17 +56,41 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, PhiEngineError)
+def bug_parts(exc: BaseException, where: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A 500 for a bug: logged with its traceback under an incident id, which the body gives
+    instead of any internals."""
+    incident = secrets.token_hex(6)
+    log.error("internal error %s on %s", incident, where, exc_info=exc)
+    message = f"internal error (incident {incident}); this is a bug"
+    return 500, {"error": {"code": "internal_error", "message": message}}, {}
+
+
+def engine_error_parts(
+    exc: PhiEngineError, where: str
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers for a ``phi_engine.errors`` exception: the one mapping both the
+    app's handler and the fast path use. A 500 is a bug: logged with an incident id, which the
+    body gives instead of any internals.
+
+    Args:
+        exc: The exception.
+        where: The request, for the log (``"POST /v1/inference/run"``).
+    """
     if exc.status >= 500 and exc.code == "internal_error":
-        return await _bug(request, exc)
+        return bug_parts(exc, where)
     headers = {}
     if exc.status == 401:  # RFC 6750 §3, RFC 9110 §15.5.2: a 401 names its scheme
         headers["WWW-Authenticate"] = 'Bearer realm="phi-engine"'
     retry = getattr(exc, "retry_after_s", None)
     if retry is not None:
         headers["Retry-After"] = retry_after(retry)
-    return error_response(exc.status, exc.code, exc.message, exc.field, **headers)
+    return exc.status, {"error": exc.to_dict()}, headers
+
+
+async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PhiEngineError)
+    status, body, headers = engine_error_parts(exc, f"{request.method} {request.url.path}")
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -84,13 +108,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _bug(request: Request, exc: Exception) -> JSONResponse:
-    incident = secrets.token_hex(6)
-    log.error(
-        "internal error %s on %s %s", incident, request.method, request.url.path, exc_info=exc
-    )
-    return error_response(
-        500, "internal_error", f"internal error (incident {incident}); this is a bug"
-    )
+    status, body, _ = bug_parts(exc, f"{request.method} {request.url.path}")
+    return JSONResponse(body, status_code=status)
 
 
 def install_error_handlers(app: FastAPI) -> None:

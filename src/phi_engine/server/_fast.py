@@ -11,7 +11,6 @@ bodies that do not parse, other routes — goes on to the app unchanged, with th
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -23,7 +22,7 @@ from phi_engine.engine import Engine
 from phi_engine.errors import PhiEngineError
 from phi_engine.security import require_scope
 from phi_engine.server._auth import Auth
-from phi_engine.server._errors import retry_after
+from phi_engine.server._errors import bug_parts, engine_error_parts
 from phi_engine.server._v1 import InferenceRequest, inference_body
 from phi_engine.server._v2 import find_deployment, infer_v2
 
@@ -46,7 +45,6 @@ except ImportError:  # pragma: no cover - orjson is in the server extra
 
 __all__ = ["FastInference"]
 
-log = logging.getLogger("phi_engine.server")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,7 +56,6 @@ _PATH = "/v1/inference/run"
 _V2_PREFIX = "/v2/models/"
 _JSON = [(b"content-type", b"application/json")]
 _NO_HEADERS: list[tuple[bytes, bytes]] = []
-_BUG = _dumps({"error": {"code": "internal_error", "message": "internal error; this is a bug"}})
 
 
 class FastInference:
@@ -106,11 +103,8 @@ class FastInference:
         except ValidationError:
             await self.app(scope, _replay(body, receive), send)  # the route's 400 naming the field
             return
-        except PhiEngineError as exc:
-            status, payload, headers = _error(exc)
-        except Exception:  # a bug: logged with its traceback, answered without internals
-            log.exception("internal error on POST %s", _PATH)
-            status, payload, headers = 500, _BUG, []
+        except Exception as exc:  # errors by class; a bug is logged, answered without internals
+            status, payload, headers = _error(exc, _PATH)
         await send({"type": "http.response.start", "status": status, "headers": _JSON + headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -151,12 +145,9 @@ class FastInference:
             status = 200
             headers = [(b"content-type", media_type.encode())]
             headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        except PhiEngineError as exc:
-            status, payload, more = _error(exc)
+        except Exception as exc:  # errors by class; a bug is logged, answered without internals
+            status, payload, more = _error(exc, scope["path"])
             headers = _JSON + more
-        except Exception:  # a bug: logged with its traceback, answered without internals
-            log.exception("internal error on POST %s", scope["path"])
-            status, payload, headers = 500, _BUG, _JSON
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -200,19 +191,16 @@ def _plain_fields(obj: dict[str, Any]) -> tuple[str, str | int, float | None, st
     return deployment_id, priority, deadline, policy
 
 
-def _error(exc: PhiEngineError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """The same body and headers as the app's handler for ``phi_engine.errors``."""
-    if exc.status >= 500 and exc.code == "internal_error":
-        log.error("internal error on POST %s", _PATH, exc_info=exc)
-        body = {"code": "internal_error", "message": "internal error; this is a bug"}
-        return 500, _dumps({"error": body}), []
-    headers: list[tuple[bytes, bytes]] = []
-    if exc.status == 401:  # RFC 6750 §3
-        headers.append((b"www-authenticate", b'Bearer realm="phi-engine"'))
-    retry = getattr(exc, "retry_after_s", None)
-    if retry is not None:
-        headers.append((b"retry-after", retry_after(retry).encode()))
-    return exc.status, _dumps({"error": exc.to_dict()}), headers
+def _error(exc: Exception, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The same status, body and headers as the app's handlers: ``phi_engine.errors`` by
+    their class, anything else as a bug (logged with an incident id, no internals)."""
+    where = f"POST {path}"
+    if isinstance(exc, PhiEngineError):
+        status, body, headers = engine_error_parts(exc, where)
+    else:
+        status, body, headers = bug_parts(exc, where)
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return status, _dumps(body), raw
 
 
 async def _too_large(send: Send, limit: int) -> None:
