@@ -13,6 +13,10 @@ controls a passing result supports, and combine them into a weighted score:
 - ``compliance`` lists only the standards all of whose mapped checks passed;
 - ``not_assessed`` lists what no code can check, and ``disclaimer`` says this is not a
   certification.
+
+The check table (:data:`CHECKS`, each check's controls and the function that runs it) is in
+:mod:`phi_engine.security._checks`, and :class:`Evidence` and :class:`ServerSettings` in
+:mod:`phi_engine.security._evidence`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ NOT_ASSESSED = (
     "bias, fairness and the societal impact of the model's outputs (NIST AI RMF MAP, MEASURE 2.11)",
 )
 
+
 @dataclass(frozen=True)
 class CheckResult:
     """A check's outcome: ``pass``, ``warn``, ``fail`` or ``not_run``, and what was found."""
@@ -117,8 +122,6 @@ class CheckResult:
             "critical": self.critical,
             "controls": {k: list(v) for k, v in self.controls.items()},
         }
-
-
 
 
 @dataclass(frozen=True)
