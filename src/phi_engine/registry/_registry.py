@@ -454,16 +454,25 @@ class Registry:
         )
         conn.execute("DELETE FROM deployments WHERE model_id = ?", (model_id,))
 
+    def _row(self, model_id: str, columns: str) -> sqlite3.Row:
+        """Some columns of a model's row.
+
+        Raises:
+            NotFoundError: no such model (``field="model_id"``).
+        """
+        rows = self.db.query(f"SELECT {columns} FROM models WHERE model_id = ?", (model_id,))
+        if not rows:
+            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
+        row: sqlite3.Row = rows[0]
+        return row
+
     def sha256_pinned(self, model_id: str) -> bool:
         """Whether the model was registered with a SHA-256 pin.
 
         Raises:
             NotFoundError: no such model.
         """
-        rows = self.db.query("SELECT sha256_pinned FROM models WHERE model_id = ?", (model_id,))
-        if not rows:
-            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
-        return bool(rows[0]["sha256_pinned"])
+        return bool(self._row(model_id, "sha256_pinned")["sha256_pinned"])
 
     # ---- signatures ---------------------------------------------------------------------------
 
@@ -509,12 +518,7 @@ class Registry:
     def signature_state(self, model_id: str) -> str:
         """``verified`` (signed, and the signature verifies now with the pinned key), ``none``
         (unsigned) or ``invalid``."""
-        rows = self.db.query(
-            "SELECT signature, signer, signed_sha256 FROM models WHERE model_id = ?", (model_id,)
-        )
-        if not rows:
-            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
-        row = rows[0]
+        row = self._row(model_id, "signature, signer, signed_sha256")
         if row["signature"] is None:
             return "none"
         try:
@@ -534,12 +538,7 @@ class Registry:
         Raises:
             NotFoundError: no such model.
         """
-        rows = self.db.query(
-            "SELECT manifest, sha256, size_bytes FROM models WHERE model_id = ?", (model_id,)
-        )
-        if not rows:
-            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
-        row = rows[0]
+        row = self._row(model_id, "manifest, sha256, size_bytes")
         if row["manifest"] is None:
             return Manifest((ManifestEntry("model.onnx", int(row["size_bytes"]), row["sha256"]),))
         return Manifest.from_dict(json.loads(row["manifest"]))

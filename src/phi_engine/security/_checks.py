@@ -203,7 +203,7 @@ def _transport(e: Evidence) -> Outcome:
         return "not_run", "the server's address is not known"
     if s.tls:
         return "pass", f"HTTPS on {s.host}"
-    if _loopback(s.host):
+    if is_loopback(s.host):
         return (
             "pass",
             f"bound to the loopback address {s.host}: nothing off this machine reaches it",
@@ -588,7 +588,8 @@ def _older(have: str, minimum: str) -> bool:
     return parts(have) < parts(minimum)
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (``localhost`` or a loopback address)."""
     if host == "localhost":
         return True
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from phi_engine.engine import Engine
 from phi_engine.errors import InvalidRequestError
 from phi_engine.observability._metrics import prometheus_text
 from phi_engine.security import ServerSettings
+from phi_engine.security._checks import is_loopback
 from phi_engine.server._auth import Auth
 from phi_engine.server._errors import error_response, install_error_handlers
 from phi_engine.server._fast import FastInference
@@ -203,22 +203,13 @@ def serve(
     """
     import uvicorn
 
-    if not auth and not _loopback(host):
+    if not auth and not is_loopback(host):
         raise InvalidRequestError(
             "serving without authentication is only allowed on a loopback address", field="host"
         )
     app = create_app(engine, auth=auth, data_dir=data_dir)
     bind_host(app, host)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 _OPEN = (
