@@ -481,6 +481,17 @@ _MALICIOUS = {
     + b"\x85R.",
     "exec": b"cbuiltins\nexec\n(Vprint(1)\ntR.",
     "truncated": pickle.dumps(_System(), protocol=2)[:-5],
+    # Imports that reach code: each a GLOBAL and a call, protocol 0.
+    "marshal": b"cmarshal\nloads\n(C\x00tR.",
+    "import_module": b"cimportlib\nimport_module\n(Vos\ntR.",
+    "function_type": b"ctypes\nFunctionType\n(NNtR.",
+    "dunder_import": b"cbuiltins\n__import__\n(Vos\ntR.",
+    # functools.partial(functools.partial(os.system, "echo"), "pwned"), as pickle writes it.
+    "partial": pickle.dumps(
+        functools.partial(functools.partial(os.system, "echo"), "pwned"), protocol=4
+    ),
+    # BINPUT/BINGET: the import's name taken back out of the memo.
+    "binput": b"\x80\x02cposix\nsystem\nq\x01h\x01(Vid\ntR.",
 }
 
 
