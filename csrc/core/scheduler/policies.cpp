@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <numeric>
 
 #include "core/common.h"
@@ -101,67 +102,138 @@ PHI_HOT void rank_scores(size_t n, const double* PHI_RESTRICT arrival, const dou
   }
 }
 
+// Sorts keys by their upper 32 bits (ln Φ, order-preserving): LSD radix sort, 8 bits a pass,
+// skipping a pass whose digit is the same for every key (close scores share their top bytes). No
+// comparison branches to mispredict, unlike std::sort on a few hundred keys. Stable: equal scores
+// keep the order they had.
+void radix_sort_high32(uint64_t* keys, size_t n, std::vector<uint64_t>& scratch) {
+  if (n < 64) {  // the passes' 256-entry histograms cost more than a small sort saves
+    std::sort(keys, keys + n);
+    return;
+  }
+  if (scratch.size() < n) scratch.resize(n);
+  uint64_t* src = keys;
+  uint64_t* dst = scratch.data();
+  for (int shift = 32; shift < 64; shift += 8) {
+    uint32_t count[256] = {};
+    for (size_t i = 0; i < n; ++i) ++count[(src[i] >> shift) & 0xff];
+    if (count[(src[0] >> shift) & 0xff] == n) continue;  // one digit value: nothing to order
+    uint32_t sum = 0;
+    for (uint32_t& c : count) {
+      const uint32_t here = c;
+      c = sum;
+      sum += here;
+    }
+    for (size_t i = 0; i < n; ++i) dst[count[(src[i] >> shift) & 0xff]++] = src[i];
+    std::swap(src, dst);
+  }
+  if (src != keys) std::copy(src, src + n, keys);
+}
+
+// How many of score[0, n) are at least `t`: branch-free, so it vectorizes (compiled per ISA).
+PHI_HOT size_t count_at_least(const float* PHI_RESTRICT score, size_t n, float t) {
+  uint32_t c = 0;
+  for (size_t i = 0; i < n; ++i) c += score[i] >= t;
+  return c;
+}
+
 class PhiPolicy final : public Policy {
  public:
   bool sheds() const override { return true; }
   bool admits_by_deadline() const override { return true; }
+  bool needs_arrival_order() const override { return false; }  // it ranks every request itself
 
   double decide(const Core& core, double now, std::vector<int>& batch) override {
-    const auto& q = core.queue();
     const Config& c = core.config();
-    const size_t n = q.size();
+    const auto& col = core.columns();
+    const size_t n = core.queued();
     starving_.assign(core.num_classes(), 0);
     for (int k = 0; k < core.num_classes() && k < static_cast<int>(c.min_share.size()); ++k)
       starving_[k] = c.min_share[k] > 0 && core.served_share(k) < c.min_share[k];
-    // The planned latency of each request's own cost (costs repeat: looked up once per run).
-    if (planned_.size() < n) planned_.resize(n);
-    double last_cost = -1, last_lat = 0;
-    for (size_t i = 0; i < n; ++i) {
-      if (q[i].cost != last_cost) {
-        last_cost = q[i].cost;
-        last_lat = core.plan_latency(last_cost);
-      }
-      planned_[i] = last_lat;
-    }
-    const auto& col = core.columns();
+    // col.planned: each request's planned latency, computed by the core for this dispatch.
     if (score_.size() < n) score_.resize(n);
-    rank_scores(n, col.arrival.data(), col.inv_slo.data(), col.ln_static.data(), planned_.data(), now, c.theta,
+    rank_scores(n, col.arrival.data(), col.inv_slo.data(), col.ln_static.data(), col.planned.data(), now, c.theta,
                 1.0 / c.aging, score_.data());
-    // Scratch vectors only grow: resizing them down and up again would zero them every time.
-    if (cand_.size() < n) cand_.resize(n);
-    for (size_t i = 0; i < n; ++i) {
-      // A class below its minimum share goes first: the ranking is only ever raised, by a constant
-      // far above any ln Φ, so order inside the class is still Φ's.
-      cand_[i] = {score_[i] + (starving_[q[i].cls] ? 1e4f : 0.0f), static_cast<int>(i)};
-    }
-    // O(n) selection of the top K = 4B, then O(K log K) to order them.
+    // A class below its minimum share goes first: the ranking is only ever raised, by a constant
+    // far above any ln Φ, so order inside the class is still Φ's.
+    if (std::find(starving_.begin(), starving_.end(), 1) != starving_.end())
+      for (size_t i = 0; i < n; ++i) score_[i] += starving_[col.cls[i]] ? 1e4f : 0.0f;
+    // O(n) selection of the top K = 4B, then the order of only as many as the fill reads.
     top_ = std::min(n, static_cast<size_t>(4) * core.max_batch());
-    const size_t m = top_ < n ? prefilter(n, top_) : n;
-    const auto first = cand_.begin(), kth = first + static_cast<std::ptrdiff_t>(top_);
-    auto higher = [](const std::pair<float, int>& a, const std::pair<float, int>& b) { return a.first > b.first; };
-    if (top_ < m) std::nth_element(first, kth, first + static_cast<std::ptrdiff_t>(m), higher);
-    std::sort(first, kth, higher);
+    const size_t m = select_candidates(n, top_);
+    const auto first = key_.begin(), kth = first + static_cast<std::ptrdiff_t>(top_);
+    if (top_ < m) std::nth_element(first, kth, first + static_cast<std::ptrdiff_t>(m));
+    // The fill mostly stops within the first B; the rest is sorted only if it reads on.
+    sorted_ = std::min(top_, static_cast<size_t>(core.max_batch()));
+    const auto sorted_end = first + static_cast<std::ptrdiff_t>(sorted_);
+    if (sorted_ < top_) std::nth_element(first, sorted_end, kth);
+    radix_sort_high32(key_.data(), sorted_, radix_);
     fill(core, now, batch);
     return kInf;
   }
 
  private:
-  // Moves to the front of cand_[0, n) a superset of its k best and returns its size, so that the
-  // exact selection partitions a few hundred pairs rather than all of them: the threshold is the
-  // score at 1.5× the rank k would have among every 8th score. If fewer than k reach it (the
-  // sample misled), nothing is moved and n is returned.
-  size_t prefilter(size_t n, size_t k) {
-    if (n < 4 * k) return n;
-    sample_.clear();
-    for (size_t i = 0; i < n; i += 8) sample_.push_back(cand_[i].first);
-    const size_t rank = std::min(sample_.size() - 1, k * 3 / 2 / 8);
-    std::nth_element(sample_.begin(), sample_.begin() + static_cast<std::ptrdiff_t>(rank), sample_.end(),
-                     std::greater<float>());
-    const float threshold = sample_[rank];
+  // A candidate as one integer that sorts ascending in the order the fill reads: ln Φ descending
+  // (its float bits made order-preserving, then inverted, in the upper 32 bits), its queue index in
+  // the lower 32. One integer compare instead of a pair and a lambda makes selection about twice as
+  // fast, and the upper half is what the radix sort orders by.
+  static PHI_ALWAYS_INLINE uint64_t key_of(float score, size_t index) {
+    uint32_t u;
+    std::memcpy(&u, &score, sizeof u);
+    u ^= (u >> 31) ? 0xffffffffu : 0x80000000u;  // ascending as unsigned, like the floats
+    return (static_cast<uint64_t>(~u) << 32) | static_cast<uint32_t>(index);
+  }
+  static int index_of(uint64_t key) { return static_cast<int>(key & 0xffffffffu); }
+
+  // Writes to key_ the keys of a superset of the k best of score_[0, n), at most about k + k/8 of
+  // them unless scores tie, and returns how many. The threshold is found by bisecting the scores'
+  // range with branch-free counting passes (vectorized: some 60 ns each over a thousand scores),
+  // not by comparison-based selection, whose mispredicted branches cost more than the counting.
+  size_t select_candidates(size_t n, size_t k) {
+    if (key_.size() < n + 1) key_.resize(n + 1);
+    float threshold = -std::numeric_limits<float>::infinity();
+    if (k < n) {
+      float lo = score_[0], hi = score_[0];
+      for (size_t i = 1; i < n; ++i) {
+        lo = std::min(lo, score_[i]);
+        hi = std::max(hi, score_[i]);
+      }
+      // Invariant: count(>= lo) >= k; count(>= hi') < k for hi' just above hi.
+      const size_t enough = k + k / 8;
+      for (int step = 0; step < 40 && lo < hi; ++step) {
+        const float mid = lo + (hi - lo) * 0.5f;
+        if (!(mid > lo && mid < hi)) break;  // the floats between them are exhausted
+        const size_t c = count_at_least(score_.data(), n, mid);
+        if (c < k) {
+          hi = mid;
+        } else {
+          lo = mid;
+          if (c <= enough) break;
+        }
+      }
+      threshold = lo;
+    }
+    return compress(n, threshold);
+  }
+
+  size_t compress(size_t n, float threshold) {
+    uint64_t* out = key_.data();
+    const float* score = score_.data();
     size_t kept = 0;
-    for (size_t i = 0; i < n; ++i)
-      if (cand_[i].first >= threshold) std::swap(cand_[kept++], cand_[i]);
-    return kept >= k ? kept : n;
+    for (size_t i = 0; i < n; ++i) {
+      out[kept] = key_of(score[i], i);
+      kept += score[i] >= threshold;
+    }
+    return kept;
+  }
+
+  // The candidate the fill reads k-th, sorting the rest of the K best the first time it is needed.
+  int candidate(size_t k) {
+    if (k >= sorted_) {
+      radix_sort_high32(key_.data() + sorted_, top_ - sorted_, radix_);
+      sorted_ = top_;
+    }
+    return index_of(key_[k]);
   }
 
   // Φ-ordered feasible fill, done twice, keeping the batch that serves more value per second
@@ -179,44 +251,67 @@ class PhiPolicy final : public Policy {
     double cap = core.max_batch_cost();
     if (std::isfinite(headroom)) cap = std::min(cap, core.max_cost_typically_within(headroom));
     double offered = 0;
-    for (size_t k = 0; k < top_; ++k) offered += core.queue()[cand_[k].second].cost;
+    min_cost_ = kInf;
+    for (size_t k = 0; k < top_; ++k) {
+      const double c = core.columns().cost[index_of(key_[k])];
+      offered += c;
+      min_cost_ = std::min(min_cost_, c);
+    }
     const double as_designed = fill_once(core, now, cap, offered, false, batch);
+    // A full batch is not the collapse the second fill guards against: keep it.
+    if (batch.size() >= static_cast<size_t>(core.max_batch())) return;
     const double alternative = fill_once(core, now, cap, offered, true, other_);
     if (alternative > as_designed) batch.swap(other_);
   }
 
   // Returns the batch's value per second (0 when empty).
   double fill_once(const Core& core, double now, double cap, double offered, bool guard_all,
-                   std::vector<int>& batch) const {
-    const auto& q = core.queue();
+                   std::vector<int>& batch) {
+    const auto& col = core.columns();
     batch.clear();
     double cost = 0, due = kInf, value = 0;
+    double memo_cost = -1, memo_latency = 0;  // L̂ of the last batch cost asked (it rarely changes)
+    double holds = std::min(cap, offered);  // what the batch could hold by its current deadline
     int top = -1;
     for (size_t k = 0; k < top_; ++k) {
-      const int i = cand_[k].second;
       if (batch.size() >= static_cast<size_t>(core.max_batch())) break;
-      const Request& r = q[i];
-      if (!batch.empty() && cost + r.cost > cap) continue;
-      const double due_with = std::min(due, r.deadline);
-      if (std::isfinite(due_with) && now + core.plan_latency(cost + r.cost) > due_with) continue;
-      if ((guard_all || (!batch.empty() && r.cls < top)) && due_with < due) {
-        const double holds = std::min({cap, offered, std::isfinite(due) ? core.max_cost_within(due - now) : cap});
-        if (core.max_cost_within(due_with - now) < holds) continue;
+      const int i = candidate(k);
+      const double r_cost = col.cost[i], r_deadline = col.deadline[i];
+      const int r_cls = col.cls[i];
+      if (!batch.empty() && cost + r_cost > cap) continue;
+      const double due_with = std::min(due, r_deadline);
+      if (std::isfinite(due_with)) {
+        if (cost + r_cost != memo_cost) {
+          memo_cost = cost + r_cost;
+          memo_latency = core.plan_latency(memo_cost);
+        }
+        if (now + memo_latency > due_with) continue;
       }
+      if ((guard_all || (!batch.empty() && r_cls < top)) && due_with < due &&
+          core.max_cost_within(due_with - now) < holds)
+        continue;
       batch.push_back(i);
-      cost += r.cost;
+      cost += r_cost;
+      if (due_with < due) holds = std::min({cap, offered, core.max_cost_within(due_with - now)});
       due = due_with;
-      top = std::max(top, r.cls);
-      value += std::exp(r.ln_static);
+      top = std::max(top, r_cls);
+      value += std::exp(col.ln_static[i]);
+      // Full for every candidate left: even the cheapest would pass the cap or, L̂ being
+      // non-decreasing, the batch's deadline. In overload this ends the fill early (and spares
+      // sorting the rest of the K best).
+      if (cost + min_cost_ > cap ||
+          (std::isfinite(due) && now + core.plan_latency(cost + min_cost_) > due))
+        break;
     }
     if (batch.empty()) return 0;
     return value / std::max(core.plan_latency(cost), 1e-9);
   }
 
-  std::vector<std::pair<float, int>> cand_;  // (ln Φ, queue index); float halves what selection moves
-  size_t top_ = 0;                           // cand_[0, top_) are the K best, in order
-  std::vector<float> sample_;
-  std::vector<double> planned_;
+  double min_cost_ = kInf;       // the cheapest of the K best
+  std::vector<uint64_t> key_;    // key_of(ln Φ, queue index): key_[0, top_) are the K best
+  std::vector<uint64_t> radix_;  // the radix sort's other buffer
+  size_t top_ = 0;
+  size_t sorted_ = 0;          // key_[0, sorted_) are in the order the fill reads them
   std::vector<float> score_;
   std::vector<int> other_;
   std::vector<uint8_t> starving_;
@@ -319,9 +414,7 @@ class QuantumPolicy final : public Policy {
   // tightest relative deadline among the batch's members.
   void on_complete(const Core& core, const Batch& b, double, double seconds) override {
     const Config& c = core.config();
-    double slo = kInf;
-    for (const Request& r : b.requests) slo = std::min(slo, r.deadline - r.arrival);
-    if (seconds <= slo) {
+    if (seconds <= b.min_slo) {
       cap_ = std::min<double>(core.max_batch(), cap_ + c.aimd_step);
     } else {
       cap_ = std::max(1.0, cap_ * c.aimd_backoff);

@@ -43,6 +43,7 @@ struct Batch {
   double cost = 0;
   double deadline = kInf;   // the earliest of its members'
   double start = 0;
+  double min_slo = kInf;    // the tightest of its members' relative deadlines
 };
 
 struct Ended {
