@@ -1,0 +1,95 @@
+"""Softmax over the last axis, ``softmax(scale·x + mask)``: one program per row, in one block.
+
+The row is read once into registers (its length rounded up to a power of two, masked), the max
+subtracted, exponentiated, summed and divided, and written once: one read and one write of the
+tensor, which is what makes it memory-bound at the copy bandwidth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from phi_engine.errors import InvalidRequestError, UnsupportedError
+from phi_engine.kernels._common import check_float, check_same_device, next_pow2
+
+_OP = "softmax"
+MAX_ROW = 1 << 16
+"""The longest row one program holds (longer rows would need a looping variant)."""
+
+
+@triton.jit
+def _softmax_kernel(
+    x_ptr,
+    mask_ptr,
+    y_ptr,
+    n_cols,
+    x_stride,
+    mask_stride,
+    y_stride,
+    scale,
+    HAS_MASK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    inside = offs < n_cols
+    x = tl.load(x_ptr + row * x_stride + offs, mask=inside, other=0.0).to(tl.float32) * scale
+    if HAS_MASK:
+        x += tl.load(mask_ptr + row * mask_stride + offs, mask=inside, other=0.0).to(tl.float32)
+    x = tl.where(inside, x, -float("inf"))
+    e = tl.exp(x - tl.max(x, axis=0))
+    y = e / tl.sum(e, axis=0)
+    tl.store(y_ptr + row * y_stride + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
+
+
+def softmax(x: Any, mask: Any | None = None, scale: float = 1.0) -> Any:
+    """``softmax(scale·x + mask)`` over the last axis.
+
+    Args:
+        x: A tensor of any rank (its last axis is normalised).
+        mask: An additive mask broadcastable to ``x`` over its leading axes (e.g. ``-inf`` or
+            ``-1e4`` where attention must not look), or None.
+        scale: Multiplies ``x`` first.
+
+    Raises:
+        InvalidRequestError: a dtype that is not float, a mask that does not broadcast, tensors
+            on different devices.
+        UnsupportedError: a last axis longer than :data:`MAX_ROW`.
+    """
+    check_float(_OP, "x", x)
+    check_same_device(_OP, x, mask)
+    n_cols = x.shape[-1] if x.dim() else 1
+    if n_cols > MAX_ROW:
+        raise UnsupportedError(f"[{_OP}] rows longer than {MAX_ROW} are not supported yet")
+    rows2d = x.reshape(-1, n_cols).contiguous()
+    y = rows2d.new_empty(rows2d.shape)
+    if rows2d.shape[0] == 0 or n_cols == 0:
+        return y.reshape(x.shape)
+    mask2d = rows2d
+    if mask is not None:
+        check_float(_OP, "mask", mask)
+        try:
+            mask2d = mask.expand(x.shape).reshape(-1, n_cols)
+        except RuntimeError as exc:
+            raise InvalidRequestError(
+                f"[{_OP}] mask of shape {tuple(mask.shape)} does not broadcast to {tuple(x.shape)}",
+                field="mask",
+            ) from exc
+        if mask2d.stride(-1) != 1:
+            mask2d = mask2d.contiguous()
+    _softmax_kernel[(rows2d.shape[0],)](
+        rows2d,
+        mask2d,
+        y,
+        n_cols,
+        rows2d.stride(0),
+        mask2d.stride(0),
+        y.stride(0),
+        float(scale),
+        HAS_MASK=mask is not None,
+        BLOCK=next_pow2(n_cols),
+    )
+    return y.reshape(x.shape)
