@@ -12,9 +12,11 @@ def devices() -> list[dict[str, Any]]:
     """List the devices phi_engine can run on here.
 
     Returns:
-        One dict per device: ``{"kind": "cpu", "cores", "features", "blas"}`` for the CPU, and
+        One dict per device: ``{"kind": "cpu", "cores", "features", "blas"}`` for the CPU,
         ``{"kind": "cuda", "index", "name", "memory_bytes"}`` for each CUDA device when the CUDA
-        module was built and a GPU is present.
+        module was built and a GPU is present, and ``{"kind": "xla", "index", "platform",
+        "name"}`` for each accelerator JAX sees (``tpu`` deployments run there; see
+        :mod:`phi_engine.runtime.xla`).
     """
     core = require_core()
     found: list[dict[str, Any]] = [
@@ -27,6 +29,9 @@ def devices() -> list[dict[str, Any]]:
     ]
     if HAS_CUDA and cuda is not None:
         found.extend({"kind": "cuda", **info} for info in cuda.device_list())
+    from phi_engine.runtime.xla import xla_devices
+
+    found.extend(dict(d) for d in xla_devices())
     return found
 
 

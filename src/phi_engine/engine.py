@@ -131,11 +131,11 @@ class Engine:
         self._deployments: dict[str, Deployment] = {}
         # Loaded models shared by local slots, by (sha256, max_batch, threads); weak, so that a
         # model no deployment serves is freed. Their measured latencies seed later slots.
-        self._runners: weakref.WeakValueDictionary[tuple[str, int, int], Any] = (
+        self._runners: weakref.WeakValueDictionary[tuple[str, int, int, str], Any] = (
             weakref.WeakValueDictionary()
         )
-        self._latency_seeds: dict[tuple[str, int, int], dict[float, list[float]]] = {}
-        self._load_locks: dict[tuple[str, int, int], threading.Lock] = {}
+        self._latency_seeds: dict[tuple[str, int, int, str], dict[float, list[float]]] = {}
+        self._load_locks: dict[tuple[str, int, int, str], threading.Lock] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._stop = threading.Event()
@@ -356,8 +356,9 @@ class Engine:
             max_batch=spec.max_batch,
             policy=spec.execution_policy,
             slo_ms=spec.slo_ms,
+            device="xla" if spec.placement.device == "xla" else "cpu",
         )
-        key = (record.sha256, spec.max_batch, settings.threads_per_replica)
+        key = (record.sha256, spec.max_batch, settings.threads_per_replica, settings.device)
         local = spec.execution_mode == "local"
         with self._lock:
             load_lock = self._load_locks.setdefault(key, threading.Lock())

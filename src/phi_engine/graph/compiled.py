@@ -27,14 +27,15 @@ from phi_engine.runtime.plan import Constant
 
 __all__ = ["DEVICES", "CompiledModel", "compile"]
 
-DEVICES = ("cpu", "reference")
+DEVICES = ("cpu", "reference", "xla")
 
 # Element types a native plan holds (others, e.g. bfloat16 or strings, stay with the reference).
 _PLAN_DTYPES = frozenset(
     np.dtype(t)
     for t in (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int32, np.int64, np.bool_)
 )
-"""``cpu``: native kernels, numpy reference where they have no case; ``reference``: numpy only."""
+"""``cpu``: native kernels, numpy reference where they have no case; ``reference``: numpy only;
+``xla``: the graph compiled by JAX/XLA (needs ``jax``)."""
 
 
 def compile(
@@ -49,7 +50,8 @@ def compile(
 
     Args:
         model: A path to an ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
-        device: ``"cpu"`` (native kernels) or ``"reference"`` (numpy, for checking).
+        device: ``"cpu"`` (native kernels), ``"reference"`` (numpy, for checking) or ``"xla"``
+            (JAX: a TPU or GPU where JAX sees one, else the CPU; fusion is left to XLA).
         max_batch: The largest leading (batch) dimension a request may have, for inputs whose
             leading dimension is symbolic.
         fuse: Apply the fusion passes (linear + bias + activation, GELU, layer norm,
@@ -87,7 +89,11 @@ def compile(
             )
     infer_and_fold(graph)
     eliminate_dead_code(graph)
-    if fuse:
+    if device == "xla":
+        from phi_engine.runtime.xla import check_graph
+
+        check_graph(graph)  # refused now, naming every op, not at the first request
+    elif fuse:
         fusion.fuse(graph)
         eliminate_dead_code(graph)
     return CompiledModel(graph, device, max_batch, cache_size)
@@ -216,6 +222,10 @@ class CompiledModel:
                 del g.types[name]  # re-inferred from the concrete shapes
         infer_and_fold(g)
         eliminate_dead_code(g)
+        if self.device == "xla":
+            from phi_engine.runtime.xla import XlaProgram
+
+            return XlaProgram(g)  # type: ignore[return-value]  # Program's run() interface
         return build_program(g, self._constants, self.device)
 
     def _check_inputs(self, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:

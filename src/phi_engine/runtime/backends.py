@@ -44,12 +44,24 @@ def _native_available() -> bool:
     return bool(_native.HAS_NATIVE)
 
 
+def _xla_available() -> bool:
+    from phi_engine.runtime.xla import available
+
+    return available()
+
+
 _BACKENDS: dict[str, Backend] = {
     "cpu": Backend(
         "cpu", "the native C++ core: one plan per run of lowered nodes", _native_available
     ),
     "reference": Backend(
         "reference", "numpy, every op (the oracle and the fallback)", lambda: True
+    ),
+    "xla": Backend(
+        "xla",
+        "JAX: the whole graph traced to jax.numpy and compiled by jax.jit for the device JAX "
+        "sees (TPU, GPU or CPU); see phi_engine.runtime.xla",
+        _xla_available,
     ),
 }
 

@@ -46,6 +46,7 @@ class SlotSettings:
     policy: str
     slo_ms: Mapping[str | int, float]
     max_queue: int = 100_000
+    device: str = "cpu"  # "cpu" (native kernels) or "xla" (compiled by JAX)
 
     def scheduler_config(self, policy: str) -> SchedulerConfig:
         return SchedulerConfig(
@@ -136,7 +137,7 @@ class Slot:
             from phi_engine.registry._store import read_verified
 
             source = read_verified(self.path, self.record.sha256)
-        model = compile_model(source, max_batch=s.max_batch)
+        model = compile_model(source, device=s.device, max_batch=s.max_batch)
         return ModelRunner(model, threads=s.threads_per_replica, checked=True)
 
     # ---- serving ------------------------------------------------------------------------------

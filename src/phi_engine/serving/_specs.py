@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
+from phi_engine.runtime.backends import available_devices
 from phi_engine.serving._autoscale import ScalingPolicy, parse_scaling_policy
 from phi_engine.serving._deployment import Deployment, DeploymentSpec
 from phi_engine.serving._inputs import InputLimits
@@ -68,7 +69,14 @@ def build_spec(
     # The scheduler settings check the policy and SLOs and name the field at fault.
     slos: dict[str | int, float] = {k: v for k, v in (slo_ms or {}).items()}
     SchedulerConfig(policy=execution_policy, max_batch=max_batch, slo_ms=slos)
-    where = place(dict(resource_allocation or {}), placement=placement, available_devices=("cpu",))
+    runnable = ("cpu", "xla") if "xla" in available_devices() else ("cpu",)
+    where = place(dict(resource_allocation or {}), placement=placement, available_devices=runnable)
+    if where.device == "xla" and execution_mode == "process":
+        raise InvalidRequestError(
+            "execution_mode 'process' runs replicas on the CPU; an XLA placement (tpu) runs "
+            "in-process: use execution_mode 'local'",
+            field="execution_mode",
+        )
     scaling = parse_scaling_policy(
         scaling_policy, replicas=where.replicas, device=where.device, capacity=where.max_replicas
     )

@@ -1,0 +1,664 @@
+"""The XLA backend: a model's graph lowered to ``jax.numpy`` and compiled by ``jax.jit``.
+
+``phi.compile(model, device="xla")`` keeps the compiler's front half (import, support check, type
+inference, constant folding; not our fusion passes, since XLA fuses by itself) and, per input
+shape, specializes the graph as the CPU backend does, so shape arithmetic folds to constants.
+The nodes left are traced, in order, into one function of the inputs and the weights, which
+``jax.jit`` compiles for whatever device JAX sees first: a TPU or GPU where there is one, the
+CPU otherwise (which is how CI checks it). Weights are passed as arguments, not baked into the
+XLA program, so compiling stays fast for large models.
+
+Integer tensors travel as int32 (JAX's default; token ids and indices fit) and float64 is
+refused unless JAX runs with ``jax_enable_x64``: phi_engine never changes JAX's global settings.
+Every op here follows the ONNX spec for the cases it accepts and fails naming the node for the
+rest; :data:`OPS` lists what the backend runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from phi_engine.errors import UnsupportedError
+from phi_engine.graph.ir import Graph, Node
+
+__all__ = ["CPU_AS_XLA", "OPS", "XlaProgram", "available", "check_graph", "xla_devices"]
+
+CPU_AS_XLA = "PHI_ENGINE_XLA_CPU"
+"""Set to 1, this environment variable lists JAX's CPU device as an XLA device, so that a
+deployment asking for ``tpu`` runs through XLA on a machine without an accelerator (CI does)."""
+
+_Fn = Callable[[Node, list[Any]], list[Any]]
+_TABLE: dict[str, _Fn] = {}
+
+
+def available() -> bool:
+    """Whether JAX can be imported here."""
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def xla_devices() -> tuple[dict[str, Any], ...]:
+    """The accelerators JAX sees here (TPU, GPU), as :func:`phi_engine.devices` lists them; JAX's
+    CPU device too when :data:`CPU_AS_XLA` is set. Empty without JAX. Looked up once."""
+    if importlib.util.find_spec("jax") is None:
+        return ()
+    try:
+        import jax
+
+        found = jax.devices()
+    except Exception:  # no backend initialises: nothing to run on
+        return ()
+    cpu_ok = os.environ.get(CPU_AS_XLA, "") == "1"
+    usable = [d for d in found if d.platform != "cpu" or cpu_ok]
+    return tuple(
+        {"kind": "xla", "index": i, "platform": d.platform, "name": str(d.device_kind)}
+        for i, d in enumerate(usable)
+    )
+
+
+def _jnp() -> Any:
+    import jax.numpy as jnp
+
+    return jnp
+
+
+def _op(*names: str) -> Callable[[_Fn], _Fn]:
+    def register(fn: _Fn) -> _Fn:
+        for name in names:
+            _TABLE[name] = fn
+        return fn
+
+    return register
+
+
+def _fail(node: Node, message: str) -> Any:
+    raise UnsupportedError(f"[{node.op_type}] node {node.label!r} on xla: {message}")
+
+
+def _static(node: Node, value: Any, what: str) -> np.ndarray:
+    """A value the op needs at trace time (a shape, axes, slice bounds)."""
+    import jax
+
+    if isinstance(value, jax.core.Tracer):
+        return _fail(node, f"{what} must be known when the model is compiled")  # type: ignore[no-any-return]
+    return np.asarray(value)
+
+
+def _attr(node: Node, name: str, default: Any = None) -> Any:
+    return node.attrs.get(name, default)
+
+
+# ---- elementwise --------------------------------------------------------------------------------
+
+
+def _binary(fn_name: str) -> _Fn:
+    def run(node: Node, xs: list[Any]) -> list[Any]:
+        return [getattr(_jnp(), fn_name)(xs[0], xs[1])]
+
+    return run
+
+
+for _name, _fn_name in (
+    ("Add", "add"),
+    ("Sub", "subtract"),
+    ("Mul", "multiply"),
+    ("Pow", "power"),
+    ("Equal", "equal"),
+    ("Less", "less"),
+    ("Greater", "greater"),
+    ("LessOrEqual", "less_equal"),
+    ("GreaterOrEqual", "greater_equal"),
+    ("And", "logical_and"),
+    ("Or", "logical_or"),
+):
+    _TABLE[_name] = _binary(_fn_name)
+
+
+@_op("Div")
+def _div(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    a, b = xs
+    if jnp.issubdtype(jnp.result_type(a, b), jnp.integer):
+        return [jnp.trunc(jnp.true_divide(a, b)).astype(jnp.result_type(a, b))]  # ONNX: truncates
+    return [jnp.divide(a, b)]
+
+
+def _unary(fn: Callable[[Any], Any]) -> _Fn:
+    return lambda node, xs: [fn(xs[0])]
+
+
+for _name, _fn_name in (
+    ("Sqrt", "sqrt"),
+    ("Exp", "exp"),
+    ("Log", "log"),
+    ("Abs", "abs"),
+    ("Neg", "negative"),
+    ("Tanh", "tanh"),
+    ("Floor", "floor"),
+    ("Ceil", "ceil"),
+    ("Not", "logical_not"),
+    ("Sin", "sin"),
+    ("Cos", "cos"),
+):
+    _TABLE[_name] = (lambda f: _unary(lambda x: getattr(_jnp(), f)(x)))(_fn_name)
+
+
+@_op("Identity")
+def _identity(node: Node, xs: list[Any]) -> list[Any]:
+    return [xs[0]]
+
+
+@_op("Reciprocal")
+def _reciprocal(node: Node, xs: list[Any]) -> list[Any]:
+    return [1.0 / xs[0]]
+
+
+@_op("Erf")
+def _erf(node: Node, xs: list[Any]) -> list[Any]:
+    from jax.scipy.special import erf
+
+    return [erf(xs[0])]
+
+
+@_op("Relu")
+def _relu(node: Node, xs: list[Any]) -> list[Any]:
+    return [_jnp().maximum(xs[0], 0)]
+
+
+@_op("Sigmoid")
+def _sigmoid(node: Node, xs: list[Any]) -> list[Any]:
+    import jax
+
+    return [jax.nn.sigmoid(xs[0])]
+
+
+@_op("LeakyRelu")
+def _leaky_relu(node: Node, xs: list[Any]) -> list[Any]:
+    alpha = float(_attr(node, "alpha", 0.01))
+    return [_jnp().where(xs[0] >= 0, xs[0], alpha * xs[0])]
+
+
+@_op("Gelu")
+def _gelu(node: Node, xs: list[Any]) -> list[Any]:
+    import jax
+
+    return [jax.nn.gelu(xs[0], approximate=_attr(node, "approximate", "none") == "tanh")]
+
+
+@_op("Clip")
+def _clip(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    lo = xs[1] if len(xs) > 1 and xs[1] is not None else _attr(node, "min")
+    hi = xs[2] if len(xs) > 2 and xs[2] is not None else _attr(node, "max")
+    if lo is not None:
+        x = jnp.maximum(x, jnp.asarray(lo, x.dtype))
+    if hi is not None:
+        x = jnp.minimum(x, jnp.asarray(hi, x.dtype))
+    return [x]
+
+
+@_op("Where")
+def _where(node: Node, xs: list[Any]) -> list[Any]:
+    return [_jnp().where(xs[0], xs[1], xs[2])]
+
+
+@_op("Cast")
+def _cast(node: Node, xs: list[Any]) -> list[Any]:
+    return [xs[0]]  # the conversion to the output's dtype is done by _run_node for every op
+
+
+# ---- linear algebra and nn -----------------------------------------------------------------
+
+
+@_op("MatMul")
+def _matmul(node: Node, xs: list[Any]) -> list[Any]:
+    return [_jnp().matmul(xs[0], xs[1])]
+
+
+@_op("Gemm")
+def _gemm(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    a = xs[0].T if _attr(node, "transA", 0) else xs[0]
+    b = xs[1].T if _attr(node, "transB", 0) else xs[1]
+    y = float(_attr(node, "alpha", 1.0)) * jnp.matmul(a, b)
+    if len(xs) > 2 and xs[2] is not None:
+        y = y + float(_attr(node, "beta", 1.0)) * xs[2]
+    return [y]
+
+
+def _axis(node: Node, rank: int, default: int) -> int:
+    axis = int(_attr(node, "axis", default))
+    return axis + rank if axis < 0 else axis
+
+
+@_op("Softmax", "LogSoftmax")
+def _softmax(node: Node, xs: list[Any]) -> list[Any]:
+    import jax
+
+    x = xs[0]
+    if node.version < 13:  # the old semantics: flatten to 2-D at `axis`
+        axis = _axis(node, x.ndim, 1)
+        shape = x.shape
+        flat = x.reshape((math.prod(shape[:axis]), -1))
+        fn = jax.nn.softmax if node.op_type == "Softmax" else jax.nn.log_softmax
+        return [fn(flat, axis=-1).reshape(shape)]
+    axis = _axis(node, x.ndim, -1)
+    fn = jax.nn.softmax if node.op_type == "Softmax" else jax.nn.log_softmax
+    return [fn(x, axis=axis)]
+
+
+@_op("LayerNormalization")
+def _layer_norm(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x, scale = xs[0], xs[1]
+    bias = xs[2] if len(xs) > 2 else None
+    axis = _axis(node, x.ndim, -1)
+    axes = tuple(range(axis, x.ndim))
+    eps = float(_attr(node, "epsilon", 1e-5))
+    h = x.astype(jnp.float32)
+    mean = h.mean(axis=axes, keepdims=True)
+    var = ((h - mean) ** 2).mean(axis=axes, keepdims=True)
+    inv = 1.0 / jnp.sqrt(var + eps)
+    y = (h - mean) * inv * scale
+    if bias is not None:
+        y = y + bias
+    return [y.astype(x.dtype), mean, inv]
+
+
+@_op("BatchNormalization")
+def _batch_norm(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x, scale, bias, mean, var = xs[:5]
+    if _attr(node, "training_mode", 0):
+        return _fail(node, "training mode is not supported")  # type: ignore[no-any-return]
+    eps = float(_attr(node, "epsilon", 1e-5))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = scale.reshape(shape) / jnp.sqrt(var.reshape(shape) + eps)
+    return [(x - mean.reshape(shape)) * inv + bias.reshape(shape)]
+
+
+def _conv_padding(
+    node: Node,
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+) -> list[tuple[int, int]]:
+    auto = _attr(node, "auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    n = len(spatial)
+    if auto in ("NOTSET", "VALID"):
+        pads = list(_attr(node, "pads", [0] * (2 * n))) if auto == "NOTSET" else [0] * (2 * n)
+        return [(int(pads[i]), int(pads[i + n])) for i in range(n)]
+    out = []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+        total = max(0, (math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size)
+        small = total // 2
+        out.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
+    return out
+
+
+@_op("Conv")
+def _conv(node: Node, xs: list[Any]) -> list[Any]:
+    from jax import lax
+
+    x, w = xs[0], xs[1]
+    n = x.ndim - 2
+    kernel = tuple(int(k) for k in w.shape[2:])
+    strides = tuple(int(s) for s in _attr(node, "strides", [1] * n))
+    dilations = tuple(int(d) for d in _attr(node, "dilations", [1] * n))
+    padding = _conv_padding(node, x.shape[2:], kernel, strides, dilations)
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=strides,
+        padding=padding,
+        rhs_dilation=dilations,
+        feature_group_count=int(_attr(node, "group", 1)),
+    )
+    if len(xs) > 2 and xs[2] is not None:
+        y = y + xs[2].reshape((1, -1) + (1,) * n)
+    return [y]
+
+
+def _pool(node: Node, x: Any, reducer: str) -> Any:
+    from jax import lax
+
+    jnp = _jnp()
+    n = x.ndim - 2
+    kernel = tuple(int(k) for k in _attr(node, "kernel_shape"))
+    strides = tuple(int(s) for s in _attr(node, "strides", [1] * n))
+    dilations = tuple(int(d) for d in _attr(node, "dilations", [1] * n))
+    if _attr(node, "ceil_mode", 0):
+        return _fail(node, "ceil_mode is not supported")
+    padding = [(0, 0), (0, 0), *_conv_padding(node, x.shape[2:], kernel, strides, dilations)]
+    dims, steps, dil = (1, 1, *kernel), (1, 1, *strides), (1, 1, *dilations)
+    if reducer == "max":
+        init = jnp.array(-jnp.inf, x.dtype)
+        return lax.reduce_window(x, init, lax.max, dims, steps, padding, window_dilation=dil)
+    total = lax.reduce_window(
+        x, jnp.array(0, x.dtype), lax.add, dims, steps, padding, window_dilation=dil
+    )
+    if _attr(node, "count_include_pad", 0):
+        return total / math.prod(kernel)
+    ones = jnp.ones(x.shape, x.dtype)
+    count = lax.reduce_window(
+        ones, jnp.array(0, x.dtype), lax.add, dims, steps, padding, window_dilation=dil
+    )
+    return total / count
+
+
+@_op("MaxPool")
+def _max_pool(node: Node, xs: list[Any]) -> list[Any]:
+    if len(node.outputs) > 1 and node.outputs[1]:
+        return _fail(node, "the Indices output is not supported")  # type: ignore[no-any-return]
+    return [_pool(node, xs[0], "max")]
+
+
+@_op("AveragePool")
+def _avg_pool(node: Node, xs: list[Any]) -> list[Any]:
+    return [_pool(node, xs[0], "avg")]
+
+
+@_op("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]
+    axes = tuple(range(2, x.ndim))
+    if node.op_type == "GlobalAveragePool":
+        return [x.mean(axis=axes, keepdims=True)]
+    return [x.max(axis=axes, keepdims=True)]
+
+
+# ---- reductions ----------------------------------------------------------------------------
+
+
+def _l2(x: Any, axis: Any, keepdims: bool) -> Any:
+    jnp = _jnp()
+    return jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdims))
+
+
+def _l1(x: Any, axis: Any, keepdims: bool) -> Any:
+    jnp = _jnp()
+    return jnp.sum(jnp.abs(x), axis=axis, keepdims=keepdims)
+
+
+def _sum_square(x: Any, axis: Any, keepdims: bool) -> Any:
+    return _jnp().sum(x * x, axis=axis, keepdims=keepdims)
+
+
+def _log_sum_exp(x: Any, axis: Any, keepdims: bool) -> Any:
+    from jax.scipy.special import logsumexp
+
+    return logsumexp(x, axis=axis, keepdims=keepdims)
+
+
+_REDUCERS: dict[str, Callable[[Any, Any, bool], Any]] = {
+    "l2": _l2,
+    "l1": _l1,
+    "sum_square": _sum_square,
+    "log_sum_exp": _log_sum_exp,
+}
+
+
+def _reduce(fn_name: str) -> _Fn:
+    def run(node: Node, xs: list[Any]) -> list[Any]:
+        x = xs[0]
+        axes_in = xs[1] if len(xs) > 1 and xs[1] is not None else _attr(node, "axes")
+        if axes_in is None or len(np.atleast_1d(_static(node, axes_in, "axes"))) == 0:
+            if _attr(node, "noop_with_empty_axes", 0):
+                return [x]
+            axes = tuple(range(x.ndim))
+        else:
+            axes = tuple(int(a) % x.ndim for a in np.atleast_1d(_static(node, axes_in, "axes")))
+        keep = bool(_attr(node, "keepdims", 1))
+        fn: Any = _REDUCERS.get(fn_name) or getattr(_jnp(), fn_name)
+        return [fn(x, axis=axes, keepdims=keep)]
+
+    return run
+
+
+for _name, _fn_name in (
+    ("ReduceMean", "mean"),
+    ("ReduceSum", "sum"),
+    ("ReduceMax", "max"),
+    ("ReduceMin", "min"),
+    ("ReduceProd", "prod"),
+    ("ReduceL2", "l2"),
+    ("ReduceL1", "l1"),
+    ("ReduceSumSquare", "sum_square"),
+    ("ReduceLogSumExp", "log_sum_exp"),
+):
+    _TABLE[_name] = _reduce(_fn_name)
+
+
+# ---- tensor shape and layout ---------------------------------------------------------------
+
+
+@_op("Transpose")
+def _transpose(node: Node, xs: list[Any]) -> list[Any]:
+    perm = _attr(node, "perm")
+    return [_jnp().transpose(xs[0], None if perm is None else tuple(int(p) for p in perm))]
+
+
+@_op("Reshape")
+def _reshape(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]
+    shape = [int(s) for s in _static(node, xs[1], "the shape")]
+    if not _attr(node, "allowzero", 0):
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return [x.reshape(tuple(shape))]
+
+
+@_op("Flatten")
+def _flatten(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]
+    axis = _axis(node, x.ndim, 1)
+    return [x.reshape((math.prod(x.shape[:axis]), math.prod(x.shape[axis:])))]
+
+
+def _axes_of(node: Node, xs: list[Any]) -> list[int]:
+    given = xs[1] if len(xs) > 1 and xs[1] is not None else _attr(node, "axes")
+    return [] if given is None else [int(a) for a in np.atleast_1d(_static(node, given, "axes"))]
+
+
+@_op("Unsqueeze")
+def _unsqueeze(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]
+    axes = _axes_of(node, xs)
+    rank = x.ndim + len(axes)
+    for a in sorted(a % rank for a in axes):
+        x = _jnp().expand_dims(x, a)
+    return [x]
+
+
+@_op("Squeeze")
+def _squeeze(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]
+    axes = _axes_of(node, xs)
+    if not axes:
+        return [_jnp().squeeze(x)]
+    return [_jnp().squeeze(x, axis=tuple(a % x.ndim for a in axes))]
+
+
+@_op("Concat")
+def _concat(node: Node, xs: list[Any]) -> list[Any]:
+    parts = [x for x in xs if x is not None]
+    return [_jnp().concatenate(parts, axis=int(_attr(node, "axis")))]
+
+
+@_op("Gather")
+def _gather(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x, idx = xs
+    axis = _axis(node, x.ndim, 0)
+    idx = jnp.where(idx < 0, idx + x.shape[axis], idx)
+    return [jnp.take(x, idx, axis=axis)]
+
+
+@_op("Slice")
+def _slice(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]
+    starts = _static(node, xs[1], "starts")
+    ends = _static(node, xs[2], "ends")
+    axes = (
+        _static(node, xs[3], "axes")
+        if len(xs) > 3 and xs[3] is not None
+        else np.arange(len(starts))
+    )
+    steps = (
+        _static(node, xs[4], "steps")
+        if len(xs) > 4 and xs[4] is not None
+        else np.ones(len(starts), np.int64)
+    )
+    index: list[Any] = [slice(None)] * x.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        a = int(axis) % x.ndim
+        dim = x.shape[a]
+        s, e, st = int(start), int(end), int(step)
+        # ONNX clamps like Python slicing once negatives are made positive (INT64 bounds included).
+        s = max(min(s + dim if s < 0 else s, dim if st > 0 else dim - 1), 0 if st > 0 else -1)
+        e = max(min(e + dim if e < 0 else e, dim if st > 0 else dim - 1), 0 if st > 0 else -1)
+        index[a] = slice(s, None if e == -1 else e, st)
+    return [x[tuple(index)]]
+
+
+@_op("Expand")
+def _expand(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    shape = tuple(int(s) for s in _static(node, xs[1], "the shape"))
+    target = np.broadcast_shapes(tuple(x.shape), shape)
+    return [jnp.broadcast_to(x, target)]
+
+
+@_op("Shape")
+def _shape(node: Node, xs: list[Any]) -> list[Any]:
+    dims = np.asarray(xs[0].shape, np.int64)
+    start, end = _attr(node, "start", 0), _attr(node, "end")
+    return [dims[start:end]]
+
+
+@_op("ConstantOfShape")
+def _constant_of_shape(node: Node, xs: list[Any]) -> list[Any]:
+    shape = tuple(int(s) for s in _static(node, xs[0], "the shape"))
+    value = _attr(node, "value")
+    fill = np.asarray(0.0, np.float32) if value is None else np.asarray(value).reshape(-1)[0]
+    return [np.full(shape, fill, dtype=np.asarray(fill).dtype)]
+
+
+@_op("Range")
+def _range(node: Node, xs: list[Any]) -> list[Any]:
+    start, limit, delta = (_static(node, x, "Range's bounds").item() for x in xs)
+    dtype = np.result_type(*(_static(node, x, "Range's bounds") for x in xs))
+    return [np.arange(start, limit, delta).astype(dtype)]
+
+
+OPS: tuple[str, ...] = tuple(sorted(_TABLE))
+"""The ONNX ops (default domain) this backend runs."""
+
+
+def check_graph(graph: Graph) -> None:
+    """Refuse, at compile time, a graph with ops this backend does not run (naming each).
+
+    Raises:
+        UnsupportedError: the list of (op, node) pairs it cannot run.
+    """
+    missing = [
+        f"{n.op_type} (node {n.label!r})"
+        for n in graph.nodes
+        if n.domain not in ("", "ai.onnx") or n.op_type not in _TABLE
+    ]
+    if missing:
+        raise UnsupportedError(
+            "[compile] device 'xla' does not run these ops yet: "
+            + ", ".join(missing[:20])
+            + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""),
+            field="device",
+        )
+
+
+def _to_jax_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype a value travels in: int64 as int32 (JAX's default), float64 refused unless x64."""
+    import jax
+
+    config: Any = jax.config  # jax's config object is untyped
+    if config.read("jax_enable_x64"):
+        return dtype
+    if dtype == np.int64:
+        return np.dtype(np.int32)
+    if dtype == np.uint64:
+        return np.dtype(np.uint32)
+    if dtype == np.float64:
+        raise UnsupportedError(
+            "[xla] float64 values need JAX's jax_enable_x64 (phi_engine does not change JAX's "
+            "global settings); export the model in float32",
+            field="device",
+        )
+    return dtype
+
+
+class XlaProgram:
+    """One input shape's graph, traced into a ``jax.jit`` function of (inputs, weights)."""
+
+    def __init__(self, graph: Graph) -> None:
+        import jax
+
+        check_graph(graph)
+        self.graph = graph
+        # Small integer constants (shapes, axes, indices) stay numpy values, known while tracing;
+        # everything else is an argument of the compiled function.
+        self._static: dict[str, np.ndarray] = {}
+        self._weights: dict[str, Any] = {}
+        for name, value in graph.constants.items():
+            if value.dtype.kind in "iub" and value.size <= 1024:
+                self._static[name] = value.astype(_to_jax_dtype(value.dtype))
+            else:
+                self._weights[name] = jax.device_put(value.astype(_to_jax_dtype(value.dtype)))
+        self._in_dtypes = {n: _to_jax_dtype(graph.types[n].dtype) for n in graph.inputs}
+        self._out_dtypes = [graph.types[n].dtype for n in graph.outputs]
+        self._fn = jax.jit(self._trace)
+        self.steps: tuple[Any, ...] = ()  # no native segments: XLA plans its own memory
+
+    def _trace(self, feeds: dict[str, Any], weights: dict[str, Any]) -> list[Any]:
+        from phi_engine.graph.registry import get_op
+
+        jnp = _jnp()
+        env: dict[str, Any] = {**self._static, **weights, **feeds}
+        for node in self.graph.nodes:
+            args = [env[i] if i else None for i in node.inputs]
+            if all(a is None or isinstance(a, np.ndarray) for a in args):
+                # Known while tracing (shape arithmetic): the exact numpy reference computes it,
+                # and it stays a numpy value, usable where an op needs a static shape or axes.
+                outs = get_op(node.domain, node.op_type).run_reference(node, args)
+            else:
+                outs = _TABLE[node.op_type](node, args)
+            for name, value in zip(node.outputs, outs, strict=False):
+                t = self.graph.types.get(name) if name else None
+                if t is not None:
+                    env[name] = value.astype(_to_jax_dtype(t.dtype))
+        return [jnp.asarray(env[name]) for name in self.graph.outputs]
+
+    def run(self, inputs: Mapping[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
+        """Run on these inputs (``threads`` is XLA's to choose and is ignored)."""
+        feeds = {
+            n: np.asarray(inputs[n]).astype(self._in_dtypes[n], copy=False)
+            for n in self.graph.inputs
+        }
+        outs = self._fn(feeds, self._weights)  # compiled on the first call, then reused
+        return {
+            name: np.asarray(value).astype(dtype, copy=False)
+            for name, value, dtype in zip(self.graph.outputs, outs, self._out_dtypes, strict=True)
+        }

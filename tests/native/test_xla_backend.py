@@ -1,0 +1,145 @@
+"""The XLA backend (issue 8, point 3) on JAX's CPU device: whole models compiled by ``jax.jit``
+against phi_engine's own CPU kernels, unsupported ops refused at compile time, and a deployment
+asking for a TPU placed on XLA.
+
+Tolerances: relative L2 within 1e-5 of the native CPU result (both float32; the order of the
+sums differs), the MLP also against its float64 numpy reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import phi_engine as phi
+from phi_engine.engine import Engine
+from phi_engine.errors import InvalidRequestError, ResourceError, UnsupportedError
+from phi_test_models.tiny import mlp, mlp_reference
+
+pytest.importorskip("jax", reason="the XLA backend needs jax")
+
+from phi_engine.runtime import xla
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def test_an_mlp_compiles_once_and_serves_every_batch_size(tmp_path: Path) -> None:
+    model = phi.compile(str(mlp(tmp_path / "m.onnx", seed=3)), device="xla", max_batch=16)
+    rng = np.random.default_rng(0)
+    for batch in (1, 5, 16):
+        x = rng.standard_normal((batch, 4)).astype(np.float32)
+        y = model.run({"x": x})["y"]
+        assert y.dtype == np.float32 and y.shape == (batch, 3)
+        assert rel_l2(y, mlp_reference(x, seed=3).astype(np.float64)) < 1e-6
+    assert len(model.cached_shapes) == 3  # one XLA program per shape, reused
+
+
+@pytest.mark.slow
+def test_minilm_matches_the_cpu_kernels() -> None:
+    from phi_test_models import minilm
+
+    path = str(minilm.export())
+    on_xla = phi.compile(path, device="xla", max_batch=8)
+    on_cpu = phi.compile(path, device="cpu", max_batch=8)
+    rng = np.random.default_rng(1)
+    for batch, seq in ((1, 8), (3, 16)):
+        feeds = minilm.random_inputs(rng, batch, seq)  # with attention masks
+        got, want = on_xla.run(feeds), on_cpu.run(feeds)
+        for name, value in want.items():
+            assert rel_l2(got[name], value) < 1e-5, (name, batch, seq)
+
+
+@pytest.mark.slow
+def test_a_cnn_matches_the_cpu_kernels() -> None:
+    from phi_test_models import cnn
+
+    path = str(cnn.export())
+    on_xla = phi.compile(path, device="xla", max_batch=4)
+    on_cpu = phi.compile(path, device="cpu", max_batch=4)
+    name = on_cpu.graph.inputs[0]
+    shape = [2 if isinstance(d, str) else d for d in on_cpu.inputs[name].shape or ()]
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    got, want = on_xla.run({name: x}), on_cpu.run({name: x})
+    for out, value in want.items():
+        assert rel_l2(got[out], value) < 1e-5
+
+
+def test_ops_xla_does_not_run_are_refused_at_compile_naming_them() -> None:
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], name="pick")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 3]),
+        ],
+        [helper.make_tensor("k", TensorProto.INT64, [1], [3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert "TopK" not in xla.OPS
+    phi.compile(model.SerializeToString(), device="cpu")  # the CPU backend runs it
+    with pytest.raises(UnsupportedError) as info:
+        phi.compile(model.SerializeToString(), device="xla")
+    assert "TopK (node 'pick')" in info.value.message and info.value.field == "device"
+
+
+def test_tpu_deployments_run_on_xla_where_jax_sees_a_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(mlp(tmp_path / "m.onnx", seed=4))
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+
+    def deploy(engine: Engine, **kwargs: Any) -> Any:
+        record = engine.register("m", "onnx", str(len(engine.models()) + 1), path)
+        return engine.deploy(record.model_id, **kwargs)
+
+    # No accelerator and no opt-in: a TPU request is refused, naming what exists.
+    xla.xla_devices.cache_clear()
+    monkeypatch.delenv(xla.CPU_AS_XLA, raising=False)
+    with Engine(tmp_path / "home", progress=False) as engine:
+        with pytest.raises(ResourceError) as info:
+            deploy(engine, resource_allocation={"tpu": 1})
+        assert info.value.field == "resource_allocation.tpu"
+        assert "cpu" in info.value.message
+    # JAX's CPU device counted as an XLA device: the model is compiled by XLA and serves.
+    monkeypatch.setenv(xla.CPU_AS_XLA, "1")
+    xla.xla_devices.cache_clear()
+    try:
+        assert any(d["kind"] == "xla" for d in phi.devices())
+        with Engine(tmp_path / "home2", progress=False) as engine:
+            dep = deploy(engine, resource_allocation={"tpu": 1})
+            assert dep.spec.placement.device == "xla"
+            assert dep.primary is not None and dep.primary.runner.model.device == "xla"
+            got = engine.infer(dep.deployment_id, {"x": x}).outputs["y"]
+            np.testing.assert_allclose(got, mlp_reference(x, seed=4), rtol=1e-5, atol=1e-6)
+            with pytest.raises(InvalidRequestError) as refused:
+                deploy(engine, resource_allocation={"tpu": 1}, execution_mode="process")
+            assert refused.value.field == "execution_mode"
+    finally:
+        xla.xla_devices.cache_clear()
+
+
+def test_float64_models_are_refused_while_jax_runs_in_32_bits(tmp_path: Path) -> None:
+    node = helper.make_node("Add", ["x", "x"], ["y"])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 2])],
+    )
+    model = phi.compile(
+        onnx.helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17)]
+        ).SerializeToString(),
+        device="xla",
+    )
+    with pytest.raises(UnsupportedError, match="jax_enable_x64"):
+        model.run({"x": np.ones((1, 2))})
