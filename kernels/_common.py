@@ -31,3 +31,11 @@ def check_same_device(op: str, *tensors: Any) -> None:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def check_precision(op: str, precision: str) -> str:
+    if precision not in ("ieee", "tf32"):
+        raise InvalidRequestError(
+            f"[{op}] precision must be 'ieee' or 'tf32', not {precision!r}", field="precision"
+        )
+    return precision

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
-from phi_engine.kernels._common import check_float, check_same_device, next_pow2
+from phi_engine.kernels._common import check_float, check_precision, check_same_device, next_pow2
 
 _OP = "attention"
 MAX_HEAD_DIM = 256
@@ -45,6 +45,7 @@ def _attention_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     bh = tl.program_id(0)
     qb = tl.program_id(1)
@@ -65,7 +66,7 @@ def _attention_kernel(
             mask=(rk[:, None] < Lk) & (rd[None, :] < D),
             other=0.0,
         )
-        s = tl.dot(q, tl.trans(k), out_dtype=tl.float32) * scale
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=tl.float32) * scale
         if HAS_MASK:
             s += tl.load(
                 mask_ptr + bh * sm_b + rq[:, None] * sm_q + rk[None, :],
@@ -84,7 +85,9 @@ def _attention_kernel(
             mask=(rk[:, None] < Lk) & (rd[None, :] < D),
             other=0.0,
         )
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(
+            p.to(v.dtype), v, input_precision=PRECISION, out_dtype=tl.float32
+        )
         m_i = m_new
     out = acc / l_i[:, None]
     tl.store(
@@ -102,6 +105,7 @@ def attention(
     scale: float | None = None,
     *,
     block: tuple[int, int] = (32, 32),
+    precision: str = "ieee",
 ) -> Any:
     """``softmax(q·kᵀ·scale + mask)·v`` for q [..., Lq, D], k and v [..., Lk, D].
 
@@ -109,6 +113,8 @@ def attention(
         mask: Additive, broadcastable to [..., Lq, Lk] (a key padding mask [..., 1, Lk] too).
         scale: Default ``1/sqrt(D)``.
         block: (BLOCK_Q, BLOCK_K), powers of two of at least 16.
+        precision: ``tl.dot``'s input precision for float32: ``"ieee"`` (exact products, the
+            default) or ``"tf32"`` (tensor cores on Ampere and later, about 1e-3 relative).
 
     Raises:
         InvalidRequestError: shapes that do not match, a dtype that is not float, a mask that
@@ -122,6 +128,7 @@ def attention(
         if t.dim() < 2:
             raise InvalidRequestError(f"[{_OP}] {name} must have at least 2 axes", field=name)
     check_same_device(_OP, q, k, v, mask)
+    prec = check_precision(_OP, precision)
     lead, (lq, d) = tuple(q.shape[:-2]), tuple(q.shape[-2:])
     lk = k.shape[-2]
     if tuple(k.shape) != (*lead, lk, d) or tuple(v.shape) != (*lead, lk, d):
@@ -178,5 +185,7 @@ def attention(
         BLOCK_Q=bq,
         BLOCK_K=bk,
         BLOCK_D=max(16, next_pow2(d)),
+        # "ieee" matters only to float32 products; other dtypes keep Triton's default.
+        PRECISION=prec if q.dtype.itemsize == 4 else "tf32",
     )
     return o.reshape(q.shape)

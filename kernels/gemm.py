@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from phi_engine.errors import InvalidRequestError
-from phi_engine.kernels._common import check_float, check_same_device
+from phi_engine.kernels._common import check_float, check_precision, check_same_device
 
 _OP = "gemm"
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "clip")
@@ -49,6 +49,7 @@ def _gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -68,7 +69,7 @@ def _gemm_kernel(
             mask=(ks[:, None] < K) & (rn[None, :] < N),
             other=0.0,
         )
-        acc += tl.dot(a, b, out_dtype=tl.float32)
+        acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     inside = (rm[:, None] < M) & (rn[None, :] < N)
@@ -103,6 +104,7 @@ def gemm(
     clip_min: float = 0.0,
     clip_max: float = 6.0,
     block: tuple[int, int, int] = (64, 64, 32),
+    precision: str = "ieee",
 ) -> Any:
     """``act(a @ b + bias + residual)`` for ``a`` [M, K] and ``b`` [K, N] (any strides).
 
@@ -112,6 +114,8 @@ def gemm(
         residual: [M, N], added before the activation.
         clip_min, clip_max: The bounds of ``clip``.
         block: (BLOCK_M, BLOCK_N, BLOCK_K), powers of two of at least 16.
+        precision: ``tl.dot``'s input precision for float32: ``"ieee"`` (exact products, the
+            default) or ``"tf32"`` (tensor cores on Ampere and later, about 1e-3 relative).
 
     Raises:
         InvalidRequestError: shapes that do not chain, a dtype that is not float, an unknown
@@ -122,6 +126,7 @@ def gemm(
         if t.dim() != 2:
             raise InvalidRequestError(f"[{_OP}] {name} must be 2-D, not {t.dim()}-D", field=name)
     check_same_device(_OP, a, b, bias, residual)
+    prec = check_precision(_OP, precision)
     (m, k), (k2, n) = a.shape, b.shape
     if k != k2:
         raise InvalidRequestError(
@@ -174,5 +179,7 @@ def gemm(
         BLOCK_M=bm,
         BLOCK_N=bn,
         BLOCK_K=bk,
+        # "ieee" matters only to float32 products; other dtypes keep Triton's default.
+        PRECISION=prec if a.dtype.itemsize == 4 else "tf32",
     )
     return y

@@ -18,7 +18,7 @@
 #                   --platform manylinux_2_28_x86_64 -d .whl scipy-openblas32
 #   CUDAARCHS   architectures to build for (default: the GPU's compute capability, e.g. 90)
 #   OUT         where logs and results go (default build/gpu-check): build.log, pytest_gpu.log,
-#               bench_cuda.md, bench_cuda.json
+#               pytest_triton.log, pytest_xla.log, bench_cuda.md, bench_cuda.json, bench_triton.md
 #
 # Nothing is installed into PYTHON's environment: the build goes to a --target folder
 # (PHI_SITE, default /tmp/phi-gpu-site) that PYTHONPATH puts first.
@@ -37,7 +37,8 @@ SITE=${PHI_SITE:-/tmp/phi-gpu-site}
 BUILD_DIR=${PHI_BUILD_DIR:-/tmp/phi-gpu-build}
 WHEELS=${PHI_WHEELS:-$ROOT/.whl}
 mkdir -p "$OUT_DIR" "$SITE"
-rm -f "$OUT_DIR"/build.log "$OUT_DIR"/pytest_gpu.log "$OUT_DIR"/bench_cuda.md "$OUT_DIR"/bench_cuda.json
+rm -f "$OUT_DIR"/build.log "$OUT_DIR"/pytest_*.log "$OUT_DIR"/bench_cuda.md "$OUT_DIR"/bench_cuda.json \
+  "$OUT_DIR"/bench_triton.md
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
@@ -112,21 +113,44 @@ grep -E "^(FAILED|ERROR)" "$OUT_DIR/pytest_gpu.log" | head -n 30
 tests_summary=$(tail -n 1 "$OUT_DIR/pytest_gpu.log")
 echo "$tests_summary"
 
+step "Triton kernels (pytest tests/triton_kernels; compiled on the GPU, interpreted in a dry run)"
+if [[ $DRY_RUN == 1 ]]; then triton_device=cpu; else triton_device=cuda; fi
+PHI_ENGINE_TRITON_DEVICE=$triton_device timeout 600 "$PY" -m pytest tests/triton_kernels -q -rs \
+  -p no:cacheprovider >"$OUT_DIR/pytest_triton.log" 2>&1
+triton_rc=$?
+grep -E "^(FAILED|ERROR)" "$OUT_DIR/pytest_triton.log" | head -n 20
+triton_summary=$(tail -n 1 "$OUT_DIR/pytest_triton.log")
+echo "$triton_summary"
+
+step "XLA backend (pytest tests/native/test_xla_backend.py; JAX picks the GPU where it sees one)"
+timeout 600 "$PY" -m pytest tests/native/test_xla_backend.py -q -rs -p no:cacheprovider \
+  >"$OUT_DIR/pytest_xla.log" 2>&1
+xla_rc=$?
+grep -E "^(FAILED|ERROR)" "$OUT_DIR/pytest_xla.log" | head -n 20
+xla_summary=$(tail -n 1 "$OUT_DIR/pytest_xla.log")
+echo "$xla_summary"
+
 bench_rc=0
 if [[ $DRY_RUN == 1 ]]; then
-  step "benchmark: left out in a dry run"
+  step "benchmarks: left out in a dry run"
 else
   step "benchmark (bench_cuda.py)"
   timeout 900 "$PY" benchmarks/gpu/bench_cuda.py --out "$OUT_DIR" 2>&1 | grep -v '^|'
   bench_rc=${PIPESTATUS[0]}
+  step "benchmark (bench_triton.py)"
+  timeout 600 "$PY" benchmarks/gpu/bench_triton.py --out "$OUT_DIR" >/dev/null 2>"$OUT_DIR/bench_triton.err"
+  [[ $? == 0 ]] || { bench_rc=1; tail -n 20 "$OUT_DIR/bench_triton.err"; }
 fi
 
 step "summary"
 echo "tests: $tests_summary (exit $test_rc)"
+echo "triton: $triton_summary (exit $triton_rc)"
+echo "xla: $xla_summary (exit $xla_rc)"
 [[ -f "$OUT_DIR/bench_cuda.md" && $DRY_RUN == 0 ]] && cat "$OUT_DIR/bench_cuda.md"
+[[ -f "$OUT_DIR/bench_triton.md" && $DRY_RUN == 0 ]] && cat "$OUT_DIR/bench_triton.md"
 echo "logs and results: $OUT_DIR"
-if [[ $test_rc != 0 || $bench_rc != 0 ]]; then
-  echo "check.sh: FAILED (tests exit $test_rc, benchmark exit $bench_rc)"
+if [[ $test_rc != 0 || $triton_rc != 0 || $xla_rc != 0 || $bench_rc != 0 ]]; then
+  echo "check.sh: FAILED (tests exit $test_rc, triton $triton_rc, xla $xla_rc, benchmark exit $bench_rc)"
   exit 1
 fi
 echo "check.sh: OK"

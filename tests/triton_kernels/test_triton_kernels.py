@@ -1,5 +1,6 @@
-"""The Triton kernels (phi_engine.kernels) under Triton's interpreter on the CPU, against the numpy
-reference on random inputs.
+"""The Triton kernels (phi_engine.kernels) against the numpy reference on random inputs: under
+Triton's interpreter on the CPU (CI), or compiled on a GPU with PHI_ENGINE_TRITON_DEVICE=cuda
+(benchmarks/gpu/check.sh).
 
 Tolerances: float32 inputs within 2e-5 relative / 2e-6 absolute of the float64 reference (the
 kernels accumulate in float32 in another order); float16 and bfloat16 inputs within what their
@@ -13,7 +14,11 @@ import os
 import numpy as np
 import pytest
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated: run them on the CPU
+# PHI_ENGINE_TRITON_DEVICE=cuda (benchmarks/gpu/check.sh) runs them compiled on a GPU; by default
+# Triton's interpreter runs them on the CPU, which must be chosen before they are decorated.
+DEVICE = os.environ.get("PHI_ENGINE_TRITON_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 torch = pytest.importorskip("torch", reason="the Triton kernels launch on torch tensors")
 pytest.importorskip("triton", reason="triton is not installed")
 
@@ -29,11 +34,12 @@ TOL = {"float32": (2e-5, 2e-6), "float16": (1e-2, 1e-2), "bfloat16": (3e-2, 3e-2
 
 
 def t(a: np.ndarray, dtype: str = "float32") -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(getattr(torch, dtype))
+    x = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(getattr(torch, dtype))
+    return x.to(DEVICE)
 
 
 def back(x: torch.Tensor) -> np.ndarray:
-    return x.to(torch.float32).numpy()
+    return x.to(torch.float32).cpu().numpy()
 
 
 def stored(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -101,9 +107,9 @@ def test_gemm_strides_dtypes_and_blocks(rng: np.random.Generator) -> None:
     w = rng.standard_normal((30, 70)).astype(np.float32)  # an ONNX Gemm's transB weight
     got = kernels.gemm(t(a), t(w).T, block=(16, 32, 16))  # b read through its strides
     close(got, ref.gemm(a, w, trans_b=True))
-    # bfloat16 products are left to the GPU check: the interpreter runs tl.dot in numpy, which has
-    # no bfloat16 (the elementwise kernels convert it and are checked in it above).
-    for dtype in ("float16",):
+    # bfloat16 products only on a GPU: the interpreter runs tl.dot in numpy, which has no
+    # bfloat16 (the elementwise kernels convert it and are checked in it above).
+    for dtype in ("float16",) if DEVICE == "cpu" else ("float16", "bfloat16"):
         got = kernels.gemm(t(a, dtype), t(w, dtype).T, t(np.ones(30), dtype), "relu")
         assert got.dtype == getattr(torch, dtype)
         want = ref.gemm(stored(a, dtype), stored(w, dtype), np.ones(30), "relu", trans_b=True)
@@ -136,17 +142,18 @@ def test_attention(
 
 
 def test_bad_arguments_are_refused_naming_the_field() -> None:
-    x = torch.zeros((2, 3))
+    x = torch.zeros((2, 3), device=DEVICE)
     cases = [
-        (lambda: kernels.softmax(torch.zeros((2, 3), dtype=torch.int32)), "x"),
-        (lambda: kernels.softmax(x, torch.zeros((4, 5))), "mask"),
-        (lambda: kernels.layer_norm(x, torch.ones(4)), "gamma"),
-        (lambda: kernels.layer_norm(x, torch.ones(3), epsilon=0.0), "epsilon"),
-        (lambda: kernels.gemm(x, torch.zeros((4, 5))), "b"),
-        (lambda: kernels.gemm(x, torch.zeros((3, 5)), activation="swish"), "activation"),
-        (lambda: kernels.gemm(x, torch.zeros((3, 5)), torch.zeros(4)), "bias"),
-        (lambda: kernels.gemm(x, torch.zeros((3, 5)), block=(24, 32, 32)), "block"),
-        (lambda: kernels.attention(x[None], x[None], torch.zeros((1, 4, 3))), "k"),
+        (lambda: kernels.softmax(x.to(torch.int32)), "x"),
+        (lambda: kernels.softmax(x, x.new_zeros((4, 5))), "mask"),
+        (lambda: kernels.layer_norm(x, x.new_ones(4)), "gamma"),
+        (lambda: kernels.layer_norm(x, x.new_ones(3), epsilon=0.0), "epsilon"),
+        (lambda: kernels.gemm(x, x.new_zeros((4, 5))), "b"),
+        (lambda: kernels.gemm(x, x.new_zeros((3, 5)), activation="swish"), "activation"),
+        (lambda: kernels.gemm(x, x.new_zeros((3, 5)), x.new_zeros(4)), "bias"),
+        (lambda: kernels.gemm(x, x.new_zeros((3, 5)), block=(24, 32, 32)), "block"),
+        (lambda: kernels.gemm(x, x.new_zeros((3, 5)), precision="fp8"), "precision"),
+        (lambda: kernels.attention(x[None], x[None], x.new_zeros((1, 4, 3))), "k"),
     ]
     for call, field in cases:
         with pytest.raises(InvalidRequestError) as info:
