@@ -67,14 +67,20 @@ def _tests(suite: unittest.TestSuite) -> list[unittest.TestCase]:
     return found
 
 
-def run_node_tests(ops: set[str] | None = None) -> Report:
-    """Run the supported node tests (optionally only those using one of ``ops``)."""
+def run_node_tests(ops: set[str] | None = None, device: str = "cpu") -> Report:
+    """Run the supported node tests (optionally only those using one of ``ops``) on ``device``
+    (``cpu``: the native backend; ``xla``: the XLA backend, where a test is supported when that
+    backend compiles its model)."""
     import onnx.backend.test
 
-    from phi_engine.graph.onnx_backend import PhiBackend, is_supported
+    from phi_engine.graph import onnx_backend
 
+    backend = onnx_backend.PhiXlaBackend if device == "xla" else onnx_backend.PhiBackend
+    is_supported = (
+        onnx_backend.is_supported_on_xla if device == "xla" else onnx_backend.is_supported
+    )
     models = _node_models()
-    backend_test = onnx.backend.test.BackendTest(PhiBackend, __name__)
+    backend_test = onnx.backend.test.BackendTest(backend, __name__)
     backend_test.include(r"^test_.*_cpu$")
     report = Report()
     for test in _tests(backend_test.test_suite):
@@ -106,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", help="comma-separated op types: only tests using one of them")
     parser.add_argument("--failures", action="store_true", help="print every failure")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "xla"))
     args = parser.parse_args(argv)
     ops = set(args.ops.split(",")) if args.ops else None
-    report = run_node_tests(ops)
+    report = run_node_tests(ops, args.device)
     out = io.StringIO()
     print("| op | passed | run |\n|---|---:|---:|", file=out)
     for op, (p, r) in report.per_op().items():

@@ -20,3 +20,20 @@ def test_node_tests_of_supported_ops_pass() -> None:
     )
     assert report.run >= 500, "fewer node tests ran than the supported ops have"
     assert report.pass_rate >= 0.95, sorted(report.failed)
+
+
+def test_node_tests_pass_on_the_xla_backend() -> None:
+    """The same node tests through ``compile(device="xla")`` (JAX on the CPU here), for every
+    model the XLA backend compiles; what it refuses at compile time is counted, not run."""
+    import pytest
+
+    pytest.importorskip("jax", reason="the XLA backend needs jax")
+    report = onnx_node_tests.run_node_tests(device="xla")
+    for name, message in sorted(report.failed.items()):
+        print(f"FAIL (xla) {name}: {message}")
+    print(
+        f"ONNX node tests on xla: {len(report.passed)} passed of {report.run} "
+        f"({100 * report.pass_rate:.1f} %); {len(report.unsupported)} not compiled by xla"
+    )
+    assert report.run >= 400, "fewer node tests ran on xla than its ops have"
+    assert report.pass_rate >= 0.95, sorted(report.failed)

@@ -19,7 +19,7 @@ from phi_engine.graph.compiled import CompiledModel, compile
 from phi_engine.graph.onnx_import import from_onnx
 from phi_engine.graph.passes import check_supported
 
-__all__ = ["PhiBackend", "PhiBackendRep", "is_supported"]
+__all__ = ["PhiBackend", "PhiBackendRep", "PhiXlaBackend", "is_supported", "is_supported_on_xla"]
 
 _UNBOUNDED_BATCH = 1 << 31
 
@@ -69,3 +69,27 @@ def is_supported(model: Any) -> bool:
         return False
     # Sequence- and optional-typed graph inputs have no tensor type: not supported.
     return all(name in graph.types for name in graph.inputs)
+
+
+class PhiXlaBackend(PhiBackend):
+    """The same on the XLA backend (``compile(device="xla")``): a model is compatible when that
+    backend compiles it (its ops, attributes and element types)."""
+
+    @classmethod
+    def prepare(cls, model: Any, device: str = "CPU", **kwargs: Any) -> PhiBackendRep:
+        return PhiBackendRep(compile(model, device="xla", max_batch=_UNBOUNDED_BATCH))
+
+    @classmethod
+    def is_compatible(cls, model: Any, device: str = "CPU", **kwargs: Any) -> bool:
+        return cls.supports_device(device) and is_supported_on_xla(model)
+
+
+def is_supported_on_xla(model: Any) -> bool:
+    """Whether the XLA backend compiles this ModelProto."""
+    if not is_supported(model):
+        return False
+    try:
+        compile(model, device="xla", max_batch=_UNBOUNDED_BATCH)
+    except PhiEngineError:
+        return False
+    return True

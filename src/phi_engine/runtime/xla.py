@@ -67,6 +67,15 @@ def xla_devices() -> tuple[dict[str, Any], ...]:
     )
 
 
+def _bfloat16() -> np.dtype[Any] | None:
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    found: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return found
+
+
 def _jnp() -> Any:
     import jax.numpy as jnp
 
@@ -91,8 +100,12 @@ def _static(node: Node, value: Any, what: str) -> np.ndarray:
     import jax
 
     if isinstance(value, jax.core.Tracer):
-        return _fail(node, f"{what} must be known when the model is compiled")  # type: ignore[no-any-return]
+        raise _NeedsValues(f"[{node.op_type}] node {node.label!r}: {what} must be a known value")
     return np.asarray(value)
+
+
+class _NeedsValues(UnsupportedError):
+    """A parameter (shape, axes, bounds) is a traced value: the program runs eagerly instead."""
 
 
 def _attr(node: Node, name: str, default: Any = None) -> Any:
@@ -281,8 +294,6 @@ def _layer_norm(node: Node, xs: list[Any]) -> list[Any]:
 def _batch_norm(node: Node, xs: list[Any]) -> list[Any]:
     jnp = _jnp()
     x, scale, bias, mean, var = xs[:5]
-    if _attr(node, "training_mode", 0):
-        return _fail(node, "training mode is not supported")  # type: ignore[no-any-return]
     eps = float(_attr(node, "epsilon", 1e-5))
     shape = (1, -1) + (1,) * (x.ndim - 2)
     inv = scale.reshape(shape) / jnp.sqrt(var.reshape(shape) + eps)
@@ -342,12 +353,11 @@ def _pool(node: Node, x: Any, reducer: str) -> Any:
     kernel = tuple(int(k) for k in _attr(node, "kernel_shape"))
     strides = tuple(int(s) for s in _attr(node, "strides", [1] * n))
     dilations = tuple(int(d) for d in _attr(node, "dilations", [1] * n))
-    if _attr(node, "ceil_mode", 0):
-        return _fail(node, "ceil_mode is not supported")
     padding = [(0, 0), (0, 0), *_conv_padding(node, x.shape[2:], kernel, strides, dilations)]
     dims, steps, dil = (1, 1, *kernel), (1, 1, *strides), (1, 1, *dilations)
     if reducer == "max":
-        init = jnp.array(-jnp.inf, x.dtype)
+        low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+        init = jnp.array(low, x.dtype)
         return lax.reduce_window(x, init, lax.max, dims, steps, padding, window_dilation=dil)
     total = lax.reduce_window(
         x, jnp.array(0, x.dtype), lax.add, dims, steps, padding, window_dilation=dil
@@ -363,8 +373,6 @@ def _pool(node: Node, x: Any, reducer: str) -> Any:
 
 @_op("MaxPool")
 def _max_pool(node: Node, xs: list[Any]) -> list[Any]:
-    if len(node.outputs) > 1 and node.outputs[1]:
-        return _fail(node, "the Indices output is not supported")  # type: ignore[no-any-return]
     return [_pool(node, xs[0], "max")]
 
 
@@ -570,32 +578,88 @@ OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 """The ONNX ops (default domain) this backend runs."""
 
 
+_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (
+        np.float16,
+        np.float32,
+        np.float64,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.bool_,
+    )
+) | frozenset(t for t in (_bfloat16(),) if t is not None)
+
+
+def _why_not(node: Node) -> str | None:
+    """What about this node the backend does not run, if anything (attributes, outputs)."""
+    if node.op_type in ("MaxPool", "AveragePool") and node.attrs.get("ceil_mode", 0):
+        return "ceil_mode"
+    if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
+        return "the Indices output"
+    if node.op_type == "BatchNormalization" and node.attrs.get("training_mode", 0):
+        return "training mode"
+    return None
+
+
 def check_graph(graph: Graph) -> None:
-    """Refuse, at compile time, a graph with ops this backend does not run (naming each).
+    """Refuse, at compile time, a graph with ops, attributes or element types this backend does
+    not run (naming each node).
 
     Raises:
-        UnsupportedError: the list of (op, node) pairs it cannot run.
+        UnsupportedError: the list of what it cannot run.
     """
-    missing = [
-        f"{n.op_type} (node {n.label!r})"
-        for n in graph.nodes
-        if n.domain not in ("", "ai.onnx") or n.op_type not in _TABLE
-    ]
+    allowed = _DTYPES if _x64() else _DTYPES - {np.dtype(np.float64), np.dtype(np.uint64)}
+    missing = []
+    for n in graph.nodes:
+        if n.domain not in ("", "ai.onnx") or n.op_type not in _TABLE:
+            missing.append(f"{n.op_type} (node {n.label!r})")
+        elif (why := _why_not(n)) is not None:
+            missing.append(f"{n.op_type} with {why} (node {n.label!r})")
+        else:
+            odd = [
+                graph.types[v].dtype.name
+                for v in (*n.inputs, *n.outputs)
+                if v and v in graph.types and graph.types[v].dtype not in allowed
+            ]
+            if odd:
+                missing.append(f"{n.op_type} on {odd[0]} (node {n.label!r})")
+    for v in (*graph.inputs, *graph.outputs):
+        t = graph.types.get(v)
+        if t is not None and t.dtype not in allowed:
+            missing.append(f"{t.dtype.name} value {v!r}")
     if missing:
         raise UnsupportedError(
-            "[compile] device 'xla' does not run these ops yet: "
+            "[compile] device 'xla' does not run these yet: "
             + ", ".join(missing[:20])
-            + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""),
+            + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            + (
+                " (float64 and uint64 need JAX's jax_enable_x64, which phi_engine leaves as JAX "
+                "has it; export the model in float32)"
+                if any("float64" in m or "uint64" in m for m in missing)
+                else ""
+            ),
             field="device",
         )
 
 
-def _to_jax_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    """The dtype a value travels in: int64 as int32 (JAX's default), float64 refused unless x64."""
+def _x64() -> bool:
+    """Whether JAX runs with 64-bit types (``jax_enable_x64``)."""
     import jax
 
     config: Any = jax.config  # jax's config object is untyped
-    if config.read("jax_enable_x64"):
+    return bool(config.read("jax_enable_x64"))
+
+
+def _to_jax_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype a value travels in: int64 as int32 (JAX's default), float64 refused unless x64."""
+    if _x64():
         return dtype
     if dtype == np.int64:
         return np.dtype(np.int32)
@@ -624,13 +688,14 @@ class XlaProgram:
         self._weights: dict[str, Any] = {}
         for name, value in graph.constants.items():
             if value.dtype.kind in "iub" and value.size <= 1024:
-                self._static[name] = value.astype(_to_jax_dtype(value.dtype))
+                self._static[name] = value  # exact (an int64 bound such as INT64_MAX stays so)
             else:
                 self._weights[name] = jax.device_put(value.astype(_to_jax_dtype(value.dtype)))
         self._in_dtypes = {n: _to_jax_dtype(graph.types[n].dtype) for n in graph.inputs}
         self._out_dtypes = [graph.types[n].dtype for n in graph.outputs]
         self._fn = jax.jit(self._trace)
         self.steps: tuple[Any, ...] = ()  # no native segments: XLA plans its own memory
+        self._eager = False
 
     def _trace(self, feeds: dict[str, Any], weights: dict[str, Any]) -> list[Any]:
         from phi_engine.graph.registry import get_op
@@ -647,7 +712,11 @@ class XlaProgram:
                 outs = _TABLE[node.op_type](node, args)
             for name, value in zip(node.outputs, outs, strict=False):
                 t = self.graph.types.get(name) if name else None
-                if t is not None:
+                if t is None:
+                    continue
+                if isinstance(value, np.ndarray):  # a known value: numpy keeps its exact type
+                    env[name] = value.astype(t.dtype, copy=False)
+                else:
                     env[name] = value.astype(_to_jax_dtype(t.dtype))
         return [jnp.asarray(env[name]) for name in self.graph.outputs]
 
@@ -657,7 +726,17 @@ class XlaProgram:
             n: np.asarray(inputs[n]).astype(self._in_dtypes[n], copy=False)
             for n in self.graph.inputs
         }
-        outs = self._fn(feeds, self._weights)  # compiled on the first call, then reused
+        if self._eager:
+            outs = self._trace(feeds, self._weights)
+        else:
+            try:
+                outs = self._fn(feeds, self._weights)  # compiled on the first call, then reused
+            except _NeedsValues:
+                # An input feeds a shape, axes or bounds (a model that computes its own reshape
+                # target from an input, as some ONNX tests do): run op by op on concrete values,
+                # which JAX dispatches eagerly; correct, not compiled as one program.
+                self._eager = True
+                outs = self._trace(feeds, self._weights)
         return {
             name: np.asarray(value).astype(dtype, copy=False)
             for name, value, dtype in zip(self.graph.outputs, outs, self._out_dtypes, strict=True)
