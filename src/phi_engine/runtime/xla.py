@@ -574,6 +574,212 @@ def _range(node: Node, xs: list[Any]) -> list[Any]:
     return [np.arange(start, limit, delta).astype(dtype)]
 
 
+# ---- more elementwise, variadic and indexing ops ----------------------------------------------
+
+
+for _name, _fn_name in (
+    ("Sign", "sign"),
+    ("Round", "round"),
+    ("IsNaN", "isnan"),
+    ("Atan", "arctan"),
+    ("Asin", "arcsin"),
+    ("Acos", "arccos"),
+    ("Sinh", "sinh"),
+    ("Cosh", "cosh"),
+    ("Tan", "tan"),
+    ("Asinh", "arcsinh"),
+    ("Acosh", "arccosh"),
+    ("Atanh", "arctanh"),
+):
+    _TABLE[_name] = (lambda f: _unary(lambda x: getattr(_jnp(), f)(x)))(_fn_name)
+
+_TABLE["Xor"] = _binary("logical_xor")
+
+
+@_op("Max", "Min", "Sum", "Mean")
+def _variadic(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    parts = [x for x in xs if x is not None]
+    out = parts[0]
+    for x in parts[1:]:
+        if node.op_type == "Max":
+            out = jnp.maximum(out, x)
+        elif node.op_type == "Min":
+            out = jnp.minimum(out, x)
+        else:
+            out = out + x
+    return [out / len(parts) if node.op_type == "Mean" else out]
+
+
+@_op("Softplus")
+def _softplus(node: Node, xs: list[Any]) -> list[Any]:
+    return [_jnp().logaddexp(xs[0], 0.0)]
+
+
+@_op("Softsign")
+def _softsign(node: Node, xs: list[Any]) -> list[Any]:
+    return [xs[0] / (1 + _jnp().abs(xs[0]))]
+
+
+@_op("HardSigmoid")
+def _hard_sigmoid(node: Node, xs: list[Any]) -> list[Any]:
+    alpha, beta = float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5))
+    return [_jnp().clip(alpha * xs[0] + beta, 0, 1)]
+
+
+@_op("HardSwish")
+def _hard_swish(node: Node, xs: list[Any]) -> list[Any]:
+    return [xs[0] * _jnp().clip(xs[0] / 6 + 0.5, 0, 1)]
+
+
+@_op("Elu")
+def _elu(node: Node, xs: list[Any]) -> list[Any]:
+    alpha = float(_attr(node, "alpha", 1.0))
+    x = xs[0]
+    return [_jnp().where(x > 0, x, alpha * (_jnp().exp(x) - 1))]
+
+
+@_op("Selu")
+def _selu(node: Node, xs: list[Any]) -> list[Any]:
+    alpha = float(_attr(node, "alpha", 1.67326319217681884765625))
+    gamma = float(_attr(node, "gamma", 1.05070102214813232421875))
+    x = xs[0]
+    return [gamma * _jnp().where(x > 0, x, alpha * (_jnp().exp(x) - 1))]
+
+
+@_op("PRelu")
+def _prelu(node: Node, xs: list[Any]) -> list[Any]:
+    x, slope = xs
+    return [_jnp().where(x < 0, slope * x, x)]
+
+
+@_op("ThresholdedRelu")
+def _thresholded_relu(node: Node, xs: list[Any]) -> list[Any]:
+    alpha = float(_attr(node, "alpha", 1.0))
+    return [_jnp().where(xs[0] > alpha, xs[0], 0)]
+
+
+@_op("Mish")
+def _mish(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    return [xs[0] * jnp.tanh(jnp.logaddexp(xs[0], 0.0))]
+
+
+@_op("Einsum")
+def _einsum(node: Node, xs: list[Any]) -> list[Any]:
+    equation = _attr(node, "equation")
+    if isinstance(equation, bytes):
+        equation = equation.decode()
+    return [_jnp().einsum(equation.replace(" ", ""), *xs)]
+
+
+@_op("Tile")
+def _tile(node: Node, xs: list[Any]) -> list[Any]:
+    repeats = tuple(int(r) for r in _static(node, xs[1], "repeats"))
+    return [_jnp().tile(xs[0], repeats)]
+
+
+@_op("Split")
+def _split(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    axis = _axis(node, x.ndim, 0)
+    given = xs[1] if len(xs) > 1 and xs[1] is not None else _attr(node, "split")
+    n_out = len(node.outputs)
+    if given is not None:
+        sizes = [int(v) for v in np.atleast_1d(_static(node, given, "split"))]
+    else:
+        parts = int(_attr(node, "num_outputs", n_out))
+        size = -(-x.shape[axis] // parts)  # ceil: the last part is smaller (opset 18)
+        sizes = [min(size, x.shape[axis] - i * size) for i in range(parts)]
+    cuts = list(np.cumsum(sizes)[:-1])
+    return list(jnp.split(x, cuts, axis=axis))
+
+
+@_op("ArgMax", "ArgMin")
+def _arg(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    axis = _axis(node, x.ndim, 0)
+    keep = bool(_attr(node, "keepdims", 1))
+    pick = jnp.argmax if node.op_type == "ArgMax" else jnp.argmin
+    if _attr(node, "select_last_index", 0):
+        flipped = jnp.flip(x, axis=axis)
+        out = x.shape[axis] - 1 - pick(flipped, axis=axis)
+    else:
+        out = pick(x, axis=axis)
+    return [jnp.expand_dims(out, axis) if keep else out]
+
+
+@_op("CumSum")
+def _cumsum(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    axis = int(_static(node, xs[1], "axis")) % x.ndim
+    if _attr(node, "reverse", 0):
+        x = jnp.flip(x, axis=axis)
+    out = jnp.cumsum(x, axis=axis, dtype=x.dtype)
+    if _attr(node, "exclusive", 0):
+        out = out - x
+    if _attr(node, "reverse", 0):
+        out = jnp.flip(out, axis=axis)
+    return [out]
+
+
+@_op("Trilu")
+def _trilu(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    k = int(_static(node, xs[1], "k")) if len(xs) > 1 and xs[1] is not None else 0
+    fn = jnp.triu if _attr(node, "upper", 1) else jnp.tril
+    return [fn(xs[0], k)]
+
+
+@_op("GatherElements")
+def _gather_elements(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x, idx = xs
+    axis = _axis(node, x.ndim, 0)
+    idx = jnp.where(idx < 0, idx + x.shape[axis], idx)
+    return [jnp.take_along_axis(x, idx, axis=axis)]
+
+
+@_op("Dropout")
+def _dropout(node: Node, xs: list[Any]) -> list[Any]:
+    if len(xs) > 2 and xs[2] is not None and bool(np.asarray(_static(node, xs[2], "training"))):
+        return _fail(node, "training mode")  # type: ignore[no-any-return]
+    return [xs[0], _jnp().ones(xs[0].shape, bool)]
+
+
+@_op("Pad")
+def _pad(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    pads = [int(p) for p in _static(node, xs[1], "pads")]
+    value = xs[2] if len(xs) > 2 and xs[2] is not None else 0
+    axes = (
+        [int(a) % x.ndim for a in _static(node, xs[3], "axes")]
+        if len(xs) > 3 and xs[3] is not None
+        else list(range(x.ndim))
+    )
+    k = len(axes)
+    width = [(0, 0)] * x.ndim
+    for i, a in enumerate(axes):
+        width[a] = (pads[i], pads[i + k])
+    if any(lo < 0 or hi < 0 for lo, hi in width):
+        index = tuple(slice(-lo if lo < 0 else None, hi if hi < 0 else None) for lo, hi in width)
+        x = x[index]
+        width = [(max(lo, 0), max(hi, 0)) for lo, hi in width]
+    mode = _attr(node, "mode", "constant")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if mode == "constant":
+        fill = jnp.asarray(value, x.dtype).reshape(())
+        return [jnp.pad(x, width, mode="constant", constant_values=fill)]
+    if mode in ("reflect", "edge", "wrap"):
+        return [jnp.pad(x, width, mode=mode)]
+    return _fail(node, f"mode {mode!r}")  # type: ignore[no-any-return]
+
+
 OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 """The ONNX ops (default domain) this backend runs."""
 
