@@ -780,6 +780,36 @@ def _pad(node: Node, xs: list[Any]) -> list[Any]:
     return _fail(node, f"mode {mode!r}")  # type: ignore[no-any-return]
 
 
+@_op("TopK")
+def _topk(node: Node, xs: list[Any]) -> list[Any]:
+    from jax import lax
+
+    jnp = _jnp()
+    x = xs[0]
+    k = int(np.asarray(_static(node, xs[1], "k")).reshape(-1)[0])
+    axis = _axis(node, x.ndim, -1)
+    moved = jnp.moveaxis(x, axis, -1)
+    largest = bool(_attr(node, "largest", 1))
+    if largest:
+        values, idx = lax.top_k(moved, k)
+    else:
+        values, idx = lax.top_k(-moved, k)
+        values = -values
+    return [jnp.moveaxis(values, -1, axis), jnp.moveaxis(idx, -1, axis)]
+
+
+@_op("InstanceNormalization")
+def _instance_norm(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x, scale, bias = xs
+    eps = float(_attr(node, "epsilon", 1e-5))
+    axes = tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return [(x - mean) / jnp.sqrt(var + eps) * scale.reshape(shape) + bias.reshape(shape)]
+
+
 OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 """The ONNX ops (default domain) this backend runs."""
 
