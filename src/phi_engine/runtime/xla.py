@@ -21,7 +21,7 @@ import importlib.util
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def _op(*names: str) -> Callable[[_Fn], _Fn]:
     return register
 
 
-def _fail(node: Node, message: str) -> Any:
+def _fail(node: Node, message: str) -> NoReturn:
     raise UnsupportedError(f"[{node.op_type}] node {node.label!r} on xla: {message}")
 
 
@@ -746,7 +746,7 @@ def _gather_elements(node: Node, xs: list[Any]) -> list[Any]:
 @_op("Dropout")
 def _dropout(node: Node, xs: list[Any]) -> list[Any]:
     if len(xs) > 2 and xs[2] is not None and bool(np.asarray(_static(node, xs[2], "training"))):
-        return _fail(node, "training mode")  # type: ignore[no-any-return]
+        _fail(node, "training mode")
     return [xs[0], _jnp().ones(xs[0].shape, bool)]
 
 
@@ -777,7 +777,7 @@ def _pad(node: Node, xs: list[Any]) -> list[Any]:
         return [jnp.pad(x, width, mode="constant", constant_values=fill)]
     if mode in ("reflect", "edge", "wrap"):
         return [jnp.pad(x, width, mode=mode)]
-    return _fail(node, f"mode {mode!r}")  # type: ignore[no-any-return]
+    _fail(node, f"mode {mode!r}")
 
 
 @_op("TopK")
