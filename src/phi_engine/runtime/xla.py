@@ -163,6 +163,18 @@ for _name, _fn_name in (
     ("Not", "logical_not"),
     ("Sin", "sin"),
     ("Cos", "cos"),
+    ("Sign", "sign"),
+    ("Round", "round"),
+    ("IsNaN", "isnan"),
+    ("Atan", "arctan"),
+    ("Asin", "arcsin"),
+    ("Acos", "arccos"),
+    ("Sinh", "sinh"),
+    ("Cosh", "cosh"),
+    ("Tan", "tan"),
+    ("Asinh", "arcsinh"),
+    ("Acosh", "arccosh"),
+    ("Atanh", "arctanh"),
 ):
     _TABLE[_name] = (lambda f: _unary(lambda x: getattr(_jnp(), f)(x)))(_fn_name)
 
@@ -576,22 +588,6 @@ def _range(node: Node, xs: list[Any]) -> list[Any]:
 
 # ---- more elementwise, variadic and indexing ops ----------------------------------------------
 
-
-for _name, _fn_name in (
-    ("Sign", "sign"),
-    ("Round", "round"),
-    ("IsNaN", "isnan"),
-    ("Atan", "arctan"),
-    ("Asin", "arcsin"),
-    ("Acos", "arccos"),
-    ("Sinh", "sinh"),
-    ("Cosh", "cosh"),
-    ("Tan", "tan"),
-    ("Asinh", "arcsinh"),
-    ("Acosh", "arccosh"),
-    ("Atanh", "arctanh"),
-):
-    _TABLE[_name] = (lambda f: _unary(lambda x: getattr(_jnp(), f)(x)))(_fn_name)
 
 _TABLE["Xor"] = _binary("logical_xor")
 
