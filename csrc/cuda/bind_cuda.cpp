@@ -51,6 +51,8 @@ T* device_ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
+cudaStream_t stream_of(uintptr_t address) { return reinterpret_cast<cudaStream_t>(address); }
+
 void check_dims(const std::string& op, const Dims& dims, const char* name) {
   if (dims.size() > static_cast<size_t>(kMaxDims)) {
     invalid(op, std::string(name) + " has " + std::to_string(dims.size()) + " dimensions; at most " +
@@ -143,8 +145,8 @@ py::buffer_info contiguous_info(const py::buffer& buffer, bool writable, const c
 
 void gemm(uintptr_t a, uintptr_t b, uintptr_t c, int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b,
           double alpha, uintptr_t bias, uintptr_t residual, const std::string& activation, double clip_min,
-          double clip_max, bool tf32) {
-  check_sizes("gemm", {m, n, k});
+          double clip_max, bool tf32, int64_t batch, int64_t stride_a, int64_t stride_b, uintptr_t stream) {
+  check_sizes("gemm", {m, n, k, batch, stride_a, stride_b});
   const bool any = m > 0 && n > 0;
   check_address("gemm", c, "c", any);
   check_address("gemm", a, "a", any && k > 0);
@@ -160,21 +162,25 @@ void gemm(uintptr_t a, uintptr_t b, uintptr_t c, int64_t m, int64_t n, int64_t k
   g.trans_b = trans_b;
   g.alpha = static_cast<float>(alpha);
   g.tf32 = tf32;
+  g.batch = batch;
+  g.stride_a = stride_a;
+  g.stride_b = stride_b;
+  g.stream = stream_of(stream);
   g.epilogue = make_epilogue("gemm", bias, residual, activation, clip_min, clip_max);
   gemm_f32(g);
 }
 
 void gemm_epilogue(uintptr_t c, int64_t m, int64_t n, uintptr_t bias, uintptr_t residual,
-                   const std::string& activation, double clip_min, double clip_max) {
+                   const std::string& activation, double clip_min, double clip_max, uintptr_t stream) {
   check_sizes("gemm_epilogue", {m, n});
   check_address("gemm_epilogue", c, "c", m > 0 && n > 0);
   const Epilogue ep = make_epilogue("gemm_epilogue", bias, residual, activation, clip_min, clip_max);
-  check_cuda(launch_gemm_epilogue(device_ptr<float>(c), m, n, ep, default_stream()), "gemm_epilogue");
+  check_cuda(launch_gemm_epilogue(device_ptr<float>(c), m, n, ep, stream_of(stream)), "gemm_epilogue");
 }
 
 void binary(const std::string& op, uintptr_t a, const Dims& a_shape, uintptr_t b, const Dims& b_shape,
             uintptr_t out, const Dims& out_shape, const std::string& activation, double clip_min,
-            double clip_max) {
+            double clip_max, uintptr_t stream) {
   const BinaryOp kind = parse_binary(op);
   ActParams act;
   act.act = parse_act(op, activation);
@@ -202,18 +208,18 @@ void binary(const std::string& op, uintptr_t a, const Dims& a_shape, uintptr_t b
   check_address(op, out, "out", n > 0);
   check_cuda(launch_binary(kind, device_ptr<const float>(a), pa.data(), device_ptr<const float>(b), pb.data(),
                            device_ptr<float>(out), out_shape.data(), static_cast<int>(out_shape.size()), act,
-                           default_stream()),
+                           stream_of(stream)),
              op);
 }
 
-void unary(const std::string& op, uintptr_t x, uintptr_t out, int64_t n, double p0, double p1) {
+void unary(const std::string& op, uintptr_t x, uintptr_t out, int64_t n, double p0, double p1, uintptr_t stream) {
   const UnaryOp kind = parse_unary(op);
   check_sizes(op, {n});
   check_address(op, x, "x", n > 0);
   check_address(op, out, "out", n > 0);
   if (kind == UnaryOp::clip && !(p0 <= p1)) invalid(op, "min must not exceed max");
   check_cuda(launch_unary(kind, device_ptr<const float>(x), device_ptr<float>(out), n, static_cast<float>(p0),
-                          static_cast<float>(p1), default_stream()),
+                          static_cast<float>(p1), stream_of(stream)),
              op);
 }
 
@@ -243,7 +249,8 @@ SoftmaxMask make_mask(uintptr_t mask, const Dims& mask_shape, const Dims& shape)
   return m;
 }
 
-void softmax(uintptr_t x, uintptr_t out, const Dims& shape, double scale, uintptr_t mask, const Dims& mask_shape) {
+void softmax(uintptr_t x, uintptr_t out, const Dims& shape, double scale, uintptr_t mask, const Dims& mask_shape,
+             uintptr_t stream) {
   check_dims("softmax", shape, "x");
   if (shape.empty()) invalid("softmax", "x must have at least one dimension");
   if (!std::isfinite(scale)) invalid("softmax", "scale must be finite");
@@ -255,12 +262,12 @@ void softmax(uintptr_t x, uintptr_t out, const Dims& shape, double scale, uintpt
   check_address("softmax", x, "x", any);
   check_address("softmax", out, "out", any);
   check_cuda(launch_softmax(device_ptr<const float>(x), device_ptr<float>(out), rows, cols,
-                            static_cast<float>(scale), m, default_stream()),
+                            static_cast<float>(scale), m, stream_of(stream)),
              "softmax");
 }
 
 void layer_norm(uintptr_t x, uintptr_t out, int64_t rows, int64_t cols, uintptr_t gamma, uintptr_t beta,
-                uintptr_t residual, double epsilon) {
+                uintptr_t residual, double epsilon, uintptr_t stream) {
   check_sizes("layer_norm", {rows, cols});
   if (!std::isfinite(epsilon) || !(static_cast<float>(epsilon) > 0.0f)) {
     invalid("layer_norm", "epsilon must be finite and > 0 in float32");
@@ -271,8 +278,84 @@ void layer_norm(uintptr_t x, uintptr_t out, int64_t rows, int64_t cols, uintptr_
   check_address("layer_norm", gamma, "gamma", any);
   check_cuda(launch_layer_norm(device_ptr<const float>(x), device_ptr<const float>(residual),
                                device_ptr<const float>(gamma), device_ptr<const float>(beta), device_ptr<float>(out),
-                               rows, cols, static_cast<float>(epsilon), default_stream()),
+                               rows, cols, static_cast<float>(epsilon), stream_of(stream)),
              "layer_norm");
+}
+
+DType parse_dtype(const std::string& op, const std::string& name) {
+  static const std::pair<const char*, DType> names[] = {
+      {"float32", DType::f32}, {"float64", DType::f64}, {"float16", DType::f16}, {"int8", DType::i8},
+      {"uint8", DType::u8},    {"int32", DType::i32},   {"int64", DType::i64},   {"bool", DType::boolean},
+  };
+  for (const auto& [text, dtype] : names) {
+    if (name == text) return dtype;
+  }
+  invalid(op, "unsupported dtype '" + name + "' (float32, float64, float16, int8, uint8, int32, int64 or bool)");
+}
+
+void strided_copy(uintptr_t src, uintptr_t dst, int elem_size, const Dims& shape, const Dims& src_strides,
+                  uintptr_t stream) {
+  check_dims("strided_copy", shape, "shape");
+  if (src_strides.size() != shape.size()) invalid("strided_copy", "src_strides must have one stride per dimension");
+  if (elem_size != 1 && elem_size != 2 && elem_size != 4 && elem_size != 8) {
+    invalid("strided_copy", "elem_size must be 1, 2, 4 or 8");
+  }
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  check_address("strided_copy", src, "src", n > 0);
+  check_address("strided_copy", dst, "dst", n > 0);
+  check_cuda(launch_strided_copy(device_ptr<const void>(src), device_ptr<void>(dst), elem_size,
+                                 static_cast<int>(shape.size()), shape.data(), src_strides.data(), stream_of(stream)),
+             "strided_copy");
+}
+
+void gather(uintptr_t data, int elem_size, uintptr_t indices, const std::string& index_dtype, uintptr_t out,
+            int64_t outer, int64_t count, int64_t dim, int64_t row, uintptr_t error, uintptr_t stream) {
+  check_sizes("gather", {outer, count, dim, row});
+  if (elem_size != 1 && elem_size != 2 && elem_size != 4 && elem_size != 8) {
+    invalid("gather", "elem_size must be 1, 2, 4 or 8");
+  }
+  if (index_dtype != "int32" && index_dtype != "int64") invalid("gather", "indices must be int32 or int64");
+  const bool any = outer * count * row > 0;
+  if (any && dim == 0) invalid("gather", "cannot gather from an empty axis");
+  check_address("gather", data, "data", any);
+  check_address("gather", indices, "indices", any);
+  check_address("gather", out, "out", any);
+  check_cuda(launch_gather(device_ptr<const void>(data), elem_size, device_ptr<const void>(indices),
+                           index_dtype == "int64", device_ptr<void>(out), outer, count, dim, row,
+                           device_ptr<unsigned long long>(error), stream_of(stream)),
+             "gather");
+}
+
+void cast(uintptr_t x, const std::string& from, uintptr_t out, const std::string& to, int64_t n, uintptr_t stream) {
+  const DType f = parse_dtype("cast", from), t = parse_dtype("cast", to);
+  check_sizes("cast", {n});
+  check_address("cast", x, "x", n > 0);
+  check_address("cast", out, "out", n > 0);
+  check_cuda(launch_cast(device_ptr<const void>(x), f, device_ptr<void>(out), t, n, stream_of(stream)), "cast");
+}
+
+void reduce(const std::string& op, uintptr_t x, uintptr_t out, int64_t outer, int64_t len, int64_t inner,
+            uintptr_t stream) {
+  static const std::pair<const char*, ReduceOp> names[] = {
+      {"sum", ReduceOp::sum}, {"mean", ReduceOp::mean}, {"max", ReduceOp::max},
+      {"min", ReduceOp::min}, {"prod", ReduceOp::prod},
+  };
+  const ReduceOp* kind = nullptr;
+  for (const auto& [text, value] : names) {
+    if (op == text) kind = &value;
+  }
+  if (kind == nullptr) invalid("reduce", "unknown reduction '" + op + "' (sum, mean, max, min or prod)");
+  check_sizes("reduce", {outer, len, inner});
+  const bool any = outer * inner > 0;
+  if (any && len == 0 && (*kind == ReduceOp::max || *kind == ReduceOp::min)) {
+    invalid("reduce", "max and min of an empty axis have no value");
+  }
+  check_address("reduce", x, "x", any && len > 0);
+  check_address("reduce", out, "out", any);
+  check_cuda(launch_reduce(*kind, device_ptr<const float>(x), device_ptr<float>(out), outer, len, inner,
+                           stream_of(stream)),
+             "reduce");
 }
 
 py::list device_list() {
@@ -312,7 +395,8 @@ void bind_runtime(py::module_& m) {
 
   py::class_<Event>(m, "Event", "A CUDA event for timing work on the default stream.")
       .def(py::init<>())
-      .def("record", &Event::record, "Record the event after the work queued so far.")
+      .def("record", [](Event& e, uintptr_t stream) { e.record(stream_of(stream)); }, py::arg("stream") = 0,
+           "Record the event after the work queued so far on `stream` (0: the default stream).")
       .def("synchronize", [](Event& e) {
         py::gil_scoped_release release;
         e.synchronize();
@@ -334,15 +418,52 @@ void bind_runtime(py::module_& m) {
     copy_to_host(info.ptr, device_ptr<const void>(src), nbytes);
   }, py::arg("dst"), py::arg("src"),
      "Fill a C-contiguous, writable host array from device address `src` after all queued work.");
-  m.def("copy_device", [](uintptr_t dst, uintptr_t src, size_t nbytes) {
+  m.def("copy_device", [](uintptr_t dst, uintptr_t src, size_t nbytes, uintptr_t stream) {
     check_address("copy_device", dst, "dst", nbytes > 0);
     check_address("copy_device", src, "src", nbytes > 0);
-    copy_device(device_ptr<void>(dst), device_ptr<const void>(src), nbytes);
-  }, py::arg("dst"), py::arg("src"), py::arg("nbytes"), "Queue a device-to-device copy.");
-  m.def("fill_bytes", [](uintptr_t dst, int value, size_t nbytes) {
+    copy_device(device_ptr<void>(dst), device_ptr<const void>(src), nbytes, stream_of(stream));
+  }, py::arg("dst"), py::arg("src"), py::arg("nbytes"), py::kw_only(), py::arg("stream") = 0,
+     "Queue a device-to-device copy.");
+  m.def("copy_async", [](uintptr_t dst, uintptr_t src, size_t nbytes, uintptr_t stream) {
+    check_address("copy_async", dst, "dst", nbytes > 0);
+    check_address("copy_async", src, "src", nbytes > 0);
+    copy_async(device_ptr<void>(dst), device_ptr<const void>(src), nbytes, stream_of(stream));
+  }, py::arg("dst"), py::arg("src"), py::arg("nbytes"), py::kw_only(), py::arg("stream") = 0,
+     "Queue a copy in any direction (host addresses must be pinned: HostBuffer).");
+  m.def("fill_bytes", [](uintptr_t dst, int value, size_t nbytes, uintptr_t stream) {
     check_address("fill_bytes", dst, "dst", nbytes > 0);
-    fill_bytes(device_ptr<void>(dst), value, nbytes);
-  }, py::arg("dst"), py::arg("value"), py::arg("nbytes"), "Queue a memset of `nbytes` bytes to `value`.");
+    fill_bytes(device_ptr<void>(dst), value, nbytes, stream_of(stream));
+  }, py::arg("dst"), py::arg("value"), py::arg("nbytes"), py::kw_only(), py::arg("stream") = 0,
+     "Queue a memset of `nbytes` bytes to `value`.");
+
+  py::class_<Stream>(m, "Stream", "A non-blocking CUDA stream, destroyed with the object.")
+      .def(py::init<>())
+      .def_property_readonly("ptr", [](const Stream& s) { return reinterpret_cast<uintptr_t>(s.get()); })
+      .def("synchronize", [](Stream& s) {
+        py::gil_scoped_release release;
+        s.synchronize();
+      }, "Wait for everything queued on the stream.");
+
+  py::class_<HostBuffer>(m, "HostBuffer", py::buffer_protocol(),
+                         "Pinned host memory (a writable buffer: numpy.frombuffer views it).")
+      .def(py::init<size_t>(), py::arg("nbytes"))
+      .def_property_readonly("ptr", [](const HostBuffer& b) { return reinterpret_cast<uintptr_t>(b.data()); })
+      .def_property_readonly("nbytes", &HostBuffer::nbytes)
+      .def_buffer([](HostBuffer& b) {
+        return py::buffer_info(b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.nbytes())}, {1});
+      });
+
+  py::class_<Graph>(m, "Graph", "An instantiated CUDA graph (see begin_capture / end_capture).")
+      .def("launch", [](Graph& g, uintptr_t stream) { g.launch(stream_of(stream)); }, py::arg("stream"),
+           "Queue one replay of the graph on `stream`.")
+      .def_property_readonly("nodes", &Graph::nodes);
+  m.def("begin_capture", [](uintptr_t stream) { begin_capture(stream_of(stream)); }, py::arg("stream"),
+        "Start capturing the work queued on `stream` (not the default stream) into a graph.");
+  m.def("end_capture", [](uintptr_t stream) { return end_capture(stream_of(stream)); }, py::arg("stream"),
+        py::return_value_policy::take_ownership, "End the capture on `stream` and instantiate it as a Graph.");
+  m.def("abort_capture", [](uintptr_t stream) { abort_capture(stream_of(stream)); }, py::arg("stream"),
+        "End a capture on `stream`, if one is running, and drop it.");
 }
 
 void bind_kernels(py::module_& m) {
@@ -350,25 +471,41 @@ void bind_kernels(py::module_& m) {
   m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("m"), py::arg("n"), py::arg("k"),
         py::kw_only(), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
         py::arg("bias") = 0, py::arg("residual") = 0, py::arg("activation") = "none", py::arg("clip_min") = -inf,
-        py::arg("clip_max") = inf, py::arg("tf32") = false,
-        "Queue c = act(alpha * op(a) @ op(b) + bias + residual) (float32, row-major, device addresses; 0 = absent).");
+        py::arg("clip_max") = inf, py::arg("tf32") = false, py::arg("batch") = 1, py::arg("stride_a") = 0,
+        py::arg("stride_b") = 0, py::arg("stream") = 0,
+        "Queue c = act(alpha * op(a) @ op(b) + bias + residual) (float32, row-major, device addresses; 0 = absent); "
+        "with batch > 1, batch products reading a + i * stride_a, b + i * stride_b (elements) into c + i * m * n.");
   m.def("gemm_epilogue", &gemm_epilogue, py::arg("c"), py::arg("m"), py::arg("n"), py::kw_only(),
         py::arg("bias") = 0, py::arg("residual") = 0, py::arg("activation") = "none", py::arg("clip_min") = -inf,
-        py::arg("clip_max") = inf, "Queue c = act(c + bias + residual) in place on the m x n matrix c.");
+        py::arg("clip_max") = inf, py::arg("stream") = 0,
+        "Queue c = act(c + bias + residual) in place on the m x n matrix c.");
   m.def("binary", &binary, py::arg("op"), py::arg("a"), py::arg("a_shape"), py::arg("b"), py::arg("b_shape"),
         py::arg("out"), py::arg("out_shape"), py::kw_only(), py::arg("activation") = "none",
-        py::arg("clip_min") = -inf, py::arg("clip_max") = inf,
+        py::arg("clip_min") = -inf, py::arg("clip_max") = inf, py::arg("stream") = 0,
         "Queue out = act(op(a, b)) with numpy broadcasting; op is add, sub, mul, div, maximum, minimum or pow.");
   m.def("unary", &unary, py::arg("op"), py::arg("x"), py::arg("out"), py::arg("n"), py::kw_only(),
-        py::arg("p0") = 0.0, py::arg("p1") = 0.0,
+        py::arg("p0") = 0.0, py::arg("p1") = 0.0, py::arg("stream") = 0,
         "Queue out = op(x) over n float32 elements (clip: bounds p0, p1; leaky_relu: slope p0).");
   m.def("softmax", &softmax, py::arg("x"), py::arg("out"), py::arg("shape"), py::kw_only(), py::arg("scale") = 1.0,
-        py::arg("mask") = 0, py::arg("mask_shape") = Dims{},
+        py::arg("mask") = 0, py::arg("mask_shape") = Dims{}, py::arg("stream") = 0,
         "Queue softmax over the last axis of x (shape `shape`) of x * scale + mask, the float32 mask "
         "(0 = none) of shape `mask_shape` broadcasting to x.");
   m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("cols"),
         py::arg("gamma"), py::kw_only(), py::arg("beta") = 0, py::arg("residual") = 0, py::arg("epsilon") = 1e-5,
-        "Queue layer normalisation of each row of x (+ residual), scaled by gamma and shifted by beta.");
+        py::arg("stream") = 0, "Queue layer normalisation of each row of x (+ residual), scaled by gamma and shifted by beta.");
+  m.def("strided_copy", &strided_copy, py::arg("src"), py::arg("dst"), py::arg("elem_size"), py::arg("shape"),
+        py::arg("src_strides"), py::kw_only(), py::arg("stream") = 0,
+        "Queue dst[i] = src[sum coord(i) * src_strides] over the dense `shape` (strides in elements).");
+  m.def("gather", &gather, py::arg("data"), py::arg("elem_size"), py::arg("indices"), py::arg("index_dtype"),
+        py::arg("out"), py::arg("outer"), py::arg("count"), py::arg("dim"), py::arg("row"), py::kw_only(),
+        py::arg("error") = 0, py::arg("stream") = 0,
+        "Queue out[o, j, :] = data[o, indices[j], :]; a bad index sets error[0] = 1, error[1] = the index "
+        "(two uint64 words, 0 = not reported).");
+  m.def("cast", &cast, py::arg("x"), py::arg("from_dtype"), py::arg("out"), py::arg("to_dtype"), py::arg("n"),
+        py::kw_only(), py::arg("stream") = 0, "Queue out = x.astype(to_dtype) over n elements.");
+  m.def("reduce", &reduce, py::arg("op"), py::arg("x"), py::arg("out"), py::arg("outer"), py::arg("len"),
+        py::arg("inner"), py::kw_only(), py::arg("stream") = 0,
+        "Queue out[o, i] = op over l of x[o, l, i] (float32; op is sum, mean, max, min or prod).");
 }
 
 }  // namespace

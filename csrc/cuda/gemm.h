@@ -20,13 +20,20 @@ struct GemmArgs {
   // Let cuBLAS use TF32 tensor cores (10-bit mantissa inputs, ~3e-4 relative error) instead of
   // full float32 FMA.
   bool tf32 = false;
+  // `batch` products of these shapes, the i-th reading a + i * stride_a and b + i * stride_b
+  // (elements; 0 repeats one operand) and writing c + i * m * n. The epilogue then treats c as
+  // one (batch * m) x n matrix, so a residual is dense over the whole batch.
+  int64_t batch = 1;
+  int64_t stride_a = 0;
+  int64_t stride_b = 0;
   Epilogue epilogue;
+  cudaStream_t stream = nullptr;
 };
 
 // Whether this build links cuBLAS; gemm_f32 throws UnsupportedError when it does not.
 bool has_cublas();
 
-// c = epilogue(alpha * op(a) @ op(b)), queued on the default stream.
+// c = epilogue(alpha * op(a) @ op(b)), queued on args.stream.
 void gemm_f32(const GemmArgs& args);
 
 }  // namespace phi::cuda

@@ -4,8 +4,9 @@
 #include <cublas_v2.h>
 
 #include <climits>
+#include <map>
 #include <mutex>
-#include <unordered_map>
+#include <utility>
 
 #include "cuda/gemm.h"
 #include "cuda/runtime.h"
@@ -34,19 +35,28 @@ void check_cublas(cublasStatus_t status, const char* what) {
   }
 }
 
-// One handle per device, created on first use. A handle holds mutable state (stream, math mode),
-// so calls that set it and enqueue the product hold the mutex; enqueueing is asynchronous, so the
-// lock is held for microseconds. The handles are never destroyed: destroying them from a static
-// destructor at exit races the CUDA runtime's own teardown.
+// One handle per (device, stream), created on first use, each with a workspace of its own: a
+// handle holds mutable state (stream, math mode), and streams that run at once must not share a
+// workspace. Handles are created outside graph capture (a plan's first run is eager), since
+// creating one allocates. Calls that set a handle's state and enqueue the product hold the
+// mutex; enqueueing is asynchronous, so it is held for microseconds. Handles are never destroyed:
+// destroying them from a static destructor at exit races the CUDA runtime's own teardown.
 std::mutex handles_mutex;
-std::unordered_map<int, cublasHandle_t> handles;
+std::map<std::pair<int, cudaStream_t>, cublasHandle_t> handles;
 
-cublasHandle_t handle_for(int device) {
-  auto it = handles.find(device);
+// 32 MiB, the workspace cuBLAS recommends on Hopper.
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+cublasHandle_t handle_for(int device, cudaStream_t stream) {
+  auto key = std::make_pair(device, stream);
+  auto it = handles.find(key);
   if (it != handles.end()) return it->second;
   cublasHandle_t handle = nullptr;
   check_cublas(cublasCreate(&handle), "cublasCreate");
-  handles.emplace(device, handle);
+  void* workspace = nullptr;
+  check_cuda(cudaMalloc(&workspace, kWorkspaceBytes), "gemm");
+  check_cublas(cublasSetWorkspace(handle, workspace, kWorkspaceBytes), "cublasSetWorkspace");
+  handles.emplace(key, handle);
   return handle;
 }
 
@@ -62,13 +72,14 @@ void check_fits_int(int64_t value, const char* name) {
 bool has_cublas() { return true; }
 
 void gemm_f32(const GemmArgs& g) {
-  if (g.m <= 0 || g.n <= 0) return;
+  if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
   check_fits_int(g.m, "m");
   check_fits_int(g.n, "n");
   check_fits_int(g.k, "k");
+  check_fits_int(g.batch, "batch");
   if (g.k == 0) {
     // An empty sum: C = 0 (cuBLAS would leave C untouched, scaled by beta), then the epilogue.
-    fill_bytes(g.c, 0, static_cast<size_t>(g.m * g.n) * sizeof(float));
+    fill_bytes(g.c, 0, static_cast<size_t>(g.batch * g.m * g.n) * sizeof(float), g.stream);
   } else {
     const int m = static_cast<int>(g.m), n = static_cast<int>(g.n), k = static_cast<int>(g.k);
     // Column-major views: B stored k x n (or n x k) row-major is n x k (or k x n) column-major.
@@ -80,14 +91,20 @@ void gemm_f32(const GemmArgs& g) {
     int device = 0;
     check_cuda(cudaGetDevice(&device), "gemm");
     std::lock_guard<std::mutex> lock(handles_mutex);
-    cublasHandle_t handle = handle_for(device);
-    check_cublas(cublasSetStream(handle, default_stream()), "cublasSetStream");
+    cublasHandle_t handle = handle_for(device, g.stream);
+    check_cublas(cublasSetStream(handle, g.stream), "cublasSetStream");
     check_cublas(cublasSetMathMode(handle, g.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
                  "cublasSetMathMode");
-    check_cublas(cublasSgemm(handle, op_b, op_a, n, m, k, &g.alpha, g.b, ldb, g.a, lda, &beta, g.c, n),
-                 "cublasSgemm");
+    if (g.batch == 1) {
+      check_cublas(cublasSgemm(handle, op_b, op_a, n, m, k, &g.alpha, g.b, ldb, g.a, lda, &beta, g.c, n),
+                   "cublasSgemm");
+    } else {
+      check_cublas(cublasSgemmStridedBatched(handle, op_b, op_a, n, m, k, &g.alpha, g.b, ldb, g.stride_b, g.a, lda,
+                                             g.stride_a, &beta, g.c, n, g.m * g.n, static_cast<int>(g.batch)),
+                   "cublasSgemmStridedBatched");
+    }
   }
-  check_cuda(launch_gemm_epilogue(g.c, g.m, g.n, g.epilogue, default_stream()), "gemm");
+  check_cuda(launch_gemm_epilogue(g.c, g.batch * g.m, g.n, g.epilogue, g.stream), "gemm");
 }
 
 }  // namespace phi::cuda

@@ -81,4 +81,30 @@ cudaError_t launch_softmax(const float* x, float* out, int64_t rows, int64_t col
 cudaError_t launch_layer_norm(const float* x, const float* residual, const float* gamma, const float* beta,
                               float* out, int64_t rows, int64_t cols, float epsilon, cudaStream_t stream);
 
+// Element types of the data-movement kernels (the same names as numpy's: bool is one byte).
+enum class DType : int { f32, f64, f16, i8, u8, i32, i64, boolean };
+
+enum class ReduceOp : int { sum, mean, max, min, prod };
+
+// out[i] = src[sum_d coord_d(i) * src_stride[d]] for i over the dense row-major `shape` (ndim
+// dimensions, strides in elements, possibly 0 or negative): transpose, slice, expand and each
+// part of a concat. elem_size is 1, 2, 4 or 8 bytes.
+cudaError_t launch_strided_copy(const void* src, void* dst, int elem_size, int ndim, const int64_t* shape,
+                                const int64_t* src_stride, cudaStream_t stream);
+
+// out[o, j, :] = data[o, indices[j], :] (data viewed as outer x dim x row elements, indices int32
+// or int64, negative ones counting from the end). An index outside [-dim, dim) gives a zero row
+// and, when `error` is not null, sets error[0] = 1 and error[1] = the first such index.
+cudaError_t launch_gather(const void* data, int elem_size, const void* indices, bool indices64, void* out,
+                          int64_t outer, int64_t count, int64_t dim, int64_t row, unsigned long long* error,
+                          cudaStream_t stream);
+
+// out[i] = (to) x[i] for n elements, numpy's astype semantics (float to integer truncates;
+// NaN gives 0 and values beyond the integer range saturate).
+cudaError_t launch_cast(const void* x, DType from, void* out, DType to, int64_t n, cudaStream_t stream);
+
+// out[o, i] = op over l of x[o, l, i]: x viewed as outer x len x inner float32.
+cudaError_t launch_reduce(ReduceOp op, const float* x, float* out, int64_t outer, int64_t len, int64_t inner,
+                          cudaStream_t stream);
+
 }  // namespace phi::cuda

@@ -127,14 +127,19 @@ void copy_to_host(void* dst, const void* src, size_t nbytes) {
   check_cuda(cudaMemcpy(dst, src, nbytes, cudaMemcpyDeviceToHost), "copy_to_host");
 }
 
-void copy_device(void* dst, const void* src, size_t nbytes) {
+void copy_device(void* dst, const void* src, size_t nbytes, cudaStream_t stream) {
   if (nbytes == 0) return;
-  check_cuda(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, default_stream()), "copy_device");
+  check_cuda(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, stream), "copy_device");
 }
 
-void fill_bytes(void* dst, int value, size_t nbytes) {
+void copy_async(void* dst, const void* src, size_t nbytes, cudaStream_t stream) {
   if (nbytes == 0) return;
-  check_cuda(cudaMemsetAsync(dst, value, nbytes, default_stream()), "fill_bytes");
+  check_cuda(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, stream), "copy_async");
+}
+
+void fill_bytes(void* dst, int value, size_t nbytes, cudaStream_t stream) {
+  if (nbytes == 0) return;
+  check_cuda(cudaMemsetAsync(dst, value, nbytes, stream), "fill_bytes");
 }
 
 void synchronize() { check_cuda(cudaDeviceSynchronize(), "synchronize"); }
@@ -145,7 +150,7 @@ Event::~Event() {
   if (event_ != nullptr && cudaEventDestroy(event_) != cudaSuccess) (void)cudaGetLastError();
 }
 
-void Event::record() { check_cuda(cudaEventRecord(event_, default_stream()), "event"); }
+void Event::record(cudaStream_t stream) { check_cuda(cudaEventRecord(event_, stream), "event"); }
 
 void Event::synchronize() { check_cuda(cudaEventSynchronize(event_), "event"); }
 
@@ -153,6 +158,53 @@ float Event::elapsed_ms(const Event& end) const {
   float ms = 0.0f;
   check_cuda(cudaEventElapsedTime(&ms, event_, end.event_), "event");
   return ms;
+}
+
+Stream::Stream() { check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream"); }
+
+Stream::~Stream() {
+  if (stream_ != nullptr && cudaStreamDestroy(stream_) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void Stream::synchronize() { check_cuda(cudaStreamSynchronize(stream_), "stream"); }
+
+HostBuffer::HostBuffer(size_t nbytes) : nbytes_(nbytes) {
+  check_cuda(cudaHostAlloc(&data_, nbytes == 0 ? 1 : nbytes, cudaHostAllocDefault), "host_alloc");
+}
+
+HostBuffer::~HostBuffer() {
+  if (data_ != nullptr && cudaFreeHost(data_) != cudaSuccess) (void)cudaGetLastError();
+}
+
+Graph::~Graph() {
+  if (exec_ != nullptr && cudaGraphExecDestroy(exec_) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void Graph::launch(cudaStream_t stream) { check_cuda(cudaGraphLaunch(exec_, stream), "graph"); }
+
+void begin_capture(cudaStream_t stream) {
+  check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "graph");
+}
+
+Graph* end_capture(cudaStream_t stream) {
+  cudaGraph_t graph = nullptr;
+  check_cuda(cudaStreamEndCapture(stream, &graph), "graph");
+  size_t nodes = 0;
+  cudaError_t err = cudaGraphGetNodes(graph, nullptr, &nodes);
+  cudaGraphExec_t exec = nullptr;
+  if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  check_cuda(err, "graph");
+  return new Graph(exec, nodes);
+}
+
+void abort_capture(cudaStream_t stream) noexcept {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph != nullptr) (void)cudaGraphDestroy(graph);
+  }
+  (void)cudaGetLastError();
 }
 
 }  // namespace phi::cuda

@@ -78,10 +78,13 @@ class DeviceBuffer {
 // queued before it has finished), so host memory may be reused on return.
 void copy_to_device(void* dst, const void* src, size_t nbytes);
 void copy_to_host(void* dst, const void* src, size_t nbytes);
-// Device -> device, queued on the default stream.
-void copy_device(void* dst, const void* src, size_t nbytes);
-// Sets nbytes bytes to `value`, queued on the default stream.
-void fill_bytes(void* dst, int value, size_t nbytes);
+// Device -> device, queued on `stream`.
+void copy_device(void* dst, const void* src, size_t nbytes, cudaStream_t stream = default_stream());
+// Any direction (unified addressing), queued on `stream`; host memory must be pinned
+// (HostBuffer) for the copy to be asynchronous and capturable into a graph.
+void copy_async(void* dst, const void* src, size_t nbytes, cudaStream_t stream);
+// Sets nbytes bytes to `value`, queued on `stream`.
+void fill_bytes(void* dst, int value, size_t nbytes, cudaStream_t stream = default_stream());
 // Waits for all work on the current device.
 void synchronize();
 
@@ -93,7 +96,7 @@ class Event {
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;
 
-  void record();
+  void record(cudaStream_t stream = default_stream());
   void synchronize();
   // Milliseconds from this event to `end`; both must have been recorded and completed.
   float elapsed_ms(const Event& end) const;
@@ -101,5 +104,64 @@ class Event {
  private:
   cudaEvent_t event_ = nullptr;
 };
+
+// A non-blocking stream (it does not wait for the legacy default stream), for work that should
+// overlap other streams': a replica's plan runs on one.
+class Stream {
+ public:
+  Stream();
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  cudaStream_t get() const { return stream_; }
+  // Waits for everything queued on the stream.
+  void synchronize();
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// Pinned (page-locked) host memory: copies from and to it run asynchronously at full PCIe/NVLink
+// speed and can be captured into a CUDA graph.
+class HostBuffer {
+ public:
+  explicit HostBuffer(size_t nbytes);
+  ~HostBuffer();
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+};
+
+// A CUDA graph captured from a stream and instantiated: launch() replays every kernel and copy
+// queued during the capture, on the same addresses, as one submission.
+class Graph {
+ public:
+  explicit Graph(cudaGraphExec_t exec, size_t nodes) : exec_(exec), nodes_(nodes) {}
+  ~Graph();
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  void launch(cudaStream_t stream);
+  size_t nodes() const { return nodes_; }
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
+  size_t nodes_ = 0;
+};
+
+// Starts capturing `stream` (thread-local mode: other threads' CUDA calls are unaffected).
+void begin_capture(cudaStream_t stream);
+// Ends the capture begun on `stream` and instantiates it. When the capture failed (an operation
+// that cannot be captured was queued), the error names it and the stream is usable again.
+Graph* end_capture(cudaStream_t stream);
+// Ends a capture without keeping it (after an error in the middle of one).
+void abort_capture(cudaStream_t stream) noexcept;
 
 }  // namespace phi::cuda

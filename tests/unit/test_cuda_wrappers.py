@@ -1,10 +1,10 @@
 """phi_engine.runtime.cuda's plumbing, on a null device.
 
 The wrappers turn arrays into device addresses, shapes and attributes for phi_engine._core_cuda.
-Here that module is replaced by a null device that keeps "device memory" in numpy and computes
-each op with the numpy reference, so every shape, axis and broadcasting path of the wrappers is
-checked on any machine; the kernels themselves are tested on a GPU in tests/gpu. A contract test
-keeps the null device's signatures equal to the compiled module's.
+Here that module is replaced by a null device (tests/null_cuda.py) that keeps "device memory" in
+numpy and computes each op with the numpy reference, so every shape, axis and broadcasting path
+of the wrappers is checked on any machine; the kernels themselves are tested on a GPU in
+tests/gpu. A contract test keeps the null device's signatures equal to the compiled module's.
 """
 
 from __future__ import annotations
@@ -17,134 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from null_cuda import NullCuda
 from phi_engine import _native
 from phi_engine.errors import InvalidRequestError
 from phi_engine.runtime import cuda
 from phi_engine.runtime import reference as ref
-
-
-class NullCuda:
-    """The pointer-level API of phi_engine._core_cuda over numpy memory."""
-
-    architectures = "null"
-    has_cublas = True
-
-    def __init__(self) -> None:
-        self.memory: dict[int, np.ndarray] = {}
-        self.next_address = 1 << 20
-        self.calls: list[str] = []
-        null = self
-
-        class DeviceBuffer:
-            def __init__(self, nbytes: int) -> None:
-                self.ptr = null.next_address
-                self.nbytes = nbytes
-                null.memory[self.ptr] = np.zeros(max(nbytes, 1), np.uint8)
-                null.next_address += (max(nbytes, 1) + 255) // 256 * 256
-
-            def __del__(self) -> None:
-                null.memory.pop(self.ptr, None)
-
-        self.DeviceBuffer = DeviceBuffer
-
-    # ---- memory -----------------------------------------------------------------------------
-    def f32(self, ptr: int, shape: Any) -> np.ndarray:
-        n = math.prod(shape)
-        return self.memory[ptr][: 4 * n].view(np.float32).reshape(shape)
-
-    def device_count(self) -> int:
-        return 1
-
-    def device_status(self) -> str:
-        return ""
-
-    def device_list(self) -> list[dict[str, Any]]:
-        return [{"index": 0, "name": "null", "memory_bytes": 1 << 30}]
-
-    def synchronize(self) -> None:
-        pass
-
-    def copy_to_device(self, dst: int, src: np.ndarray) -> None:
-        assert src.flags.c_contiguous
-        raw = src.reshape(-1).view(np.uint8)
-        self.memory[dst][: raw.size] = raw
-
-    def copy_to_host(self, dst: np.ndarray, src: int) -> None:
-        raw = dst.reshape(-1).view(np.uint8)
-        raw[:] = self.memory[src][: raw.size]
-
-    def copy_device(self, dst: int, src: int, nbytes: int) -> None:
-        self.memory[dst][:nbytes] = self.memory[src][:nbytes]
-
-    def fill_bytes(self, dst: int, value: int, nbytes: int) -> None:
-        self.memory[dst][:nbytes] = value
-
-    # ---- kernels ----------------------------------------------------------------------------
-    def gemm(
-        self, a: int, b: int, c: int, m: int, n: int, k: int, *, trans_a: bool = False,
-        trans_b: bool = False, alpha: float = 1.0, bias: int = 0, residual: int = 0,
-        activation: str = "none", clip_min: float = -math.inf, clip_max: float = math.inf,
-        tf32: bool = False,
-    ) -> None:  # fmt: skip
-        self.calls.append("gemm")
-        a_h = self.f32(a, (k, m) if trans_a else (m, k))
-        b_h = self.f32(b, (n, k) if trans_b else (k, n))
-        self.f32(c, (m, n))[...] = ref.gemm(
-            a_h, b_h, None if bias == 0 else self.f32(bias, (n,)), activation,
-            residual=None if residual == 0 else self.f32(residual, (m, n)), alpha=alpha,
-            trans_a=trans_a, trans_b=trans_b, clip_min=clip_min, clip_max=clip_max,
-        )  # fmt: skip
-
-    def gemm_epilogue(
-        self, c: int, m: int, n: int, *, bias: int = 0, residual: int = 0, activation: str = "none",
-        clip_min: float = -math.inf, clip_max: float = math.inf,
-    ) -> None:  # fmt: skip
-        y = self.f32(c, (m, n)).astype(np.float64)
-        y = (
-            y
-            + (0 if bias == 0 else self.f32(bias, (n,)))
-            + (0 if residual == 0 else self.f32(residual, (m, n)))
-        )
-        self.f32(c, (m, n))[...] = ref.apply_activation(y, activation, clip_min, clip_max)
-
-    def binary(
-        self, op: str, a: int, a_shape: list[int], b: int, b_shape: list[int], out: int,
-        out_shape: list[int], *, activation: str = "none", clip_min: float = -math.inf,
-        clip_max: float = math.inf,
-    ) -> None:  # fmt: skip
-        self.calls.append(op)
-        assert tuple(out_shape) == np.broadcast_shapes(tuple(a_shape), tuple(b_shape))
-        x, y = self.f32(a, a_shape), self.f32(b, b_shape)
-        if op in ("add", "mul"):
-            result = getattr(ref, op)(x, y, activation, clip_min=clip_min, clip_max=clip_max)
-        else:
-            assert activation == "none"
-            result = getattr(ref, op)(x, y)
-        self.f32(out, out_shape)[...] = result
-
-    def unary(self, op: str, x: int, out: int, n: int, *, p0: float = 0.0, p1: float = 0.0) -> None:
-        self.calls.append(op)
-        args = {"clip": (p0, p1), "leaky_relu": (p0,)}.get(op, ())
-        self.f32(out, (n,))[...] = getattr(ref, op)(self.f32(x, (n,)), *args)
-
-    def softmax(
-        self, x: int, out: int, shape: list[int], *, scale: float = 1.0, mask: int = 0,
-        mask_shape: list[int] = [],  # noqa: B006  (mirrors the binding's default)
-    ) -> None:  # fmt: skip
-        self.calls.append("softmax")
-        m = None if mask == 0 else self.f32(mask, mask_shape)
-        self.f32(out, shape)[...] = ref.softmax(self.f32(x, shape), m, axis=-1, scale=scale)
-
-    def layer_norm(
-        self, x: int, out: int, rows: int, cols: int, gamma: int, *, beta: int = 0,
-        residual: int = 0, epsilon: float = 1e-5,
-    ) -> None:  # fmt: skip
-        self.calls.append("layer_norm")
-        self.f32(out, (rows, cols))[...] = ref.layer_norm(
-            self.f32(x, (rows, cols)), self.f32(gamma, (cols,)),
-            None if beta == 0 else self.f32(beta, (cols,)), epsilon=epsilon,
-            residual=None if residual == 0 else self.f32(residual, (rows, cols)),
-        )  # fmt: skip
 
 
 @pytest.fixture
@@ -171,7 +48,15 @@ def test_signatures_match_the_compiled_module() -> None:
         "softmax",
         "layer_norm",
         "copy_device",
+        "copy_async",
         "fill_bytes",
+        "strided_copy",
+        "gather",
+        "cast",
+        "reduce",
+        "begin_capture",
+        "end_capture",
+        "abort_capture",
     ):
         header = getattr(real, name).__doc__.splitlines()[0]
         params = header[header.index("(") + 1 : header.rindex(") ->")]

@@ -27,7 +27,8 @@ from phi_engine.runtime.plan import Constant
 
 __all__ = ["DEVICES", "CompiledModel", "compile"]
 
-DEVICES = ("cpu", "reference", "xla")
+DEVICES = ("cpu", "reference", "xla", "cuda")
+PRECISIONS = ("fp32", "tf32")
 
 # Element types a native plan holds (others, e.g. bfloat16 or strings, stay with the reference).
 _PLAN_DTYPES = frozenset(
@@ -35,7 +36,8 @@ _PLAN_DTYPES = frozenset(
     for t in (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int32, np.int64, np.bool_)
 )
 """``cpu``: native kernels, numpy reference where they have no case; ``reference``: numpy only;
-``xla``: the graph compiled by JAX/XLA (needs ``jax``)."""
+``xla``: the graph compiled by JAX/XLA (needs ``jax``); ``cuda``: the native steps run by the CUDA
+kernels on a GPU (needs the CUDA module and a device)."""
 
 
 def compile(
@@ -45,18 +47,27 @@ def compile(
     *,
     fuse: bool = True,
     cache_size: int = 256,
+    precision: str = "fp32",
+    cuda_graphs: bool = True,
 ) -> CompiledModel:
     """Compile an ONNX model for inference.
 
     Args:
         model: A path to an ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
-        device: ``"cpu"`` (native kernels), ``"reference"`` (numpy, for checking) or ``"xla"``
-            (JAX: a TPU or GPU where JAX sees one, else the CPU; fusion is left to XLA).
+        device: ``"cpu"`` (native kernels), ``"reference"`` (numpy, for checking), ``"xla"``
+            (JAX: a TPU or GPU where JAX sees one, else the CPU; fusion is left to XLA) or
+            ``"cuda"`` (phi_engine's CUDA kernels on the first GPU; see
+            :mod:`phi_engine.runtime.cuda.plan`).
         max_batch: The largest leading (batch) dimension a request may have, for inputs whose
             leading dimension is symbolic.
         fuse: Apply the fusion passes (linear + bias + activation, GELU, layer norm,
             attention). Off is for debugging and comparison.
         cache_size: Shape specializations kept (least recently used dropped first).
+        precision: ``"fp32"`` (float32 everywhere) or, on ``cuda``, ``"tf32"``: matrix
+            products on TF32 tensor cores (10-bit mantissa inputs, float32 accumulation; about
+            3e-4 relative error).
+        cuda_graphs: On ``cuda``, replay each shape's run as one CUDA graph from its second
+            run on (off: one launch per step, every run).
 
     Returns:
         A :class:`CompiledModel`; :meth:`CompiledModel.run` serves every batch size up to
@@ -74,6 +85,15 @@ def compile(
         )
     if device not in available_devices():
         raise UnsupportedError(f"[compile] device {device!r} is not available in this build")
+    if precision not in PRECISIONS:
+        raise InvalidRequestError(
+            f"[compile] precision must be one of {PRECISIONS}, got {precision!r}", field="precision"
+        )
+    if precision != "fp32" and device != "cuda":
+        raise UnsupportedError(
+            f"[compile] precision {precision!r} is for device 'cuda'; {device!r} runs fp32",
+            field="precision",
+        )
     for name, value in (("max_batch", max_batch), ("cache_size", cache_size)):
         if type(value) is not int or value < 1:
             raise InvalidRequestError(
@@ -96,7 +116,13 @@ def compile(
     elif fuse:
         fusion.fuse(graph)
         eliminate_dead_code(graph)
-    return CompiledModel(graph, device, max_batch, cache_size)
+    model_ = CompiledModel(graph, device, max_batch, cache_size)
+    if device == "cuda":
+        from phi_engine.runtime.cuda.program import CudaModelState
+
+        model_._cuda = CudaModelState(tf32=precision == "tf32", graphs=cuda_graphs)
+    model_.precision = precision
+    return model_
 
 
 def _native_constants(graph: Graph) -> dict[str, Constant]:
@@ -152,8 +178,10 @@ class CompiledModel:
         self._cache_size = cache_size
         self._programs: OrderedDict[tuple[tuple[int, ...], ...], Program] = OrderedDict()
         self._lock = threading.Lock()
-        self._constants = _native_constants(graph) if device == "cpu" else {}
-        self._packed = _prepack_weights(graph, self._constants)
+        self._constants = _native_constants(graph) if device in ("cpu", "cuda") else {}
+        self._packed = _prepack_weights(graph, self._constants) if device == "cpu" else []
+        self._cuda: Any = None
+        self.precision = "fp32"
 
     @property
     def inputs(self) -> dict[str, TensorType]:
@@ -226,6 +254,11 @@ class CompiledModel:
             from phi_engine.runtime.xla import XlaProgram
 
             return XlaProgram(g)  # type: ignore[return-value]  # Program's run() interface
+        if self.device == "cuda":
+            from phi_engine.runtime.cuda.program import CudaProgram
+
+            program = build_program(g, self._constants, "cpu", record=True)
+            return CudaProgram(program, self._cuda)
         return build_program(g, self._constants, self.device)
 
     def _check_inputs(self, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from phi_engine.errors import PhiEngineError
 from phi_engine.graph.ir import Graph, Node, TensorType
 from phi_engine.graph.registry import OpContext, OpDef, get_op
 from phi_engine.runtime.backends import get_backend
-from phi_engine.runtime.plan import Constant, Plan, PlanBuilder
+from phi_engine.runtime.plan import Constant, Plan, PlanBuilder, PlanRecord
 
 __all__ = [
     "LowerContext",
@@ -99,6 +99,7 @@ class NativeSegment:
     outputs: list[str]
     nodes: list[Node]
     step_nodes: list[tuple[str, str]]  # (native op, node label) of each plan step
+    record: PlanRecord | None = None  # the steps as added, when the builder recorded them
 
     def run(self, values: Mapping[str, Any], threads: int) -> dict[str, np.ndarray]:
         try:
@@ -153,8 +154,8 @@ class ProfiledProgramRun:
 
 
 class _SegmentBuilder:
-    def __init__(self, graph: Graph, constants: dict[str, Constant]) -> None:
-        self.builder = PlanBuilder()
+    def __init__(self, graph: Graph, constants: dict[str, Constant], record: bool) -> None:
+        self.builder = PlanBuilder(record=record)
         self.graph = graph
         self.shared_constants = constants
         self.slots: dict[str, int] = {}
@@ -179,7 +180,11 @@ class _SegmentBuilder:
 
 
 def build_program(
-    graph: Graph, constants: Mapping[str, Constant] | None = None, device: str = "cpu"
+    graph: Graph,
+    constants: Mapping[str, Constant] | None = None,
+    device: str = "cpu",
+    *,
+    record: bool = False,
 ) -> Program:
     """Lower a graph whose types are all static: each node by ``device``'s backend if it has a
     lowering that accepts the node, else by the numpy reference.
@@ -188,6 +193,7 @@ def build_program(
         graph: The specialized graph.
         constants: Native copies of the model's weights, shared by every shape bucket's plans.
         device: ``cpu`` (native plans) or ``reference`` (numpy for every node).
+        record: Keep each native segment's steps (:class:`PlanRecord`) for another backend.
     """
     backend = get_backend(device)
     shared = dict(constants or {})
@@ -206,7 +212,14 @@ def build_program(
             segment.builder.mark_output(segment.slots[name], name)
         plan = segment.builder.build()
         steps.append(
-            NativeSegment(plan, segment.inputs, outputs, segment.nodes, segment.step_nodes)
+            NativeSegment(
+                plan,
+                segment.inputs,
+                outputs,
+                segment.nodes,
+                segment.step_nodes,
+                segment.builder.record,
+            )
         )
         segment = None
 
@@ -216,7 +229,7 @@ def build_program(
         lowered = False
         if lowering is not None and _static(graph, node):
             if segment is None:
-                segment = _SegmentBuilder(graph, shared)
+                segment = _SegmentBuilder(graph, shared, record)
             slots = lowering(LowerContext(node, segment, graph))
             if slots is not None:
                 for name, s in zip([o for o in node.outputs if o], slots, strict=False):

@@ -44,6 +44,12 @@ def _native_available() -> bool:
     return bool(_native.HAS_NATIVE)
 
 
+def _cuda_available() -> bool:
+    from phi_engine import _native
+
+    return bool(_native.HAS_NATIVE) and _native.cuda is not None and _native.cuda.device_count() > 0
+
+
 def _xla_available() -> bool:
     from phi_engine.runtime.xla import available
 
@@ -62,6 +68,12 @@ _BACKENDS: dict[str, Backend] = {
         "JAX: the whole graph traced to jax.numpy and compiled by jax.jit for the device JAX "
         "sees (TPU, GPU or CPU); see phi_engine.runtime.xla",
         _xla_available,
+    ),
+    "cuda": Backend(
+        "cuda",
+        "phi_engine's CUDA kernels: the cpu backend's steps run on the first GPU, CPU kernels "
+        "for the steps they do not cover; see phi_engine.runtime.cuda.plan",
+        _cuda_available,
     ),
 }
 

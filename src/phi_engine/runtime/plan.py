@@ -20,7 +20,7 @@ overlap share memory, and concurrent runs never share an arena.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,8 +34,10 @@ __all__ = [
     "MemoryRegion",
     "Plan",
     "PlanBuilder",
+    "PlanRecord",
     "PlanStep",
     "ProfiledRun",
+    "RecordedStep",
     "TensorSpec",
 ]
 
@@ -119,11 +121,47 @@ class Constant:
         return view
 
 
-class PlanBuilder:
-    """Builds a :class:`Plan` step by step; each step's output shapes come from its kernel."""
+@dataclass(frozen=True)
+class RecordedStep:
+    """A step as it was added: op, input slots (None: absent), output slots and attributes."""
 
-    def __init__(self) -> None:
+    op: str
+    inputs: tuple[int | None, ...]
+    outputs: tuple[int, ...]
+    attrs: dict[str, Any]
+
+
+@dataclass
+class PlanRecord:
+    """What a recording :class:`PlanBuilder` saw, for backends that run the same steps elsewhere
+    (the CUDA plan runs them on a GPU).
+
+    Attributes:
+        specs: The dtype and shape of every slot, by slot number.
+        inputs: Input slots by name.
+        constants: Each constant slot's value (the shared :class:`Constant` when one was given,
+            else the array as added).
+        steps: The steps in order.
+        outputs: Output slots by name.
+    """
+
+    specs: dict[int, TensorSpec] = field(default_factory=dict)
+    inputs: dict[str, int] = field(default_factory=dict)
+    constants: dict[int, np.ndarray | Constant] = field(default_factory=dict)
+    steps: list[RecordedStep] = field(default_factory=list)
+    outputs: dict[str, int] = field(default_factory=dict)
+
+
+class PlanBuilder:
+    """Builds a :class:`Plan` step by step; each step's output shapes come from its kernel.
+
+    With ``record=True`` the builder also keeps a :class:`PlanRecord` of everything added
+    (:attr:`record`), so that another backend can run the same steps.
+    """
+
+    def __init__(self, *, record: bool = False) -> None:
         self._native: Any = require_core().Plan()
+        self.record: PlanRecord | None = PlanRecord() if record else None
 
     def add_input(self, name: str, dtype: DTypeLike, shape: Sequence[int]) -> int:
         """Declare a named input of a fixed dtype and shape.
@@ -142,7 +180,11 @@ class PlanBuilder:
             ResourceError: a shape larger than one tensor may be (checked by the first step
                 that reads it).
         """
-        return int(self._native.add_input(name, dtype, _as_list(shape, "shape")))
+        slot = int(self._native.add_input(name, dtype, _as_list(shape, "shape")))
+        if self.record is not None:
+            self.record.inputs[name] = slot
+            self.record.specs[slot] = self.spec(slot)
+        return slot
 
     def add_constant(self, value: np.ndarray | Constant) -> int:
         """Add a constant: a numpy array (copied now) or a shared :class:`Constant`.
@@ -154,7 +196,11 @@ class PlanBuilder:
             InvalidRequestError: an unsupported dtype, or the plan is built.
         """
         native = value._native if isinstance(value, Constant) else value
-        return int(self._native.add_constant(native))
+        slot = int(self._native.add_constant(native))
+        if self.record is not None:
+            self.record.constants[slot] = value
+            self.record.specs[slot] = self.spec(slot)
+        return slot
 
     def add_step(
         self,
@@ -189,8 +235,13 @@ class PlanBuilder:
                 field="attrs",
             )
         expected = None if outputs is None else _as_list(outputs, "outputs")
-        slots = self._native.add_step(op, _as_list(inputs, "inputs"), dict(attrs or {}), expected)
-        return [int(s) for s in slots]
+        ins = _as_list(inputs, "inputs")
+        slots = [int(s) for s in self._native.add_step(op, ins, dict(attrs or {}), expected)]
+        if self.record is not None:
+            self.record.steps.append(RecordedStep(op, tuple(ins), tuple(slots), dict(attrs or {})))
+            for s in slots:
+                self.record.specs[s] = self.spec(s)
+        return slots
 
     def mark_output(self, slot: int, name: str) -> None:
         """Make ``slot`` a named output of the plan.
@@ -202,6 +253,8 @@ class PlanBuilder:
             InvalidRequestError: an unknown slot, a duplicate name, or the plan is built.
         """
         self._native.mark_output(slot, name)
+        if self.record is not None:
+            self.record.outputs[name] = slot
 
     def spec(self, slot: int) -> TensorSpec:
         """The dtype and shape of a slot."""

