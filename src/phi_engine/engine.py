@@ -356,7 +356,7 @@ class Engine:
             max_batch=spec.max_batch,
             policy=spec.execution_policy,
             slo_ms=spec.slo_ms,
-            device="xla" if spec.placement.device == "xla" else "cpu",
+            device=spec.placement.device,
         )
         key = (record.sha256, spec.max_batch, settings.threads_per_replica, settings.device)
         local = spec.execution_mode == "local"

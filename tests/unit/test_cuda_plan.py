@@ -322,3 +322,31 @@ def test_cuda_device_without_a_gpu(
 
 def test_onnx_model_is_valid(rng: np.random.Generator) -> None:
     onnx.checker.check_model(onnx.load_from_string(_attention_model(rng)), full_check=True)
+
+
+def test_gpu_deployments_run_on_cuda(
+    null: NullCuda, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phi_engine import Engine
+    from phi_engine.errors import ResourceError
+    from phi_test_models.tiny import mlp, mlp_reference
+
+    path = str(mlp(tmp_path / "m.onnx", seed=5))
+    x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    assert any(d["kind"] == "cuda" for d in phi.devices())
+    with Engine(tmp_path / "home", progress=False) as engine:
+        record = engine.register("m", "onnx", "1", path)
+        dep = engine.deploy(record.model_id, resource_allocation={"gpu": 1})
+        assert dep.spec.placement.device == "cuda" and dep.spec.placement.gpus == ("cuda:0",)
+        assert dep.primary is not None and dep.primary.runner.model.device == "cuda"
+        calls = len(null.calls)
+        got = engine.infer(dep.deployment_id, {"x": x}).outputs["y"]
+        np.testing.assert_allclose(got, mlp_reference(x, seed=5), rtol=1e-5, atol=1e-6)
+        assert "gemm" in null.calls[calls:]  # it ran on the (null) device
+        # A GPU smaller than the weights: refused at deploy, naming the GPU and both sizes.
+        monkeypatch.setattr(null, "device_list", lambda: [{"index": 0, "memory_bytes": 64}])
+        record2 = engine.register("m", "onnx", "2", path)
+        with pytest.raises(ResourceError) as info:
+            engine.deploy(record2.model_id, resource_allocation={"gpu": 1})
+        assert info.value.field == "resource_allocation.gpu"
+        assert "more than the 64 B of cuda:0" in info.value.message

@@ -206,3 +206,17 @@ def test_inventory_from_devices_and_detect() -> None:
     assert all(name.startswith("cuda:") for name in here.gpus)
     # What is detected is what a default placement fits.
     assert place(None, inventory=here).replicas == 1
+
+
+def test_check_device_memory() -> None:
+    from phi_engine.serving._resources import check_device_memory
+
+    found = [{"kind": "cuda", "index": 0, "memory_bytes": GIB}, {"kind": "cuda", "index": 1}]
+    p = place({"gpu": 1}, inventory=WITH_GPUS, available_devices=("cpu", "cuda"))
+    check_device_memory(p, GIB, found)
+    with pytest.raises(ResourceError) as info:
+        check_device_memory(p, GIB + 1, found)
+    assert info.value.field == "resource_allocation.gpu"
+    assert f"({GIB + 1} bytes)" in info.value.message and "1 GiB of cuda:0" in info.value.message
+    # A device that does not report its memory is not refused on a guess.
+    check_device_memory(Placement("cuda", 1, 1, gpus=("cuda:1",)), 10**15, found)

@@ -31,7 +31,15 @@ from typing import Any
 from phi_engine._system import devices
 from phi_engine.errors import InvalidRequestError, PhiEngineError, ResourceError
 
-__all__ = ["PLACEMENTS", "Inventory", "Placement", "check_memory", "parse_memory", "place"]
+__all__ = [
+    "PLACEMENTS",
+    "Inventory",
+    "Placement",
+    "check_device_memory",
+    "check_memory",
+    "parse_memory",
+    "place",
+]
 
 #: Placement modes (API.md 1.2).
 PLACEMENTS = ("strict", "best_effort")
@@ -418,3 +426,36 @@ def check_memory(placement: Placement, planned_bytes: int, field: str = f"{_FIEL
         f"for weights and arenas, over the budget of {format_bytes(budget)} ({budget} bytes)",
         field=field,
     )
+
+
+def check_device_memory(
+    placement: Placement,
+    planned_bytes: int,
+    found: Sequence[Mapping[str, Any]] | None = None,
+    field: str = f"{_FIELD}.gpu",
+) -> None:
+    """Refuse a GPU deployment whose planned memory exceeds the smallest of its GPUs' memory.
+
+    Args:
+        placement: The placement (its ``gpus``, ``"cuda:<index>"``, are checked).
+        planned_bytes: Weights plus every replica's arena, as the caller planned them.
+        found: :func:`phi_engine.devices`-shaped entries (default: this machine's).
+        field: The request field named in the error.
+
+    Raises:
+        ResourceError: a GPU's memory is smaller than the plan; the message says both numbers.
+    """
+    entries = devices() if found is None else found
+    memory = {
+        f"cuda:{d.get('index')}": int(d.get("memory_bytes", 0))
+        for d in entries
+        if d.get("kind") == "cuda"
+    }
+    for gpu in placement.gpus:
+        have = memory.get(gpu, 0)
+        if have and planned_bytes > have:
+            raise ResourceError(
+                f"{field}: the model needs {format_bytes(planned_bytes)} ({planned_bytes} bytes) "
+                f"for weights and arenas, more than the {format_bytes(have)} of {gpu}",
+                field=field,
+            )

@@ -14,7 +14,7 @@ from phi_engine.serving._autoscale import ScalingPolicy, parse_scaling_policy
 from phi_engine.serving._deployment import Deployment, DeploymentSpec
 from phi_engine.serving._inputs import InputLimits
 from phi_engine.serving._policy import POLICIES, SchedulerConfig
-from phi_engine.serving._resources import PLACEMENTS, check_memory, place
+from phi_engine.serving._resources import PLACEMENTS, check_device_memory, check_memory, place
 
 if TYPE_CHECKING:
     from phi_engine.serving._slot import Slot
@@ -69,12 +69,16 @@ def build_spec(
     # The scheduler settings check the policy and SLOs and name the field at fault.
     slos: dict[str | int, float] = {k: v for k, v in (slo_ms or {}).items()}
     SchedulerConfig(policy=execution_policy, max_batch=max_batch, slo_ms=slos)
-    runnable = ("cpu", "xla") if "xla" in available_devices() else ("cpu",)
-    where = place(dict(resource_allocation or {}), placement=placement, available_devices=runnable)
-    if where.device == "xla" and execution_mode == "process":
+    where = place(
+        dict(resource_allocation or {}),
+        placement=placement,
+        available_devices=_runnable(resource_allocation),
+    )
+    if where.device in ("xla", "cuda") and execution_mode == "process":
+        kind = "an XLA placement (tpu)" if where.device == "xla" else "a GPU placement"
         raise InvalidRequestError(
-            "execution_mode 'process' runs replicas on the CPU; an XLA placement (tpu) runs "
-            "in-process: use execution_mode 'local'",
+            f"execution_mode 'process' runs replicas on the CPU; {kind} runs in-process: use "
+            "execution_mode 'local'",
             field="execution_mode",
         )
     scaling = parse_scaling_policy(
@@ -146,14 +150,34 @@ def _scaling_json(policy: ScalingPolicy) -> dict[str, Any]:
     return {k: values[k] for k in keys if values.get(k) is not None}
 
 
+def _runnable(resource_allocation: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The backends a placement may use: ``cuda`` when its module sees a GPU, ``xla`` when a
+    TPU is asked for and JAX is there (looked up only then: importing JAX takes seconds)."""
+    from phi_engine.runtime.backends import get_backend
+
+    wanted = dict(resource_allocation or {}) if isinstance(resource_allocation, Mapping) else {}
+    found = ["cpu"]
+    if wanted.get("gpu") and get_backend("cuda").available():
+        found.append("cuda")
+    if wanted.get("tpu") and "xla" in available_devices():
+        found.append("xla")
+    return tuple(found)
+
+
 def check_planned_memory(slot: Slot, spec: DeploymentSpec) -> None:
-    """The planned memory must fit the deployment's budget, when it has one.
+    """The planned memory must fit the deployment's budget, when it has one, and on a GPU the
+    memory of the GPU.
 
     Raises:
         ResourceError: it does not (both numbers are in the message).
     """
-    if spec.placement.memory_budget_bytes is not None:
-        check_memory(spec.placement, planned_memory(slot, spec))
+    placement = spec.placement
+    if placement.memory_budget_bytes is None and placement.device != "cuda":
+        return
+    planned = planned_memory(slot, spec)
+    check_memory(placement, planned)
+    if placement.device == "cuda":
+        check_device_memory(placement, planned)
 
 
 def planned_memory(slot: Slot, spec: DeploymentSpec) -> int:
@@ -171,5 +195,9 @@ def planned_memory(slot: Slot, spec: DeploymentSpec) -> int:
     weights = sum(np.asarray(c).nbytes for c in model.graph.constants.values())
     sample = slot.sample_inputs(spec.max_batch)
     program = model.program({k: v.shape for k, v in sample.items()})
-    arena = sum(s.plan.arena_bytes for s in program.steps if isinstance(s, NativeSegment))
+    cuda = getattr(program, "cuda_segments", None)
+    if cuda is not None:  # on a GPU the arena is the device arena of each run context
+        arena = sum(seg.arena_bytes for seg in cuda.values())
+    else:
+        arena = sum(s.plan.arena_bytes for s in program.steps if isinstance(s, NativeSegment))
     return int(weights + arena * slot.settings.replicas)
