@@ -18,7 +18,8 @@
 #                   --platform manylinux_2_28_x86_64 -d .whl scipy-openblas32
 #   CUDAARCHS   architectures to build for (default: the GPU's compute capability, e.g. 90)
 #   OUT         where logs and results go (default build/gpu-check): build.log, pytest_gpu.log,
-#               pytest_triton.log, pytest_xla.log, bench_cuda.md, bench_cuda.json, bench_triton.md
+#               pytest_triton.log, pytest_xla.log, bench_cuda.md, bench_cuda.json, bench_triton.md,
+#               bench_minilm.md
 #
 # Nothing is installed into PYTHON's environment: the build goes to a --target folder
 # (PHI_SITE, default /tmp/phi-gpu-site) that PYTHONPATH puts first.
@@ -38,7 +39,7 @@ BUILD_DIR=${PHI_BUILD_DIR:-/tmp/phi-gpu-build}
 WHEELS=${PHI_WHEELS:-$ROOT/.whl}
 mkdir -p "$OUT_DIR" "$SITE"
 rm -f "$OUT_DIR"/build.log "$OUT_DIR"/pytest_*.log "$OUT_DIR"/bench_cuda.md "$OUT_DIR"/bench_cuda.json \
-  "$OUT_DIR"/bench_triton.md
+  "$OUT_DIR"/bench_triton.md "$OUT_DIR"/bench_minilm.md
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
@@ -137,6 +138,9 @@ else
   step "benchmark (bench_cuda.py)"
   timeout 900 "$PY" benchmarks/gpu/bench_cuda.py --out "$OUT_DIR" 2>&1 | grep -v '^|'
   bench_rc=${PIPESTATUS[0]}
+  step "benchmark (bench_minilm.py: the CUDA backend against PyTorch eager)"
+  timeout 600 "$PY" benchmarks/gpu/bench_minilm.py --out "$OUT_DIR" >"$OUT_DIR/bench_minilm.log" 2>&1
+  [[ $? == 0 ]] || { bench_rc=1; tail -n 20 "$OUT_DIR/bench_minilm.log"; }
   step "benchmark (bench_triton.py)"
   timeout 600 "$PY" benchmarks/gpu/bench_triton.py --out "$OUT_DIR" >/dev/null 2>"$OUT_DIR/bench_triton.err"
   [[ $? == 0 ]] || { bench_rc=1; tail -n 20 "$OUT_DIR/bench_triton.err"; }
@@ -148,6 +152,7 @@ echo "triton: $triton_summary (exit $triton_rc)"
 echo "xla: $xla_summary (exit $xla_rc)"
 [[ -f "$OUT_DIR/bench_cuda.md" && $DRY_RUN == 0 ]] && cat "$OUT_DIR/bench_cuda.md"
 [[ -f "$OUT_DIR/bench_triton.md" && $DRY_RUN == 0 ]] && cat "$OUT_DIR/bench_triton.md"
+[[ -f "$OUT_DIR/bench_minilm.md" && $DRY_RUN == 0 ]] && cat "$OUT_DIR/bench_minilm.md"
 echo "logs and results: $OUT_DIR"
 if [[ $test_rc != 0 || $triton_rc != 0 || $xla_rc != 0 || $bench_rc != 0 ]]; then
   echo "check.sh: FAILED (tests exit $test_rc, triton $triton_rc, xla $xla_rc, benchmark exit $bench_rc)"

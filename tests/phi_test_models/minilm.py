@@ -22,12 +22,86 @@ ROOT = Path(__file__).resolve().parents[2]
 OPSET = 17
 
 
-def build_torch() -> Any:
-    """The torch module, in eval mode, float32."""
+def random_model_dir(folder: Path, seed: int = 0) -> Path:
+    """A sentence-transformers folder with all-MiniLM-L6-v2's shapes and random weights.
+
+    For machines without the weights package (a GPU machine with no network): the same
+    architecture and sizes, so speed and agreement between backends can be checked there.
+    """
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_type": "bert", "hidden_act": "gelu", "hidden_size": 384,
+        "num_attention_heads": 12, "num_hidden_layers": 6, "intermediate_size": 1536,
+        "vocab_size": 30522, "max_position_embeddings": 512, "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+    }  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    kinds = ["Transformer", "Pooling", "Normalize"]
+    paths = ["", "1_Pooling", "2_Normalize"]
+    modules = [
+        {"idx": i, "name": str(i), "path": p, "type": f"sentence_transformers.models.{k}"}
+        for i, (k, p) in enumerate(zip(kinds, paths, strict=True))
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 384, "pooling_mode_mean_tokens": True})
+    )
+    rng = np.random.default_rng(seed)
+    h, f = 384, 1536
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings.weight": (30522, h),
+        "embeddings.position_embeddings.weight": (512, h),
+        "embeddings.token_type_embeddings.weight": (2, h),
+        "embeddings.LayerNorm.weight": (h,),
+        "embeddings.LayerNorm.bias": (h,),
+    }
+    for i in range(6):
+        p = f"encoder.layer.{i}."
+        for name, out, inp in (
+            ("attention.self.query", h, h), ("attention.self.key", h, h),
+            ("attention.self.value", h, h), ("attention.output.dense", h, h),
+            ("intermediate.dense", f, h), ("output.dense", h, f),
+        ):  # fmt: skip
+            shapes[p + name + ".weight"] = (out, inp)
+            shapes[p + name + ".bias"] = (out,)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[p + name + ".weight"] = (h,)
+            shapes[p + name + ".bias"] = (h,)
+    header: dict[str, Any] = {}
+    blobs = []
+    offset = 0
+    for name, shape in shapes.items():
+        if name.endswith("LayerNorm.weight"):
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            value = 0.05 * rng.standard_normal(shape)
+        data = value.astype("<f4").tobytes()
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(folder / "model.safetensors", "wb") as out_file:
+        out_file.write(len(text).to_bytes(8, "little") + text)
+        for blob in blobs:
+            out_file.write(blob)
+    return folder
+
+
+def build_torch(path: Path | None = None) -> Any:
+    """The torch module, in eval mode, float32 (weights from ``path``, a model folder; default:
+    the package's)."""
     import torch
     from torch import nn
 
-    path = model_dir()
+    path = model_dir() if path is None else path
     cfg = BertConfig.from_json(path / "config.json")
     w = {
         k: torch.from_numpy(np.array(v))

@@ -1,0 +1,140 @@
+"""MiniLM-L6 on the GPU: phi_engine's CUDA backend against PyTorch eager, same card, same process.
+
+Each row times one request end to end, host arrays in and host arrays out (for PyTorch: the
+tensors moved to the GPU, the forward pass, the result moved back), with rounds alternating
+between the contenders; the table gives medians and the ratio to PyTorch eager fp32 and fp16.
+Before timing, every contender's output is checked against phi_engine's CPU backend.
+
+Weights: the all-MiniLM-L6-v2 package when installed, else random weights of the same shapes
+(tests/phi_test_models/minilm.py), which time the same.
+
+Usage: python benchmarks/gpu/bench_minilm.py [--rounds 30] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import phi_engine as phi  # noqa: E402
+from phi_engine.models.minilm import build_onnx, model_dir  # noqa: E402
+
+
+def _model_folder(tmp: Path) -> tuple[Path, str]:
+    try:
+        return model_dir(), "all-MiniLM-L6-v2 weights"
+    except phi.errors.NotFoundError:
+        from phi_test_models.minilm import random_model_dir
+
+        return random_model_dir(tmp / "minilm"), "random weights, MiniLM-L6 shapes"
+
+
+def _inputs(batch: int, seq: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(batch * 1000 + seq)
+    ids = rng.integers(1000, 30000, size=(batch, seq), dtype=np.int64)
+    mask = np.ones_like(ids)
+    mask[batch // 2 :, seq * 3 // 4 :] = 0  # some padding
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    b64 = b.astype(np.float64)
+    return float(np.linalg.norm(a.astype(np.float64) - b64) / np.linalg.norm(b64))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import torch
+
+    from phi_test_models.minilm import build_torch
+
+    tmp = Path(tempfile.mkdtemp())
+    folder, weights = _model_folder(tmp)
+    onnx_model = build_onnx(folder)
+    cpu = phi.compile(onnx_model, device="cpu", max_batch=64)
+    fp32 = phi.compile(onnx_model, device="cuda", max_batch=64)
+    tf32 = phi.compile(onnx_model, device="cuda", max_batch=64, precision="tf32")
+    eager = phi.compile(onnx_model, device="cuda", max_batch=64, cuda_graphs=False)
+    net32 = build_torch(folder).cuda().eval()
+    net16 = build_torch(folder).cuda().eval().half()
+    card = torch.cuda.get_device_name(0)
+
+    def phi_run(model: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        return lambda feeds: model.run(feeds)["sentence_embedding"]
+
+    def torch_run(net: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                t = {k: torch.from_numpy(v).cuda(non_blocking=False) for k, v in feeds.items()}
+                out = net(t["input_ids"], t["attention_mask"], t["token_type_ids"])
+                return out.float().cpu().numpy()
+
+        return run
+
+    contenders = {
+        "phi cuda fp32 (graphs)": (phi_run(fp32), 1e-4),
+        "phi cuda tf32 (graphs)": (phi_run(tf32), 1e-2),
+        "phi cuda fp32 (no graphs)": (phi_run(eager), 1e-4),
+        "torch eager fp32": (torch_run(net32), 1e-4),
+        "torch eager fp16": (torch_run(net16), 2e-2),
+    }
+    lines = [
+        f"### MiniLM-L6 on {card} — `python benchmarks/gpu/bench_minilm.py --rounds {args.rounds}`",
+        "",
+        f"{weights}; one request end to end (host arrays in and out); medians of {args.rounds} "
+        "alternating rounds; rel. L2 against phi_engine's CPU backend.",
+        "",
+        "| batch × seq | contender | ms (median) | rel. L2 vs CPU | torch fp32 / this "
+        "| torch fp16 / this |",
+        "|---|---|---|---|---|---|",
+    ]
+    failed = False
+    for batch, seq in ((32, 128), (1, 128), (8, 128)):
+        feeds = _inputs(batch, seq)
+        want = cpu.run(feeds)["sentence_embedding"]
+        errors = {}
+        for name, (fn, tol) in contenders.items():
+            for _ in range(3):  # warm-up: first run, graph capture, cuBLAS heuristics
+                got = fn(feeds)
+            errors[name] = _rel_l2(got, want)
+            if not errors[name] < tol:
+                failed = True
+                print(f"{name} at {batch}x{seq}: rel. L2 {errors[name]:.2e} over {tol:.0e}")
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.rounds):
+            for name, (fn, _tol) in contenders.items():
+                t0 = time.perf_counter()
+                fn(feeds)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        for name in contenders:
+            vs32 = med["torch eager fp32"] / med[name]
+            vs16 = med["torch eager fp16"] / med[name]
+            lines.append(
+                f"| {batch}×{seq} | {name} | {med[name]:.3f} | {errors[name]:.1e} | "
+                f"{vs32:.2f} | {vs16:.2f} |"
+            )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_minilm.md").write_text(text)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
