@@ -159,8 +159,9 @@ def build_torch(path: Path | None = None) -> Any:
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
             x = self.ln(self.word(input_ids) + self.typ(token_type_ids) + self.pos(positions))
-            m = attention_mask.to(torch.float32)
-            bias = (1.0 - m[:, None, None, :]) * torch.finfo(torch.float32).min
+            # In the activations' dtype, so the module also runs after .half().
+            m = attention_mask.to(x.dtype)
+            bias = (1.0 - m[:, None, None, :]) * torch.finfo(x.dtype).min
             for layer in self.layers:
                 x = layer(x, bias)
             weights = m.unsqueeze(-1)
