@@ -34,6 +34,12 @@ _DTYPES = {
     "int64": np.int64,
     "bool": np.bool_,
 }
+try:  # numpy has no bfloat16; JAX's ml_dtypes does
+    import ml_dtypes
+
+    _DTYPES["bfloat16"] = ml_dtypes.bfloat16
+except ImportError:
+    pass
 
 
 def _streamed(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,19 +210,21 @@ class NullCuda:
         trans_b: bool = False, alpha: float = 1.0, bias: int = 0, residual: int = 0,
         activation: str = "none", clip_min: float = -math.inf, clip_max: float = math.inf,
         tf32: bool = False, batch: int = 1, stride_a: int = 0, stride_b: int = 0,
-        stream: int = 0,
+        operand: str = "float32", stream: int = 0,
     ) -> None:  # fmt: skip
-        self.calls.append("gemm")
+        self.calls.append("gemm" if operand == "float32" else f"gemm:{operand}")
+        dt = np.dtype(_DTYPES[operand])
+        e = dt.itemsize
         a_shape, b_shape = ((k, m) if trans_a else (m, k)), ((n, k) if trans_b else (k, n))
         self._disjoint(
             "gemm", (c, c + 4 * batch * m * n),
-            (a, a + 4 * ((batch - 1) * stride_a + m * k)),
-            (b, b + 4 * ((batch - 1) * stride_b + k * n)),
+            (a, a + e * ((batch - 1) * stride_a + m * k)),
+            (b, b + e * ((batch - 1) * stride_b + k * n)),
             (residual, residual + 4 * batch * m * n) if residual else (0, 0),
         )  # fmt: skip
         for i in range(batch):
-            a_h = self.f32(a + 4 * i * stride_a, a_shape)
-            b_h = self.f32(b + 4 * i * stride_b, b_shape)
+            a_h = self.view(a + e * i * stride_a, a_shape, dt).astype(np.float32)
+            b_h = self.view(b + e * i * stride_b, b_shape, dt).astype(np.float32)
             res = None if residual == 0 else self.f32(residual + 4 * i * m * n, (m, n))
             self.f32(c + 4 * i * m * n, (m, n))[...] = ref.gemm(
                 a_h, b_h, None if bias == 0 else self.f32(bias, (n,)), activation,

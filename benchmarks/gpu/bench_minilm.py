@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = phi.compile(onnx_model, device="cpu", max_batch=64)
     fp32 = phi.compile(onnx_model, device="cuda", max_batch=64)
     tf32 = phi.compile(onnx_model, device="cuda", max_batch=64, precision="tf32")
+    fp16 = phi.compile(onnx_model, device="cuda", max_batch=64, precision="fp16")
     eager = phi.compile(onnx_model, device="cuda", max_batch=64, cuda_graphs=False)
     net32 = build_torch(folder).cuda().eval()
     net16 = build_torch(folder).cuda().eval().half()
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     contenders = {
         "phi cuda fp32 (graphs)": (phi_run(fp32), 1e-4),
         "phi cuda tf32 (graphs)": (phi_run(tf32), 1e-2),
+        "phi cuda fp16 products (graphs)": (phi_run(fp16), 1e-2),
         "phi cuda fp32 (no graphs)": (phi_run(eager), 1e-4),
         "torch eager fp32": (torch_run(net32), 1e-4),
         "torch eager fp16": (torch_run(net16), 2e-2),

@@ -145,7 +145,8 @@ py::buffer_info contiguous_info(const py::buffer& buffer, bool writable, const c
 
 void gemm(uintptr_t a, uintptr_t b, uintptr_t c, int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b,
           double alpha, uintptr_t bias, uintptr_t residual, const std::string& activation, double clip_min,
-          double clip_max, bool tf32, int64_t batch, int64_t stride_a, int64_t stride_b, uintptr_t stream) {
+          double clip_max, bool tf32, int64_t batch, int64_t stride_a, int64_t stride_b, const std::string& operand,
+          uintptr_t stream) {
   check_sizes("gemm", {m, n, k, batch, stride_a, stride_b});
   const bool any = m > 0 && n > 0;
   check_address("gemm", c, "c", any);
@@ -155,8 +156,17 @@ void gemm(uintptr_t a, uintptr_t b, uintptr_t c, int64_t m, int64_t n, int64_t k
   g.m = m;
   g.n = n;
   g.k = k;
-  g.a = device_ptr<const float>(a);
-  g.b = device_ptr<const float>(b);
+  g.a = device_ptr<const void>(a);
+  g.b = device_ptr<const void>(b);
+  if (operand == "float32") {
+    g.operand = Operand::f32;
+  } else if (operand == "float16") {
+    g.operand = Operand::f16;
+  } else if (operand == "bfloat16") {
+    g.operand = Operand::bf16;
+  } else {
+    invalid("gemm", "operand must be float32, float16 or bfloat16, got '" + operand + "'");
+  }
   g.c = device_ptr<float>(c);
   g.trans_a = trans_a;
   g.trans_b = trans_b;
@@ -286,11 +296,13 @@ DType parse_dtype(const std::string& op, const std::string& name) {
   static const std::pair<const char*, DType> names[] = {
       {"float32", DType::f32}, {"float64", DType::f64}, {"float16", DType::f16}, {"int8", DType::i8},
       {"uint8", DType::u8},    {"int32", DType::i32},   {"int64", DType::i64},   {"bool", DType::boolean},
+      {"bfloat16", DType::bf16},
   };
   for (const auto& [text, dtype] : names) {
     if (name == text) return dtype;
   }
-  invalid(op, "unsupported dtype '" + name + "' (float32, float64, float16, int8, uint8, int32, int64 or bool)");
+  invalid(op, "unsupported dtype '" + name +
+                  "' (float32, float64, float16, bfloat16, int8, uint8, int32, int64 or bool)");
 }
 
 void strided_copy(uintptr_t src, uintptr_t dst, int elem_size, const Dims& shape, const Dims& src_strides,
@@ -472,9 +484,11 @@ void bind_kernels(py::module_& m) {
         py::kw_only(), py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("alpha") = 1.0,
         py::arg("bias") = 0, py::arg("residual") = 0, py::arg("activation") = "none", py::arg("clip_min") = -inf,
         py::arg("clip_max") = inf, py::arg("tf32") = false, py::arg("batch") = 1, py::arg("stride_a") = 0,
-        py::arg("stride_b") = 0, py::arg("stream") = 0,
-        "Queue c = act(alpha * op(a) @ op(b) + bias + residual) (float32, row-major, device addresses; 0 = absent); "
-        "with batch > 1, batch products reading a + i * stride_a, b + i * stride_b (elements) into c + i * m * n.");
+        py::arg("stride_b") = 0, py::arg("operand") = "float32", py::arg("stream") = 0,
+        "Queue c = act(alpha * op(a) @ op(b) + bias + residual) (row-major, device addresses; 0 = absent); a and b "
+        "hold `operand` (float32, or float16 / bfloat16 on the tensor cores with float32 accumulation), c and the "
+        "epilogue are float32; with batch > 1, batch products reading a + i * stride_a, b + i * stride_b "
+        "(elements) into c + i * m * n.");
   m.def("gemm_epilogue", &gemm_epilogue, py::arg("c"), py::arg("m"), py::arg("n"), py::kw_only(),
         py::arg("bias") = 0, py::arg("residual") = 0, py::arg("activation") = "none", py::arg("clip_min") = -inf,
         py::arg("clip_max") = inf, py::arg("stream") = 0,

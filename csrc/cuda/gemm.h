@@ -7,14 +7,19 @@
 
 namespace phi::cuda {
 
+// The element type of a and b: float32, or float16 / bfloat16 multiplied on the tensor cores with
+// float32 accumulation (c and the epilogue stay float32 in every case).
+enum class Operand : int { f32, f16, bf16 };
+
 // Row-major operands, dense: a is m x k (k x m when trans_a), b is k x n (n x k when trans_b),
 // c is m x n. All pointers are device pointers.
 struct GemmArgs {
   int64_t m = 0, n = 0, k = 0;
-  const float* a = nullptr;
+  const void* a = nullptr;
   bool trans_a = false;
-  const float* b = nullptr;
+  const void* b = nullptr;
   bool trans_b = false;
+  Operand operand = Operand::f32;
   float* c = nullptr;
   float alpha = 1.0f;
   // Let cuBLAS use TF32 tensor cores (10-bit mantissa inputs, ~3e-4 relative error) instead of

@@ -95,11 +95,25 @@ void gemm_f32(const GemmArgs& g) {
     check_cublas(cublasSetStream(handle, g.stream), "cublasSetStream");
     check_cublas(cublasSetMathMode(handle, g.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
                  "cublasSetMathMode");
-    if (g.batch == 1) {
-      check_cublas(cublasSgemm(handle, op_b, op_a, n, m, k, &g.alpha, g.b, ldb, g.a, lda, &beta, g.c, n),
-                   "cublasSgemm");
+    const auto* a = static_cast<const float*>(g.a);
+    const auto* b = static_cast<const float*>(g.b);
+    if (g.operand != Operand::f32) {
+      // Half-precision operands on the tensor cores, float32 accumulation and output.
+      const cudaDataType t = g.operand == Operand::f16 ? CUDA_R_16F : CUDA_R_16BF;
+      if (g.batch == 1) {
+        check_cublas(cublasGemmEx(handle, op_b, op_a, n, m, k, &g.alpha, g.b, t, ldb, g.a, t, lda, &beta, g.c,
+                                  CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                     "cublasGemmEx");
+      } else {
+        check_cublas(cublasGemmStridedBatchedEx(handle, op_b, op_a, n, m, k, &g.alpha, g.b, t, ldb, g.stride_b, g.a,
+                                                t, lda, g.stride_a, &beta, g.c, CUDA_R_32F, n, g.m * g.n,
+                                                static_cast<int>(g.batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                     "cublasGemmStridedBatchedEx");
+      }
+    } else if (g.batch == 1) {
+      check_cublas(cublasSgemm(handle, op_b, op_a, n, m, k, &g.alpha, b, ldb, a, lda, &beta, g.c, n), "cublasSgemm");
     } else {
-      check_cublas(cublasSgemmStridedBatched(handle, op_b, op_a, n, m, k, &g.alpha, g.b, ldb, g.stride_b, g.a, lda,
+      check_cublas(cublasSgemmStridedBatched(handle, op_b, op_a, n, m, k, &g.alpha, b, ldb, g.stride_b, a, lda,
                                              g.stride_a, &beta, g.c, n, g.m * g.n, static_cast<int>(g.batch)),
                    "cublasSgemmStridedBatched");
     }

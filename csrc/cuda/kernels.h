@@ -82,7 +82,7 @@ cudaError_t launch_layer_norm(const float* x, const float* residual, const float
                               float* out, int64_t rows, int64_t cols, float epsilon, cudaStream_t stream);
 
 // Element types of the data-movement kernels (the same names as numpy's: bool is one byte).
-enum class DType : int { f32, f64, f16, i8, u8, i32, i64, boolean };
+enum class DType : int { f32, f64, f16, i8, u8, i32, i64, boolean, bf16 };
 
 enum class ReduceOp : int { sum, mean, max, min, prod };
 

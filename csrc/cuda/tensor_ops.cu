@@ -2,6 +2,7 @@
 // are transpose, slice, expand and concat), row gathers (embedding lookups), element type casts
 // and reductions over one run of axes. Memory-bound and simple: one grid-stride pass, the
 // element moved as an unsigned integer of its size so one kernel serves every dtype.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cmath>
@@ -91,6 +92,8 @@ template <typename T>
 __device__ __forceinline__ double to_double(T v) {
   if constexpr (std::is_same_v<T, __half>) {
     return static_cast<double>(__half2float(v));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return static_cast<double>(__bfloat162float(v));
   } else {
     return static_cast<double>(v);
   }
@@ -120,6 +123,8 @@ template <typename To>
 __device__ __forceinline__ To from_double(double v) {
   if constexpr (std::is_same_v<To, __half>) {
     return __float2half_rn(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+    return __float2bfloat16_rn(static_cast<float>(v));
   } else if constexpr (std::is_same_v<To, bool>) {
     return v != 0.0;
   } else if constexpr (std::is_integral_v<To>) {
@@ -139,6 +144,8 @@ __device__ __forceinline__ To convert(From v) {
   if constexpr (std::is_same_v<To, bool>) {
     if constexpr (std::is_same_v<From, __half>) {
       return __half2float(v) != 0.0f;
+    } else if constexpr (std::is_same_v<From, __nv_bfloat16>) {
+      return __bfloat162float(v) != 0.0f;
     } else {
       return v != From{0};
     }
@@ -171,6 +178,7 @@ bool launch_cast_from(const void* x, DType to, void* out, int64_t n, cudaStream_
     case DType::i32: launch_cast_typed<From, int32_t>(x, out, n, stream); return true;
     case DType::i64: launch_cast_typed<From, int64_t>(x, out, n, stream); return true;
     case DType::boolean: launch_cast_typed<From, bool>(x, out, n, stream); return true;
+    case DType::bf16: launch_cast_typed<From, __nv_bfloat16>(x, out, n, stream); return true;
   }
   return false;
 }
@@ -309,6 +317,7 @@ cudaError_t launch_cast(const void* x, DType from, void* out, DType to, int64_t 
     case DType::i32: ok = launch_cast_from<int32_t>(x, to, out, n, stream); break;
     case DType::i64: ok = launch_cast_from<int64_t>(x, to, out, n, stream); break;
     case DType::boolean: ok = launch_cast_from<bool>(x, to, out, n, stream); break;
+    case DType::bf16: ok = launch_cast_from<__nv_bfloat16>(x, to, out, n, stream); break;
   }
   return ok ? detail::launch_status() : cudaErrorInvalidValue;
 }

@@ -5,7 +5,7 @@ every kernel by the numpy reference, graphs recorded and replayed, overlapping k
 refused), so what is checked is everything but the kernels: the lowering of each step to
 launches, the arena (values that are alive together never share bytes), views, staging through
 pinned buffers, graph capture and replay, the CPU fallback, errors and concurrent runs. The same
-models run on a real GPU in tests/gpu/test_cuda_plan.py.
+models run on a real GPU in tests/gpu/test_gpu_models.py.
 """
 
 from __future__ import annotations
@@ -350,3 +350,21 @@ def test_gpu_deployments_run_on_cuda(
             engine.deploy(record2.model_id, resource_allocation={"gpu": 1})
         assert info.value.field == "resource_allocation.gpu"
         assert "more than the 64 B of cuda:0" in info.value.message
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_products(null: NullCuda, rng: np.random.Generator, precision: str) -> None:
+    if precision == "bf16":
+        pytest.importorskip("ml_dtypes")
+    model = _attention_model(rng)
+    half = phi.compile(model, device="cuda", max_batch=4, precision=precision)
+    cpu = phi.compile(model, device="cpu", max_batch=4)
+    for _ in range(3):
+        feeds = _feeds(rng, 2, 5)
+        got, want = half.run(feeds)["f7"], cpu.run(feeds)["f7"]
+        err = np.linalg.norm(got - want) / np.linalg.norm(want)
+        # fp16 keeps 11 significant bits, bf16 8: the products round their operands to that.
+        assert 1e-6 < err < (5e-3 if precision == "fp16" else 3e-2), err
+    kind = "float16" if precision == "fp16" else "bfloat16"
+    assert f"gemm:{kind}" in null.calls and "gemm" not in null.calls
+    assert null.calls.count("cast") > 1  # activations cast before the products (and the mask)

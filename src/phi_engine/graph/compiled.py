@@ -28,7 +28,7 @@ from phi_engine.runtime.plan import Constant
 __all__ = ["DEVICES", "CompiledModel", "compile"]
 
 DEVICES = ("cpu", "reference", "xla", "cuda")
-PRECISIONS = ("fp32", "tf32")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 
 # Element types a native plan holds (others, e.g. bfloat16 or strings, stay with the reference).
 _PLAN_DTYPES = frozenset(
@@ -63,9 +63,11 @@ def compile(
         fuse: Apply the fusion passes (linear + bias + activation, GELU, layer norm,
             attention). Off is for debugging and comparison.
         cache_size: Shape specializations kept (least recently used dropped first).
-        precision: ``"fp32"`` (float32 everywhere) or, on ``cuda``, ``"tf32"``: matrix
-            products on TF32 tensor cores (10-bit mantissa inputs, float32 accumulation; about
-            3e-4 relative error).
+        precision: ``"fp32"`` (float32 everywhere) or, on ``cuda``, the matrix products on the
+            tensor cores with float32 accumulation: ``"tf32"`` (float32 operands rounded to a
+            10-bit mantissa; about 3e-4 relative error per product), ``"fp16"`` or ``"bf16"``
+            (operands in that type: weights converted once, activations cast before each
+            product; everything else, softmax and layer norm included, stays float32).
         cuda_graphs: On ``cuda``, replay each shape's run as one CUDA graph from its second
             run on (off: one launch per step, every run).
 
@@ -120,7 +122,8 @@ def compile(
     if device == "cuda":
         from phi_engine.runtime.cuda.program import CudaModelState
 
-        model_._cuda = CudaModelState(tf32=precision == "tf32", graphs=cuda_graphs)
+        operand = {"fp16": "float16", "bf16": "bfloat16"}.get(precision)
+        model_._cuda = CudaModelState(tf32=precision == "tf32", graphs=cuda_graphs, operand=operand)
     model_.precision = precision
     return model_
 

@@ -64,6 +64,7 @@ _REDUCE = {
     "reduce_prod": "prod",
 }
 _CAST_DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int32", "int64", "bool")
+_HALF_BYTES = {"float16": 2, "bfloat16": 2}
 
 
 def _aligned(n: int) -> int:
@@ -97,11 +98,14 @@ class DeviceWeights:
     def __init__(self, cu: Any) -> None:
         self._cu = cu
         self._lock = threading.Lock()
-        self._buffers: dict[int, tuple[Any, Any]] = {}  # id(value) -> (value, DeviceBuffer)
+        # (id(value), dtype) -> (value, DeviceBuffer); the value is held so its id stays unique
+        self._buffers: dict[tuple[int, str | None], tuple[Any, Any]] = {}
         self.nbytes = 0
 
-    def address(self, value: np.ndarray | Constant) -> int:
-        key = id(value)
+    def address(self, value: np.ndarray | Constant, dtype: str | None = None) -> int:
+        """The device address of ``value``, uploaded on first use; with ``dtype`` (a float32
+        value as ``float16`` or ``bfloat16``) a converted copy, made on the device."""
+        key = (id(value), dtype)
         with self._lock:
             found = self._buffers.get(key)
             if found is None:
@@ -110,9 +114,14 @@ class DeviceWeights:
                 buf = self._cu.DeviceBuffer(array.nbytes)
                 if array.nbytes:
                     self._cu.copy_to_device(buf.ptr, array.reshape(-1).view(np.uint8))
+                if dtype is not None and dtype != str(array.dtype):
+                    wide = buf
+                    buf = self._cu.DeviceBuffer(array.size * _HALF_BYTES[dtype])
+                    self._cu.cast(wide.ptr, str(array.dtype), buf.ptr, dtype, array.size)
+                    self._cu.synchronize()
                 found = (value, buf)
                 self._buffers[key] = found
-                self.nbytes += array.nbytes
+                self.nbytes += int(buf.nbytes)
             return int(found[1].ptr)
 
 
@@ -184,6 +193,10 @@ class CudaSegment:
         cu: The pointer-level CUDA module (``phi_engine._core_cuda`` or a stand-in).
         weights: The model's device constants.
         tf32: Let cuBLAS use TF32 tensor cores for float32 products (about 3e-4 relative error).
+        operand: ``"float16"`` or ``"bfloat16"``: matrix products take operands of that type on
+            the tensor cores (weights converted once, activations cast into scratch memory before
+            each product) and accumulate and write float32; every other step stays float32.
+            ``None``: float32 products.
         graphs: Capture a CUDA graph on a context's second run (when no step runs on the host).
     """
 
@@ -197,8 +210,12 @@ class CudaSegment:
         *,
         tf32: bool = False,
         graphs: bool = True,
+        operand: str | None = None,
     ) -> None:
         self._record = record
+        self._operand = operand
+        self._scratch: dict[int, tuple[int, int]] = {}  # key (< 0) -> (bytes, step index)
+        self._lowering_index = 0
         self._cu = cu
         self._weights = weights
         self._tf32 = tf32
@@ -208,6 +225,7 @@ class CudaSegment:
         self._items: list[_Item] = []
         self.host_steps: list[tuple[str, str]] = []  # (op, why) of each step run on the CPU
         for index, step in enumerate(record.steps):
+            self._lowering_index = index
             self._items.append(self._lower(index, step))
         self.graphs = graphs and not self.host_steps
         self._place()
@@ -231,6 +249,12 @@ class CudaSegment:
         if root in self._record.constants:
             return _Ref("const", self._weights.address(self._record.constants[root]))
         return _Ref("slot", root)
+
+    def scratch(self, nbytes: int) -> _Ref:
+        """Arena memory for the step being lowered only (e.g. an operand cast to half)."""
+        key = -1 - len(self._scratch)
+        self._scratch[key] = (nbytes, self._lowering_index)
+        return _Ref("slot", key)
 
     def _lower(self, index: int, step: RecordedStep) -> _Item:
         fn = _LOWERINGS.get(step.op)
@@ -289,6 +313,9 @@ class CudaSegment:
             if root in life:
                 life[root][1] = n
         sizes = {root: _nbytes(self._spec(root)) for root in life}
+        for key, (nbytes, index) in self._scratch.items():
+            sizes[key] = nbytes
+            life[key] = [index, index]
         self._offsets, self.arena_bytes = plan_memory(
             sizes, {root: (span[0], span[1]) for root, span in life.items()}
         )
@@ -535,8 +562,9 @@ def _gemm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         "tf32": seg._tf32,
         **_act_kwargs(step.attrs),
     }
+    launches, ra, rb = _operands(seg, a, b, kw)
     out = seg._ref(step.outputs[0])
-    return [_Launch("gemm", (seg._ref(a), seg._ref(b), out, m, n, k), kw)]
+    return [*launches, _Launch("gemm", (ra, rb, out, m, n, k), kw)]
 
 
 @_lowering("matmul")
@@ -566,17 +594,44 @@ def _matmul(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         "tf32": seg._tf32,
         **_act_kwargs(step.attrs),
     }
-    ra, rb, out = seg._ref(a), seg._ref(b), seg._ref(step.outputs[0])
+    out = seg._ref(step.outputs[0])
     if math.prod(bb) == 1 and math.prod(ba) == count:
-        return [_Launch("gemm", (ra, rb, out, m * count, n, k), kw)]  # B shared: one product
-    if ba == batch and (bb == batch or math.prod(bb) == 1):
+        args: tuple[int, ...] = (m * count, n, k)  # B shared: one product
+    elif ba == batch and (bb == batch or math.prod(bb) == 1):
         stride_b = 0 if math.prod(bb) == 1 else k * n
         kw.update(batch=count, stride_a=m * k, stride_b=stride_b)
-        return [_Launch("gemm", (ra, rb, out, m, n, k), kw)]
-    if bb == batch and math.prod(ba) == 1:
+        args = (m, n, k)
+    elif bb == batch and math.prod(ba) == 1:
         kw.update(batch=count, stride_a=0, stride_b=k * n)
-        return [_Launch("gemm", (ra, rb, out, m, n, k), kw)]
-    raise _Unsupported(f"batch dimensions {ba} and {bb} broadcast both ways")
+        args = (m, n, k)
+    else:
+        raise _Unsupported(f"batch dimensions {ba} and {bb} broadcast both ways")
+    launches, ra, rb = _operands(seg, a, b, kw)
+    return [*launches, _Launch("gemm", (ra, rb, out, *args), kw)]
+
+
+def _operands(
+    seg: CudaSegment, a: int, b: int, kw: dict[str, Any]
+) -> tuple[list[_Launch], _Ref | int, _Ref | int]:
+    """The product's operands: as they are in float32, or in the segment's half type (a
+    constant converted once, anything else cast into scratch memory first)."""
+    if seg._operand is None:
+        return [], seg._ref(a), seg._ref(b)
+    half = seg._operand
+    kw["operand"] = half
+    kw.pop("tf32", None)
+    launches: list[_Launch] = []
+    refs: list[_Ref | int] = []
+    for slot in (a, b):
+        root = seg._storage(slot)
+        if root in seg._record.constants:
+            refs.append(_Ref("const", seg._weights.address(seg._record.constants[root], half)))
+            continue
+        n = math.prod(_shape(seg, slot))
+        dst = seg.scratch(n * _HALF_BYTES[half])
+        launches.append(_Launch("cast", (seg._ref(slot), "float32", dst, half, n), {}))
+        refs.append(dst)
+    return launches, refs[0], refs[1]
 
 
 @_lowering(*_BINARY)

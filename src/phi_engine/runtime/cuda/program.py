@@ -26,9 +26,12 @@ __all__ = ["CudaModelState", "CudaProgram"]
 
 class CudaModelState:
     """What every shape's program of one compiled model shares on the GPU: the CUDA module, the
-    uploaded weights and the options (``tf32``: TF32 products; ``graphs``: CUDA graphs)."""
+    uploaded weights and the options (``tf32``: TF32 products; ``graphs``: CUDA graphs;
+    ``operand``: ``float16`` or ``bfloat16`` products with float32 accumulation)."""
 
-    def __init__(self, *, tf32: bool = False, graphs: bool = True) -> None:
+    def __init__(
+        self, *, tf32: bool = False, graphs: bool = True, operand: str | None = None
+    ) -> None:
         cu = _native.cuda
         if cu is None or int(cu.device_count()) == 0:
             status = "the CUDA module is not built" if cu is None else cu.device_status()
@@ -37,6 +40,7 @@ class CudaModelState:
         self.weights = DeviceWeights(cu)
         self.tf32 = tf32
         self.graphs = graphs
+        self.operand = operand
 
 
 class CudaProgram(Program):
@@ -57,6 +61,7 @@ class CudaProgram(Program):
                     state.weights,
                     tf32=state.tf32,
                     graphs=state.graphs,
+                    operand=state.operand,
                 )
 
     @property
