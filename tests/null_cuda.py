@@ -147,6 +147,15 @@ class NullCuda:
         n = math.prod(shape)
         return self.raw(ptr, n * dt.itemsize).view(dt).reshape(shape)
 
+    @_streamed
+    def host_call(self, fn: Callable[[], None], *, stream: int = 0) -> None:
+        """A launch made outside this module (Triton's): run now, or record it in a capture."""
+        fn()
+
+    def host_view(self, ptr: int, shape: Any, dtype: Any) -> np.ndarray:
+        """Where the null device's memory really is: Triton launchers view it as CPU tensors."""
+        return self.view(ptr, shape, dtype)
+
     def f32(self, ptr: int, shape: Any) -> np.ndarray:
         return self.view(ptr, shape, np.float32)
 

@@ -49,6 +49,7 @@ def compile(
     cache_size: int = 256,
     precision: str = "fp32",
     cuda_graphs: bool = True,
+    triton_ops: Sequence[str] = (),
 ) -> CompiledModel:
     """Compile an ONNX model for inference.
 
@@ -70,6 +71,8 @@ def compile(
             product; everything else, softmax and layer norm included, stays float32).
         cuda_graphs: On ``cuda``, replay each shape's run as one CUDA graph from its second
             run on (off: one launch per step, every run).
+        triton_ops: On ``cuda``, ops run by phi_engine's Triton kernels instead of the CUDA
+            ones (``"softmax"``, ``"layer_norm"``; needs ``triton`` and ``torch``).
 
     Returns:
         A :class:`CompiledModel`; :meth:`CompiledModel.run` serves every batch size up to
@@ -96,6 +99,29 @@ def compile(
             f"[compile] precision {precision!r} is for device 'cuda'; {device!r} runs fp32",
             field="precision",
         )
+    if isinstance(triton_ops, str) or not all(isinstance(op, str) for op in triton_ops):
+        raise InvalidRequestError(
+            "[compile] triton_ops must be a list of op names", field="triton_ops"
+        )
+    if triton_ops:
+        from phi_engine.runtime.cuda import triton_ops as triton_impl
+
+        unknown = sorted(set(triton_ops) - set(triton_impl.OPS))
+        if unknown:
+            raise InvalidRequestError(
+                f"[compile] triton_ops: no Triton kernel for {unknown}; choose from "
+                f"{list(triton_impl.OPS)}",
+                field="triton_ops",
+            )
+        if device != "cuda":
+            raise UnsupportedError(
+                f"[compile] triton_ops select kernels on device 'cuda', not {device!r}",
+                field="triton_ops",
+            )
+        if not triton_impl.available():
+            raise UnsupportedError(
+                "[compile] triton_ops need the triton and torch packages", field="triton_ops"
+            )
     for name, value in (("max_batch", max_batch), ("cache_size", cache_size)):
         if type(value) is not int or value < 1:
             raise InvalidRequestError(
@@ -123,7 +149,12 @@ def compile(
         from phi_engine.runtime.cuda.program import CudaModelState
 
         operand = {"fp16": "float16", "bf16": "bfloat16"}.get(precision)
-        model_._cuda = CudaModelState(tf32=precision == "tf32", graphs=cuda_graphs, operand=operand)
+        model_._cuda = CudaModelState(
+            tf32=precision == "tf32",
+            graphs=cuda_graphs,
+            operand=operand,
+            triton_ops=tuple(triton_ops),
+        )
     model_.precision = precision
     return model_
 

@@ -155,9 +155,10 @@ def plan_memory(
 
 @dataclass
 class _Launch:
-    """One call of a ``cu`` function; _Ref arguments become addresses when a context binds it."""
+    """One call of a ``cu`` function (by name) or of a Python launcher taking ``cu`` first
+    (:mod:`.triton_ops`); _Ref arguments become addresses when a context binds it."""
 
-    fn: str
+    fn: str | Callable[..., None]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
@@ -211,8 +212,10 @@ class CudaSegment:
         tf32: bool = False,
         graphs: bool = True,
         operand: str | None = None,
+        triton_ops: Sequence[str] = (),
     ) -> None:
         self._record = record
+        self._triton_ops = frozenset(triton_ops)
         self._operand = operand
         self._scratch: dict[int, tuple[int, int]] = {}  # key (< 0) -> (bytes, step index)
         self._lowering_index = 0
@@ -224,6 +227,7 @@ class CudaSegment:
         self._root: dict[int, int] = {}  # slot -> the slot whose storage it views
         self._items: list[_Item] = []
         self.host_steps: list[tuple[str, str]] = []  # (op, why) of each step run on the CPU
+        self.kernels: list[tuple[str, str]] = []  # (op, "cuda" | "triton" | "cpu") of each step
         for index, step in enumerate(record.steps):
             self._lowering_index = index
             self._items.append(self._lower(index, step))
@@ -261,10 +265,14 @@ class CudaSegment:
         try:
             if fn is None:
                 raise _Unsupported(f"no CUDA kernel for {step.op!r}")
-            return _Item(launches=fn(self, step))
+            launches = fn(self, step)
         except _Unsupported as why:
             self.host_steps.append((step.op, str(why)))
+            self.kernels.append((step.op, "cpu"))
             return _Item(host=self._host_step(index, step, str(why)))
+        triton = any(callable(launch.fn) for launch in launches)
+        self.kernels.append((step.op, "triton" if triton else "cuda"))
+        return _Item(launches=launches)
 
     def _host_step(self, index: int, step: RecordedStep, reason: str) -> _HostStep:
         b = PlanBuilder()
@@ -405,7 +413,10 @@ class _Context:
                 args = tuple(self._bind(a) for a in launch.args)
                 kwargs = {k: self._bind(v) for k, v in launch.kwargs.items()}
                 kwargs["stream"] = s
-                self.bound.append((getattr(cu, launch.fn), args, kwargs))
+                if callable(launch.fn):
+                    self.bound.append((launch.fn, (cu, *args), kwargs))
+                else:
+                    self.bound.append((getattr(cu, launch.fn), args, kwargs))
 
     def _bind(self, value: Any) -> Any:
         if isinstance(value, _Ref):
@@ -678,6 +689,16 @@ def _softmax(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     if axis not in (-1, len(shape) - 1):
         raise _Unsupported("softmax over an axis other than the last")
     kw: dict[str, Any] = {"scale": float(step.attrs.get("scale", 1.0))}
+    if "softmax" in seg._triton_ops:
+        from phi_engine.runtime.cuda import triton_ops
+
+        rows_of = (0, 1) if mask is None else triton_ops.mask_rows(shape, _shape(seg, mask))
+        if rows_of is not None:  # else the mask's rows are not evenly spaced: CUDA runs it
+            if mask is not None:
+                kw.update(mask=seg._ref(mask), mask_row_stride=rows_of[0], mask_rows=rows_of[1])
+            cols = shape[-1] if shape else 1
+            args = (seg._ref(x), seg._ref(step.outputs[0]), math.prod(shape) // max(cols, 1), cols)
+            return [_Launch(triton_ops.softmax, args, kw)]
     if mask is not None:
         kw.update(mask=seg._ref(mask), mask_shape=list(_shape(seg, mask)))
     return [_Launch("softmax", (seg._ref(x), seg._ref(step.outputs[0]), list(shape)), kw)]
@@ -700,6 +721,10 @@ def _layer_norm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         "epsilon": float(step.attrs.get("epsilon", 1e-5)),
     }
     args = (seg._ref(x), seg._ref(step.outputs[0]), rows, cols, seg._ref(gamma))
+    if "layer_norm" in seg._triton_ops:
+        from phi_engine.runtime.cuda import triton_ops
+
+        return [_Launch(triton_ops.layer_norm, args, kw)]
     return [_Launch("layer_norm", args, kw)]
 
 

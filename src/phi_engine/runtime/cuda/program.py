@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,10 +27,16 @@ __all__ = ["CudaModelState", "CudaProgram"]
 class CudaModelState:
     """What every shape's program of one compiled model shares on the GPU: the CUDA module, the
     uploaded weights and the options (``tf32``: TF32 products; ``graphs``: CUDA graphs;
-    ``operand``: ``float16`` or ``bfloat16`` products with float32 accumulation)."""
+    ``operand``: ``float16`` or ``bfloat16`` products with float32 accumulation; ``triton_ops``:
+    ops run by the Triton kernels, see :mod:`phi_engine.runtime.cuda.triton_ops`)."""
 
     def __init__(
-        self, *, tf32: bool = False, graphs: bool = True, operand: str | None = None
+        self,
+        *,
+        tf32: bool = False,
+        graphs: bool = True,
+        operand: str | None = None,
+        triton_ops: Sequence[str] = (),
     ) -> None:
         cu = _native.cuda
         if cu is None or int(cu.device_count()) == 0:
@@ -41,6 +47,7 @@ class CudaModelState:
         self.tf32 = tf32
         self.graphs = graphs
         self.operand = operand
+        self.triton_ops = tuple(triton_ops)
 
 
 class CudaProgram(Program):
@@ -62,6 +69,7 @@ class CudaProgram(Program):
                     tf32=state.tf32,
                     graphs=state.graphs,
                     operand=state.operand,
+                    triton_ops=state.triton_ops,
                 )
 
     @property

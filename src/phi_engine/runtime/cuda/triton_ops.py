@@ -1,0 +1,155 @@
+"""Plan steps run by phi_engine's Triton kernels (``phi_engine.kernels``) instead of the CUDA ones.
+
+``phi.compile(model, device="cuda", triton_ops=["softmax", "layer_norm"])`` selects them per op.
+Each launcher gets the same device addresses as the CUDA launch it replaces, views them as
+PyTorch tensors without copying (``__cuda_array_interface__``) and launches the Triton kernel on
+the run context's stream (made PyTorch's current stream for the call, which is where Triton
+launches), so it is ordered with the other steps and captured into the context's CUDA graph
+like them. Needs ``triton`` and ``torch`` at run time, as Triton itself does.
+
+A null device (tests) provides ``host_view(address, shape, dtype)`` and ``host_call(fn, stream=)``:
+the launchers then view its host memory as CPU tensors and hand the launch to it, which runs it
+(Triton's interpreter, ``TRITON_INTERPRET=1``) or records it into the graph being captured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from phi_engine.errors import UnsupportedError
+
+__all__ = ["OPS", "available", "layer_norm", "softmax"]
+
+OPS = ("softmax", "layer_norm")
+"""Ops ``triton_ops`` may select."""
+
+
+def available() -> bool:
+    """Whether triton and torch can be imported here."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "triton"))
+
+
+class _DeviceArray:
+    """Device memory described for ``torch.as_tensor`` (no copy)."""
+
+    def __init__(self, address: int, shape: Sequence[int], dtype: str) -> None:
+        self.__cuda_array_interface__ = {
+            "shape": tuple(int(d) for d in shape),
+            "typestr": np.dtype(dtype).str,
+            "data": (int(address), False),
+            "version": 3,
+            "strides": None,
+        }
+
+
+def _tensor(cu: Any, address: int, shape: Sequence[int], dtype: str = "float32") -> Any:
+    import torch
+
+    if hasattr(cu, "host_view"):  # a null device: host memory, Triton's interpreter
+        return torch.from_numpy(cu.host_view(address, tuple(shape), dtype))
+    return torch.as_tensor(_DeviceArray(address, shape, dtype), device="cuda")
+
+
+def _launch(cu: Any, stream: int, fn: Callable[[], None]) -> None:
+    """Run ``fn`` (a Triton launch) on ``stream``: PyTorch's current stream for the call."""
+    if hasattr(cu, "host_call"):
+        cu.host_call(fn, stream=stream)
+        return
+    import torch
+
+    external: Any = getattr(torch.cuda, "ExternalStream")  # noqa: B009  (untyped in torch)
+    with torch.cuda.stream(external(stream)):
+        fn()
+
+
+def _kernels() -> Any:
+    try:
+        import phi_engine.kernels as kernels
+    except ImportError as exc:
+        raise UnsupportedError(f"[triton] the Triton kernels cannot be loaded: {exc}") from exc
+    return kernels
+
+
+def softmax(
+    cu: Any,
+    x: int,
+    out: int,
+    rows: int,
+    cols: int,
+    *,
+    scale: float = 1.0,
+    mask: int = 0,
+    mask_row_stride: int = 0,
+    mask_rows: int = 1,
+    stream: int = 0,
+) -> None:
+    """``out = softmax(x * scale + mask)`` over rows of ``cols``; the mask's row ``r`` starts at
+    ``r * mask_row_stride`` elements (0: one row for all)."""
+    if rows == 0 or cols == 0:
+        return
+    from phi_engine.kernels._common import next_pow2
+    from phi_engine.kernels.softmax import _softmax_kernel
+
+    _kernels()
+    xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
+    mt = _tensor(cu, mask, (mask_rows, cols)) if mask else xt
+    _launch(
+        cu, stream,
+        lambda: _softmax_kernel[(rows,)](
+            xt, mt, yt, cols, cols, mask_row_stride, cols, float(scale),
+            HAS_MASK=bool(mask), BLOCK=next_pow2(cols),
+        ),
+    )  # fmt: skip
+
+
+def layer_norm(
+    cu: Any,
+    x: int,
+    out: int,
+    rows: int,
+    cols: int,
+    gamma: int,
+    *,
+    beta: int = 0,
+    residual: int = 0,
+    epsilon: float = 1e-5,
+    stream: int = 0,
+) -> None:
+    """Layer norm of each row of ``x (+ residual)``, scaled by ``gamma``, shifted by ``beta``."""
+    if rows == 0 or cols == 0:
+        return
+    from phi_engine.kernels._common import next_pow2
+    from phi_engine.kernels.layer_norm import _layer_norm_kernel
+
+    _kernels()
+    xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
+    rt = _tensor(cu, residual, (rows, cols)) if residual else xt
+    gt = _tensor(cu, gamma, (cols,))
+    bt = _tensor(cu, beta, (cols,)) if beta else gt
+    _launch(
+        cu, stream,
+        lambda: _layer_norm_kernel[(rows,)](
+            xt, rt, gt, bt, yt, cols, cols, cols, cols, float(epsilon),
+            HAS_RES=bool(residual), HAS_BETA=bool(beta), BLOCK=next_pow2(cols),
+        ),
+    )  # fmt: skip
+
+
+def mask_rows(x_shape: Sequence[int], mask_shape: Sequence[int]) -> tuple[int, int] | None:
+    """(row stride, rows) of a softmax mask as the Triton kernel reads it, or None when its rows
+    are not evenly spaced over x's rows (then the CUDA kernel runs the step)."""
+    cols = int(x_shape[-1])
+    padded = [1] * (len(x_shape) - len(mask_shape)) + [int(d) for d in mask_shape]
+    if padded[-1] != cols:
+        return None
+    lead = padded[:-1]
+    if all(d == 1 for d in lead):
+        return 0, 1
+    if lead == [int(d) for d in x_shape[:-1]]:
+        return cols, math.prod(lead)
+    return None
