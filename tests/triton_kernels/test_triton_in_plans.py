@@ -78,9 +78,8 @@ def test_softmax_and_layer_norm_on_triton(cuda_module: Any, width: int) -> None:
         np.testing.assert_allclose(got, cpu.run({"x": x, "mask": mask})["y"], rtol=2e-5, atol=2e-6)
     program = gpu.program({"x": (2, 3, width), "mask": (1, width)})
     assert isinstance(program, CudaProgram)
-    (seg,) = program.cuda_segments.values()
-    chosen = {op: where for op, where in seg.kernels if op in ("softmax", "layer_norm")}
-    assert chosen == {"softmax": "triton", "layer_norm": "triton"}, seg.kernels
+    chosen = {op: where for op, where in program.kernels if op in ("softmax", "layer_norm")}
+    assert chosen == {"softmax": "triton", "layer_norm": "triton"}, program.kernels
 
 
 def test_triton_ops_are_checked(cuda_module: Any) -> None:

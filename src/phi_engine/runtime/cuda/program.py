@@ -77,6 +77,11 @@ class CudaProgram(Program):
         """(op, reason) of every native step that runs on the CPU kernels instead of the GPU."""
         return [h for seg in self.cuda_segments.values() for h in seg.host_steps]
 
+    @property
+    def kernels(self) -> list[tuple[str, str]]:
+        """(op, ``"cuda"`` | ``"triton"`` | ``"cpu"``) of every native step, in order."""
+        return [k for seg in self.cuda_segments.values() for k in seg.kernels]
+
     def _run_segment(
         self, i: int, step: NativeSegment, values: Mapping[str, Any], threads: int
     ) -> dict[str, np.ndarray]:
