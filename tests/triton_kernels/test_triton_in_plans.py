@@ -90,3 +90,35 @@ def test_triton_ops_are_checked(cuda_module: Any) -> None:
         phi.compile(model, device="cuda", triton_ops="softmax")
     with pytest.raises(UnsupportedError, match="on device 'cuda', not 'cpu'"):
         phi.compile(model, device="cpu", triton_ops=["softmax"])
+
+
+def test_matmul_on_triton(cuda_module: Any) -> None:
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 24)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((24, 16)).astype(np.float32), "w2")
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["x", "w1"], ["h0"]),
+        n("Add", ["h0", "b1"], ["h1"]),
+        n("Relu", ["h1"], ["h2"]),
+        n("MatMul", ["h2", "w2"], ["h3"]),
+        n("Add", ["h3", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", F32, ["n", 5, 16])],
+        [helper.make_tensor_value_info("y", F32, ["n", 5, 16])], initializer=[w1, b1, w2],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    gpu = phi.compile(model, device="cuda", max_batch=4, triton_ops=["matmul"])
+    cpu = phi.compile(model, device="cpu", max_batch=4)
+    for _ in range(3):
+        x = rng.standard_normal((3, 5, 16)).astype(np.float32)
+        np.testing.assert_allclose(
+            gpu.run({"x": x})["y"], cpu.run({"x": x})["y"], rtol=1e-4, atol=1e-4
+        )
+    program = gpu.program({"x": (3, 5, 16)})
+    assert isinstance(program, CudaProgram)
+    assert [w for op, w in program.kernels if op == "matmul"] == ["triton", "triton"], (
+        program.kernels
+    )

@@ -575,7 +575,7 @@ def _gemm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     }
     launches, ra, rb = _operands(seg, a, b, kw)
     out = seg._ref(step.outputs[0])
-    return [*launches, _Launch("gemm", (ra, rb, out, m, n, k), kw)]
+    return [*launches, _Launch(_gemm_fn(seg, kw), (ra, rb, out, m, n, k), kw)]
 
 
 @_lowering("matmul")
@@ -618,7 +618,20 @@ def _matmul(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     else:
         raise _Unsupported(f"batch dimensions {ba} and {bb} broadcast both ways")
     launches, ra, rb = _operands(seg, a, b, kw)
-    return [*launches, _Launch("gemm", (ra, rb, out, *args), kw)]
+    return [*launches, _Launch(_gemm_fn(seg, kw), (ra, rb, out, *args), kw)]
+
+
+def _gemm_fn(seg: CudaSegment, kw: dict[str, Any]) -> str | Callable[..., None]:
+    """cuBLAS (``"gemm"``), or the Triton GEMM where ``triton_ops`` asks for ``matmul`` and the
+    step is one float32 product with ``alpha`` 1."""
+    single = kw.get("batch", 1) == 1 and kw.get("alpha", 1.0) == 1.0
+    if "matmul" in seg._triton_ops and single and "operand" not in kw:
+        from phi_engine.runtime.cuda import triton_ops
+
+        kw.pop("alpha", None)
+        kw.pop("batch", None)
+        return triton_ops.gemm
+    return "gemm"
 
 
 def _operands(

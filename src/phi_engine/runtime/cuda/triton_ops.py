@@ -1,6 +1,7 @@
 """Plan steps run by phi_engine's Triton kernels (``phi_engine.kernels``) instead of the CUDA ones.
 
-``phi.compile(model, device="cuda", triton_ops=["softmax", "layer_norm"])`` selects them per op.
+``phi.compile(model, device="cuda", triton_ops=["softmax", "layer_norm", "matmul"])`` selects
+them per op (``matmul``: the single products with their fused epilogue, float32 operands).
 Each launcher gets the same device addresses as the CUDA launch it replaces, views them as
 PyTorch tensors without copying (``__cuda_array_interface__``) and launches the Triton kernel on
 the run context's stream (made PyTorch's current stream for the call, which is where Triton
@@ -23,9 +24,9 @@ import numpy as np
 
 from phi_engine.errors import UnsupportedError
 
-__all__ = ["OPS", "available", "layer_norm", "softmax"]
+__all__ = ["OPS", "available", "gemm", "layer_norm", "softmax"]
 
-OPS = ("softmax", "layer_norm")
+OPS = ("softmax", "layer_norm", "matmul")
 """Ops ``triton_ops`` may select."""
 
 
@@ -153,3 +154,49 @@ def mask_rows(x_shape: Sequence[int], mask_shape: Sequence[int]) -> tuple[int, i
     if lead == [int(d) for d in x_shape[:-1]]:
         return cols, math.prod(lead)
     return None
+
+
+def gemm(
+    cu: Any,
+    a: int,
+    b: int,
+    c: int,
+    m: int,
+    n: int,
+    k: int,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    bias: int = 0,
+    residual: int = 0,
+    activation: str = "none",
+    clip_min: float = -math.inf,
+    clip_max: float = math.inf,
+    tf32: bool = False,
+    stream: int = 0,
+) -> None:
+    """``c = act(op(a) @ op(b) + bias + residual)``, float32, row-major (the CUDA ``gemm``'s
+    arguments for a single product with ``alpha`` 1)."""
+    if m == 0 or n == 0:
+        return
+    from phi_engine.kernels.gemm import ACTIVATIONS, _gemm_kernel
+
+    _kernels()
+    at = _tensor(cu, a, (k, m) if trans_a else (m, k))
+    bt = _tensor(cu, b, (n, k) if trans_b else (k, n))
+    ct = _tensor(cu, c, (m, n))
+    bias_t = _tensor(cu, bias, (n,)) if bias else ct
+    res_t = _tensor(cu, residual, (m, n)) if residual else ct
+    sam, sak = (1, m) if trans_a else (k, 1)
+    sbk, sbn = (1, k) if trans_b else (n, 1)
+    bm, bn, bk = 64, 64, 32
+    grid = (-(-m // bm), -(-n // bn))
+    _launch(
+        cu, stream,
+        lambda: _gemm_kernel[grid](
+            at, bt, bias_t, res_t, ct, m, n, k, sam, sak, sbk, sbn, n, n,
+            float(clip_min), float(clip_max),
+            HAS_BIAS=bool(bias), HAS_RES=bool(residual), ACT=ACTIVATIONS.index(activation),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION="tf32" if tf32 else "ieee",
+        ),
+    )  # fmt: skip
