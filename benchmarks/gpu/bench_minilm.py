@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     tf32 = phi.compile(onnx_model, device="cuda", max_batch=64, precision="tf32")
     fp16 = phi.compile(onnx_model, device="cuda", max_batch=64, precision="fp16")
     eager = phi.compile(onnx_model, device="cuda", max_batch=64, cuda_graphs=False)
+    triton = phi.compile(
+        onnx_model, device="cuda", max_batch=64, triton_ops=["softmax", "layer_norm", "matmul"]
+    )
     net32 = build_torch(folder).cuda().eval()
     net16 = build_torch(folder).cuda().eval().half()
     card = torch.cuda.get_device_name(0)
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "phi cuda tf32 (graphs)": (phi_run(tf32), 1e-2),
         "phi cuda fp16 products (graphs)": (phi_run(fp16), 1e-2),
         "phi cuda fp32 (no graphs)": (phi_run(eager), 1e-4),
+        "phi cuda fp32, Triton ops (graphs)": (phi_run(triton), 1e-4),
         "torch eager fp32": (torch_run(net32), 1e-4),
         "torch eager fp16": (torch_run(net16), 2e-2),
     }
