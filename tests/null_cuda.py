@@ -325,15 +325,26 @@ class NullCuda:
         self.calls.append("strided_copy")
         dt = np.dtype(f"u{elem_size}")
         n = math.prod(shape)
-        reach = sum((d - 1) * s for d, s in zip(shape, src_strides, strict=True) if s > 0)
-        self._disjoint(
-            "strided_copy", (dst, dst + n * elem_size), (src, src + (reach + 1) * elem_size)
-        )
-        base = self.view(src, (reach + 1,), dt)
+        pairs = list(zip(shape, src_strides, strict=True))
+        hi = sum((d - 1) * s for d, s in pairs if s > 0)
+        lo = sum((d - 1) * s for d, s in pairs if s < 0)  # negative strides read backwards
+        first = src + lo * elem_size
+        span = (hi - lo + 1) * elem_size
+        self._disjoint("strided_copy", (dst, dst + n * elem_size), (first, first + span))
+        base = self.view(first, (hi - lo + 1,), dt)
         view = np.lib.stride_tricks.as_strided(
-            base, tuple(shape), tuple(s * elem_size for s in src_strides)
+            base[-lo:], tuple(shape), tuple(s * elem_size for s in src_strides)
         )
         self.view(dst, tuple(shape), dt)[...] = view
+
+    @_streamed
+    def copy_2d(
+        self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, *,
+        stream: int = 0,
+    ) -> None:  # fmt: skip
+        self.calls.append("copy_2d")
+        for row in range(height):
+            self.raw(dst + row * dpitch, width)[...] = self.raw(src + row * spitch, width).copy()
 
     @_streamed
     def gather(

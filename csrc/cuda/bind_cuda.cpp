@@ -442,6 +442,16 @@ void bind_runtime(py::module_& m) {
     copy_async(device_ptr<void>(dst), device_ptr<const void>(src), nbytes, stream_of(stream));
   }, py::arg("dst"), py::arg("src"), py::arg("nbytes"), py::kw_only(), py::arg("stream") = 0,
      "Queue a copy in any direction (host addresses must be pinned: HostBuffer).");
+  m.def("copy_2d", [](uintptr_t dst, size_t dpitch, uintptr_t src, size_t spitch, size_t width, size_t height,
+                      uintptr_t stream) {
+    const bool any = width > 0 && height > 0;
+    check_address("copy_2d", dst, "dst", any);
+    check_address("copy_2d", src, "src", any);
+    if (any && (dpitch < width || spitch < width)) invalid("copy_2d", "a pitch is smaller than the row width");
+    copy_2d(device_ptr<void>(dst), dpitch, device_ptr<const void>(src), spitch, width, height, stream_of(stream));
+  }, py::arg("dst"), py::arg("dpitch"), py::arg("src"), py::arg("spitch"), py::arg("width"), py::arg("height"),
+     py::kw_only(), py::arg("stream") = 0,
+     "Queue a device-to-device copy of `height` rows of `width` bytes between pitched layouts.");
   m.def("fill_bytes", [](uintptr_t dst, int value, size_t nbytes, uintptr_t stream) {
     check_address("fill_bytes", dst, "dst", nbytes > 0);
     fill_bytes(device_ptr<void>(dst), value, nbytes, stream_of(stream));

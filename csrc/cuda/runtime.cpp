@@ -137,6 +137,13 @@ void copy_async(void* dst, const void* src, size_t nbytes, cudaStream_t stream) 
   check_cuda(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, stream), "copy_async");
 }
 
+void copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+             cudaStream_t stream) {
+  if (width == 0 || height == 0) return;
+  check_cuda(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDeviceToDevice, stream),
+             "copy_2d");
+}
+
 void fill_bytes(void* dst, int value, size_t nbytes, cudaStream_t stream) {
   if (nbytes == 0) return;
   check_cuda(cudaMemsetAsync(dst, value, nbytes, stream), "fill_bytes");

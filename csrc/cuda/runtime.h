@@ -83,6 +83,10 @@ void copy_device(void* dst, const void* src, size_t nbytes, cudaStream_t stream 
 // Any direction (unified addressing), queued on `stream`; host memory must be pinned
 // (HostBuffer) for the copy to be asynchronous and capturable into a graph.
 void copy_async(void* dst, const void* src, size_t nbytes, cudaStream_t stream);
+// `height` rows of `width` bytes from src (rows `spitch` bytes apart) to dst (rows `dpitch` bytes
+// apart), device to device, queued on `stream`: one part of a concatenation.
+void copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+             cudaStream_t stream);
 // Sets nbytes bytes to `value`, queued on `stream`.
 void fill_bytes(void* dst, int value, size_t nbytes, cudaStream_t stream = default_stream());
 // Waits for all work on the current device.

@@ -368,3 +368,36 @@ def test_half_precision_products(null: NullCuda, rng: np.random.Generator, preci
     kind = "float16" if precision == "fp16" else "bfloat16"
     assert f"gemm:{kind}" in null.calls and "gemm" not in null.calls
     assert null.calls.count("cast") > 1  # activations cast before the products (and the mask)
+
+
+def test_slices_and_concatenations(null: NullCuda, rng: np.random.Generator) -> None:
+    def ints(name: str, values: list[int]) -> Any:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [
+        ints("s1", [1]), ints("e1", [-1]), ints("a1", [1]),
+        ints("s2", [-1, 0]), ints("e2", [-(2**62), 5]), ints("a2", [2, 1]), ints("k2", [-2, 2]),
+    ]  # fmt: skip
+    n = helper.make_node
+    nodes = [
+        n("Slice", ["x", "s1", "e1", "a1"], ["mid"]),  # [n, 4, 5]
+        n("Slice", ["x", "s2", "e2", "a2", "k2"], ["rev"]),  # [n, 3, 3]: every other, reversed
+        n("Sigmoid", ["mid"], ["smid"]),
+        n("Concat", ["smid", "x", "mid"], ["cat1"], axis=1),  # [n, 14, 5]
+        n("Concat", ["rev", "rev"], ["cat2"], axis=2),  # [n, 3, 6]
+        n("Concat", ["rev", "rev"], ["cat0"], axis=0),  # [2n, 3, 3]
+    ]
+    inputs = [helper.make_tensor_value_info("x", F32, ["n", 6, 5])]
+    outputs = [helper.make_tensor_value_info(o, F32, None) for o in ("cat1", "cat2", "cat0")]
+    model = _model(nodes, inputs, outputs, inits)
+    gpu = phi.compile(model, device="cuda", max_batch=4)
+    cpu = phi.compile(model, device="cpu", max_batch=4)
+    for batch in (1, 3, 3):
+        x = rng.standard_normal((batch, 6, 5)).astype(np.float32)
+        got, want = gpu.run({"x": x}), cpu.run({"x": x})
+        for name in want:  # copies are exact; the sigmoid may differ by an ulp
+            np.testing.assert_allclose(got[name], want[name], rtol=3e-7, atol=0)
+    program = gpu.program({"x": (3, 6, 5)})
+    assert isinstance(program, CudaProgram)
+    assert program.host_steps == []
+    assert {"slice", "concat"} <= {op for op, where in program.kernels if where == "cuda"}

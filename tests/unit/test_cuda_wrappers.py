@@ -49,6 +49,7 @@ def test_signatures_match_the_compiled_module() -> None:
         "layer_norm",
         "copy_device",
         "copy_async",
+        "copy_2d",
         "fill_bytes",
         "strided_copy",
         "gather",

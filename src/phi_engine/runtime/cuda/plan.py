@@ -86,6 +86,7 @@ class _Ref:
 
     region: str
     offset: int
+    add: int = 0  # bytes past that address (a slice's first element)
 
 
 class DeviceWeights:
@@ -347,10 +348,10 @@ class CudaSegment:
 
     def _resolve(self, ctx: _Context, ref: _Ref) -> int:
         if ref.region == "const":
-            return ref.offset
+            return ref.offset + ref.add
         if ref.region == "error":
-            return int(ctx.error.ptr) + ref.offset
-        return int(ctx.arena.ptr) + self._offsets[ref.offset]
+            return int(ctx.error.ptr) + ref.offset + ref.add
+        return int(ctx.arena.ptr) + self._offsets[ref.offset] + ref.add
 
     # ---- running --------------------------------------------------------------------------------
 
@@ -842,3 +843,74 @@ def _reduce(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     inner = math.prod(shape[d] for d in range(hi, r))
     args = (_REDUCE[step.op], seg._ref(x), seg._ref(step.outputs[0]), outer, length, inner)
     return [_Launch("reduce", args, {})]
+
+
+def _at(ref: _Ref | int, nbytes: int) -> _Ref | int:
+    """``nbytes`` past a device address."""
+    if isinstance(ref, int):
+        return ref + nbytes
+    return _Ref(ref.region, ref.offset, ref.add + nbytes)
+
+
+def _slice_start(dim: int, s: int, e: int, step: int) -> tuple[int, int, int]:
+    """(start, length, step) of one axis of ONNX Slice, clamped as the CPU kernel does."""
+    span = max(dim, 1)
+    step = min(max(step, -span), span)
+    s = s + dim if s < 0 else s
+    e = e + dim if e < 0 else e
+    if step > 0:
+        s, e = min(max(s, 0), dim), min(max(e, 0), dim)
+        length = (e - s - 1) // step + 1 if e > s else 0
+    else:
+        s, e = min(max(s, 0), max(dim - 1, 0)), min(max(e, -1), max(dim - 1, -1))
+        length = (s - e - 1) // -step + 1 if dim > 0 and s > e else 0
+    return (s if length > 0 else 0), length, step
+
+
+@_lowering("slice")
+def _slice(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    shape = _shape(seg, x)
+    r = len(shape)
+    starts = [int(v) for v in step.attrs.get("starts", [])]
+    ends = [int(v) for v in step.attrs.get("ends", [])]
+    axes = [int(a) % r for a in step.attrs.get("axes", range(len(starts)))]
+    steps = [int(v) for v in step.attrs.get("steps", [1] * len(starts))]
+    start, stride_mul = [0] * r, [1] * r
+    out = list(shape)
+    for a, s0, e0, k in zip(axes, starts, ends, steps, strict=True):
+        start[a], out[a], stride_mul[a] = _slice_start(shape[a], s0, e0, k)
+    if out != list(_shape(seg, step.outputs[0])):
+        raise _Unsupported("the slice's shape differs from the step's")  # never: a safety net
+    size = np.dtype(seg._spec(x).dtype).itemsize
+    if size not in (1, 2, 4, 8):
+        raise _Unsupported(f"elements of {size} bytes")
+    src = _strides(shape)
+    offset = sum(st * sd for st, sd in zip(start, src, strict=True))
+    dims, strides = _merge(out, [sd * m for sd, m in zip(src, stride_mul, strict=True)])
+    if len(dims) > 8:
+        raise _Unsupported("more than 8 dimensions after merging")
+    base = _at(seg._ref(x), offset * size)
+    return [_Launch("strided_copy", (base, seg._ref(step.outputs[0]), size, dims, strides), {})]
+
+
+@_lowering("concat")
+def _concat(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    parts = [slot for slot in step.inputs if slot is not None]
+    out_shape = _shape(seg, step.outputs[0])
+    r = len(out_shape)
+    axis = int(step.attrs.get("axis", 0)) % r
+    size = np.dtype(seg._spec(step.outputs[0]).dtype).itemsize
+    outer = math.prod(out_shape[:axis])
+    inner = math.prod(out_shape[axis + 1 :]) * size
+    total = out_shape[axis] * inner
+    out = seg._ref(step.outputs[0])
+    launches, done = [], 0
+    for slot in parts:
+        width = _shape(seg, slot)[axis] * inner
+        launches.append(
+            _Launch("copy_2d", (_at(out, done), total, seg._ref(slot), width, width, outer), {})
+        )
+        done += width
+    return launches
