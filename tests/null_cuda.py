@@ -347,6 +347,55 @@ class NullCuda:
             self.raw(dst + row * dpitch, width)[...] = self.raw(src + row * spitch, width).copy()
 
     @_streamed
+    def im2col(
+        self, x: int, cols: int, x_shape: list[int], out_hw: list[int], kernel: list[int],
+        strides: list[int], dilations: list[int], pads: list[int], *, stream: int = 0,
+    ) -> None:  # fmt: skip
+        self.calls.append("im2col")
+        n, c, h, w = x_shape
+        (oh, ow), (kh, kw), (sh, sw), (dh, dw), (pt, pl) = out_hw, kernel, strides, dilations, pads
+        src = self.f32(x, (n, c, h, w))
+        out = np.zeros((n, c, kh, kw, oh, ow), np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                for a in range(oh):
+                    y = a * sh - pt + i * dh
+                    if not 0 <= y < h:
+                        continue
+                    for b in range(ow):
+                        xw = b * sw - pl + j * dw
+                        if 0 <= xw < w:
+                            out[:, :, i, j, a, b] = src[:, :, y, xw]
+        self._disjoint("im2col", (cols, cols + out.nbytes), (x, x + src.nbytes))
+        self.f32(cols, out.shape)[...] = out
+
+    @_streamed
+    def pool2d(
+        self, op: str, x: int, out: int, x_shape: list[int], out_hw: list[int],
+        kernel: list[int], strides: list[int], dilations: list[int], pads: list[int], *,
+        inv_count: int = 0, stream: int = 0,
+    ) -> None:  # fmt: skip
+        self.calls.append(f"pool2d:{op}")
+        n, c, h, w = x_shape
+        (oh, ow), (kh, kw), (sh, sw), (dh, dw), (pt, pl) = out_hw, kernel, strides, dilations, pads
+        src = self.f32(x, (n, c, h, w)).astype(np.float64)
+        res = np.empty((n, c, oh, ow))
+        inv = None if op == "max" else self.f32(inv_count, (oh, ow))
+        for a in range(oh):
+            for b in range(ow):
+                ys = [a * sh - pt + i * dh for i in range(kh)]
+                xs = [b * sw - pl + j * dw for j in range(kw)]
+                taps = src[:, :, [y for y in ys if 0 <= y < h]][
+                    :, :, :, [v for v in xs if 0 <= v < w]
+                ]
+                if op == "max":
+                    res[:, :, a, b] = taps.max(axis=(2, 3)) if taps.size else -np.inf
+                else:
+                    assert inv is not None
+                    res[:, :, a, b] = taps.sum(axis=(2, 3)) * inv[a, b]
+        self.f32(out, (n, c, oh, ow))[...] = res
+
+    @_streamed
     def gather(
         self, data: int, elem_size: int, indices: int, index_dtype: str, out: int, outer: int,
         count: int, dim: int, row: int, *, error: int = 0, stream: int = 0,

@@ -370,6 +370,59 @@ void reduce(const std::string& op, uintptr_t x, uintptr_t out, int64_t outer, in
              "reduce");
 }
 
+Conv2dGeometry geometry(const std::string& op, const Dims& x_shape, const Dims& out_hw, const Dims& kernel,
+                        const Dims& strides, const Dims& dilations, const Dims& pads) {
+  if (x_shape.size() != 4 || out_hw.size() != 2 || kernel.size() != 2 || strides.size() != 2 ||
+      dilations.size() != 2 || pads.size() != 2) {
+    invalid(op, "x_shape has 4 values (N, C, H, W); out_hw, kernel, strides, dilations and pads (top, left) 2");
+  }
+  for (int64_t v : {x_shape[0], x_shape[1], x_shape[2], x_shape[3], out_hw[0], out_hw[1], kernel[0], kernel[1]}) {
+    if (v < 0) invalid(op, "sizes must be non-negative");
+  }
+  for (int64_t v : {strides[0], strides[1], dilations[0], dilations[1]}) {
+    if (v < 1) invalid(op, "strides and dilations must be positive");
+  }
+  Conv2dGeometry g;
+  g.n = x_shape[0];
+  g.c = x_shape[1];
+  g.h = x_shape[2];
+  g.w = x_shape[3];
+  g.oh = out_hw[0];
+  g.ow = out_hw[1];
+  g.kh = kernel[0];
+  g.kw = kernel[1];
+  g.sh = strides[0];
+  g.sw = strides[1];
+  g.dh = dilations[0];
+  g.dw = dilations[1];
+  g.pt = pads[0];
+  g.pl = pads[1];
+  return g;
+}
+
+void im2col(uintptr_t x, uintptr_t cols, const Dims& x_shape, const Dims& out_hw, const Dims& kernel,
+            const Dims& strides, const Dims& dilations, const Dims& pads, uintptr_t stream) {
+  const Conv2dGeometry g = geometry("im2col", x_shape, out_hw, kernel, strides, dilations, pads);
+  const bool any = g.n * g.c * g.kh * g.kw * g.oh * g.ow > 0;
+  check_address("im2col", x, "x", any);
+  check_address("im2col", cols, "cols", any);
+  check_cuda(launch_im2col(device_ptr<const float>(x), device_ptr<float>(cols), g, stream_of(stream)), "im2col");
+}
+
+void pool2d(const std::string& op, uintptr_t x, uintptr_t out, const Dims& x_shape, const Dims& out_hw,
+            const Dims& kernel, const Dims& strides, const Dims& dilations, const Dims& pads, uintptr_t inv_count,
+            uintptr_t stream) {
+  if (op != "max" && op != "avg") invalid("pool2d", "op must be max or avg, got '" + op + "'");
+  const Conv2dGeometry g = geometry("pool2d", x_shape, out_hw, kernel, strides, dilations, pads);
+  const bool any = g.n * g.c * g.oh * g.ow > 0;
+  check_address("pool2d", x, "x", any);
+  check_address("pool2d", out, "out", any);
+  check_address("pool2d", inv_count, "inv_count", any && op == "avg");
+  check_cuda(launch_pool2d(op == "max", device_ptr<const float>(x), device_ptr<float>(out), g,
+                           device_ptr<const float>(inv_count), stream_of(stream)),
+             "pool2d");
+}
+
 py::list device_list() {
   py::list devices;
   for (int i = 0; i < device_count(); ++i) {
@@ -525,6 +578,15 @@ void bind_kernels(py::module_& m) {
         py::arg("error") = 0, py::arg("stream") = 0,
         "Queue out[o, j, :] = data[o, indices[j], :]; a bad index sets error[0] = 1, error[1] = the index "
         "(two uint64 words, 0 = not reported).");
+  m.def("im2col", &im2col, py::arg("x"), py::arg("cols"), py::arg("x_shape"), py::arg("out_hw"), py::arg("kernel"),
+        py::arg("strides"), py::arg("dilations"), py::arg("pads"), py::kw_only(), py::arg("stream") = 0,
+        "Queue cols[n, (c, i, j), (oh, ow)] = the NCHW float32 input's patch values (0 in the padding; pads are "
+        "top, left).");
+  m.def("pool2d", &pool2d, py::arg("op"), py::arg("x"), py::arg("out"), py::arg("x_shape"), py::arg("out_hw"),
+        py::arg("kernel"), py::arg("strides"), py::arg("dilations"), py::arg("pads"), py::kw_only(),
+        py::arg("inv_count") = 0, py::arg("stream") = 0,
+        "Queue max or average pooling of an NCHW float32 tensor; avg multiplies each window's sum of in-input "
+        "taps by inv_count[oh * out_w + ow].");
   m.def("cast", &cast, py::arg("x"), py::arg("from_dtype"), py::arg("out"), py::arg("to_dtype"), py::arg("n"),
         py::kw_only(), py::arg("stream") = 0, "Queue out = x.astype(to_dtype) over n elements.");
   m.def("reduce", &reduce, py::arg("op"), py::arg("x"), py::arg("out"), py::arg("outer"), py::arg("len"),

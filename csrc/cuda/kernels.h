@@ -107,4 +107,20 @@ cudaError_t launch_cast(const void* x, DType from, void* out, DType to, int64_t 
 cudaError_t launch_reduce(ReduceOp op, const float* x, float* out, int64_t outer, int64_t len, int64_t inner,
                           cudaStream_t stream);
 
+// The window of a 2-D convolution or pooling over NCHW float32: input n x c x h x w, output
+// spatial oh x ow, kernel kh x kw, strides, dilations and the top/left pads.
+struct Conv2dGeometry {
+  int64_t n = 0, c = 0, h = 0, w = 0, oh = 0, ow = 0, kh = 0, kw = 0;
+  int64_t sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
+};
+
+// cols (n x (c * kh * kw) x (oh * ow)) = the input patches each output position sees, 0 where
+// a tap falls in the padding.
+cudaError_t launch_im2col(const float* x, float* cols, const Conv2dGeometry& g, cudaStream_t stream);
+
+// Max or average pooling (n x c x oh x ow from n x c x h x w; g.c is the channels): max over the
+// taps inside the input, or their sum times inv_count[oh * ow + ow_index] (the divisor table).
+cudaError_t launch_pool2d(bool is_max, const float* x, float* out, const Conv2dGeometry& g, const float* inv_count,
+                          cudaStream_t stream);
+
 }  // namespace phi::cuda

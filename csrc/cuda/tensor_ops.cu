@@ -263,6 +263,58 @@ void launch_reduce_typed(const float* x, float* out, int64_t outer, int64_t len,
   }
 }
 
+// ---- convolution and pooling -------------------------------------------------------------------
+
+// cols[n, (c, i, j), (oh, ow)] = x[n, c, oh * sh - pt + i * dh, ow * sw - pl + j * dw], 0 outside:
+// the matrix a convolution multiplies by its weights (one GEMM per image).
+__global__ void im2col_kernel(const float* __restrict__ x, float* __restrict__ cols, Conv2dGeometry g) {
+  const int64_t plane = g.oh * g.ow;
+  const int64_t rows = g.c * g.kh * g.kw;
+  const int64_t n_total = g.n * rows * plane;
+  for (int64_t i = detail::global_thread(); i < n_total; i += detail::grid_threads()) {
+    const int64_t p = i % plane;
+    const int64_t r = (i / plane) % rows;
+    const int64_t n = i / (plane * rows);
+    const int64_t ow = p % g.ow, oh = p / g.ow;
+    const int64_t kj = r % g.kw, ki = (r / g.kw) % g.kh, c = r / (g.kw * g.kh);
+    const int64_t y = oh * g.sh - g.pt + ki * g.dh;
+    const int64_t xw = ow * g.sw - g.pl + kj * g.dw;
+    float v = 0.0f;
+    if (y >= 0 && y < g.h && xw >= 0 && xw < g.w) v = x[((n * g.c + c) * g.h + y) * g.w + xw];
+    cols[i] = v;
+  }
+}
+
+// One output per thread: the max (NaN wins, as in numpy) or the sum times inv_count[oh, ow] of
+// the taps inside the input.
+template <bool MAX>
+__global__ void pool2d_kernel(const float* __restrict__ x, float* __restrict__ out, Conv2dGeometry g,
+                              const float* __restrict__ inv_count) {
+  const int64_t plane = g.oh * g.ow;
+  const int64_t n_total = g.n * g.c * plane;
+  for (int64_t i = detail::global_thread(); i < n_total; i += detail::grid_threads()) {
+    const int64_t p = i % plane, nc = i / plane;
+    const int64_t ow = p % g.ow, oh = p / g.ow;
+    const float* src = x + nc * g.h * g.w;
+    float acc = MAX ? -INFINITY : 0.0f;
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
+      const int64_t y = oh * g.sh - g.pt + ki * g.dh;
+      if (y < 0 || y >= g.h) continue;
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        const int64_t xw = ow * g.sw - g.pl + kj * g.dw;
+        if (xw < 0 || xw >= g.w) continue;
+        const float v = src[y * g.w + xw];
+        if constexpr (MAX) {
+          acc = (v > acc || isnan(v)) && !isnan(acc) ? v : acc;
+        } else {
+          acc += v;
+        }
+      }
+    }
+    out[i] = MAX ? acc : acc * inv_count[p];
+  }
+}
+
 }  // namespace
 
 cudaError_t launch_strided_copy(const void* src, void* dst, int elem_size, int ndim, const int64_t* shape,
@@ -320,6 +372,27 @@ cudaError_t launch_cast(const void* x, DType from, void* out, DType to, int64_t 
     case DType::bf16: ok = launch_cast_from<__nv_bfloat16>(x, to, out, n, stream); break;
   }
   return ok ? detail::launch_status() : cudaErrorInvalidValue;
+}
+
+cudaError_t launch_im2col(const float* x, float* cols, const Conv2dGeometry& g, cudaStream_t stream) {
+  const int64_t n = g.n * g.c * g.kh * g.kw * g.oh * g.ow;
+  if (n <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  im2col_kernel<<<detail::grid_for(n), detail::kThreads, 0, stream>>>(x, cols, g);
+  return detail::launch_status();
+}
+
+cudaError_t launch_pool2d(bool is_max, const float* x, float* out, const Conv2dGeometry& g, const float* inv_count,
+                          cudaStream_t stream) {
+  const int64_t n = g.n * g.c * g.oh * g.ow;
+  if (n <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  if (is_max) {
+    pool2d_kernel<true><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(x, out, g, inv_count);
+  } else {
+    pool2d_kernel<false><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(x, out, g, inv_count);
+  }
+  return detail::launch_status();
 }
 
 cudaError_t launch_reduce(ReduceOp op, const float* x, float* out, int64_t outer, int64_t len, int64_t inner,

@@ -219,6 +219,7 @@ class CudaSegment:
         self._triton_ops = frozenset(triton_ops)
         self._operand = operand
         self._scratch: dict[int, tuple[int, int]] = {}  # key (< 0) -> (bytes, step index)
+        self._tables: list[np.ndarray] = []  # constants made while lowering (held for the device)
         self._lowering_index = 0
         self._cu = cu
         self._weights = weights
@@ -914,3 +915,224 @@ def _concat(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         )
         done += width
     return launches
+
+
+_FUSABLE_ACTS = ("none", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "clip")
+
+
+def _window(attrs: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
+    """(strides, dilations, pads [top, left, bottom, right]) of a conv or pool step."""
+    strides = [int(v) for v in attrs.get("strides", [1, 1])]
+    dilations = [int(v) for v in attrs.get("dilations", [1, 1])]
+    pads = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
+    if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
+        raise _Unsupported("a window that is not 2-D")
+    return strides, dilations, pads
+
+
+def _chain(
+    seg: CudaSegment,
+    first: _Ref | int,
+    shape: list[int],
+    stages: list[tuple[str, Any]],
+    out: _Ref | int,
+) -> list[_Launch]:
+    """Elementwise stages after a product: ("add", (slot ref, its shape)) adds a tensor that
+    broadcasts to ``shape``, ("act", kwargs) applies an activation. Each stage writes a fresh
+    scratch buffer (the kernels' operands must not overlap) and the last writes ``out``."""
+    launches: list[_Launch] = []
+    current = first
+    nbytes = 4 * math.prod(shape)
+    for i, (kind, arg) in enumerate(stages):
+        dst = out if i == len(stages) - 1 else seg.scratch(nbytes)
+        if kind == "add":
+            ref, other_shape, act = arg
+            args = ("add", current, list(shape), ref, list(other_shape), dst, list(shape))
+            launches.append(_Launch("binary", args, act))
+        else:
+            act = arg
+            name = act["activation"]
+            p0 = float(act.get("clip_min", -math.inf)) if name == "clip" else 0.0
+            p1 = float(act.get("clip_max", math.inf)) if name == "clip" else 0.0
+            n = math.prod(shape)
+            launches.append(_Launch("unary", (name, current, dst, n), {"p0": p0, "p1": p1}))
+        current = dst
+    return launches
+
+
+@_lowering("conv2d")
+def _conv2d(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x, w, bias, residual = _padded(step, 4)
+    assert x is not None and w is not None
+    _f32(seg, x, w, bias, residual)
+    if int(step.attrs.get("groups", 1)) != 1:
+        raise _Unsupported("grouped convolution")
+    act = _act_kwargs({k: v for k, v in step.attrs.items() if v is not None})
+    if act["activation"] not in _FUSABLE_ACTS:
+        raise _Unsupported(f"activation {act['activation']!r}")
+    n, c, h, wd = _shape(seg, x)
+    m, cw, kh, kw = _shape(seg, w)
+    out_shape = list(_shape(seg, step.outputs[0]))
+    oh, ow = out_shape[2], out_shape[3]
+    if cw != c:
+        raise _Unsupported("weights and input channels differ")
+    strides, dilations, pads = _window(step.attrs)
+    k, p = c * kh * kw, oh * ow
+    launches: list[_Launch] = []
+    direct = kh == kw == 1 and strides == [1, 1] and pads == [0, 0, 0, 0]
+    if direct:  # a 1x1 convolution: each image is already its K x P matrix
+        cols: _Ref | int = seg._ref(x)
+    else:
+        cols = seg.scratch(4 * n * k * p)
+        launches.append(
+            _Launch(
+                "im2col",
+                (
+                    seg._ref(x),
+                    cols,
+                    [n, c, h, wd],
+                    [oh, ow],
+                    [kh, kw],
+                    strides,
+                    dilations,
+                    pads[:2],
+                ),
+                {},
+            )
+        )
+    stages: list[tuple[str, Any]] = []
+    if residual is not None:
+        stages.append(("add", (seg._ref(residual), out_shape, {})))
+    if bias is not None:
+        stages.append(("add", (seg._ref(bias), [m, 1, 1], act)))
+    elif act["activation"] != "none":
+        stages.append(("act", act))
+    out = seg._ref(step.outputs[0])
+    y = out if not stages else seg.scratch(4 * n * m * p)
+    kw_gemm: dict[str, Any] = {"tf32": seg._tf32}
+    if n > 1:
+        kw_gemm.update(batch=n, stride_a=0, stride_b=k * p)
+    if direct:
+        # x viewed as [K, P] per image: a plain product with B = x.
+        cast, ra, rb = _operands_refs(seg, w, x, k * m, k * p * n, kw_gemm)
+    else:
+        cast, ra, rb = _operands_refs(seg, w, None, k * m, k * p * n, kw_gemm, b_ref=cols)
+    launches += cast
+    launches.append(_Launch("gemm", (ra, rb, y, m, p, k), kw_gemm))
+    return launches + _chain(seg, y, out_shape, stages, out)
+
+
+def _operands_refs(
+    seg: CudaSegment,
+    a: int,
+    b: int | None,
+    a_elems: int,
+    b_elems: int,
+    kw: dict[str, Any],
+    b_ref: _Ref | int | None = None,
+) -> tuple[list[_Launch], _Ref | int, _Ref | int]:
+    """Like :func:`_operands`, for operands given as a slot or as a ready address (scratch)."""
+    if seg._operand is None:
+        second = seg._ref(b) if b is not None else b_ref
+        assert second is not None
+        return [], seg._ref(a), second
+    half = seg._operand
+    kw["operand"] = half
+    kw.pop("tf32", None)
+    launches: list[_Launch] = []
+    refs: list[_Ref | int] = []
+    for slot, ref, count in ((a, None, a_elems), (b, b_ref, b_elems)):
+        if slot is not None and seg._storage(slot) in seg._record.constants:
+            value = seg._record.constants[seg._storage(slot)]
+            refs.append(_Ref("const", seg._weights.address(value, half)))
+            continue
+        src = seg._ref(slot) if slot is not None else ref
+        assert src is not None
+        dst = seg.scratch(count * _HALF_BYTES[half])
+        launches.append(_Launch("cast", (src, "float32", dst, half, count), {}))
+        refs.append(dst)
+    return launches, refs[0], refs[1]
+
+
+def _tap_counts(
+    size: int, out: int, k: int, stride: int, dilation: int, pad0: int, pad1: int, include: bool
+) -> list[int]:
+    """Taps of each output position inside the input (or the padded input): the CPU kernel's
+    divisor of an average pool, ceil-mode windows included."""
+    lo, hi = (-pad0, size + pad1) if include else (0, size)
+
+    def first_at_or_after(distance: int) -> int:
+        return 0 if distance <= 0 else (distance + dilation - 1) // dilation
+
+    counts = []
+    for o in range(out):
+        base = o * stride - pad0
+        t0, t1 = first_at_or_after(lo - base), min(k, first_at_or_after(hi - base))
+        counts.append(max(0, t1 - t0))
+    return counts
+
+
+@_lowering("max_pool2d", "avg_pool2d")
+def _pool2d(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    _f32(seg, x)
+    n, c, h, w = _shape(seg, x)
+    oh, ow = _shape(seg, step.outputs[0])[2:]
+    kh, kw = (int(v) for v in step.attrs.get("kernel_shape", []))
+    strides, dilations, pads = _window(step.attrs)
+    kwargs: dict[str, Any] = {}
+    if step.op == "avg_pool2d":
+        include = bool(step.attrs.get("count_include_pad", 0))
+        ch = _tap_counts(h, oh, kh, strides[0], dilations[0], pads[0], pads[2], include)
+        cw = _tap_counts(w, ow, kw, strides[1], dilations[1], pads[1], pads[3], include)
+        counts = np.outer(np.array(ch, np.float64), np.array(cw, np.float64))
+        with np.errstate(divide="ignore"):
+            inv = np.where(counts > 0, 1.0 / counts, np.nan).astype(np.float32)
+        seg._tables.append(inv)
+        kwargs["inv_count"] = _Ref("const", seg._weights.address(inv))
+    op = "max" if step.op == "max_pool2d" else "avg"
+    args = (op, seg._ref(x), seg._ref(step.outputs[0]), [n, c, h, w], [oh, ow], [kh, kw], strides,
+            dilations, pads[:2])  # fmt: skip
+    return [_Launch("pool2d", args, kwargs)]
+
+
+@_lowering("global_avg_pool")
+def _global_avg_pool(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    _f32(seg, x)
+    shape = _shape(seg, x)
+    outer, length = shape[0] * shape[1], math.prod(shape[2:])
+    return [
+        _Launch("reduce", ("mean", seg._ref(x), seg._ref(step.outputs[0]), outer, length, 1), {})
+    ]
+
+
+@_lowering("batch_norm")
+def _batch_norm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x, scale, bias, mean, var = _padded(step, 5)
+    assert x is not None
+    _f32(seg, x, scale, bias, mean, var)
+    params = []
+    for slot in (scale, bias, mean, var):
+        root = None if slot is None else seg._storage(slot)
+        if root is None or root not in seg._record.constants:
+            raise _Unsupported("batch norm with parameters that are not constants")
+        value = seg._record.constants[root]
+        params.append(
+            np.asarray(value.numpy() if isinstance(value, Constant) else value, np.float64)
+        )
+    eps = float(step.attrs.get("epsilon", 1e-5))
+    g, b, mu, v = params
+    a = (g / np.sqrt(v + eps)).astype(np.float32)
+    shift = (b - mu * (g / np.sqrt(v + eps))).astype(np.float32)
+    seg._tables += [a, shift]
+    shape = list(_shape(seg, x))
+    channel = [shape[1]] + [1] * (len(shape) - 2)
+    ref_a = _Ref("const", seg._weights.address(a))
+    ref_b = _Ref("const", seg._weights.address(shift))
+    stages: list[tuple[str, Any]] = [("add", (ref_b, channel, {}))]
+    tmp = seg.scratch(4 * math.prod(shape))
+    first = _Launch("binary", ("mul", seg._ref(x), shape, ref_a, channel, tmp, shape), {})
+    return [first, *_chain(seg, tmp, shape, stages, seg._ref(step.outputs[0]))]
