@@ -174,3 +174,31 @@ def test_concurrent_runs_and_errors(minilm_onnx: Any, rng: np.random.Generator) 
     with pytest.raises(InvalidRequestError, match=r"\[gather\] index 1000000 is out of range"):
         gpu.run(bad)
     assert rel_l2(gpu.run(feeds[0])["sentence_embedding"], want[0]) < 1e-4
+
+
+def test_copy_2d_is_a_concatenation_part(rng: np.random.Generator) -> None:
+    part = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    whole = np.full((5, 10, 4), np.nan, np.float32)
+    src, dst = Dev(part), Dev(whole)
+    _native.cuda.copy_2d(dst.ptr + 2 * 4 * 4, 10 * 4 * 4, src.ptr, 3 * 4 * 4, 3 * 4 * 4, 5)
+    got = dst.fetch()
+    np.testing.assert_array_equal(got[:, 2:5], part)
+    assert np.isnan(got[:, :2]).all() and np.isnan(got[:, 5:]).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_resnet_style_cnn_matches_the_cpu(rng: np.random.Generator, precision: str) -> None:
+    pytest.importorskip("torch")
+    from phi_test_models import cnn
+
+    path = str(cnn.export())
+    gpu = phi.compile(path, device="cuda", max_batch=32, precision=precision)
+    cpu = phi.compile(path, device="cpu", max_batch=32)
+    (name,) = cpu.outputs
+    for batch in (1, 32, 5):
+        for _ in range(3):
+            x = rng.standard_normal((batch, 3, cnn.SIZE, cnn.SIZE)).astype(np.float32)
+            err = rel_l2(gpu.run([x])[name], cpu.run([x])[name])
+            assert err < (1e-4 if precision == "fp32" else 1e-2), (batch, err)
+    program = gpu.program({next(iter(gpu.inputs)): (5, 3, cnn.SIZE, cnn.SIZE)})
+    assert isinstance(program, CudaProgram) and program.host_steps == []
