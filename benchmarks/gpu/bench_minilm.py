@@ -1,4 +1,5 @@
-"""MiniLM-L6 on the GPU: phi_engine's CUDA backend against PyTorch eager, same card, same process.
+"""MiniLM-L6 and a ResNet-style CNN on the GPU: phi_engine's CUDA backend against PyTorch eager,
+same card, same process.
 
 Each row times one request end to end, host arrays in and host arrays out (for PyTorch: the
 tensors moved to the GPU, the forward pass, the result moved back), with rounds alternating
@@ -53,6 +54,43 @@ def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a.astype(np.float64) - b64) / np.linalg.norm(b64))
 
 
+def _measure(
+    lines: list[str],
+    model: str,
+    case: str,
+    feeds: dict[str, np.ndarray],
+    want: np.ndarray,
+    contenders: dict[str, tuple[Callable[[dict[str, np.ndarray]], np.ndarray], float]],
+    rounds: int,
+) -> bool:
+    """Check every contender against ``want``, time them in alternating rounds, add the rows;
+    True when one missed its tolerance."""
+    failed = False
+    errors = {}
+    for name, (fn, tol) in contenders.items():
+        for _ in range(3):  # warm-up: first run, graph capture, cuBLAS heuristics
+            got = fn(feeds)
+        errors[name] = _rel_l2(got, want)
+        if not errors[name] < tol:
+            failed = True
+            print(f"{model} {case} {name}: rel. L2 {errors[name]:.2e} over {tol:.0e}")
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (fn, _tol) in contenders.items():
+            t0 = time.perf_counter()
+            fn(feeds)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name in contenders:
+        vs32 = med["torch eager fp32"] / med[name]
+        vs16 = med["torch eager fp16"] / med[name]
+        lines.append(
+            f"| {model} | {case} | {name} | {med[name]:.3f} | {errors[name]:.1e} | "
+            f"{vs32:.2f} | {vs16:.2f} |"
+        )
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -99,41 +137,59 @@ def main(argv: list[str] | None = None) -> int:
         "torch eager fp16": (torch_run(net16), 2e-2),
     }
     lines = [
-        f"### MiniLM-L6 on {card} — `python benchmarks/gpu/bench_minilm.py --rounds {args.rounds}`",
+        f"### MiniLM-L6 and a ResNet-style CNN on {card} — "
+        f"`python benchmarks/gpu/bench_minilm.py --rounds {args.rounds}`",
         "",
-        f"{weights}; one request end to end (host arrays in and out); medians of {args.rounds} "
-        "alternating rounds; rel. L2 against phi_engine's CPU backend.",
+        f"MiniLM: {weights}; CNN: tests/phi_test_models/cnn.py (random weights, 64×64 inputs). "
+        f"One request end to end (host arrays in and out); medians of {args.rounds} alternating "
+        "rounds; rel. L2 against phi_engine's CPU backend.",
         "",
-        "| batch × seq | contender | ms (median) | rel. L2 vs CPU | torch fp32 / this "
+        "| model | batch | contender | ms (median) | rel. L2 vs CPU | torch fp32 / this "
         "| torch fp16 / this |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     failed = False
     for batch, seq in ((32, 128), (1, 128), (8, 128)):
         feeds = _inputs(batch, seq)
         want = cpu.run(feeds)["sentence_embedding"]
-        errors = {}
-        for name, (fn, tol) in contenders.items():
-            for _ in range(3):  # warm-up: first run, graph capture, cuBLAS heuristics
-                got = fn(feeds)
-            errors[name] = _rel_l2(got, want)
-            if not errors[name] < tol:
-                failed = True
-                print(f"{name} at {batch}x{seq}: rel. L2 {errors[name]:.2e} over {tol:.0e}")
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(args.rounds):
-            for name, (fn, _tol) in contenders.items():
-                t0 = time.perf_counter()
-                fn(feeds)
-                times[name].append((time.perf_counter() - t0) * 1e3)
-        med = {name: statistics.median(ts) for name, ts in times.items()}
-        for name in contenders:
-            vs32 = med["torch eager fp32"] / med[name]
-            vs16 = med["torch eager fp16"] / med[name]
-            lines.append(
-                f"| {batch}×{seq} | {name} | {med[name]:.3f} | {errors[name]:.1e} | "
-                f"{vs32:.2f} | {vs16:.2f} |"
-            )
+        failed |= _measure(
+            lines, "MiniLM-L6", f"{batch}×{seq}", feeds, want, contenders, args.rounds
+        )
+
+    from phi_test_models import cnn
+
+    cnn_path = str(cnn.export(str(tmp)))
+    cnn_cpu = phi.compile(cnn_path, device="cpu", max_batch=32)
+    (out_name,) = cnn_cpu.outputs
+    cnn32 = phi.compile(cnn_path, device="cuda", max_batch=32)
+    cnn_tf32 = phi.compile(cnn_path, device="cuda", max_batch=32, precision="tf32")
+    cnn_fp16 = phi.compile(cnn_path, device="cuda", max_batch=32, precision="fp16")
+    tnet32 = cnn.build_torch().cuda().eval()
+    tnet16 = cnn.build_torch().cuda().eval().half()
+
+    def phi_cnn(model: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        return lambda feeds: model.run([feeds["x"]])[out_name]
+
+    def torch_cnn(net: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                x = torch.from_numpy(feeds["x"]).cuda()
+                return net(x.to(next(net.parameters()).dtype)).float().cpu().numpy()
+
+        return run
+
+    cnn_contenders = {
+        "phi cuda fp32 (graphs)": (phi_cnn(cnn32), 1e-4),
+        "phi cuda tf32 (graphs)": (phi_cnn(cnn_tf32), 1e-2),
+        "phi cuda fp16 products (graphs)": (phi_cnn(cnn_fp16), 1e-2),
+        "torch eager fp32": (torch_cnn(tnet32), 1e-4),
+        "torch eager fp16": (torch_cnn(tnet16), 2e-2),
+    }
+    for batch in (32, 1):
+        rng = np.random.default_rng(batch)
+        feeds = {"x": rng.standard_normal((batch, 3, cnn.SIZE, cnn.SIZE)).astype(np.float32)}
+        want = cnn_cpu.run([feeds["x"]])[out_name]
+        failed |= _measure(lines, "CNN", str(batch), feeds, want, cnn_contenders, args.rounds)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
