@@ -189,38 +189,40 @@ def test_plan_memory_never_overlaps_live_values(values: list[tuple[int, int, int
     assert total <= sum((s + 255) // 256 * 256 for s in sizes.values())
 
 
-def _conv_model(rng: np.random.Generator) -> bytes:
-    """A depthwise (grouped) convolution, which has no CUDA kernel yet: it runs on the CPU
-    between GPU steps."""
-    w = numpy_helper.from_array(rng.standard_normal((3, 1, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")
+def _mixed_model(rng: np.random.Generator) -> bytes:
+    """A depthwise convolution, then a log-softmax (no CUDA kernel yet: it runs on the CPU
+    between GPU steps)."""
+    w = numpy_helper.from_array(rng.standard_normal((6, 1, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 3, 1, 2)).astype(np.float32), "w2")
     n = helper.make_node
     nodes = [
         n("Sigmoid", ["x"], ["a"]),
-        n("Conv", ["a", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=3),
-        n("Relu", ["c"], ["r"]),
-        n("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1]),
+        n("Conv", ["a", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=6),
+        n("Conv", ["c", "w2"], ["c2"], group=2),
+        n("LogSoftmax", ["c2"], ["ls"], axis=-1),
+        n("Transpose", ["ls"], ["y"], perm=[0, 2, 3, 1]),
     ]
-    inputs = [helper.make_tensor_value_info("x", F32, ["n", 3, 6, 5])]
+    inputs = [helper.make_tensor_value_info("x", F32, ["n", 6, 6, 5])]
     outputs = [helper.make_tensor_value_info("y", F32, None)]
-    return _model(nodes, inputs, outputs, [w, b])
+    return _model(nodes, inputs, outputs, [w, b, w2])
 
 
 def test_steps_without_a_cuda_kernel_run_on_the_cpu(
     null: NullCuda, rng: np.random.Generator
 ) -> None:
-    model = _conv_model(rng)
+    model = _mixed_model(rng)
     gpu = phi.compile(model, device="cuda", max_batch=4)
     cpu = phi.compile(model, device="cpu", max_batch=4)
     for _ in range(3):
-        x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+        x = rng.standard_normal((2, 6, 6, 5)).astype(np.float32)
         got, want = gpu.run({"x": x})["y"], cpu.run({"x": x})["y"]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    program = gpu.program({"x": (2, 3, 6, 5)})
+    program = gpu.program({"x": (2, 6, 6, 5)})
     assert isinstance(program, CudaProgram)
-    assert [op for op, _ in program.host_steps] == ["conv2d"]
-    assert "grouped convolution" in program.host_steps[0][1]
-    assert ("conv2d", "cpu") in program.kernels
+    assert [op for op, _ in program.host_steps] == ["log_softmax"]
+    assert "no CUDA kernel for 'log_softmax'" in program.host_steps[0][1]
+    assert [w for op, w in program.kernels if op == "conv2d"] == ["cuda", "cuda"]  # grouped
     assert null.graphs_launched == 0  # a segment with a CPU step runs eagerly
 
 

@@ -965,8 +965,7 @@ def _conv2d(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     x, w, bias, residual = _padded(step, 4)
     assert x is not None and w is not None
     _f32(seg, x, w, bias, residual)
-    if int(step.attrs.get("groups", 1)) != 1:
-        raise _Unsupported("grouped convolution")
+    groups = int(step.attrs.get("groups", 1))
     act = _act_kwargs({k: v for k, v in step.attrs.items() if v is not None})
     if act["activation"] not in _FUSABLE_ACTS:
         raise _Unsupported(f"activation {act['activation']!r}")
@@ -974,12 +973,14 @@ def _conv2d(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     m, cw, kh, kw = _shape(seg, w)
     out_shape = list(_shape(seg, step.outputs[0]))
     oh, ow = out_shape[2], out_shape[3]
-    if cw != c:
-        raise _Unsupported("weights and input channels differ")
+    if cw * groups != c or m % groups:
+        raise _Unsupported("weights and input channels do not match the groups")
     strides, dilations, pads = _window(step.attrs)
     k, p = c * kh * kw, oh * ow
     launches: list[_Launch] = []
     direct = kh == kw == 1 and strides == [1, 1] and pads == [0, 0, 0, 0]
+    if groups > 1 and seg._operand is not None:
+        raise _Unsupported("grouped convolution with half-precision products")
     if direct:  # a 1x1 convolution: each image is already its K x P matrix
         cols: _Ref | int = seg._ref(x)
     else:
@@ -1010,6 +1011,16 @@ def _conv2d(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     out = seg._ref(step.outputs[0])
     y = out if not stages else seg.scratch(4 * n * m * p)
     kw_gemm: dict[str, Any] = {"tf32": seg._tf32}
+    if groups > 1:
+        # Per image, one product per group, batched over the groups: weights [g, M/g, K/g],
+        # patches [g, K/g, P], output [g, M/g, P], which is the image's [M, P] in order.
+        mg, kg = m // groups, k // groups
+        kw_gemm.update(batch=groups, stride_a=mg * kg, stride_b=kg * p)
+        wref = seg._ref(w)
+        for i in range(n):
+            b_i = _at(cols, 4 * i * k * p)
+            launches.append(_Launch("gemm", (wref, b_i, _at(y, 4 * i * m * p), mg, p, kg), kw_gemm))
+        return launches + _chain(seg, y, out_shape, stages, out)
     if n > 1:
         kw_gemm.update(batch=n, stride_a=0, stride_b=k * p)
     if direct:
