@@ -219,6 +219,7 @@ class CudaSegment:
         self._triton_ops = frozenset(triton_ops)
         self._operand = operand
         self._scratch: dict[int, tuple[int, int]] = {}  # key (< 0) -> (bytes, step index)
+        self._local = DeviceWeights(cu)  # this program's own constants
         self._tables: list[np.ndarray] = []  # constants made while lowering (held for the device)
         self._lowering_index = 0
         self._cu = cu
@@ -253,8 +254,16 @@ class CudaSegment:
             return 0
         root = self._storage(slot)
         if root in self._record.constants:
-            return _Ref("const", self._weights.address(self._record.constants[root]))
+            return _Ref("const", self.constant(self._record.constants[root]))
         return _Ref("slot", root)
+
+    def constant(self, value: np.ndarray | Constant, dtype: str | None = None) -> int:
+        """The device address of a constant: the model's shared weights (a :class:`Constant`)
+        from the model-wide cache, anything made for this program alone (a transposed weight, a
+        divisor table) from the segment's own, freed with it."""
+        if isinstance(value, Constant):
+            return self._weights.address(value, dtype)
+        return self._local.address(value, dtype)
 
     def scratch(self, nbytes: int) -> _Ref:
         """Arena memory for the step being lowered only (e.g. an operand cast to half)."""
@@ -651,7 +660,7 @@ def _operands(
     for slot in (a, b):
         root = seg._storage(slot)
         if root in seg._record.constants:
-            refs.append(_Ref("const", seg._weights.address(seg._record.constants[root], half)))
+            refs.append(_Ref("const", seg.constant(seg._record.constants[root], half)))
             continue
         n = math.prod(_shape(seg, slot))
         dst = seg.scratch(n * _HALF_BYTES[half])
@@ -1055,7 +1064,7 @@ def _operands_refs(
     for slot, ref, count in ((a, None, a_elems), (b, b_ref, b_elems)):
         if slot is not None and seg._storage(slot) in seg._record.constants:
             value = seg._record.constants[seg._storage(slot)]
-            refs.append(_Ref("const", seg._weights.address(value, half)))
+            refs.append(_Ref("const", seg.constant(value, half)))
             continue
         src = seg._ref(slot) if slot is not None else ref
         assert src is not None
@@ -1101,7 +1110,7 @@ def _pool2d(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         with np.errstate(divide="ignore"):
             inv = np.where(counts > 0, 1.0 / counts, np.nan).astype(np.float32)
         seg._tables.append(inv)
-        kwargs["inv_count"] = _Ref("const", seg._weights.address(inv))
+        kwargs["inv_count"] = _Ref("const", seg.constant(inv))
     op = "max" if step.op == "max_pool2d" else "avg"
     args = (op, seg._ref(x), seg._ref(step.outputs[0]), [n, c, h, w], [oh, ow], [kh, kw], strides,
             dilations, pads[:2])  # fmt: skip
@@ -1141,8 +1150,8 @@ def _batch_norm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     seg._tables += [a, shift]
     shape = list(_shape(seg, x))
     channel = [shape[1]] + [1] * (len(shape) - 2)
-    ref_a = _Ref("const", seg._weights.address(a))
-    ref_b = _Ref("const", seg._weights.address(shift))
+    ref_a = _Ref("const", seg.constant(a))
+    ref_b = _Ref("const", seg.constant(shift))
     stages: list[tuple[str, Any]] = [("add", (ref_b, channel, {}))]
     tmp = seg.scratch(4 * math.prod(shape))
     first = _Launch("binary", ("mul", seg._ref(x), shape, ref_a, channel, tmp, shape), {})
