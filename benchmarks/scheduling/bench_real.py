@@ -1,7 +1,8 @@
 """The scheduler on a real model in real time, checked against the simulator on the same requests.
 
-Run:  python benchmarks/scheduling/bench_real.py [--seq 8] [--duration 10]
-          [--loads 0.5 0.8 1 1.5 2 4] [--policies phi-optimized fifo] [--threads 2] [--write]
+Run:  python benchmarks/scheduling/bench_real.py [--seq 8] [--duration 20]
+          [--loads 0.5 0.8 1 1.5 2 4] [--policies phi-optimized fifo] [--threads 2]
+          [--window 0.5] [--sim-seeds 5] [--write]
 
 all-MiniLM-L6-v2 is compiled with phi_engine and deployed in process behind
 ``phi_engine.serving.Scheduler`` (one worker, max batch 32, every kernel on ``--threads``). A
@@ -9,12 +10,18 @@ warm-up sweep times batches of 1..32 rows and seeds each scheduler's latency mod
 run through the scheduler (requests queued far beyond a batch) gives the capacity that loads are
 multiples of, serving costs included. Then, for each load and policy, an open-loop generator
 submits a Poisson workload (workloads.py: classes 5/15/40/40 %, SLOs 50/100/250/1000 ms ±50 %,
-four tenants) at its arrival times, whatever the answers, and records how every request ended.
+four tenants) at its arrival times, whatever the answers, and records how every request ended
+and, for every batch, its requests and when the model started and finished it.
 
-The same workload then runs through the simulator (the same native policy code on a virtual
-clock), with batch latencies drawn from those the real run measured. Per class, real and
-simulated SLO attainment should agree within ±2 points (issue 4, item 5): the table prints both
-and the difference.
+The same requests then run through the simulator (the same native policy code on a virtual
+clock) on the real run's machine as replay.py reconstructs it from those records: the measured
+submission times, each batch's measured occupancy of the worker (the model and the serving
+overhead around it), and the machine's speed over the run, as the simulator's clock. The
+simulated attainment is the median over ``--sim-seeds`` seeds. Per class, real and simulated SLO
+attainment should agree within ±2 points (issue 4, item 5): the first table prints both and the
+difference. The second gives what the replay measured, the spread of the simulated attainment
+over the seeds, and the difference the plain simulator gives (the baseline: nominal arrival
+times, latencies drawn at random from the run's batches).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +44,7 @@ ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests"), str(HERE)]
 
 import metrics  # noqa: E402
+import replay  # noqa: E402
 import workloads  # noqa: E402
 
 import phi_engine  # noqa: E402
@@ -47,7 +56,7 @@ from phi_engine.serving import ModelRunner, Scheduler  # noqa: E402
 # Outcome codes of csrc/core/scheduler/types.h, as simulate() reports them.
 OUTCOME = {"completed": 1, "shed": 2, "queue_full": 3, "deadline_infeasible": 4, "closed": 6}
 FAILED = 7
-CLASS_LABELS = ("low", "normal", "high", "ultra")
+CLASS_ORDER = ("ultra", "high", "normal", "low")  # the tables' order
 SIZES = (1, 2, 4, 8, 16, 32)
 
 
@@ -89,9 +98,6 @@ class Recorder:
     def __init__(self, n: int) -> None:
         self.outcome = np.zeros(n, np.uint8)
         self.finish = np.full(n, np.nan)
-        self.start = np.full(n, np.nan)
-        self.batches: dict[int, list[float]] = defaultdict(list)  # batch size -> exec seconds
-        self.cycles: list[tuple[int, float]] = []  # (batch size, worker seconds) per batch
         self.lock = threading.Lock()
         self.done = threading.Semaphore(0)
 
@@ -102,10 +108,7 @@ class Recorder:
             with self.lock:
                 self.finish[i] = t
                 if exc is None:
-                    r = future.result()
                     self.outcome[i] = OUTCOME["completed"]
-                    self.start[i] = t - r.execution_time_ms / 1000
-                    self.batches[r.batch_size].append(r.execution_time_ms / 1000)
                 elif isinstance(exc, OverloadedError):
                     self.outcome[i] = OUTCOME.get(exc.reason, FAILED)
                 else:
@@ -115,60 +118,93 @@ class Recorder:
         return record
 
 
+class TracedRunner:
+    """The model runner, logging every batch: its requests, when the model started and ended.
+
+    Payloads are ``(request index, model inputs)``; the model gets the inputs.
+    """
+
+    def __init__(self, runner: ModelRunner, now: Any) -> None:
+        self.runner = runner
+        self.now = now
+        self.log: list[tuple[list[int], float, float]] = []
+
+    def __call__(self, items: list[tuple[int, dict[str, np.ndarray]]]) -> list[Any]:
+        t0 = self.now()
+        out = self.runner([payload for _, payload in items])
+        self.log.append(([i for i, _ in items], t0, self.now()))
+        return out
+
+
+@dataclass
+class RealRun:
+    """One real run, in seconds from its start.
+
+    Attributes:
+        workload: The requests as submitted: ``arrival`` is each one's submission time and
+            ``deadline`` that plus its relative deadline (which the scheduler was given).
+        slip: Submission time less nominal arrival time, per request.
+        result: ``outcome`` and ``finish`` per request, and the scheduler's ``stats``.
+        batches: What the worker ran, on the scheduler's clock.
+        t0: The run's start on the scheduler's clock.
+        cycles: (requests, seconds) per batch: the worker's time on it, futures included.
+    """
+
+    workload: dict[str, np.ndarray]
+    slip: np.ndarray
+    result: dict[str, Any]
+    batches: replay.Batches
+    t0: float
+    cycles: list[tuple[int, float]]
+
+
 def run_real(
     runner: ModelRunner,
     payload: dict[str, np.ndarray],
     wl: workloads.Workload,
     policy: str,
     seed_table: dict[int, list[float]],
-) -> tuple[dict[str, Any], Recorder]:
-    """Submit the workload open loop at its arrival times; returns (result dict, recorder)."""
+) -> RealRun:
+    """Submit the workload open loop at its arrival times and record how it went."""
     n = len(wl["arrival"])
     rec = Recorder(n)
     now = require_core().Scheduler.now
-    sched = Scheduler(runner, policy=policy, max_batch=max(SIZES), workers=1)
+    traced = TracedRunner(runner, now)
+    sched = Scheduler(traced, policy=policy, max_batch=max(SIZES), workers=1)
     sched.seed_latencies(seed_table)
+    relative = wl["deadline"] - wl["arrival"]
     t0 = now() + 0.05
-    arrival_at = np.empty(n)
+    submitted = np.empty(n)
     for i in range(n):
         # Sleep, never spin: a spinning generator would take one of the cores the model runs on.
         # Each request's deadline runs from its real submission, recorded here.
         wait = t0 + wl["arrival"][i] - now()
         if wait > 0:
             time.sleep(wait)
-        arrival_at[i] = now()
+        submitted[i] = now()
         future = sched.submit(
-            payload,
+            (i, payload),
             priority=int(wl["cls"][i]),
-            deadline_ms=float(wl["deadline"][i] - wl["arrival"][i]) * 1000,
+            deadline_ms=float(relative[i]) * 1000,
             tenant=f"t{int(wl['tenant'][i])}",
         )
         future.add_done_callback(rec.callback(i, now))
     for _ in range(n):
         rec.done.acquire()
     stats = sched.stats()
-    rec.cycles = sched.recent_batches()
+    cycles = sched.recent_batches()
     sched.close()
-    # The scheduler's deadlines ran from each request's real submission, a little after its
-    # nominal arrival: finish is shifted by that slip, so finish <= deadline means it met them.
-    result = {
-        "outcome": rec.outcome,
-        "start": rec.start - arrival_at + wl["arrival"],
-        "finish": rec.finish - arrival_at + wl["arrival"],
-        "decision_queue": np.zeros(0),
-        "decision_ns": np.zeros(0),
-        "submit_ns": float(stats["submit_ns"]),
-        "stats": stats,
-    }
-    return result, rec
-
-
-def per_batch(rec: Recorder) -> dict[int, list[float]]:
-    """The worker's whole time on each batch (futures included), by batch size."""
-    out: dict[int, list[float]] = defaultdict(list)
-    for size, seconds in rec.cycles:
-        out[size].append(seconds)
-    return out
+    as_submitted = dict(wl)
+    as_submitted["arrival"] = submitted - t0
+    as_submitted["deadline"] = submitted - t0 + relative
+    return RealRun(
+        workload=as_submitted,
+        slip=submitted - t0 - wl["arrival"],
+        result={"outcome": rec.outcome, "finish": rec.finish - t0, "stats": stats},
+        batches=replay.Batches.from_log(traced.log, submitted),
+        t0=t0,
+        cycles=cycles,
+    )
 
 
 def saturated_capacity(
@@ -196,7 +232,104 @@ def saturated_capacity(
     return rate
 
 
-def run(args: argparse.Namespace) -> list[list[str]]:
+def config(policy: str) -> dict[str, Any]:
+    """The real runs' scheduler settings, for the simulator."""
+    return {"policy": policy, "max_batch": max(SIZES), "workers": 1, "max_queue": 100000}
+
+
+def simulate_replay(
+    core: Any, policy: str, real: RealRun, rp: replay.Replay, seeds: int
+) -> list[dict[str, Any]]:
+    """The run's requests through the simulator on the replayed machine, once per seed (times
+    in seconds from the run's start)."""
+    w = rp.workload(real.workload)
+    return [
+        rp.result(core.simulate(config(policy), w, rp.cost, rp.seconds, seed))
+        for seed in range(seeds)
+    ]
+
+
+def simulate_iid(
+    core: Any, policy: str, real: RealRun, seed_table: dict[int, list[float]], seed: int
+) -> tuple[workloads.Workload, dict[str, Any]]:
+    """The baseline simulator: nominal arrival times, latencies drawn at random from the
+    worker's time on the run's batches by size (sizes it ran fewer than MIN_SAMPLES times also
+    get the sweep's samples). Returns the workload it ran and its result."""
+    by_size: dict[int, list[float]] = defaultdict(list)
+    for size, seconds in real.cycles:
+        by_size[size].append(seconds)
+    costs, table = [], []
+    for s in sorted(set(by_size) | set(seed_table)):
+        xs = by_size.get(s, [])
+        if len(xs) < replay.MIN_SAMPLES:
+            xs = xs + seed_table.get(s, [])
+        costs.append(float(s))
+        table.append(xs)
+    nominal = dict(real.workload)
+    nominal["arrival"] = real.workload["arrival"] - real.slip
+    nominal["deadline"] = real.workload["deadline"] - real.slip
+    return nominal, core.simulate(config(policy), nominal, costs, table, seed)
+
+
+def attainment(wl: workloads.Workload, result: dict[str, Any]) -> np.ndarray:
+    """Per class, ultra first, in %."""
+    return 100 * np.array(metrics.class_attainment(wl, result))[::-1]
+
+
+def compare(
+    load: float, policy: str, real: RealRun, sims: Sequence[dict[str, Any]], duration: float
+) -> list[str]:
+    """One row of the results table; the simulated figures are medians over the seeds."""
+    wl = real.workload
+    r_att = attainment(wl, real.result)
+    s_att = np.median([attainment(wl, s) for s in sims], axis=0)
+    p = metrics.latency_ms(wl, real.result)
+    q = np.median([metrics.latency_ms(wl, s)[:2] for s in sims], axis=0)
+    goodput = np.median([metrics.goodput(wl, s, duration) for s in sims])
+    return [
+        f"{load:g}",
+        policy,
+        f"{metrics.goodput(wl, real.result, duration):.0f}",
+        f"{goodput:.0f}",
+        " / ".join(f"{a:.1f}" for a in r_att),
+        " / ".join(f"{a:.1f}" for a in s_att),
+        f"{np.max(np.abs(r_att - s_att)):.1f}",
+        f"{p[0]:.1f} / {p[1]:.1f}",
+        f"{q[0]:.1f} / {q[1]:.1f}",
+        f"{metrics.wasted_percent(wl, real.result):.2f}",
+        f"{real.result['stats']['submit_ns'] / len(wl['arrival']) / 1e3:.1f}",
+    ]
+
+
+def diagnose(
+    load: float,
+    policy: str,
+    real: RealRun,
+    rp: replay.Replay,
+    sims: Sequence[dict[str, Any]],
+    iid: tuple[workloads.Workload, dict[str, Any]],
+) -> list[str]:
+    """One row of the replay table: what was measured, the seeds' spread, the baseline."""
+    r_att = attainment(real.workload, real.result)
+    per_seed = np.array([attainment(real.workload, s) for s in sims])
+    worst = int(np.argmax(np.abs(np.median(per_seed, axis=0) - r_att)))
+    b = real.batches
+    speed = rp.clock.speed
+    return [
+        f"{load:g}",
+        policy,
+        f"{b.size.size} / {b.size.mean():.1f}" if b.size.size else "0 / —",
+        f"{np.percentile(real.slip, 99) * 1e3:.1f} / {real.slip.max() * 1e3:.0f}",
+        f"{rp.overhead * 1e3:.2f}",
+        f"{np.percentile(speed, 5):.2f}–{np.percentile(speed, 95):.2f}",
+        f"{CLASS_ORDER[worst]} {r_att[worst]:.1f}: "
+        f"{per_seed[:, worst].min():.1f}–{per_seed[:, worst].max():.1f}",
+        f"{np.max(np.abs(attainment(*iid) - r_att)):.1f}",
+    ]
+
+
+def run(args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]]]:
+    """Every load and policy, real then simulated: (results rows, replay rows)."""
     core = require_core()
     runner, payload = load_model(args.seq, args.threads)
     seed_table = sweep(runner, payload, args.repeats)
@@ -207,61 +340,18 @@ def run(args: argparse.Namespace) -> list[list[str]]:
         + ", ".join(f"{s}: {m * 1e3:.1f}" for s, m in zip(SIZES, medians, strict=True))
         + f"; capacity {cap:.0f} requests/s"
     )
-    rows = []
+    rows, notes = [], []
     for load in args.loads:
         wl = workloads.generate("poisson", load * cap, args.duration, [args.seed, int(load * 100)])
         for policy in args.policies:
-            real, rec = run_real(runner, payload, wl, policy, seed_table)
-            costs, seconds = sim_table_from(rec, seed_table)
-            sim = core.simulate(
-                {"policy": policy, "max_batch": max(SIZES), "workers": 1, "max_queue": 100000},
-                wl,
-                costs,
-                seconds,
-                args.seed,
-            )
-            rows.append(compare(load, policy, wl, real, sim, args.duration))
-            print(" | ".join(rows[-1]), flush=True)
-    return rows
-
-
-def sim_table_from(
-    rec: Recorder, seed_table: dict[int, list[float]]
-) -> tuple[list[float], list[list[float]]]:
-    batches = per_batch(rec)
-    sizes = sorted(set(batches) | set(seed_table))
-    costs, seconds = [], []
-    for s in sizes:
-        xs = batches.get(s, [])
-        if len(xs) < 5:
-            xs = xs + seed_table.get(s, [])
-        if xs:
-            costs.append(float(s))
-            seconds.append(xs)
-    return costs, seconds
-
-
-def compare(
-    load: float, policy: str, wl: workloads.Workload, real: dict, sim: dict, duration: float
-) -> list[str]:
-    r_att = metrics.class_attainment(wl, real)
-    s_att = metrics.class_attainment(wl, sim)
-    diff = max(abs(a - b) for a, b in zip(r_att, s_att, strict=True)) * 100
-    p = metrics.latency_ms(wl, real)
-    q = metrics.latency_ms(wl, sim)
-    return [
-        f"{load:g}",
-        policy,
-        f"{metrics.goodput(wl, real, duration):.0f}",
-        f"{metrics.goodput(wl, sim, duration):.0f}",
-        " / ".join(f"{a * 100:.1f}" for a in reversed(r_att)),
-        " / ".join(f"{a * 100:.1f}" for a in reversed(s_att)),
-        f"{diff:.1f}",
-        f"{p[0]:.1f} / {p[1]:.1f}",
-        f"{q[0]:.1f} / {q[1]:.1f}",
-        f"{metrics.wasted_percent(wl, real):.2f}",
-        f"{real['submit_ns'] / len(wl['arrival']) / 1e3:.1f}",
-    ]
+            real = run_real(runner, payload, wl, policy, seed_table)
+            rp = replay.Replay.from_batches(real.batches, real.t0, args.window, seed_table)
+            sims = simulate_replay(core, policy, real, rp, args.sim_seeds)
+            iid = simulate_iid(core, policy, real, seed_table, args.seed)
+            rows.append(compare(load, policy, real, sims, args.duration))
+            notes.append(diagnose(load, policy, real, rp, sims, iid))
+            print(" | ".join(rows[-1]) + " || " + " | ".join(notes[-1][2:]), flush=True)
+    return rows, notes
 
 
 HEADER = [
@@ -271,16 +361,26 @@ HEADER = [
     "goodput sim",
     "attainment % real (ultra / high / normal / low)",
     "attainment % sim",
-    "max |diff| points",
+    "max \\|diff\\| points",
     "p50 / p99 ms real",
     "p50 / p99 ms sim",
     "wasted % real",
     "submit µs/req",
 ]
+REPLAY_HEADER = [
+    "load",
+    "policy",
+    "batches / mean size",
+    "submission slip p99 / max ms",
+    "overhead ms/batch",
+    "speed p5–p95",
+    "worst class real %: sim range over seeds",
+    "max \\|diff\\| plain sim",
+]
 
 
-def table(rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -289,15 +389,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 0.8, 1, 1.5, 2, 4])
     parser.add_argument("--policies", nargs="+", default=["phi-optimized", "fifo"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--window", type=float, default=replay.WINDOW_S, help="seconds of the speed profile"
+    )
+    parser.add_argument("--sim-seeds", type=int, default=5)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
-    rows = run(args)
-    text = table(rows)
+    rows, notes = run(args)
+    text = table(HEADER, rows) + "\n\n" + table(REPLAY_HEADER, notes)
     print(text)
     if args.write:
         command = "python benchmarks/scheduling/bench_real.py " + " ".join(sys.argv[1:])
