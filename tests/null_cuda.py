@@ -396,6 +396,57 @@ class NullCuda:
         self.f32(out, (n, c, oh, ow))[...] = res
 
     @_streamed
+    def compare(
+        self, op: str, dtype: str, a: int, a_shape: list[int], b: int, b_shape: list[int],
+        out: int, out_shape: list[int], *, stream: int = 0,
+    ) -> None:  # fmt: skip
+        self.calls.append(op)
+        x, y = self.view(a, a_shape, _DTYPES[dtype]), self.view(b, b_shape, _DTYPES[dtype])
+        self.view(out, out_shape, np.bool_)[...] = getattr(np, op)(x, y)
+
+    @_streamed
+    def where(
+        self, cond: int, cond_shape: list[int], elem_size: int, a: int, a_shape: list[int],
+        b: int, b_shape: list[int], out: int, out_shape: list[int], *, stream: int = 0,
+    ) -> None:  # fmt: skip
+        self.calls.append("where")
+        dt = np.dtype(f"u{elem_size}")
+        c = self.view(cond, cond_shape, np.bool_)
+        x, y = self.view(a, a_shape, dt), self.view(b, b_shape, dt)
+        self.view(out, out_shape, dt)[...] = np.where(c, x, y)
+
+    @_streamed
+    def log_softmax(self, x: int, out: int, rows: int, cols: int, *, stream: int = 0) -> None:
+        self.calls.append("log_softmax")
+        v = self.f32(x, (rows, cols)).astype(np.float64)
+        m = v.max(axis=1, keepdims=True)
+        lse = m + np.log(np.exp(v - m).sum(axis=1, keepdims=True))
+        self.f32(out, (rows, cols))[...] = v - lse
+
+    @_streamed
+    def rms_norm(
+        self, x: int, out: int, rows: int, cols: int, gamma: int, *, epsilon: float = 1e-6,
+        stream: int = 0,
+    ) -> None:  # fmt: skip
+        self.calls.append("rms_norm")
+        v = self.f32(x, (rows, cols)).astype(np.float64)
+        rstd = 1.0 / np.sqrt((v * v).mean(axis=1, keepdims=True) + epsilon)
+        self.f32(out, (rows, cols))[...] = v * rstd * self.f32(gamma, (cols,))
+
+    @_streamed
+    def arg(
+        self, op: str, x: int, out: int, outer: int, len: int, inner: int, *, last: bool = False,
+        stream: int = 0,
+    ) -> None:  # fmt: skip
+        self.calls.append(f"arg{op}")
+        v = self.f32(x, (outer, len, inner))
+        if last:
+            idx = len - 1 - getattr(np, f"arg{op}")(v[:, ::-1], axis=1)
+        else:
+            idx = getattr(np, f"arg{op}")(v, axis=1)
+        self.view(out, (outer, inner), np.int64)[...] = idx
+
+    @_streamed
     def gather(
         self, data: int, elem_size: int, indices: int, index_dtype: str, out: int, outer: int,
         count: int, dim: int, row: int, *, error: int = 0, stream: int = 0,

@@ -423,6 +423,112 @@ void pool2d(const std::string& op, uintptr_t x, uintptr_t out, const Dims& x_sha
              "pool2d");
 }
 
+// Element strides of an operand of `shape` broadcast to `out` (right-aligned; 0 where it repeats).
+Dims broadcast_strides(const std::string& op, const Dims& shape, const Dims& out, const char* name) {
+  check_dims(op, shape, name);
+  if (shape.size() > out.size()) invalid(op, std::string(name) + " has more dimensions than the output");
+  const Dims padded = pad_to(shape, out.size());
+  Dims strides(out.size(), 0);
+  int64_t s = 1;
+  for (size_t d = out.size(); d-- > 0;) {
+    if (padded[d] != 1 && padded[d] != out[d]) {
+      invalid(op, std::string(name) + " does not broadcast to the output (dimension " + std::to_string(d) + ")");
+    }
+    strides[d] = padded[d] == 1 ? 0 : s;
+    s *= padded[d];
+  }
+  return strides;
+}
+
+int64_t count_of(const Dims& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+void compare(const std::string& op, const std::string& dtype, uintptr_t a, const Dims& a_shape, uintptr_t b,
+             const Dims& b_shape, uintptr_t out, const Dims& out_shape, uintptr_t stream) {
+  static const std::pair<const char*, CompareOp> names[] = {
+      {"equal", CompareOp::equal}, {"less", CompareOp::less}, {"less_equal", CompareOp::less_equal},
+      {"greater", CompareOp::greater}, {"greater_equal", CompareOp::greater_equal},
+  };
+  const CompareOp* kind = nullptr;
+  for (const auto& [text, value] : names) {
+    if (op == text) kind = &value;
+  }
+  if (kind == nullptr) invalid("compare", "unknown comparison '" + op + "'");
+  const DType t = parse_dtype("compare", dtype);
+  if (t != DType::f32 && t != DType::i32 && t != DType::i64) invalid("compare", "dtype must be float32, int32 or int64");
+  check_dims("compare", out_shape, "out");
+  const Dims sa = broadcast_strides("compare", a_shape, out_shape, "a");
+  const Dims sb = broadcast_strides("compare", b_shape, out_shape, "b");
+  const bool any = count_of(out_shape) > 0;
+  check_address("compare", a, "a", any);
+  check_address("compare", b, "b", any);
+  check_address("compare", out, "out", any);
+  check_cuda(launch_compare(*kind, t, device_ptr<const void>(a), sa.data(), device_ptr<const void>(b), sb.data(),
+                            device_ptr<bool>(out), out_shape.data(), static_cast<int>(out_shape.size()),
+                            stream_of(stream)),
+             "compare");
+}
+
+void where(uintptr_t cond, const Dims& cond_shape, int elem_size, uintptr_t a, const Dims& a_shape, uintptr_t b,
+           const Dims& b_shape, uintptr_t out, const Dims& out_shape, uintptr_t stream) {
+  if (elem_size != 1 && elem_size != 2 && elem_size != 4 && elem_size != 8) {
+    invalid("where", "elem_size must be 1, 2, 4 or 8");
+  }
+  check_dims("where", out_shape, "out");
+  const Dims sc = broadcast_strides("where", cond_shape, out_shape, "cond");
+  const Dims sa = broadcast_strides("where", a_shape, out_shape, "a");
+  const Dims sb = broadcast_strides("where", b_shape, out_shape, "b");
+  const bool any = count_of(out_shape) > 0;
+  check_address("where", cond, "cond", any);
+  check_address("where", a, "a", any);
+  check_address("where", b, "b", any);
+  check_address("where", out, "out", any);
+  check_cuda(launch_where(elem_size, device_ptr<const bool>(cond), sc.data(), device_ptr<const void>(a), sa.data(),
+                          device_ptr<const void>(b), sb.data(), device_ptr<void>(out), out_shape.data(),
+                          static_cast<int>(out_shape.size()), stream_of(stream)),
+             "where");
+}
+
+void log_softmax(uintptr_t x, uintptr_t out, int64_t rows, int64_t cols, uintptr_t stream) {
+  check_sizes("log_softmax", {rows, cols});
+  const bool any = rows > 0 && cols > 0;
+  check_address("log_softmax", x, "x", any);
+  check_address("log_softmax", out, "out", any);
+  check_cuda(launch_log_softmax(device_ptr<const float>(x), device_ptr<float>(out), rows, cols, stream_of(stream)),
+             "log_softmax");
+}
+
+void rms_norm(uintptr_t x, uintptr_t out, int64_t rows, int64_t cols, uintptr_t gamma, double epsilon,
+              uintptr_t stream) {
+  check_sizes("rms_norm", {rows, cols});
+  if (!std::isfinite(epsilon) || !(static_cast<float>(epsilon) > 0.0f)) {
+    invalid("rms_norm", "epsilon must be finite and > 0 in float32");
+  }
+  const bool any = rows > 0 && cols > 0;
+  check_address("rms_norm", x, "x", any);
+  check_address("rms_norm", out, "out", any);
+  check_address("rms_norm", gamma, "gamma", any);
+  check_cuda(launch_rms_norm(device_ptr<const float>(x), device_ptr<const float>(gamma), device_ptr<float>(out), rows,
+                             cols, static_cast<float>(epsilon), stream_of(stream)),
+             "rms_norm");
+}
+
+void arg(const std::string& op, uintptr_t x, uintptr_t out, int64_t outer, int64_t len, int64_t inner, bool last,
+         uintptr_t stream) {
+  if (op != "max" && op != "min") invalid("arg", "op must be max or min, got '" + op + "'");
+  check_sizes("arg", {outer, len, inner});
+  const bool any = outer * inner > 0;
+  if (any && len == 0) invalid("arg", "cannot take the index of an extreme over an empty axis");
+  check_address("arg", x, "x", any);
+  check_address("arg", out, "out", any);
+  check_cuda(launch_arg(op == "max", last, device_ptr<const float>(x), device_ptr<int64_t>(out), outer, len, inner,
+                        stream_of(stream)),
+             "arg");
+}
+
 py::list device_list() {
   py::list devices;
   for (int i = 0; i < device_count(); ++i) {
@@ -587,6 +693,21 @@ void bind_kernels(py::module_& m) {
         py::arg("inv_count") = 0, py::arg("stream") = 0,
         "Queue max or average pooling of an NCHW float32 tensor; avg multiplies each window's sum of in-input "
         "taps by inv_count[oh * out_w + ow].");
+  m.def("compare", &compare, py::arg("op"), py::arg("dtype"), py::arg("a"), py::arg("a_shape"), py::arg("b"),
+        py::arg("b_shape"), py::arg("out"), py::arg("out_shape"), py::kw_only(), py::arg("stream") = 0,
+        "Queue out = a op b (bool) with numpy broadcasting; op is equal, less, less_equal, greater or "
+        "greater_equal, dtype float32, int32 or int64.");
+  m.def("where", &where, py::arg("cond"), py::arg("cond_shape"), py::arg("elem_size"), py::arg("a"),
+        py::arg("a_shape"), py::arg("b"), py::arg("b_shape"), py::arg("out"), py::arg("out_shape"), py::kw_only(),
+        py::arg("stream") = 0, "Queue out = cond ? a : b with numpy broadcasting (cond bool).");
+  m.def("log_softmax", &log_softmax, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("cols"), py::kw_only(),
+        py::arg("stream") = 0, "Queue log-softmax over each row of the rows x cols float32 matrix x.");
+  m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("out"), py::arg("rows"), py::arg("cols"), py::arg("gamma"),
+        py::kw_only(), py::arg("epsilon") = 1e-6, py::arg("stream") = 0,
+        "Queue RMS normalisation of each row of x, scaled by gamma.");
+  m.def("arg", &arg, py::arg("op"), py::arg("x"), py::arg("out"), py::arg("outer"), py::arg("len"), py::arg("inner"),
+        py::kw_only(), py::arg("last") = false, py::arg("stream") = 0,
+        "Queue out[o, i] = argmax (op max) or argmin (op min) over l of x[o, l, i], as int64.");
   m.def("cast", &cast, py::arg("x"), py::arg("from_dtype"), py::arg("out"), py::arg("to_dtype"), py::arg("n"),
         py::kw_only(), py::arg("stream") = 0, "Queue out = x.astype(to_dtype) over n elements.");
   m.def("reduce", &reduce, py::arg("op"), py::arg("x"), py::arg("out"), py::arg("outer"), py::arg("len"),

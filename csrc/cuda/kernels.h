@@ -123,4 +123,29 @@ cudaError_t launch_im2col(const float* x, float* cols, const Conv2dGeometry& g, 
 cudaError_t launch_pool2d(bool is_max, const float* x, float* out, const Conv2dGeometry& g, const float* inv_count,
                           cudaStream_t stream);
 
+enum class CompareOp : int { equal, less, less_equal, greater, greater_equal };
+
+// out[i] = a[...] op b[...] (bool) over the dense out_shape; a_strides / b_strides are element
+// strides per output dimension, 0 where an operand broadcasts. dtype is f32, i32 or i64.
+cudaError_t launch_compare(CompareOp op, DType dtype, const void* a, const int64_t* a_strides, const void* b,
+                           const int64_t* b_strides, bool* out, const int64_t* out_shape, int ndim,
+                           cudaStream_t stream);
+
+// out[i] = cond[...] ? a[...] : b[...] with broadcasting as above; elements of 1, 2, 4 or 8 bytes.
+cudaError_t launch_where(int elem_size, const bool* cond, const int64_t* c_strides, const void* a,
+                         const int64_t* a_strides, const void* b, const int64_t* b_strides, void* out,
+                         const int64_t* out_shape, int ndim, cudaStream_t stream);
+
+// Each row of the rows x cols matrix x: x - max - log(sum(exp(x - max))).
+cudaError_t launch_log_softmax(const float* x, float* out, int64_t rows, int64_t cols, cudaStream_t stream);
+
+// Each row: x * rsqrt(mean(x^2) + eps) * gamma (cols values).
+cudaError_t launch_rms_norm(const float* x, const float* gamma, float* out, int64_t rows, int64_t cols, float eps,
+                            cudaStream_t stream);
+
+// out[o, i] = the index along len of the max (min) of x[o, :, i], as int64 (numpy's rules for
+// NaN; `last` takes the last of equal extremes).
+cudaError_t launch_arg(bool is_max, bool last, const float* x, int64_t* out, int64_t outer, int64_t len, int64_t inner,
+                       cudaStream_t stream);
+
 }  // namespace phi::cuda

@@ -315,6 +315,118 @@ __global__ void pool2d_kernel(const float* __restrict__ x, float* __restrict__ o
   }
 }
 
+// ---- comparisons, where -----------------------------------------------------------------------
+
+// Offsets of up to three broadcast operands for each element of a dense output.
+struct Broadcast3 {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t stride[3][kMaxDims] = {};
+};
+
+__device__ __forceinline__ void broadcast_offsets(int64_t i, const Broadcast3& d, int64_t* off, int operands) {
+  off[0] = off[1] = off[2] = 0;
+  for (int k = d.ndim - 1; k >= 0; --k) {
+    const int64_t c = i % d.shape[k];
+    i /= d.shape[k];
+    for (int j = 0; j < operands; ++j) off[j] += c * d.stride[j][k];
+  }
+}
+
+template <typename T>
+__global__ void compare_kernel(CompareOp op, const T* __restrict__ a, const T* __restrict__ b,
+                               bool* __restrict__ out, int64_t n, Broadcast3 d) {
+  for (int64_t i = detail::global_thread(); i < n; i += detail::grid_threads()) {
+    int64_t off[3];
+    broadcast_offsets(i, d, off, 2);
+    const T x = a[off[0]], y = b[off[1]];
+    bool r = false;
+    switch (op) {  // uniform across the grid
+      case CompareOp::equal: r = x == y; break;
+      case CompareOp::less: r = x < y; break;
+      case CompareOp::less_equal: r = x <= y; break;
+      case CompareOp::greater: r = x > y; break;
+      case CompareOp::greater_equal: r = x >= y; break;
+    }
+    out[i] = r;
+  }
+}
+
+template <typename T>
+__global__ void where_kernel(const bool* __restrict__ cond, const T* __restrict__ a, const T* __restrict__ b,
+                             T* __restrict__ out, int64_t n, Broadcast3 d) {
+  for (int64_t i = detail::global_thread(); i < n; i += detail::grid_threads()) {
+    int64_t off[3];
+    broadcast_offsets(i, d, off, 3);
+    out[i] = cond[off[0]] ? a[off[1]] : b[off[2]];
+  }
+}
+
+// ---- log-softmax, RMS norm, argmax -------------------------------------------------------------
+
+// One warp per row: x - max - log(sum(exp(x - max))).
+__global__ void log_softmax_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t rows, int64_t cols) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * detail::kWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * detail::kWarps + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const float* p = x + row * cols;
+    float m = -INFINITY;
+    for (int64_t c = lane; c < cols; c += 32) m = fmaxf(m, p[c]);
+    m = detail::warp_max(m);
+    float sum = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) sum += expf(p[c] - m);
+    sum = detail::warp_sum(sum);
+    const float lse = m + logf(sum);
+    for (int64_t c = lane; c < cols; c += 32) out[row * cols + c] = p[c] - lse;
+  }
+}
+
+// One warp per row: x * rsqrt(mean(x^2) + eps) * gamma.
+__global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ gamma, float* __restrict__ out,
+                                int64_t rows, int64_t cols, float eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * detail::kWarps;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * detail::kWarps + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const float* p = x + row * cols;
+    float ss = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) ss += p[c] * p[c];
+    ss = detail::warp_sum(ss);
+    const float rstd = rsqrtf(ss / static_cast<float>(cols) + eps);
+    for (int64_t c = lane; c < cols; c += 32) out[row * cols + c] = p[c] * rstd * gamma[c];
+  }
+}
+
+// One thread per output: the index of the max (min) along len; the first NaN wins as in numpy
+// (the last one with select_last_index, which also takes the last of equal extremes).
+__global__ void arg_kernel(const float* __restrict__ x, int64_t* __restrict__ out, int64_t outer, int64_t len,
+                           int64_t inner, bool is_max, bool last) {
+  const int64_t n = outer * inner;
+  for (int64_t i = detail::global_thread(); i < n; i += detail::grid_threads()) {
+    const int64_t o = i / inner, in = i % inner;
+    const float* p = x + o * len * inner + in;
+    float best = p[0];
+    int64_t at = 0;
+    for (int64_t l = 1; l < len; ++l) {
+      const float v = p[l * inner];
+      bool take;
+      if (isnan(best)) {
+        take = last && isnan(v);
+      } else if (isnan(v)) {
+        take = true;
+      } else {
+        take = is_max ? (v > best || (last && v == best)) : (v < best || (last && v == best));
+      }
+      if (take) {
+        best = v;
+        at = l;
+      }
+    }
+    out[i] = at;
+  }
+}
+
 }  // namespace
 
 cudaError_t launch_strided_copy(const void* src, void* dst, int elem_size, int ndim, const int64_t* shape,
@@ -392,6 +504,110 @@ cudaError_t launch_pool2d(bool is_max, const float* x, float* out, const Conv2dG
   } else {
     pool2d_kernel<false><<<detail::grid_for(n), detail::kThreads, 0, stream>>>(x, out, g, inv_count);
   }
+  return detail::launch_status();
+}
+
+namespace {
+Broadcast3 make_broadcast(int ndim, const int64_t* out_shape, const int64_t* const* strides, int operands) {
+  Broadcast3 d;
+  d.ndim = ndim;
+  for (int k = 0; k < ndim; ++k) {
+    d.shape[k] = out_shape[k];
+    for (int j = 0; j < operands; ++j) d.stride[j][k] = strides[j][k];
+  }
+  return d;
+}
+
+int64_t count(int ndim, const int64_t* shape) {
+  int64_t n = 1;
+  for (int k = 0; k < ndim; ++k) n *= shape[k];
+  return n;
+}
+}  // namespace
+
+cudaError_t launch_compare(CompareOp op, DType dtype, const void* a, const int64_t* a_strides, const void* b,
+                           const int64_t* b_strides, bool* out, const int64_t* out_shape, int ndim,
+                           cudaStream_t stream) {
+  const int64_t n = count(ndim, out_shape);
+  if (n <= 0) return cudaSuccess;
+  const int64_t* strides[2] = {a_strides, b_strides};
+  const Broadcast3 d = make_broadcast(ndim, out_shape, strides, 2);
+  detail::clear_stale_error();
+  const unsigned grid = detail::grid_for(n);
+  switch (dtype) {
+    case DType::f32:
+      compare_kernel<float><<<grid, detail::kThreads, 0, stream>>>(op, static_cast<const float*>(a),
+                                                                   static_cast<const float*>(b), out, n, d);
+      break;
+    case DType::i32:
+      compare_kernel<int32_t><<<grid, detail::kThreads, 0, stream>>>(op, static_cast<const int32_t*>(a),
+                                                                     static_cast<const int32_t*>(b), out, n, d);
+      break;
+    case DType::i64:
+      compare_kernel<int64_t><<<grid, detail::kThreads, 0, stream>>>(op, static_cast<const int64_t*>(a),
+                                                                     static_cast<const int64_t*>(b), out, n, d);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return detail::launch_status();
+}
+
+cudaError_t launch_where(int elem_size, const bool* cond, const int64_t* c_strides, const void* a,
+                         const int64_t* a_strides, const void* b, const int64_t* b_strides, void* out,
+                         const int64_t* out_shape, int ndim, cudaStream_t stream) {
+  const int64_t n = count(ndim, out_shape);
+  if (n <= 0) return cudaSuccess;
+  const int64_t* strides[3] = {c_strides, a_strides, b_strides};
+  const Broadcast3 d = make_broadcast(ndim, out_shape, strides, 3);
+  detail::clear_stale_error();
+  const unsigned grid = detail::grid_for(n);
+  switch (elem_size) {
+    case 1:
+      where_kernel<uint8_t><<<grid, detail::kThreads, 0, stream>>>(
+          cond, static_cast<const uint8_t*>(a), static_cast<const uint8_t*>(b), static_cast<uint8_t*>(out), n, d);
+      break;
+    case 2:
+      where_kernel<uint16_t><<<grid, detail::kThreads, 0, stream>>>(
+          cond, static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b), static_cast<uint16_t*>(out), n, d);
+      break;
+    case 4:
+      where_kernel<uint32_t><<<grid, detail::kThreads, 0, stream>>>(
+          cond, static_cast<const uint32_t*>(a), static_cast<const uint32_t*>(b), static_cast<uint32_t*>(out), n, d);
+      break;
+    case 8:
+      where_kernel<unsigned long long><<<grid, detail::kThreads, 0, stream>>>(
+          cond, static_cast<const unsigned long long*>(a), static_cast<const unsigned long long*>(b),
+          static_cast<unsigned long long*>(out), n, d);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return detail::launch_status();
+}
+
+cudaError_t launch_log_softmax(const float* x, float* out, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  const int64_t blocks = (rows + detail::kWarps - 1) / detail::kWarps;
+  log_softmax_kernel<<<detail::grid_for(blocks * detail::kThreads), detail::kThreads, 0, stream>>>(x, out, rows, cols);
+  return detail::launch_status();
+}
+
+cudaError_t launch_rms_norm(const float* x, const float* gamma, float* out, int64_t rows, int64_t cols, float eps,
+                            cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  const int64_t blocks = (rows + detail::kWarps - 1) / detail::kWarps;
+  rms_norm_kernel<<<detail::grid_for(blocks * detail::kThreads), detail::kThreads, 0, stream>>>(x, gamma, out, rows,
+                                                                                              cols, eps);
+  return detail::launch_status();
+}
+
+cudaError_t launch_arg(bool is_max, bool last, const float* x, int64_t* out, int64_t outer, int64_t len, int64_t inner,
+                       cudaStream_t stream) {
+  if (outer * inner <= 0 || len <= 0) return cudaSuccess;
+  detail::clear_stale_error();
+  arg_kernel<<<detail::grid_for(outer * inner), detail::kThreads, 0, stream>>>(x, out, outer, len, inner, is_max,
+                                                                              last);
   return detail::launch_status();
 }
 

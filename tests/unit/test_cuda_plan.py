@@ -455,3 +455,52 @@ def test_pools_and_batch_norm(null: NullCuda, rng: np.random.Generator) -> None:
     program = gpu.program({"x": (2, c, 7, 9)})
     assert isinstance(program, CudaProgram)
     assert program.host_steps == []
+
+
+def test_comparisons_where_and_row_ops(null: NullCuda, rng: np.random.Generator) -> None:
+    gamma = numpy_helper.from_array((1 + 0.1 * rng.standard_normal(7)).astype(np.float32), "g")
+    thresh = numpy_helper.from_array(np.array([0.0], np.float32), "t")
+    n = helper.make_node
+    nodes = [
+        n("Greater", ["x", "t"], ["pos"]),
+        n("Where", ["pos", "x", "y"], ["w"]),
+        n("Equal", ["ids", "ids2"], ["same"]),
+        n("Where", ["same", "ids", "ids2"], ["wi"]),
+        n("LogSoftmax", ["w"], ["ls"], axis=-1),
+        n("RMSNormalization", ["x", "g"], ["rms"], axis=-1, epsilon=1e-5),
+        n("ArgMax", ["x"], ["am"], axis=1, keepdims=0),
+        n("ArgMin", ["x"], ["an"], axis=2, select_last_index=1),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", F32, ["n", 5, 7]),
+        helper.make_tensor_value_info("y", F32, [1, 7]),
+        helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 5]),
+        helper.make_tensor_value_info("ids2", TensorProto.INT64, [1, 5]),
+    ]
+    i64 = TensorProto.INT64
+    kinds = {"ls": F32, "rms": F32, "am": i64, "an": i64, "wi": i64}
+    outputs = [helper.make_tensor_value_info(o, t, None) for o, t in kinds.items()]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=[gamma, thresh])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    try:
+        gpu = phi.compile(model.SerializeToString(), device="cuda", max_batch=4)
+    except UnsupportedError as exc:
+        pytest.skip(f"this onnx has no opset 23 RMSNormalization: {exc}")
+    cpu = phi.compile(model.SerializeToString(), device="cpu", max_batch=4)
+    for _ in range(3):
+        x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+        x[0, 1, :] = x[0, 2, :]  # ties for select_last_index
+        feeds = {
+            "x": x,
+            "y": rng.standard_normal((1, 7)).astype(np.float32),
+            "ids": rng.integers(0, 3, (3, 5)),
+            "ids2": rng.integers(0, 3, (1, 5)),
+        }
+        got, want = gpu.run(feeds), cpu.run(feeds)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    program = gpu.program({"x": (3, 5, 7), "y": (1, 7), "ids": (3, 5), "ids2": (1, 5)})
+    assert isinstance(program, CudaProgram)
+    assert program.host_steps == [] and program.reference_nodes == []
+    for op in ("greater", "equal", "where", "log_softmax", "rms_norm", "argmax", "argmin"):
+        assert op in null.calls, op

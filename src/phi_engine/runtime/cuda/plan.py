@@ -1156,3 +1156,72 @@ def _batch_norm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     tmp = seg.scratch(4 * math.prod(shape))
     first = _Launch("binary", ("mul", seg._ref(x), shape, ref_a, channel, tmp, shape), {})
     return [first, *_chain(seg, tmp, shape, stages, seg._ref(step.outputs[0]))]
+
+
+@_lowering("equal", "less", "less_equal", "greater", "greater_equal")
+def _compare(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    a, b = step.inputs[0], step.inputs[1]
+    assert a is not None and b is not None
+    dtype = seg._spec(a).dtype
+    if dtype not in ("float32", "int32", "int64") or seg._spec(b).dtype != dtype:
+        raise _Unsupported(f"a comparison of {dtype}")
+    out = step.outputs[0]
+    args = (step.op, dtype, seg._ref(a), list(_shape(seg, a)), seg._ref(b), list(_shape(seg, b)),
+            seg._ref(out), list(_shape(seg, out)))  # fmt: skip
+    return [_Launch("compare", args, {})]
+
+
+@_lowering("where")
+def _where(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    c, a, b = step.inputs[0], step.inputs[1], step.inputs[2]
+    assert c is not None and a is not None and b is not None
+    size = np.dtype(seg._spec(a).dtype).itemsize
+    if size not in (1, 2, 4, 8) or seg._spec(c).dtype != "bool":
+        raise _Unsupported("a condition that is not bool, or elements of an odd size")
+    out = step.outputs[0]
+    args = (seg._ref(c), list(_shape(seg, c)), size, seg._ref(a), list(_shape(seg, a)),
+            seg._ref(b), list(_shape(seg, b)), seg._ref(out), list(_shape(seg, out)))  # fmt: skip
+    return [_Launch("where", args, {})]
+
+
+@_lowering("log_softmax")
+def _log_softmax(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x, mask = _padded(step, 2)
+    assert x is not None
+    _f32(seg, x)
+    shape = _shape(seg, x)
+    axis = int(step.attrs.get("axis", -1))
+    if mask is not None or float(step.attrs.get("scale", 1.0)) != 1.0:
+        raise _Unsupported("a log-softmax with a mask or a scale")
+    if axis not in (-1, len(shape) - 1):
+        raise _Unsupported("log-softmax over an axis other than the last")
+    cols = shape[-1] if shape else 1
+    rows = math.prod(shape) // max(cols, 1)
+    return [_Launch("log_softmax", (seg._ref(x), seg._ref(step.outputs[0]), rows, cols), {})]
+
+
+@_lowering("rms_norm")
+def _rms_norm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x, gamma = step.inputs[0], step.inputs[1]
+    assert x is not None and gamma is not None
+    _f32(seg, x, gamma)
+    shape = _shape(seg, x)
+    axis = int(step.attrs.get("axis", -1)) % max(len(shape), 1)
+    rows, cols = math.prod(shape[:axis]), math.prod(shape[axis:])
+    if math.prod(_shape(seg, gamma)) != cols:
+        raise _Unsupported("gamma does not cover the normalised dimensions")
+    args = (seg._ref(x), seg._ref(step.outputs[0]), rows, cols, seg._ref(gamma))
+    return [_Launch("rms_norm", args, {"epsilon": float(step.attrs.get("epsilon", 1e-6))})]
+
+
+@_lowering("argmax", "argmin")
+def _arg(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
+    x = step.inputs[0]
+    assert x is not None
+    _f32(seg, x)
+    shape = _shape(seg, x)
+    axis = int(step.attrs.get("axis", 0)) % len(shape)
+    outer, length, inner = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
+    op = "max" if step.op == "argmax" else "min"
+    kw = {"last": bool(step.attrs.get("select_last_index", 0))}
+    return [_Launch("arg", (op, seg._ref(x), seg._ref(step.outputs[0]), outer, length, inner), kw)]
