@@ -20,6 +20,7 @@ import phi_engine as phi
 from phi_engine import _native
 from phi_engine.errors import InvalidRequestError
 from phi_engine.runtime.cuda.program import CudaProgram
+from phi_test_models import cuda_cases as cases
 
 pytestmark = pytest.mark.gpu
 
@@ -202,3 +203,55 @@ def test_resnet_style_cnn_matches_the_cpu(rng: np.random.Generator, precision: s
             assert err < (1e-4 if precision == "fp32" else 1e-2), (batch, err)
     program = gpu.program({next(iter(gpu.inputs)): (5, 3, cnn.SIZE, cnn.SIZE)})
     assert isinstance(program, CudaProgram) and program.host_steps == []
+
+
+def _case_feeds(name: str, rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    def f(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    if name == "attention":
+        return cases.attention_feeds(rng, batch, 7)
+    if name == "slices":
+        return {"x": f(batch, 6, 5)}
+    if name == "pools":
+        return {"x": f(batch, 3, 7, 9)}
+    if name == "mixed":
+        return {"x": f(batch, 6, 6, 5)}
+    if name == "gather":
+        return {"ids": rng.integers(-10, 10, size=(batch, 3))}
+    return {  # comparisons
+        "x": f(batch, 5, 7),
+        "y": f(1, 7),
+        "ids": rng.integers(0, 3, (batch, 5)),
+        "ids2": rng.integers(0, 3, (1, 5)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "host_ops"),
+    [("attention", []), ("slices", []), ("pools", []), ("comparisons", []),
+     ("mixed", ["reduce_sum"]), ("gather", [])],
+)  # fmt: skip
+def test_model_families_match_the_cpu(
+    rng: np.random.Generator, name: str, host_ops: list[str]
+) -> None:
+    build = {
+        "attention": lambda: cases.attention_model(rng),
+        "slices": cases.slices_model,
+        "pools": lambda: cases.pools_model(rng),
+        "comparisons": lambda: cases.comparisons_model(rng),
+        "mixed": lambda: cases.mixed_model(rng),
+        "gather": lambda: cases.gather_model(rng),
+    }[name]
+    model = build()
+    gpu = phi.compile(model, device="cuda", max_batch=8)
+    cpu = phi.compile(model, device="cpu", max_batch=8)
+    for batch in (1, 8, 3):
+        for _ in range(3):  # eager, captured, replayed
+            feeds = _case_feeds(name, rng, batch)
+            got, want = gpu.run(feeds), cpu.run(feeds)
+            for key in want:
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4, err_msg=key)
+    program = gpu.program({k: v.shape for k, v in feeds.items()})
+    assert isinstance(program, CudaProgram)
+    assert [op for op, _ in program.host_steps] == host_ops
