@@ -89,10 +89,16 @@ SimResult simulate(const Config& config, const Workload& w, const LatencyTable& 
   std::vector<Worker> workers(config.workers);
   size_t next = 0;
   double wake = kInf;
+  double last = -kInf;  // the previous event's time
   using Clock = std::chrono::steady_clock;
   while (true) {
     double t = std::min(next < n ? w.arrival[next] : kInf, wake);
     for (const Worker& k : workers) t = std::min(t, k.end);
+    // As the real scheduler's reaper does, shed a queued request the moment it can no longer
+    // finish in time, not at the next dispatch. An expiry at or before the previous event was
+    // already handled there (or shed nothing), so only a later one is an event: time always moves.
+    const double expiry = core.next_expiry();
+    if (expiry > last && expiry < t) t = expiry;
     if (std::isinf(t)) break;
     for (Worker& k : workers) {
       if (k.end > t) continue;
@@ -113,6 +119,8 @@ SimResult simulate(const Config& config, const Workload& w, const LatencyTable& 
       res.submit_ns += std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
       if (o != Outcome::pending) end_as({next, o}, t);
     }
+    for (const Ended& e : core.expire(t)) end_as(e, t);
+    last = t;
     wake = kInf;
     for (Worker& k : workers) {
       if (!std::isinf(k.end) || core.queued() == 0) continue;
