@@ -62,6 +62,7 @@ class NullCuda:
 
     architectures = "null"
     has_cublas = True
+    blas_workspace_bytes = 32 << 20
 
     def __init__(self) -> None:
         self.memory: dict[int, np.ndarray] = {}
@@ -175,15 +176,17 @@ class NullCuda:
         return [{"index": 0, "name": "null", "memory_bytes": 1 << 30}]
 
     def synchronize(self) -> None:
-        self._not_capturing("synchronize")
+        # CUDA forbids a device-wide synchronize while any stream, in any thread, is capturing.
+        if self.capturing:
+            raise AssertionError("device synchronize during a graph capture (in any thread)")
 
-    def copy_to_device(self, dst: int, src: np.ndarray) -> None:
+    def copy_to_device(self, dst: int, src: np.ndarray, *, stream: int = 0) -> None:
         self._not_capturing("copy_to_device")
         assert src.flags.c_contiguous
         raw = src.reshape(-1).view(np.uint8)
         self.raw(dst, raw.size)[...] = raw
 
-    def copy_to_host(self, dst: np.ndarray, src: int) -> None:
+    def copy_to_host(self, dst: np.ndarray, src: int, *, stream: int = 0) -> None:
         self._not_capturing("copy_to_host")
         raw = dst.reshape(-1).view(np.uint8)
         raw[:] = self.raw(src, raw.size)
@@ -478,5 +481,9 @@ class NullCuda:
     ) -> None:
         self.calls.append("reduce")
         v = self.f32(x, (outer, len, inner)).astype(np.float64)
+        identity = {"max": -np.inf, "min": np.inf}
+        if len == 0 and op in identity:  # the kernel's identity, as the CPU kernel gives
+            self.f32(out, (outer, inner))[...] = identity[op]
+            return
         fn = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}[op]
         self.f32(out, (outer, inner))[...] = fn(v, axis=1)

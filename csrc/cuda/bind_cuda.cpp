@@ -360,9 +360,6 @@ void reduce(const std::string& op, uintptr_t x, uintptr_t out, int64_t outer, in
   if (kind == nullptr) invalid("reduce", "unknown reduction '" + op + "' (sum, mean, max, min or prod)");
   check_sizes("reduce", {outer, len, inner});
   const bool any = outer * inner > 0;
-  if (any && len == 0 && (*kind == ReduceOp::max || *kind == ReduceOp::min)) {
-    invalid("reduce", "max and min of an empty axis have no value");
-  }
   check_address("reduce", x, "x", any && len > 0);
   check_address("reduce", out, "out", any);
   check_cuda(launch_reduce(*kind, device_ptr<const float>(x), device_ptr<float>(out), outer, len, inner,
@@ -574,21 +571,22 @@ void bind_runtime(py::module_& m) {
       }, "Wait until the event has completed.")
       .def("elapsed_ms", &Event::elapsed_ms, py::arg("end"), "Milliseconds from this event to `end`.");
 
-  m.def("copy_to_device", [](uintptr_t dst, const py::buffer& src) {
+  m.def("copy_to_device", [](uintptr_t dst, const py::buffer& src, uintptr_t stream) {
     const py::buffer_info info = contiguous_info(src, false, "copy_to_device");
     const size_t nbytes = static_cast<size_t>(info.size * info.itemsize);
     check_address("copy_to_device", dst, "dst", nbytes > 0);
     py::gil_scoped_release release;
-    copy_to_device(device_ptr<void>(dst), info.ptr, nbytes);
-  }, py::arg("dst"), py::arg("src"), "Copy a C-contiguous host array to device address `dst` (waits).");
-  m.def("copy_to_host", [](const py::buffer& dst, uintptr_t src) {
+    copy_to_device(device_ptr<void>(dst), info.ptr, nbytes, stream_of(stream));
+  }, py::arg("dst"), py::arg("src"), py::kw_only(), py::arg("stream") = 0,
+     "Copy a C-contiguous host array to device address `dst`, ordered on `stream`; waits for it.");
+  m.def("copy_to_host", [](const py::buffer& dst, uintptr_t src, uintptr_t stream) {
     const py::buffer_info info = contiguous_info(dst, true, "copy_to_host");
     const size_t nbytes = static_cast<size_t>(info.size * info.itemsize);
     check_address("copy_to_host", src, "src", nbytes > 0);
     py::gil_scoped_release release;
-    copy_to_host(info.ptr, device_ptr<const void>(src), nbytes);
-  }, py::arg("dst"), py::arg("src"),
-     "Fill a C-contiguous, writable host array from device address `src` after all queued work.");
+    copy_to_host(info.ptr, device_ptr<const void>(src), nbytes, stream_of(stream));
+  }, py::arg("dst"), py::arg("src"), py::kw_only(), py::arg("stream") = 0,
+     "Fill a C-contiguous, writable host array from device address `src` after the work queued on `stream`.");
   m.def("copy_device", [](uintptr_t dst, uintptr_t src, size_t nbytes, uintptr_t stream) {
     check_address("copy_device", dst, "dst", nbytes > 0);
     check_address("copy_device", src, "src", nbytes > 0);
@@ -726,6 +724,7 @@ PYBIND11_MODULE(_core_cuda, m) {
   m.attr("architectures") = "";
 #endif
   m.attr("has_cublas") = phi::cuda::has_cublas();
+  m.attr("blas_workspace_bytes") = phi::cuda::blas_workspace_bytes();
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);

@@ -1,6 +1,7 @@
 // float32 GEMM on the GPU: cuBLAS for the product, then the fused epilogue kernel.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "cuda/kernels.h"
@@ -37,6 +38,12 @@ struct GemmArgs {
 
 // Whether this build links cuBLAS; gemm_f32 throws UnsupportedError when it does not.
 bool has_cublas();
+
+// The workspace each stream that runs products holds (its cuBLAS handle's).
+size_t blas_workspace_bytes();
+
+// A stream is going away: its cuBLAS handle and workspace go back to a free list for the next.
+void release_stream(cudaStream_t stream) noexcept;
 
 // c = epilogue(alpha * op(a) @ op(b)), queued on args.stream.
 void gemm_f32(const GemmArgs& args);

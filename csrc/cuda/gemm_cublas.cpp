@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 #include "cuda/gemm.h"
 #include "cuda/runtime.h"
@@ -35,29 +36,41 @@ void check_cublas(cublasStatus_t status, const char* what) {
   }
 }
 
-// One handle per (device, stream), created on first use, each with a workspace of its own: a
-// handle holds mutable state (stream, math mode), and streams that run at once must not share a
-// workspace. Handles are created outside graph capture (a plan's first run is eager), since
-// creating one allocates. Calls that set a handle's state and enqueue the product hold the
-// mutex; enqueueing is asynchronous, so it is held for microseconds. Handles are never destroyed:
+// A cuBLAS handle with a workspace of its own. A handle holds mutable state (stream, math mode)
+// and streams that run at once must not share a workspace, so each stream in use has one.
+struct Blas {
+  cublasHandle_t handle = nullptr;
+  void* workspace = nullptr;
+};
+
+// Handles by (device, stream), created on a stream's first product (outside graph capture: a
+// plan's first run is eager, and creating one allocates) and returned to a per-device free list
+// when the stream is destroyed (release_stream), so a new stream reuses one instead of leaking
+// it: nothing is freed while the process runs, which could synchronize the device under another
+// thread's capture. Calls that set a handle's state and enqueue the product hold the mutex;
+// enqueueing is asynchronous, so it is held for microseconds. Handles are never destroyed:
 // destroying them from a static destructor at exit races the CUDA runtime's own teardown.
 std::mutex handles_mutex;
-std::map<std::pair<int, cudaStream_t>, cublasHandle_t> handles;
+std::map<std::pair<int, cudaStream_t>, Blas> handles;
+std::map<int, std::vector<Blas>> spare;
 
 // 32 MiB, the workspace cuBLAS recommends on Hopper.
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
-cublasHandle_t handle_for(int device, cudaStream_t stream) {
+Blas& blas_for(int device, cudaStream_t stream) {
   auto key = std::make_pair(device, stream);
   auto it = handles.find(key);
   if (it != handles.end()) return it->second;
-  cublasHandle_t handle = nullptr;
-  check_cublas(cublasCreate(&handle), "cublasCreate");
-  void* workspace = nullptr;
-  check_cuda(cudaMalloc(&workspace, kWorkspaceBytes), "gemm");
-  check_cublas(cublasSetWorkspace(handle, workspace, kWorkspaceBytes), "cublasSetWorkspace");
-  handles.emplace(key, handle);
-  return handle;
+  Blas b;
+  auto& free_list = spare[device];
+  if (!free_list.empty()) {
+    b = free_list.back();
+    free_list.pop_back();
+  } else {
+    check_cublas(cublasCreate(&b.handle), "cublasCreate");
+    check_cuda(cudaMalloc(&b.workspace, kWorkspaceBytes), "gemm");
+  }
+  return handles.emplace(key, b).first->second;
 }
 
 void check_fits_int(int64_t value, const char* name) {
@@ -70,6 +83,20 @@ void check_fits_int(int64_t value, const char* name) {
 }  // namespace
 
 bool has_cublas() { return true; }
+
+size_t blas_workspace_bytes() { return kWorkspaceBytes; }
+
+void release_stream(cudaStream_t stream) noexcept {
+  std::lock_guard<std::mutex> lock(handles_mutex);
+  for (auto it = handles.begin(); it != handles.end();) {
+    if (it->first.second == stream) {
+      spare[it->first.first].push_back(it->second);
+      it = handles.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
 
 void gemm_f32(const GemmArgs& g) {
   if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
@@ -91,8 +118,11 @@ void gemm_f32(const GemmArgs& g) {
     int device = 0;
     check_cuda(cudaGetDevice(&device), "gemm");
     std::lock_guard<std::mutex> lock(handles_mutex);
-    cublasHandle_t handle = handle_for(device, g.stream);
+    Blas& blas = blas_for(device, g.stream);
+    cublasHandle_t handle = blas.handle;
+    // cublasSetStream resets the handle's workspace to cuBLAS's own pool: set ours after it.
     check_cublas(cublasSetStream(handle, g.stream), "cublasSetStream");
+    check_cublas(cublasSetWorkspace(handle, blas.workspace, kWorkspaceBytes), "cublasSetWorkspace");
     check_cublas(cublasSetMathMode(handle, g.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
                  "cublasSetMathMode");
     const auto* a = static_cast<const float*>(g.a);

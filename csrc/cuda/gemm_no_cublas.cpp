@@ -7,6 +7,10 @@ namespace phi::cuda {
 
 bool has_cublas() { return false; }
 
+size_t blas_workspace_bytes() { return 0; }
+
+void release_stream(cudaStream_t) noexcept {}
+
 void gemm_f32(const GemmArgs&) {
   fail_cuda(ErrorCode::unsupported, "gemm",
             "this build of phi_engine._core_cuda has no cuBLAS (none was found when it was built: "

@@ -1,5 +1,7 @@
 #include "cuda/runtime.h"
 
+#include "cuda/gemm.h"
+
 namespace phi::cuda {
 
 namespace {
@@ -117,14 +119,18 @@ DeviceBuffer::~DeviceBuffer() {
   if (data_ != nullptr && cudaFree(data_) != cudaSuccess) (void)cudaGetLastError();
 }
 
-void copy_to_device(void* dst, const void* src, size_t nbytes) {
+void copy_to_device(void* dst, const void* src, size_t nbytes, cudaStream_t stream) {
   if (nbytes == 0) return;
-  check_cuda(cudaMemcpy(dst, src, nbytes, cudaMemcpyHostToDevice), "copy_to_device");
+  // From pageable memory cudaMemcpy may return before the DMA has landed; waiting for the
+  // stream makes the data visible to work queued on any stream afterwards.
+  check_cuda(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream), "copy_to_device");
+  check_cuda(cudaStreamSynchronize(stream), "copy_to_device");
 }
 
-void copy_to_host(void* dst, const void* src, size_t nbytes) {
+void copy_to_host(void* dst, const void* src, size_t nbytes, cudaStream_t stream) {
   if (nbytes == 0) return;
-  check_cuda(cudaMemcpy(dst, src, nbytes, cudaMemcpyDeviceToHost), "copy_to_host");
+  check_cuda(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream), "copy_to_host");
+  check_cuda(cudaStreamSynchronize(stream), "copy_to_host");
 }
 
 void copy_device(void* dst, const void* src, size_t nbytes, cudaStream_t stream) {
@@ -170,7 +176,9 @@ float Event::elapsed_ms(const Event& end) const {
 Stream::Stream() { check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream"); }
 
 Stream::~Stream() {
-  if (stream_ != nullptr && cudaStreamDestroy(stream_) != cudaSuccess) (void)cudaGetLastError();
+  if (stream_ == nullptr) return;
+  release_stream(stream_);
+  if (cudaStreamDestroy(stream_) != cudaSuccess) (void)cudaGetLastError();
 }
 
 void Stream::synchronize() { check_cuda(cudaStreamSynchronize(stream_), "stream"); }

@@ -74,10 +74,11 @@ class DeviceBuffer {
   size_t nbytes_ = 0;
 };
 
-// Host <-> device copies; both wait until the copy is done (and to_host until every kernel
-// queued before it has finished), so host memory may be reused on return.
-void copy_to_device(void* dst, const void* src, size_t nbytes);
-void copy_to_host(void* dst, const void* src, size_t nbytes);
+// Host <-> device copies ordered on `stream` (the legacy default stream unless given); both
+// return when the copy is done (and so every kernel queued on `stream` before it), so host
+// memory may be reused on return. Only that stream is waited for, never the whole device.
+void copy_to_device(void* dst, const void* src, size_t nbytes, cudaStream_t stream = default_stream());
+void copy_to_host(void* dst, const void* src, size_t nbytes, cudaStream_t stream = default_stream());
 // Device -> device, queued on `stream`.
 void copy_device(void* dst, const void* src, size_t nbytes, cudaStream_t stream = default_stream());
 // Any direction (unified addressing), queued on `stream`; host memory must be pinned

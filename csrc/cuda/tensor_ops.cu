@@ -86,73 +86,75 @@ void launch_gather_typed(const void* data, const void* idx, bool idx64, void* ou
 
 // ---- cast ----------------------------------------------------------------------------------------
 
-// Every value passes through one of two carriers: int64 between integer types (exact), double
-// otherwise (float16 widens exactly; float to integer truncates toward zero, as numpy's astype).
-template <typename T>
-__device__ __forceinline__ double to_double(T v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return static_cast<double>(__half2float(v));
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return static_cast<double>(__bfloat162float(v));
-  } else {
-    return static_cast<double>(v);
-  }
-}
-
-// The integer targets' ranges (std::numeric_limits is host-only in device code).
+// The integer targets' minimums (std::numeric_limits is host-only in device code).
 template <typename T>
 struct IntRange;
 template <>
-struct IntRange<int8_t> {
-  static constexpr int8_t lo = -128, hi = 127;
-};
-template <>
-struct IntRange<uint8_t> {
-  static constexpr uint8_t lo = 0, hi = 255;
-};
-template <>
 struct IntRange<int32_t> {
-  static constexpr int32_t lo = INT32_MIN, hi = INT32_MAX;
+  static constexpr int32_t lo = INT32_MIN;
 };
 template <>
 struct IntRange<int64_t> {
-  static constexpr int64_t lo = INT64_MIN, hi = INT64_MAX;
+  static constexpr int64_t lo = INT64_MIN;
 };
 
-template <typename To>
-__device__ __forceinline__ To from_double(double v) {
-  if constexpr (std::is_same_v<To, __half>) {
-    return __float2half_rn(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<To, __nv_bfloat16>) {
-    return __float2bfloat16_rn(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<To, bool>) {
-    return v != 0.0;
-  } else if constexpr (std::is_integral_v<To>) {
-    // NaN and values out of range have no integer: numpy leaves them platform-defined; here
-    // they become 0 (NaN) or saturate, never undefined behaviour.
-    if (isnan(v)) return To{0};
-    if (v <= static_cast<double>(IntRange<To>::lo)) return IntRange<To>::lo;
-    if (v >= static_cast<double>(IntRange<To>::hi)) return IntRange<To>::hi;
-    return static_cast<To>(v);
+template <typename T>
+constexpr bool is_half_v = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+
+template <typename T>
+__device__ __forceinline__ float half_to_float(T v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(v);
   } else {
-    return static_cast<To>(v);
+    return __bfloat162float(v);
   }
 }
 
+// numpy's astype on x86-64, as the CPU kernel (csrc/core/cast.cpp) does it: float to integer
+// truncates toward zero; where the value does not fit (NaN, infinities, out of range) a 32- or
+// 64-bit target gets its minimum (the x86 "integer indefinite") and an 8-bit target the low byte
+// of the int32 conversion; integer to narrower integer wraps; to bool is x != 0 (NaN is true).
+// Each conversion rounds once: double to float16 / bfloat16 directly, integers straight to the
+// target float type.
 template <typename From, typename To>
-__device__ __forceinline__ To convert(From v) {
-  if constexpr (std::is_same_v<To, bool>) {
-    if constexpr (std::is_same_v<From, __half>) {
-      return __half2float(v) != 0.0f;
-    } else if constexpr (std::is_same_v<From, __nv_bfloat16>) {
-      return __bfloat162float(v) != 0.0f;
+__device__ __forceinline__ To convert(From x) {
+  if constexpr (is_half_v<From>) {
+    return convert<float, To>(half_to_float(x));  // widening is exact
+  } else if constexpr (std::is_same_v<To, bool>) {
+    return x != From(0);
+  } else if constexpr (std::is_same_v<To, __half>) {
+    if constexpr (std::is_same_v<From, double>) {
+      return __double2half(x);
+    } else if constexpr (std::is_same_v<From, int64_t>) {
+      return __ll2half_rn(static_cast<long long>(x));
     } else {
-      return v != From{0};
+      return __float2half_rn(static_cast<float>(x));
+    }
+  } else if constexpr (std::is_same_v<To, __nv_bfloat16>) {
+    if constexpr (std::is_same_v<From, double>) {
+      return __double2bfloat16(x);
+    } else if constexpr (std::is_same_v<From, int64_t>) {
+      return __ll2bfloat16_rn(static_cast<long long>(x));
+    } else {
+      return __float2bfloat16_rn(static_cast<float>(x));
+    }
+  } else if constexpr (std::is_floating_point_v<From> && std::is_integral_v<To>) {
+    if constexpr (sizeof(To) >= 4) {
+      if constexpr (std::is_signed_v<To>) {
+        // Fits iff min <= x < -min (both powers of two, exact in double); NaN fails both.
+        const double v = static_cast<double>(x);
+        const double lo = static_cast<double>(IntRange<To>::lo);
+        return (v >= lo && v < -lo) ? static_cast<To>(x) : IntRange<To>::lo;
+      } else {
+        return static_cast<To>(convert<From, int64_t>(x));
+      }
+    } else {
+      return static_cast<To>(static_cast<uint32_t>(convert<From, int32_t>(x)));
     }
   } else if constexpr (std::is_integral_v<From> && std::is_integral_v<To>) {
-    return static_cast<To>(static_cast<int64_t>(v));  // wraps as numpy's astype does
+    return static_cast<To>(static_cast<std::make_unsigned_t<To>>(x));  // modular, never UB
   } else {
-    return from_double<To>(to_double<From>(v));
+    return static_cast<To>(x);
   }
 }
 

@@ -93,11 +93,15 @@ def test_gather_rows_and_bad_indices(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     ("src", "dst"),
     [("int64", "float32"), ("float32", "int32"), ("float32", "float16"), ("float16", "float32"),
-     ("int32", "int64"), ("float32", "bool"), ("bool", "float32"), ("float64", "float32")],
+     ("int32", "int64"), ("float32", "bool"), ("bool", "float32"), ("float64", "float32"),
+     ("float32", "uint8"), ("float32", "int8"), ("float64", "int64"), ("float64", "float16")],
 )  # fmt: skip
 def test_cast_matches_astype(rng: np.random.Generator, src: str, dst: str) -> None:
     x = (rng.standard_normal(1001) * 1000).astype(src)
-    want = x.astype(dst)
+    if np.dtype(src).kind == "f":  # what does not fit: numpy's x86 results, as the CPU kernel
+        x[:6] = np.array([np.nan, np.inf, -np.inf, 1e10, -1.0, 300.0]).astype(src)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = x.astype(dst)
     a, out = Dev(x), poisoned(want.shape, dst)
     _native.cuda.cast(a.ptr, src, out.ptr, dst, x.size)
     np.testing.assert_array_equal(out.fetch(), want)

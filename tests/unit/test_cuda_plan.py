@@ -18,7 +18,7 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 
 import phi_engine as phi
 from null_cuda import NullCuda
@@ -336,3 +336,36 @@ def test_comparisons_where_and_row_ops(null: NullCuda, rng: np.random.Generator)
     assert program.host_steps == [] and program.reference_nodes == []
     for op in ("greater", "equal", "where", "log_softmax", "rms_norm", "argmax", "argmin"):
         assert op in null.calls, op
+
+
+def test_bfloat16_weights_round_to_nearest_even() -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from phi_engine.runtime.cuda.plan import _to_half
+
+    rng = np.random.default_rng(5)
+    wide = rng.standard_normal(10000) * 10.0 ** rng.integers(-20, 20, 10000)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-9]
+    x = np.concatenate([wide, np.array(special)]).astype(np.float32)
+    want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    got = _to_half(x, "bfloat16")
+    finite = np.isfinite(x)
+    np.testing.assert_array_equal(got[finite], want[finite])
+    assert np.isnan(got.view(ml_dtypes.bfloat16)[np.isnan(x)].astype(np.float32)).all()
+    assert (got.view(ml_dtypes.bfloat16)[np.isinf(x)].astype(np.float32) == x[np.isinf(x)]).all()
+    small = x[np.abs(x) < 60000]
+    np.testing.assert_array_equal(_to_half(small, "float16"), small.astype(np.float16))
+    with pytest.raises(UnsupportedError, match="exceeds float16's range"):
+        _to_half(np.array([1.0, 7e4], np.float32), "float16")
+
+
+def test_fp16_refuses_weights_it_cannot_hold(null: NullCuda, rng: np.random.Generator) -> None:
+    w = numpy_helper.from_array(np.array([[1.0, 7e4], [2.0, 3.0]], np.float32), "w")
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="big")
+    inputs = [helper.make_tensor_value_info("x", F32, ["n", 2])]
+    outputs = [helper.make_tensor_value_info("y", F32, ["n", 2])]
+    model = cases._model([node], inputs, outputs, [w])
+    with pytest.raises(UnsupportedError, match=r"node 'big' \(MatMul\).*exceeds float16's range"):
+        phi.compile(model, device="cuda", precision="fp16")
+    x = rng.standard_normal((3, 2)).astype(np.float32)
+    got = phi.compile(model, device="cuda", precision="bf16").run({"x": x})["y"]
+    np.testing.assert_allclose(got, x @ np.array([[1.0, 7e4], [2.0, 3.0]]), rtol=2e-2)

@@ -144,6 +144,8 @@ def compile(
     elif fuse:
         fusion.fuse(graph)
         eliminate_dead_code(graph)
+    if precision == "fp16":
+        _check_fp16_weights(graph)
     model_ = CompiledModel(graph, device, max_batch, cache_size)
     if device == "cuda":
         from phi_engine.runtime.cuda.program import CudaModelState
@@ -157,6 +159,26 @@ def compile(
         )
     model_.precision = precision
     return model_
+
+
+def _check_fp16_weights(graph: Graph) -> None:
+    """Refuse fp16 products whose constant operands float16 cannot hold (they would become
+    infinity), naming the node; bf16 has float32's range."""
+    for node in graph.nodes:
+        if node.op_type not in ("Linear", "MatMul", "Gemm", "Conv"):
+            continue
+        for name in node.inputs[:2]:
+            value = graph.constants.get(name) if name else None
+            if value is None or value.dtype != np.float32 or value.size == 0:
+                continue
+            finite = value[np.isfinite(value)]
+            if finite.size and float(np.abs(finite).max()) > 65504.0:
+                raise UnsupportedError(
+                    f"[compile] node {node.label!r} ({node.op_type}): its weight {name!r} exceeds "
+                    "float16's range (65504), so precision 'fp16' would turn it into infinity; "
+                    "use precision 'bf16' or 'fp32'",
+                    field="precision",
+                )
 
 
 def _native_constants(graph: Graph) -> dict[str, Constant]:

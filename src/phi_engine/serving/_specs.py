@@ -196,8 +196,13 @@ def planned_memory(slot: Slot, spec: DeploymentSpec) -> int:
     sample = slot.sample_inputs(spec.max_batch)
     program = model.program({k: v.shape for k, v in sample.items()})
     cuda = getattr(program, "cuda_segments", None)
-    if cuda is not None:  # on a GPU the arena is the device arena of each run context
-        arena = sum(seg.arena_bytes for seg in cuda.values())
+    if cuda is not None:
+        # On a GPU each replica's run context holds a device arena and, for its stream's
+        # products, a cuBLAS workspace.
+        from phi_engine import _native
+
+        workspace = int(getattr(_native.cuda, "blas_workspace_bytes", 0))
+        arena = sum(seg.arena_bytes for seg in cuda.values()) + workspace
     else:
         arena = sum(s.plan.arena_bytes for s in program.steps if isinstance(s, NativeSegment))
     return int(weights + arena * slot.settings.replicas)

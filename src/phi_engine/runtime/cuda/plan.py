@@ -32,12 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from phi_engine.errors import InvalidRequestError, PhiEngineError
+from phi_engine.errors import InvalidRequestError, PhiEngineError, UnsupportedError
 from phi_engine.runtime.plan import Constant, PlanBuilder, PlanRecord, RecordedStep, TensorSpec
 
 __all__ = ["CudaSegment", "DeviceWeights", "plan_memory"]
 
 _ALIGN = 256  # bytes; cudaMalloc's alignment, so every value can take the vectorised paths
+
+DEVICE_LOCK = threading.RLock()
+"""Held while a CUDA graph is captured and while device memory is freed or the device is waited
+for on purpose: CUDA forbids synchronizing the device while any stream is capturing, and
+freeing memory may synchronize. (Memory a garbage-collected program drops is freed whenever
+Python collects it; programs are evicted only past ``cache_size`` shapes.)"""
 
 _BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
 _UNARY = (
@@ -112,18 +118,35 @@ class DeviceWeights:
             if found is None:
                 array = value.numpy() if isinstance(value, Constant) else np.asarray(value)
                 array = np.ascontiguousarray(array)
-                buf = self._cu.DeviceBuffer(array.nbytes)
-                if array.nbytes:
-                    self._cu.copy_to_device(buf.ptr, array.reshape(-1).view(np.uint8))
                 if dtype is not None and dtype != str(array.dtype):
-                    wide = buf
-                    buf = self._cu.DeviceBuffer(array.size * _HALF_BYTES[dtype])
-                    self._cu.cast(wide.ptr, str(array.dtype), buf.ptr, dtype, array.size)
-                    self._cu.synchronize()
+                    array = _to_half(array, dtype)
+                buf = self._cu.DeviceBuffer(array.nbytes)
+                if array.nbytes:  # waits for the copy: visible to every stream afterwards
+                    self._cu.copy_to_device(buf.ptr, array.reshape(-1).view(np.uint8))
                 found = (value, buf)
                 self._buffers[key] = found
                 self.nbytes += int(buf.nbytes)
             return int(found[1].ptr)
+
+
+def _to_half(array: np.ndarray, dtype: str) -> np.ndarray:
+    """``array`` rounded to nearest-even as float16 or bfloat16 (the raw 16-bit words for
+    bfloat16, which numpy has no type for)."""
+    if dtype == "float16":
+        finite = array[np.isfinite(array)]
+        if finite.size and float(np.abs(finite).max()) > 65504.0:
+            raise UnsupportedError(
+                "[compile] a weight exceeds float16's range (65504): precision 'fp16' would "
+                "turn it into infinity; use precision 'bf16' or 'fp32'",
+                field="precision",
+            )
+        return array.astype(np.float16)
+    u = np.ascontiguousarray(array, np.float32).view(np.uint32)
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    words = rounded.astype(np.uint16)
+    nan = np.isnan(array)
+    words[nan] = np.uint16(0x7FC0)
+    return words
 
 
 def plan_memory(
@@ -381,6 +404,8 @@ class CudaSegment:
 
     def _release(self, ctx: _Context) -> None:
         if ctx.broken:
+            with DEVICE_LOCK:  # its memory is freed now, not during another thread's capture
+                ctx.close()
             return
         with self._lock:
             self._idle.append(ctx)
@@ -429,6 +454,14 @@ class _Context:
                 else:
                     self.bound.append((getattr(cu, launch.fn), args, kwargs))
 
+    def close(self) -> None:
+        """Drop the device resources now (the caller holds DEVICE_LOCK)."""
+        self.graph = None
+        self.bound = []
+        self.arena = self.error = self.stream = None
+        self.in_stage = self.out_stage = self.error_stage = None
+        self.in_view = self.out_view = self.error_words = np.zeros(0, np.uint8)
+
     def _bind(self, value: Any) -> Any:
         if isinstance(value, _Ref):
             return self.seg._resolve(self, value)
@@ -450,13 +483,14 @@ class _Context:
             if self.graph is not None:
                 self.graph.launch(s)
             elif seg.graphs and self.runs >= 1:
-                cu.begin_capture(s)
-                try:
-                    self._enqueue(threads)
-                except BaseException:
-                    cu.abort_capture(s)
-                    raise
-                self.graph = cu.end_capture(s)
+                with DEVICE_LOCK:  # no device-wide work (a free, a sync) during a capture
+                    cu.begin_capture(s)
+                    try:
+                        self._enqueue(threads)
+                    except BaseException:
+                        cu.abort_capture(s)
+                        raise
+                    self.graph = cu.end_capture(s)
                 self.graph.launch(s)
             else:
                 self._enqueue(threads)
@@ -501,21 +535,24 @@ class _Context:
         cu.copy_async(int(self.error_stage.ptr), int(self.error.ptr), 16, stream=s)
 
     def _run_host(self, host: _HostStep, threads: int) -> None:
+        """Run one step on the CPU kernels. The copies are ordered on the context's stream and
+        wait for it alone: never a device-wide synchronize, which would break another thread's
+        graph capture."""
         seg, cu = self.seg, self.cu
-        self.stream.synchronize()
+        s = int(self.stream.ptr)
         feeds = {}
         for name, slot in host.inputs:
             spec = seg._spec(slot)
             array = np.empty(spec.shape, np.dtype(spec.dtype))
             if array.nbytes:
-                cu.copy_to_host(array.reshape(-1).view(np.uint8), seg.address(self, slot))
+                cu.copy_to_host(array.reshape(-1).view(np.uint8), seg.address(self, slot), stream=s)
             feeds[name] = array
         result = host.plan.run(feeds, threads)
         for j, slot in enumerate(host.step.outputs):
             array = np.ascontiguousarray(result[f"out{j}"])
             if array.nbytes:
-                cu.copy_to_device(seg.address(self, slot), array.reshape(-1).view(np.uint8))
-        cu.synchronize()
+                dst = seg.address(self, slot)
+                cu.copy_to_device(dst, array.reshape(-1).view(np.uint8), stream=s)
 
 
 # ---- per-op lowerings ---------------------------------------------------------------------------
@@ -713,7 +750,7 @@ def _softmax(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     if axis not in (-1, len(shape) - 1):
         raise _Unsupported("softmax over an axis other than the last")
     kw: dict[str, Any] = {"scale": float(step.attrs.get("scale", 1.0))}
-    if "softmax" in seg._triton_ops:
+    if "softmax" in seg._triton_ops and (shape[-1] if shape else 1) <= _triton_max_row():
         from phi_engine.runtime.cuda import triton_ops
 
         rows_of = (0, 1) if mask is None else triton_ops.mask_rows(shape, _shape(seg, mask))
@@ -745,7 +782,7 @@ def _layer_norm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         "epsilon": float(step.attrs.get("epsilon", 1e-5)),
     }
     args = (seg._ref(x), seg._ref(step.outputs[0]), rows, cols, seg._ref(gamma))
-    if "layer_norm" in seg._triton_ops:
+    if "layer_norm" in seg._triton_ops and cols <= _triton_max_row():
         from phi_engine.runtime.cuda import triton_ops
 
         return [_Launch(triton_ops.layer_norm, args, kw)]
@@ -758,6 +795,13 @@ def _reshape(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     assert x is not None
     seg._root[step.outputs[0]] = x  # a view: same bytes, new shape
     return []
+
+
+def _triton_max_row() -> int:
+    """The longest row the Triton row kernels hold (longer rows stay on the CUDA kernels)."""
+    from phi_engine.kernels.softmax import MAX_ROW
+
+    return int(MAX_ROW)
 
 
 def _strides(shape: Sequence[int]) -> list[int]:
@@ -919,9 +963,11 @@ def _concat(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     launches, done = [], 0
     for slot in parts:
         width = _shape(seg, slot)[axis] * inner
-        launches.append(
-            _Launch("copy_2d", (_at(out, done), total, seg._ref(slot), width, width, outer), {})
-        )
+        if outer == 1:  # one contiguous run: a plain copy (no pitch limit)
+            launches.append(_Launch("copy_device", (_at(out, done), seg._ref(slot), width), {}))
+        else:
+            args = (_at(out, done), total, seg._ref(slot), width, width, outer)
+            launches.append(_Launch("copy_2d", args, {}))
         done += width
     return launches
 
