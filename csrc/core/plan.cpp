@@ -272,9 +272,33 @@ void Plan::finalize() {
     }
     copies_.push_back(c);
   }
+  alias_reshapes();
   plan_memory();
   build_views();
   finalized_ = true;
+}
+
+// A reshape only renames bytes: unless its output is written into a caller's buffer, the output
+// views its input's storage (an arena value, a caller's input or a constant) and the step does
+// nothing. The storage then lives as long as its last view is read.
+void Plan::alias_reshapes() {
+  auto root_of = [&](int v) {
+    while (values_[v].alias >= 0) v = values_[v].alias;
+    return v;
+  };
+  for (Step& step : steps_) {
+    if (step.op != "reshape" || step.inputs.empty() || step.inputs[0] < 0) continue;
+    Value& out = values_[step.outputs[0]];
+    const int root = root_of(step.inputs[0]);
+    const Value& r = values_[root];
+    if (out.direct_output >= 0 || (r.kind == ValueKind::intermediate && r.direct_output >= 0)) continue;
+    out.alias = root;
+  }
+  for (Value& v : values_) {
+    if (v.alias < 0) continue;
+    Value& r = values_[v.alias];
+    r.last_use = std::max({r.last_use, v.last_use, v.index});
+  }
 }
 
 // Greedy by size (largest first), each at the lowest aligned offset free of every placed value
@@ -287,7 +311,7 @@ void Plan::plan_memory() {
   size_t naive = 0, max_workspace = 0;
   for (size_t v = 0; v < values_.size(); ++v) {
     const Value& val = values_[v];
-    if (val.kind != ValueKind::intermediate || val.direct_output >= 0) continue;
+    if (val.kind != ValueKind::intermediate || val.direct_output >= 0 || val.alias >= 0) continue;
     size_t bytes = align_up(val.desc.nbytes());
     naive += bytes;
     regions_.push_back(MemoryRegion{static_cast<int>(v), val.index, 0, bytes, val.index, std::max(val.index, val.last_use)});
@@ -355,9 +379,10 @@ void Plan::build_views() {
     auto idx = static_cast<uint32_t>(view_template_.size());
     view_template_.emplace_back();
     if (value < 0) return;  // an absent optional input: dtype undefined, no data
-    const Value& v = values_[value];
     TensorView& view = view_template_.back();
-    view.desc = v.desc;
+    view.desc = values_[value].desc;
+    if (values_[value].alias >= 0) value = values_[value].alias;  // a reshape's view: its storage
+    const Value& v = values_[value];
     switch (v.kind) {
       case ValueKind::input:
         input_patches_.push_back(Patch{idx, static_cast<uint32_t>(v.index)});
@@ -374,7 +399,8 @@ void Plan::build_views() {
   };
   for (const Step& step : steps_) {
     ExecStep e;
-    e.kernel = step.kernel.get();
+    // A reshape whose output views its input runs nothing (its views are still laid out).
+    e.kernel = values_[step.outputs[0]].alias >= 0 ? nullptr : step.kernel.get();
     e.in_view = static_cast<uint32_t>(view_template_.size());
     for (size_t i = 0; i < step.kernel->arity(); ++i) add_view(i < step.inputs.size() ? step.inputs[i] : -1);
     e.out_view = static_cast<uint32_t>(view_template_.size());
@@ -420,14 +446,14 @@ void Plan::run(std::span<const TensorView> inputs, std::span<const TensorView> o
   if (options.step_ns == nullptr) {
     for (size_t s = 0; s < n; ++s) {
       const ExecStep& e = exec_[s];
-      e.kernel->run(views + e.in_view, views + e.out_view, workspaces[s], ctx);
+      if (e.kernel != nullptr) e.kernel->run(views + e.in_view, views + e.out_view, workspaces[s], ctx);
     }
   } else {
     using Clock = std::chrono::steady_clock;
     for (size_t s = 0; s < n; ++s) {
       const ExecStep& e = exec_[s];
       auto t0 = Clock::now();
-      e.kernel->run(views + e.in_view, views + e.out_view, workspaces[s], ctx);
+      if (e.kernel != nullptr) e.kernel->run(views + e.in_view, views + e.out_view, workspaces[s], ctx);
       options.step_ns[s] = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
     }
   }

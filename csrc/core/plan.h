@@ -150,6 +150,7 @@ class Plan {
     int index = -1;          // input: its position; constant: its position; intermediate: producer step
     int last_use = -1;       // last step reading it
     int direct_output = -1;  // output position its producer writes into, if any
+    int alias = -1;          // a reshape's output: the value whose bytes it views (no copy)
   };
   struct Step {
     std::string op;
@@ -189,6 +190,7 @@ class Plan {
   int check_slot(int value, const std::string& what) const;
   int new_value(const TensorDesc& desc, ValueKind kind, int index);
   void bind_constants(Kernel& kernel, const std::vector<int>& inputs, const std::vector<TensorDesc>& descs) const;
+  void alias_reshapes();
   void plan_memory();
   void build_views();
   void validate(std::span<const TensorView> inputs, std::span<const TensorView> outputs) const;

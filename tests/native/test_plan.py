@@ -590,3 +590,38 @@ def test_failing_runs_return_their_arenas_under_concurrency(rng: np.random.Gener
     assert not errors, errors[0]
     assert plan.arena_count <= 4  # one per concurrent run at most (0 after a final release)
     np.testing.assert_array_equal(plan.run(good)["y"], expected)
+
+
+def test_reshapes_view_their_input(rng: np.random.Generator) -> None:
+    """A reshape's output views its input's bytes (an arena value, a caller's input or a
+    constant): no copy runs, the storage lives while any view is read, and a reshape written
+    into a caller's output still copies."""
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 6)).astype(np.float32)
+    c = rng.standard_normal((3, 8)).astype(np.float32)
+    b = PlanBuilder()
+    xs = b.add_input("x", "float32", (4, 6))
+    ws = b.add_constant(w)
+    cs = b.add_constant(c)
+    (x2,) = b.add_step("reshape", [xs], {"shape": [2, 12]})  # views the caller's input
+    (h,) = b.add_step("matmul", [xs, ws])  # an arena value
+    (h2,) = b.add_step("reshape", [h], {"shape": [24]})
+    (h3,) = b.add_step("reshape", [h2], {"shape": [3, 8]})  # a view of a view
+    (c2,) = b.add_step("reshape", [cs], {"shape": [3, 8]})  # views a constant
+    (s,) = b.add_step("add", [h3, c2])
+    (t,) = b.add_step("tanh", [s])  # may reuse memory only where no view is alive
+    (u,) = b.add_step("add", [t, h3])  # h's storage must still hold h here
+    (x3,) = b.add_step("reshape", [x2], {"shape": [24]})
+    (out_r,) = b.add_step("reshape", [u], {"shape": [24]})  # a plan output: copied
+    b.mark_output(out_r, "y")
+    b.mark_output(x3, "x_flat")
+    plan = b.build()
+    got = plan.run({"x": x})
+    hh = (x @ w).reshape(3, 8)
+    want = (np.tanh(hh + c) + hh).reshape(24)
+    np.testing.assert_allclose(got["y"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["x_flat"], x.reshape(24))
+    profiled = plan.run_profiled({"x": x})
+    np.testing.assert_allclose(profiled.outputs["y"], want, rtol=1e-5, atol=1e-5)
+    # Only the matmul's result and the two adds' and tanh's need arena room, not the reshapes'.
+    assert plan.arena_bytes < plan.naive_bytes
