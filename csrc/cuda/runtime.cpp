@@ -2,9 +2,52 @@
 
 #include "cuda/gemm.h"
 
+#include <mutex>
+#include <utility>
+#include <vector>
+
 namespace phi::cuda {
 
 namespace {
+
+// Graph captures in progress (any thread) and the frees they put off: CUDA forbids synchronizing
+// the device while a stream is capturing, and cudaFree / cudaFreeHost may synchronize, so memory
+// dropped during a capture is freed when the last capture ends.
+std::mutex capture_mutex;
+int captures = 0;
+std::vector<std::pair<void*, bool>> deferred;  // (pointer, pinned host memory)
+
+void free_now(void* p, bool host) noexcept {
+  const cudaError_t err = host ? cudaFreeHost(p) : cudaFree(p);
+  if (err != cudaSuccess) (void)cudaGetLastError();
+}
+
+// Frees `p` now, or when the captures in progress have ended.
+void release(void* p, bool host) noexcept {
+  if (p == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(capture_mutex);
+    if (captures > 0) {
+      deferred.emplace_back(p, host);
+      return;
+    }
+  }
+  free_now(p, host);
+}
+
+void capture_started() {
+  std::lock_guard<std::mutex> lock(capture_mutex);
+  ++captures;
+}
+
+void capture_ended() noexcept {
+  std::vector<std::pair<void*, bool>> now;
+  {
+    std::lock_guard<std::mutex> lock(capture_mutex);
+    if (--captures == 0) now.swap(deferred);
+  }
+  for (const auto& [p, host] : now) free_now(p, host);
+}
 
 ErrorCode code_of(cudaError_t err) {
   switch (err) {
@@ -114,9 +157,10 @@ DeviceBuffer::DeviceBuffer(size_t nbytes) : nbytes_(nbytes) {
 }
 
 DeviceBuffer::~DeviceBuffer() {
-  // cudaFree waits for the kernels still using the memory. Its error cannot be thrown from a
-  // destructor; a sticky fault it might report is reported again by the next call that checks.
-  if (data_ != nullptr && cudaFree(data_) != cudaSuccess) (void)cudaGetLastError();
+  // cudaFree waits for the kernels still using the memory (put off while a graph is being
+  // captured). Its error cannot be thrown from a destructor; a sticky fault it might report is
+  // reported again by the next call that checks.
+  release(data_, false);
 }
 
 void copy_to_device(void* dst, const void* src, size_t nbytes, cudaStream_t stream) {
@@ -187,9 +231,7 @@ HostBuffer::HostBuffer(size_t nbytes) : nbytes_(nbytes) {
   check_cuda(cudaHostAlloc(&data_, nbytes == 0 ? 1 : nbytes, cudaHostAllocDefault), "host_alloc");
 }
 
-HostBuffer::~HostBuffer() {
-  if (data_ != nullptr && cudaFreeHost(data_) != cudaSuccess) (void)cudaGetLastError();
-}
+HostBuffer::~HostBuffer() { release(data_, true); }
 
 Graph::~Graph() {
   if (exec_ != nullptr && cudaGraphExecDestroy(exec_) != cudaSuccess) (void)cudaGetLastError();
@@ -198,12 +240,19 @@ Graph::~Graph() {
 void Graph::launch(cudaStream_t stream) { check_cuda(cudaGraphLaunch(exec_, stream), "graph"); }
 
 void begin_capture(cudaStream_t stream) {
-  check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "graph");
+  capture_started();
+  const cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+  if (err != cudaSuccess) {
+    capture_ended();
+    throw_cuda_error("graph", err);
+  }
 }
 
 Graph* end_capture(cudaStream_t stream) {
   cudaGraph_t graph = nullptr;
-  check_cuda(cudaStreamEndCapture(stream, &graph), "graph");
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  capture_ended();
+  check_cuda(ended, "graph");
   size_t nodes = 0;
   cudaError_t err = cudaGraphGetNodes(graph, nullptr, &nodes);
   cudaGraphExec_t exec = nullptr;
@@ -218,6 +267,7 @@ void abort_capture(cudaStream_t stream) noexcept {
   if (cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
     cudaGraph_t graph = nullptr;
     if (cudaStreamEndCapture(stream, &graph) == cudaSuccess && graph != nullptr) (void)cudaGraphDestroy(graph);
+    capture_ended();
   }
   (void)cudaGetLastError();
 }

@@ -40,10 +40,10 @@ __all__ = ["CudaSegment", "DeviceWeights", "plan_memory"]
 _ALIGN = 256  # bytes; cudaMalloc's alignment, so every value can take the vectorised paths
 
 DEVICE_LOCK = threading.RLock()
-"""Held while a CUDA graph is captured and while device memory is freed or the device is waited
-for on purpose: CUDA forbids synchronizing the device while any stream is capturing, and
-freeing memory may synchronize. (Memory a garbage-collected program drops is freed whenever
-Python collects it; programs are evicted only past ``cache_size`` shapes.)"""
+"""Held while a CUDA graph is captured and while a broken context's memory is dropped: CUDA
+forbids synchronizing the device while any stream is capturing, and freeing memory may
+synchronize. (The CUDA module also puts off any free made during a capture, from any thread,
+until the capture ends, so memory a garbage-collected program drops is safe too.)"""
 
 _BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
 _UNARY = (
