@@ -3,10 +3,13 @@
 # the GPU tests against the numpy reference, then time each kernel against the ceilings measured
 # on the same device (benchmarks/gpu/bench_cuda.py) and print a short table. A few minutes.
 #
-#   benchmarks/gpu/check.sh [--dry-run]
+#   benchmarks/gpu/check.sh [--dry-run] [--part all|tests|bench]
 #
 # --dry-run: on a machine without a GPU, build and run everything that can run (the GPU tests
 # skip, the benchmark is left out), to check the script itself.
+# --part: "tests" builds and runs the tests only; "bench" reuses that build (PHI_SITE) and runs
+# the benchmarks only. A lent GPU machine allows 10 minutes per command, so run the two parts as
+# two calls on the same warm machine when the whole would not fit.
 #
 # Environment:
 #   PYTHON      interpreter to build and test with (default python3; it needs numpy, pytest,
@@ -31,7 +34,25 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 ROOT=$(pwd)
 DRY_RUN=0
-[[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
+PART=all
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --part)
+      PART=${2:-}
+      shift
+      ;;
+    *)
+      echo "check.sh: unknown argument $1 (use --dry-run, --part all|tests|bench)" >&2
+      exit 2
+      ;;
+  esac
+  shift
+done
+[[ $PART == all || $PART == tests || $PART == bench ]] || {
+  echo "check.sh: --part must be all, tests or bench" >&2
+  exit 2
+}
 PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-$ROOT/build/gpu-check}
 SITE=${PHI_SITE:-/tmp/phi-gpu-site}
@@ -86,16 +107,20 @@ for tool in ("cmake", "ninja"):
 sys.exit(1 if missing else 0)
 EOF
 
-step "build (PHI_ENGINE_CUDA=ON, CUDAARCHS=$CUDAARCHS)"
-rm -rf "$SITE/phi_engine" "$SITE"/phi_engine-*.dist-info
-PHI_ENGINE_CUDA=ON timeout 1200 "$PY" -m pip install -v --no-index --no-deps --no-build-isolation \
-  --target "$SITE" --upgrade -Cbuild-dir="$BUILD_DIR" "$ROOT" >"$OUT_DIR/build.log" 2>&1
-build_rc=$?
-grep -E "phi_engine:|CMake (Error|Warning)|error:" "$OUT_DIR/build.log" | head -n 40
-[[ $build_rc == 0 ]] || {
-  tail -n 40 "$OUT_DIR/build.log"
-  die 2 "the build failed (full log: $OUT_DIR/build.log)"
-}
+if [[ $PART == bench && -d "$SITE/phi_engine" ]]; then
+  step "build: reusing $SITE (--part bench)"
+else
+  step "build (PHI_ENGINE_CUDA=ON, CUDAARCHS=$CUDAARCHS)"
+  rm -rf "$SITE/phi_engine" "$SITE"/phi_engine-*.dist-info
+  PHI_ENGINE_CUDA=ON timeout 1200 "$PY" -m pip install -v --no-index --no-deps --no-build-isolation \
+    --target "$SITE" --upgrade -Cbuild-dir="$BUILD_DIR" "$ROOT" >"$OUT_DIR/build.log" 2>&1
+  build_rc=$?
+  grep -E "phi_engine:|CMake (Error|Warning)|error:" "$OUT_DIR/build.log" | head -n 40
+  [[ $build_rc == 0 ]] || {
+    tail -n 40 "$OUT_DIR/build.log"
+    die 2 "the build failed (full log: $OUT_DIR/build.log)"
+  }
+fi
 "$PY" - <<'EOF' || die 2 "the CUDA module does not load"
 from phi_engine import _native
 cu = _native.cuda
@@ -105,6 +130,9 @@ print(f"{cu.__file__}: sm {cu.architectures}, cuBLAS {cu.has_cublas}, runtime {c
       f"driver {cu.driver_version()}, devices {cu.device_list() or cu.device_status()}")
 EOF
 
+test_rc=0 triton_rc=0 xla_rc=0
+tests_summary="not run" triton_summary="not run" xla_summary="not run"
+if [[ $PART != bench ]]; then
 step "GPU tests (pytest tests/gpu -m gpu)"
 if [[ $DRY_RUN == 1 ]]; then require=0; else require=1; fi
 PHI_ENGINE_REQUIRE_GPU=$require timeout 900 "$PY" -m pytest tests/gpu -m gpu -q -rs -p no:cacheprovider \
@@ -130,10 +158,11 @@ xla_rc=$?
 grep -E "^(FAILED|ERROR)" "$OUT_DIR/pytest_xla.log" | head -n 20
 xla_summary=$(tail -n 1 "$OUT_DIR/pytest_xla.log")
 echo "$xla_summary"
+fi
 
 bench_rc=0
-if [[ $DRY_RUN == 1 ]]; then
-  step "benchmarks: left out in a dry run"
+if [[ $DRY_RUN == 1 || $PART == tests ]]; then
+  step "benchmarks: left out (dry run or --part tests)"
 else
   step "benchmark (bench_cuda.py)"
   timeout 900 "$PY" benchmarks/gpu/bench_cuda.py --out "$OUT_DIR" 2>&1 | grep -v '^|'
