@@ -357,6 +357,58 @@ def _conv(node: Node, xs: list[Any]) -> list[Any]:
     return [y]
 
 
+@_op("ConvTranspose")
+def _conv_transpose(node: Node, xs: list[Any]) -> list[Any]:
+    """The gradient of a convolution: the input dilated by the strides, convolved with the
+    weights flipped in space and with input and output channels swapped (per group)."""
+    from jax import lax
+
+    jnp = _jnp()
+    x, w = xs[0], xs[1]
+    n = x.ndim - 2
+    group = int(_attr(node, "group", 1))
+    c_in, c_out_g = int(w.shape[0]), int(w.shape[1])
+    kernel = tuple(int(k) for k in w.shape[2:])
+    strides = [int(v) for v in _attr(node, "strides", [1] * n)]
+    dilations = [int(v) for v in _attr(node, "dilations", [1] * n)]
+    out_pad = [int(v) for v in _attr(node, "output_padding", [0] * n)]
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    out_shape = _attr(node, "output_shape")
+    auto = _attr(node, "auto_pad", "NOTSET")
+    if out_shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        if out_shape is None:
+            out_shape = [int(x.shape[2 + i]) * strides[i] for i in range(n)]
+        wanted = [int(v) for v in out_shape][-n:]
+        total = [
+            strides[i] * (int(x.shape[2 + i]) - 1) + out_pad[i] + extent[i] - wanted[i]
+            for i in range(n)
+        ]
+        upper = auto == "SAME_UPPER"  # the extra cell at the end, else at the start
+        begin = [t // 2 if upper else t - t // 2 for t in total]
+        pads = [*begin, *(t - b for t, b in zip(total, begin, strict=True))]
+    else:
+        pads = [int(v) for v in _attr(node, "pads", [0] * (2 * n))]
+    padding = [
+        (extent[i] - 1 - pads[i], extent[i] - 1 - pads[n + i] + out_pad[i]) for i in range(n)
+    ]
+    # [C_in, C_out/g, k...] -> [C_out, C_in/g, k...], flipped in space.
+    wg = w.reshape((group, c_in // group, c_out_g, *kernel))
+    wg = jnp.swapaxes(wg, 1, 2).reshape((group * c_out_g, c_in // group, *kernel))
+    wg = jnp.flip(wg, axis=tuple(range(2, 2 + n)))
+    y = lax.conv_general_dilated(
+        x,
+        wg,
+        window_strides=(1,) * n,
+        padding=padding,
+        lhs_dilation=tuple(strides),
+        rhs_dilation=tuple(dilations),
+        feature_group_count=group,
+    )
+    if len(xs) > 2 and xs[2] is not None:
+        y = y + xs[2].reshape((1, -1) + (1,) * n)
+    return [y]
+
+
 def _pool(node: Node, x: Any, reducer: str) -> Any:
     from jax import lax
 
@@ -806,10 +858,6 @@ def _instance_norm(node: Node, xs: list[Any]) -> list[Any]:
     return [(x - mean) / jnp.sqrt(var + eps) * scale.reshape(shape) + bias.reshape(shape)]
 
 
-OPS: tuple[str, ...] = tuple(sorted(_TABLE))
-"""The ONNX ops (default domain) this backend runs."""
-
-
 _DTYPES = frozenset(
     np.dtype(t)
     for t in (
@@ -827,6 +875,281 @@ _DTYPES = frozenset(
         np.bool_,
     )
 ) | frozenset(t for t in (_bfloat16(),) if t is not None)
+
+
+# ---- more elementwise, normalisation and indexing ops ------------------------------------------
+
+
+@_op("Celu")
+def _celu(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    alpha = float(_attr(node, "alpha", 1.0))
+    return [jnp.maximum(x, 0) + jnp.minimum(0, alpha * (jnp.exp(x / alpha) - 1))]
+
+
+@_op("Swish")
+def _swish(node: Node, xs: list[Any]) -> list[Any]:
+    import jax
+
+    alpha = float(_attr(node, "alpha", 1.0))
+    return [xs[0] * jax.nn.sigmoid(alpha * xs[0])]
+
+
+@_op("Shrink")
+def _shrink(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    lambd, bias = float(_attr(node, "lambd", 0.5)), float(_attr(node, "bias", 0.0))
+    zero = jnp.zeros_like(x)
+    y = jnp.where(x < -lambd, x + bias, jnp.where(x > lambd, x - bias, zero))
+    return [y.astype(x.dtype)]
+
+
+@_op("IsInf")
+def _isinf(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    neg = bool(_attr(node, "detect_negative", 1))
+    pos = bool(_attr(node, "detect_positive", 1))
+    return [(jnp.isposinf(x) & pos) | (jnp.isneginf(x) & neg)]
+
+
+@_op("Mod")
+def _mod(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    a, b = xs
+    if _attr(node, "fmod", 0):
+        return [jnp.fmod(a, b)]  # the sign of the dividend, as C's fmod
+    return [jnp.mod(a, b)]  # the sign of the divisor, as Python's %
+
+
+@_op("CastLike")
+def _cast_like(node: Node, xs: list[Any]) -> list[Any]:
+    return [xs[0]]  # converted to the output's dtype by _run_node, as Cast
+
+
+@_op("EyeLike")
+def _eye_like(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]  # the output's dtype (attribute dtype, else x's) is applied by _run_node
+    return [_jnp().eye(x.shape[0], x.shape[1], k=int(_attr(node, "k", 0)), dtype=x.dtype)]
+
+
+@_op("Size")
+def _size(node: Node, xs: list[Any]) -> list[Any]:
+    return [np.asarray(math.prod(xs[0].shape), np.int64)]
+
+
+@_op("Hardmax")
+def _hardmax(node: Node, xs: list[Any]) -> list[Any]:
+    import jax
+
+    x = xs[0]
+    axis = _axis(node, x.ndim, -1)
+    return [jax.nn.one_hot(_jnp().argmax(x, axis=axis), x.shape[axis], axis=axis, dtype=x.dtype)]
+
+
+@_op("LpNormalization")
+def _lp_normalization(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    axis = _axis(node, x.ndim, -1)
+    p = int(_attr(node, "p", 2))
+    if p == 1:
+        norm = jnp.sum(jnp.abs(x), axis=axis, keepdims=True)
+    elif p == 2:
+        norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
+    else:
+        _fail(node, f"p={p} (1 or 2)")
+    safe = jnp.where(norm == 0, 1, norm)
+    return [jnp.where(norm == 0, 0, x / safe).astype(x.dtype)]  # a zero vector stays zero
+
+
+@_op("MeanVarianceNormalization")
+def _mvn(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    axes = tuple(int(a) % x.ndim for a in _attr(node, "axes", [0, 2, 3]))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean((x - mean) ** 2, axis=axes, keepdims=True)
+    return [(x - mean) / (jnp.sqrt(var) + 1e-9)]
+
+
+@_op("RMSNormalization")
+def _rms_norm(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x, scale = xs[0], xs[1]
+    axis = _axis(node, x.ndim, -1)
+    axes = tuple(range(axis, x.ndim))
+    eps = float(_attr(node, "epsilon", 1e-5))
+    h = x.astype(jnp.float32)
+    y = h / jnp.sqrt(jnp.mean(h * h, axis=axes, keepdims=True) + eps) * scale
+    return [y.astype(x.dtype)]
+
+
+@_op("GroupNormalization")
+def _group_norm(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x, scale, bias = xs[0], xs[1], xs[2]
+    groups = int(_attr(node, "num_groups"))
+    eps = float(_attr(node, "epsilon", 1e-5))
+    n, c = x.shape[0], x.shape[1]
+    g = x.reshape((n, groups, -1)).astype(jnp.float32)
+    mean = g.mean(axis=2, keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=2, keepdims=True)
+    y = ((g - mean) / jnp.sqrt(var + eps)).reshape(x.shape)
+    per = (1, c) + (1,) * (x.ndim - 2)
+    if scale.shape[0] != c:  # opset 18: scale and bias per group
+        scale = jnp.repeat(scale, c // groups)
+        bias = jnp.repeat(bias, c // groups)
+    return [(y * scale.reshape(per) + bias.reshape(per)).astype(x.dtype)]
+
+
+@_op("DepthToSpace")
+def _depth_to_space(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]
+    b = int(_attr(node, "blocksize"))
+    n, c, h, w = x.shape
+    if _attr(node, "mode", "DCR") == "DCR":
+        t = x.reshape((n, b, b, c // (b * b), h, w)).transpose((0, 3, 4, 1, 5, 2))
+    else:  # CRD
+        t = x.reshape((n, c // (b * b), b, b, h, w)).transpose((0, 1, 4, 2, 5, 3))
+    return [t.reshape((n, c // (b * b), h * b, w * b))]
+
+
+@_op("SpaceToDepth")
+def _space_to_depth(node: Node, xs: list[Any]) -> list[Any]:
+    x = xs[0]
+    b = int(_attr(node, "blocksize"))
+    n, c, h, w = x.shape
+    t = x.reshape((n, c, h // b, b, w // b, b))
+    if _attr(node, "mode", "DCR") == "CRD":  # the inverse of DepthToSpace's CRD
+        t = t.transpose((0, 1, 3, 5, 2, 4))
+    else:
+        t = t.transpose((0, 3, 5, 1, 2, 4))
+    return [t.reshape((n, c * b * b, h // b, w // b))]
+
+
+@_op("OneHot")
+def _one_hot(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    idx, depth_in, values = xs
+    depth = int(np.asarray(_static(node, depth_in, "depth")).reshape(-1)[0])
+    axis = int(_attr(node, "axis", -1))
+    idx = jnp.where(idx < 0, idx + depth, idx)
+    rank = idx.ndim + 1
+    axis = axis + rank if axis < 0 else axis
+    hot = jnp.expand_dims(idx, axis) == jnp.arange(depth).reshape(
+        [depth if d == axis else 1 for d in range(rank)]
+    )
+    return [jnp.where(hot, values[1], values[0])]
+
+
+@_op("GatherND")
+def _gather_nd(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    data, idx = xs
+    bd = int(_attr(node, "batch_dims", 0))
+    k = idx.shape[-1]
+    lead = data.shape[:bd]
+    batch = math.prod(lead)
+    d = data.reshape((batch, *data.shape[bd:]))
+    i = idx.reshape((batch, -1, k))
+    dims = jnp.asarray(data.shape[bd : bd + k])
+    i = jnp.where(i < 0, i + dims, i)
+    picked = jnp.stack([d[b][tuple(i[b].T)] for b in range(batch)])
+    return [picked.reshape((*idx.shape[:-1], *data.shape[bd + k :]))]
+
+
+_SCATTER_REDUCE = {"none": "set", "add": "add", "mul": "multiply", "max": "max", "min": "min"}
+
+
+@_op("ScatterElements")
+def _scatter_elements(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    data, idx, upd = xs
+    axis = _axis(node, data.ndim, 0)
+    idx = jnp.where(idx < 0, idx + data.shape[axis], idx)
+    grid = jnp.meshgrid(*[jnp.arange(n) for n in idx.shape], indexing="ij")
+    grid[axis] = idx
+    how = _SCATTER_REDUCE.get(str(_attr(node, "reduction", "none")))
+    if how is None:
+        _fail(node, f"reduction {_attr(node, 'reduction')!r}")
+    return [getattr(data.at[tuple(grid)], how)(upd)]
+
+
+@_op("ScatterND")
+def _scatter_nd(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    data, idx, upd = xs
+    k = idx.shape[-1]
+    i = jnp.where(idx < 0, idx + jnp.asarray(data.shape[:k]), idx)
+    how = _SCATTER_REDUCE.get(str(_attr(node, "reduction", "none")))
+    if how is None:
+        _fail(node, f"reduction {_attr(node, 'reduction')!r}")
+    return [getattr(data.at[tuple(jnp.moveaxis(i, -1, 0))], how)(upd)]
+
+
+@_op("CumProd")
+def _cumprod(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    axis = int(_static(node, xs[1], "axis")) % x.ndim
+    if _attr(node, "reverse", 0):
+        x = jnp.flip(x, axis=axis)
+    out = jnp.cumprod(x, axis=axis, dtype=x.dtype)
+    if _attr(node, "exclusive", 0):
+        ones = jnp.ones_like(jnp.take(out, jnp.arange(1), axis=axis))
+        out = jnp.concatenate(
+            [ones, jnp.take(out, jnp.arange(x.shape[axis] - 1), axis=axis)], axis=axis
+        )
+    if _attr(node, "reverse", 0):
+        out = jnp.flip(out, axis=axis)
+    return [out]
+
+
+for _name, _fn_name in (
+    ("BitwiseAnd", "bitwise_and"),
+    ("BitwiseOr", "bitwise_or"),
+    ("BitwiseXor", "bitwise_xor"),
+):
+    _TABLE[_name] = _binary(_fn_name)
+
+
+@_op("BitwiseNot")
+def _bitwise_not(node: Node, xs: list[Any]) -> list[Any]:
+    return [_jnp().bitwise_not(xs[0])]
+
+
+@_op("BitShift")
+def _bit_shift(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    fn = jnp.left_shift if _attr(node, "direction") == "LEFT" else jnp.right_shift
+    return [fn(xs[0], xs[1])]
+
+
+@_op("ReduceLogSum")
+def _reduce_log_sum(node: Node, xs: list[Any]) -> list[Any]:
+    (total,) = _reduce("sum")(node, xs)
+    return [_jnp().log(total)]
+
+
+@_op("LRN")
+def _lrn(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    x = xs[0]
+    size = int(_attr(node, "size"))
+    alpha, beta = float(_attr(node, "alpha", 1e-4)), float(_attr(node, "beta", 0.75))
+    bias = float(_attr(node, "bias", 1.0))
+    lo, hi = (size - 1) // 2, size // 2  # channels below and above each one
+    sq = jnp.pad(x * x, [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
+    c = x.shape[1]
+    window = sum(sq[:, i : i + c] for i in range(size))
+    return [x / (bias + alpha / size * window) ** beta]
+
+
+OPS: tuple[str, ...] = tuple(sorted(_TABLE))
+"""The ONNX ops (default domain) this backend runs."""
 
 
 def _why_not(node: Node) -> str | None:
