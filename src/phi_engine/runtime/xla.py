@@ -1148,6 +1148,112 @@ def _lrn(node: Node, xs: list[Any]) -> list[Any]:
     return [x / (bias + alpha / size * window) ** beta]
 
 
+@_op("Resize", "Upsample")
+def _resize(node: Node, xs: list[Any]) -> list[Any]:
+    """The CPU backend's arithmetic (graph/ops/_resize.py: output sizes, per-axis taps and
+    weights, computed from the static shapes while tracing) applied with jax.numpy, one axis
+    after another, in float32."""
+    from phi_engine.graph.ops import image
+    from phi_engine.graph.registry import OpContext
+
+    jnp = _jnp()
+    ctx = OpContext(node)
+    data = xs[0]
+    params = [None if v is None else _static(node, v, "roi, scales and sizes") for v in xs[1:]]
+    mode = image._mode(ctx)
+    out, taps = image._plan(ctx, [data, *params])
+    integer = jnp.issubdtype(data.dtype, jnp.integer)
+    y = data if mode.mode == "nearest" else data.astype(jnp.float32)
+    outside = (
+        np.zeros(tuple(out), bool) if any(t.outside is not None for t in taps.values()) else None
+    )
+    for axis, t in taps.items():
+        gathered = jnp.take(y, jnp.asarray(t.index.astype(np.int32)), axis=axis)
+        if t.weights is None:
+            y = jnp.squeeze(gathered, axis=axis + 1)
+        else:
+            shape = (1,) * axis + t.weights.shape + (1,) * (y.ndim - axis - 1)
+            w = jnp.asarray(t.weights.astype(np.float32)).reshape(shape)
+            y = jnp.sum(gathered * w, axis=axis + 1)
+        if outside is not None and t.outside is not None:
+            outside |= t.outside.reshape((1,) * axis + (-1,) + (1,) * (len(out) - axis - 1))
+    if mode.mode != "nearest" and integer:  # round half to even and saturate, as on the CPU
+        info = jnp.iinfo(data.dtype)
+        y = jnp.clip(jnp.round(y), info.min, info.max)
+    if outside is not None:
+        y = jnp.where(jnp.asarray(outside), jnp.asarray(mode.extrapolation, y.dtype), y)
+    return [y.astype(data.dtype)]
+
+
+_QUANT_RANGES = {
+    "uint8": (0, 255),
+    "int8": (-128, 127),
+    "uint16": (0, 65535),
+    "int16": (-32768, 32767),
+}
+
+
+def _quant_param(node: Node, p: Any, shape: tuple[int, ...]) -> Any:
+    """A scale or zero point broadcastable against an input of ``shape``: per tensor, per axis
+    (1-D along ``axis``) or blocked (``block_size`` elements along ``axis`` per value)."""
+    jnp = _jnp()
+    if p.ndim == 0 or p.size == 1:
+        return p.reshape(())
+    axis = int(_attr(node, "axis", 1)) if node.version >= 13 else 1
+    axis = axis + len(shape) if axis < 0 else axis
+    block = int(_attr(node, "block_size", 0)) if node.version >= 21 else 0
+    if block <= 0:
+        return p.reshape([p.size if d == axis else 1 for d in range(len(shape))])
+    return jnp.take(jnp.repeat(p, block, axis=axis), jnp.arange(shape[axis]), axis=axis)
+
+
+@_op("QuantizeLinear")
+def _quantize_linear(node: Node, xs: list[Any]) -> list[Any]:
+    """round(x / scale) half to even, plus the zero point, saturated (integer targets)."""
+    jnp = _jnp()
+    data, scale = xs[0], xs[1]
+    zp = xs[2] if len(xs) > 2 else None
+    target = np.dtype(zp.dtype) if zp is not None else None
+    code = int(_attr(node, "output_dtype", 0)) if node.version >= 21 else 0
+    if target is None:
+        target = np.dtype({2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16}.get(code, np.uint8))
+        if code not in (0, 2, 3, 4, 5):
+            target = None
+    if target is None or target.name not in _QUANT_RANGES:
+        _fail(node, "a quantized type other than int8, uint8, int16 or uint16")
+    lo, hi = _QUANT_RANGES[target.name]
+    s = _quant_param(node, scale, data.shape).astype(jnp.float32)
+    q = jnp.round(data.astype(jnp.float32) / s)
+    if zp is not None:
+        q = q + _quant_param(node, zp, data.shape).astype(jnp.float32)
+    return [jnp.clip(q, lo, hi)]
+
+
+@_op("DequantizeLinear")
+def _dequantize_linear(node: Node, xs: list[Any]) -> list[Any]:
+    jnp = _jnp()
+    data, scale = xs[0], xs[1]
+    zp = xs[2] if len(xs) > 2 else None
+    v = data.astype(jnp.float32)
+    if zp is not None:
+        v = v - _quant_param(node, zp, data.shape).astype(jnp.float32)
+    return [v * _quant_param(node, scale, data.shape).astype(jnp.float32)]
+
+
+@_op("DynamicQuantizeLinear")
+def _dynamic_quantize_linear(node: Node, xs: list[Any]) -> list[Any]:
+    """uint8 over [min(0, min x), max(0, max x)] in float32; a constant-zero input gets the
+    scale 1 / 255, as the CPU backend and ONNX Runtime."""
+    jnp = _jnp()
+    x = xs[0].astype(jnp.float32)
+    hi = jnp.maximum(0.0, jnp.max(x))
+    lo = jnp.minimum(0.0, jnp.min(x))
+    scale = jnp.where(hi != lo, hi - lo, 1.0) / jnp.float32(255)
+    zp = jnp.round(jnp.clip(-lo / scale, 0, 255))
+    y = jnp.clip(jnp.round(x / scale) + zp, 0, 255)
+    return [y, scale, zp]
+
+
 OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 """The ONNX ops (default domain) this backend runs."""
 
