@@ -1254,6 +1254,130 @@ def _dynamic_quantize_linear(node: Node, xs: list[Any]) -> list[Any]:
     return [y, scale, zp]
 
 
+def _rnn_activation(name: str, alpha: float | None, beta: float | None) -> Callable[[Any], Any]:
+    import jax
+
+    jnp = _jnp()
+    a, b = alpha or 0.0, beta or 0.0
+    table: dict[str, Callable[[Any], Any]] = {
+        "relu": lambda x: jnp.maximum(x, 0),
+        "tanh": jnp.tanh,
+        "sigmoid": jax.nn.sigmoid,
+        "softsign": lambda x: x / (1 + jnp.abs(x)),
+        "softplus": lambda x: jnp.logaddexp(0, x),
+        "affine": lambda x: a * x + b,
+        "leakyrelu": lambda x: jnp.where(x >= 0, x, a * x),
+        "thresholdedrelu": lambda x: jnp.where(x > a, x, 0.0),
+        "scaledtanh": lambda x: a * jnp.tanh(b * x),
+        "hardsigmoid": lambda x: jnp.clip(a * x + b, 0, 1),
+        "elu": lambda x: jnp.where(x >= 0, x, a * jnp.expm1(jnp.minimum(x, 0))),
+    }
+    return table[name]
+
+
+@_op("RNN", "GRU", "LSTM")
+def _recurrent(node: Node, xs: list[Any]) -> list[Any]:
+    """The CPU backend's recurrence (graph/ops/recurrent.py), step by step in float32 with the
+    time loop unrolled: steps at or past a batch entry's ``sequence_lens`` keep its state and
+    output zeros; gate pre-activations are clipped when ``clip`` is given."""
+    from phi_engine.graph.ops import recurrent as rec
+
+    jnp = _jnp()
+    kind = node.op_type
+    dirs = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}.get(
+        str(_attr(node, "direction", "forward"))
+    )
+    if dirs is None:
+        _fail(node, f"direction {_attr(node, 'direction')!r}")
+    per = len(rec._DEFAULT_ACTIVATIONS[kind])
+    names = [
+        str(n).lower()
+        for n in (_attr(node, "activations") or rec._DEFAULT_ACTIVATIONS[kind] * len(dirs))
+    ]
+    alphas = list(_attr(node, "activation_alpha") or [])
+    betas = list(_attr(node, "activation_beta") or [])
+    acts = []
+    for name in names:
+        if name not in rec._PARAMS:
+            _fail(node, f"activation {name!r}")
+        da, db = rec._PARAMS[name]
+        alpha = (float(alphas.pop(0)) if alphas else da) if da is not None else None
+        beta = (float(betas.pop(0)) if betas else db) if db is not None else None
+        acts.append(_rnn_activation(name, alpha, beta))
+    clip = _attr(node, "clip")
+    layout = int(_attr(node, "layout", 0)) if node.version >= 14 else 0
+    lbr = bool(_attr(node, "linear_before_reset", 0))
+    input_forget = bool(_attr(node, "input_forget", 0))
+
+    def cl(v: Any) -> Any:
+        return v if clip is None else jnp.clip(v, -float(clip), float(clip))
+
+    def arg(i: int) -> Any:
+        return xs[i] if len(xs) > i else None
+
+    data = xs[0].astype(jnp.float32)
+    x = data if layout == 0 else jnp.transpose(data, (1, 0, 2))
+    seq, batch = int(x.shape[0]), int(x.shape[1])
+    w_all, r_all = xs[1].astype(jnp.float32), xs[2].astype(jnp.float32)
+    b_all, lens_v, h0_v, c0_v, p_all = (arg(i) for i in range(3, 8))
+    hidden = int(r_all.shape[-1])
+    gates = rec._GATES[kind]
+    n = gates * hidden
+    lens = jnp.full((batch,), seq) if lens_v is None else lens_v.reshape(-1)
+    ys, hs, cs = [], [], []
+    for d, reverse in enumerate(dirs):
+        w, r = w_all[d], r_all[d]
+        bias = jnp.zeros(2 * n) if b_all is None else b_all[d].astype(jnp.float32)
+        wb, rb = bias[:n], bias[n:]
+        peep = jnp.zeros(3 * hidden) if p_all is None else p_all[d].astype(jnp.float32)
+
+        def state(v: Any, d: int = d) -> Any:
+            if v is None:
+                return jnp.zeros((batch, hidden), jnp.float32)
+            return (v[:, d] if layout else v[d]).astype(jnp.float32)
+
+        h, c = state(h0_v), state(c0_v)
+        fa = acts[d * per : (d + 1) * per]
+        xw = jnp.einsum("tbi,gi->tbg", x, w) + wb
+        out = [None] * seq
+        for t in range(seq - 1, -1, -1) if reverse else range(seq):
+            live = (t < lens)[:, None]
+            if kind == "RNN":
+                h_new, c_new = fa[0](cl(xw[t] + h @ r.T + rb)), c
+            elif kind == "GRU":
+                hr = h @ r[: 2 * hidden].T + rb[: 2 * hidden]
+                z = fa[0](cl(xw[t][:, :hidden] + hr[:, :hidden]))
+                reset = fa[0](cl(xw[t][:, hidden : 2 * hidden] + hr[:, hidden:]))
+                rh, rbh = r[2 * hidden :], rb[2 * hidden :]
+                if lbr:
+                    cand = xw[t][:, 2 * hidden :] + reset * (h @ rh.T + rbh)
+                else:
+                    cand = xw[t][:, 2 * hidden :] + (reset * h) @ rh.T + rbh
+                h_new, c_new = (1 - z) * fa[1](cl(cand)) + z * h, c
+            else:
+                g = xw[t] + h @ r.T + rb  # gates i, o, f, c
+                i = fa[0](cl(g[:, :hidden] + peep[:hidden] * c))
+                f = (
+                    1 - i
+                    if input_forget
+                    else fa[0](cl(g[:, 2 * hidden : 3 * hidden] + peep[2 * hidden :] * c))
+                )
+                c_new = f * c + i * fa[1](cl(g[:, 3 * hidden :]))
+                o = fa[0](cl(g[:, hidden : 2 * hidden] + peep[hidden : 2 * hidden] * c_new))
+                h_new = o * fa[2](c_new)
+            h, c = jnp.where(live, h_new, h), jnp.where(live, c_new, c)
+            out[t] = jnp.where(live, h, 0.0)
+        ys.append(jnp.stack(out) if seq else jnp.zeros((0, batch, hidden), jnp.float32))
+        hs.append(h)
+        cs.append(c)
+    y_all = jnp.stack(ys, axis=1)  # (seq, dirs, batch, hidden)
+    h_all, c_all = jnp.stack(hs), jnp.stack(cs)
+    if layout:
+        y_all = jnp.transpose(y_all, (2, 0, 1, 3))
+        h_all, c_all = jnp.transpose(h_all, (1, 0, 2)), jnp.transpose(c_all, (1, 0, 2))
+    return [y_all, h_all, c_all][: max(len(node.outputs), 1)]
+
+
 OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 """The ONNX ops (default domain) this backend runs."""
 
