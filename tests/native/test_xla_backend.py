@@ -137,3 +137,32 @@ def test_float64_models_are_refused_at_compile_while_jax_runs_in_32_bits() -> No
     with pytest.raises(UnsupportedError, match="jax_enable_x64") as info:
         phi.compile(proto.SerializeToString(), device="xla")
     assert "Add on float64 (node 'y')" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("kernel", "strides", "pads", "include_pad"),
+    [((3, 3), (2, 2), (1, 1, 1, 1), 0), ((3, 2), (2, 3), (1, 0, 0, 1), 1),
+     ((2, 2), (2, 2), (0, 0, 0, 0), 1), ((4, 3), (3, 2), (2, 1, 1, 1), 0)],
+)  # fmt: skip
+def test_ceil_mode_pools_match_the_cpu(
+    kernel: tuple[int, int], strides: tuple[int, int], pads: tuple[int, ...], include_pad: int
+) -> None:
+    """Ceil-mode windows that hang past the end pad: the XLA backend pools them as the CPU
+    kernels do (the extra cells are padding no average counts)."""
+    n = helper.make_node
+    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "ceil_mode": 1}
+    nodes = [
+        n("MaxPool", ["x"], ["mx"], **attrs),
+        n("AveragePool", ["x"], ["av"], count_include_pad=include_pad, **attrs),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 10])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("mx", "av")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    x = np.random.default_rng(sum(kernel)).standard_normal((2, 3, 9, 10)).astype(np.float32)
+    got = phi.compile(model, device="xla").run({"x": x})
+    want = phi.compile(model, device="cpu").run({"x": x})
+    for name in want:
+        assert got[name].shape == want[name].shape
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -410,6 +410,9 @@ def _conv_transpose(node: Node, xs: list[Any]) -> list[Any]:
 
 
 def _pool(node: Node, x: Any, reducer: str) -> Any:
+    """Max or average pooling. In ceil mode the last window may hang past the end pad (it must
+    start inside the input or its leading pad, PyTorch's rule, as on the CPU): those extra cells
+    are padding that an average never counts, with or without ``count_include_pad``."""
     from jax import lax
 
     jnp = _jnp()
@@ -417,7 +420,18 @@ def _pool(node: Node, x: Any, reducer: str) -> Any:
     kernel = tuple(int(k) for k in _attr(node, "kernel_shape"))
     strides = tuple(int(s) for s in _attr(node, "strides", [1] * n))
     dilations = tuple(int(d) for d in _attr(node, "dilations", [1] * n))
-    padding = [(0, 0), (0, 0), *_conv_padding(node, x.shape[2:], kernel, strides, dilations)]
+    pads = _conv_padding(node, x.shape[2:], kernel, strides, dilations)
+    extra = [0] * n
+    if _attr(node, "ceil_mode", 0):
+        for i in range(n):
+            size, (pb, pe) = int(x.shape[2 + i]), pads[i]
+            extent = (kernel[i] - 1) * dilations[i] + 1
+            span = size + pb + pe - extent
+            out = -(-span // strides[i]) + 1 if span >= 0 else 0
+            if out and (out - 1) * strides[i] >= size + pb:
+                out -= 1
+            extra[i] = max(0, (out - 1) * strides[i] + extent - (size + pb + pe))
+    padding = [(0, 0), (0, 0), *((pb, pe + e) for (pb, pe), e in zip(pads, extra, strict=True))]
     dims, steps, dil = (1, 1, *kernel), (1, 1, *strides), (1, 1, *dilations)
     if reducer == "max":
         low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
@@ -427,10 +441,15 @@ def _pool(node: Node, x: Any, reducer: str) -> Any:
         x, jnp.array(0, x.dtype), lax.add, dims, steps, padding, window_dilation=dil
     )
     if _attr(node, "count_include_pad", 0):
-        return total / math.prod(kernel)
-    ones = jnp.ones(x.shape, x.dtype)
+        # Count the cells inside the padded input: ones over it, the ceil-mode cells left out.
+        padded = tuple(int(x.shape[2 + i]) + pads[i][0] + pads[i][1] for i in range(n))
+        ones = jnp.ones((1, 1, *padded), x.dtype)
+        edge = [(0, 0), (0, 0), *((0, e) for e in extra)]
+    else:
+        ones = jnp.ones((1, 1, *x.shape[2:]), x.dtype)
+        edge = padding
     count = lax.reduce_window(
-        ones, jnp.array(0, x.dtype), lax.add, dims, steps, padding, window_dilation=dil
+        ones, jnp.array(0, x.dtype), lax.add, dims, steps, edge, window_dilation=dil
     )
     return total / count
 
@@ -1384,8 +1403,6 @@ OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 
 def _why_not(node: Node) -> str | None:
     """What about this node the backend does not run, if anything (attributes, outputs)."""
-    if node.op_type in ("MaxPool", "AveragePool") and node.attrs.get("ceil_mode", 0):
-        return "ceil_mode"
     if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
         return "the Indices output"
     if node.op_type == "BatchNormalization" and node.attrs.get("training_mode", 0):
