@@ -72,21 +72,43 @@ def test_a_cnn_matches_the_cpu_kernels() -> None:
 
 
 def test_ops_xla_does_not_run_are_refused_at_compile_naming_them() -> None:
-    # NonZero's output shape depends on the data: no static XLA program can hold it.
-    node = helper.make_node("NonZero", ["x"], ["idx"], name="where_nonzero")
+    # GridSample has no XLA lowering yet: refused at compile, naming the node.
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], name="warp")
     graph = helper.make_graph(
         [node],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4]),
+            helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["N", 3, 3, 2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 3, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    assert "GridSample" not in xla.OPS
+    phi.compile(model.SerializeToString(), device="cpu")  # the CPU backend runs it
+    with pytest.raises(UnsupportedError) as info:
+        phi.compile(model.SerializeToString(), device="xla")
+    assert "GridSample (node 'warp')" in info.value.message
+    assert info.value.field == "device"
+
+
+def test_data_dependent_shapes_run_op_by_op_on_values() -> None:
+    """NonZero's output shape depends on the data: no static XLA program holds it, so a model
+    with one fed by an input runs op by op, NonZero itself on the numpy reference."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("NonZero", ["r"], ["idx"], name="where_nonzero"),
+    ]
+    graph = helper.make_graph(
+        nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
         [helper.make_tensor_value_info("idx", TensorProto.INT64, [2, "K"])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert "NonZero" not in xla.OPS
-    phi.compile(model.SerializeToString(), device="cpu")  # the CPU backend runs it
-    with pytest.raises(UnsupportedError) as info:
-        phi.compile(model.SerializeToString(), device="xla")
-    assert "NonZero (node 'where_nonzero')" in info.value.message
-    assert info.value.field == "device"
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    got = phi.compile(model.SerializeToString(), device="xla").run({"x": x})["idx"]
+    np.testing.assert_array_equal(got, np.stack(np.nonzero(np.maximum(x, 0))))
 
 
 def test_tpu_deployments_run_on_xla_where_jax_sees_a_device(

@@ -1397,6 +1397,57 @@ def _recurrent(node: Node, xs: list[Any]) -> list[Any]:
     return [y_all, h_all, c_all][: max(len(node.outputs), 1)]
 
 
+# Ops whose output shape depends on the data (NonZero, Compress, Unique, NonMaxSuppression) or
+# that generate a table from scalars (the window functions, MelWeightMatrix): XLA compiles only
+# static shapes, so they run on the numpy reference on concrete values. Known while tracing (a
+# constant or shape arithmetic), they fold into the program; fed by a traced value, the model
+# runs op by op instead of as one compiled program (as for a shape computed from an input).
+_ON_VALUES = (
+    "NonZero",
+    "Compress",
+    "Unique",
+    "NonMaxSuppression",
+    "HannWindow",
+    "HammingWindow",
+    "BlackmanWindow",
+    "MelWeightMatrix",
+)
+
+
+def _on_values(node: Node, xs: list[Any]) -> list[Any]:
+    from phi_engine.graph.registry import get_op
+
+    args = [None if v is None else _static(node, v, "its input") for v in xs]
+    return get_op(node.domain, node.op_type).run_reference(node, args)
+
+
+for _name in _ON_VALUES:
+    _TABLE[_name] = _on_values
+
+
+@_op("Det")
+def _det(node: Node, xs: list[Any]) -> list[Any]:
+    return [_jnp().linalg.det(xs[0])]
+
+
+@_op("ReverseSequence")
+def _reverse_sequence(node: Node, xs: list[Any]) -> list[Any]:
+    """Each batch entry's first ``sequence_lens[b]`` steps reversed, the rest kept."""
+    jnp = _jnp()
+    x, lens = xs
+    time_axis = int(_attr(node, "time_axis", 0))
+    batch_axis = int(_attr(node, "batch_axis", 1))
+    steps = x.shape[time_axis]
+    t = jnp.arange(steps)[:, None]  # (time, batch)
+    n = lens.reshape(1, -1).astype(t.dtype)
+    src = jnp.where(t < n, n - 1 - t, t)
+    shape = [1] * x.ndim
+    shape[time_axis], shape[batch_axis] = steps, x.shape[batch_axis]
+    if time_axis > batch_axis:
+        src = src.T
+    return [jnp.take_along_axis(x, src.reshape(shape), axis=time_axis)]
+
+
 OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 """The ONNX ops (default domain) this backend runs."""
 
