@@ -1448,6 +1448,100 @@ def _reverse_sequence(node: Node, xs: list[Any]) -> list[Any]:
     return [jnp.take_along_axis(x, src.reshape(shape), axis=time_axis)]
 
 
+@_op("DFT")
+def _dft(node: Node, xs: list[Any]) -> list[Any]:
+    """The CPU backend's DFT (graph/ops/signal.py) with jnp.fft: the last axis holds the real
+    (1) or real and imaginary (2) parts."""
+    from phi_engine.graph.ops import signal
+    from phi_engine.graph.registry import OpContext
+
+    jnp = _jnp()
+    ctx = OpContext(node)
+    data = xs[0]
+    axis_in = xs[2] if node.version >= 20 and len(xs) > 2 else None
+    axis = signal._dft_axis(
+        ctx, None if axis_in is None else _static(node, axis_in, "axis"), data.ndim
+    )
+    inverse, onesided = signal._dft_flags(ctx)
+    if data.shape[-1] not in (1, 2):
+        _fail(node, f"an input of shape {list(data.shape)} (its last axis must be 1 or 2)")
+    z = data[..., 0] if data.shape[-1] == 1 else data[..., 0] + 1j * data[..., 1]
+    length = xs[1] if len(xs) > 1 else None
+    if length is not None:
+        n = int(np.asarray(_static(node, length, "dft_length")).reshape(-1)[0])
+    else:
+        n = 2 * (z.shape[axis] - 1) if inverse and onesided else z.shape[axis]
+    if inverse and onesided:
+        return [jnp.fft.irfft(z, n=n, axis=axis)[..., None]]
+    y = jnp.fft.ifft(z, n=n, axis=axis) if inverse else jnp.fft.fft(z, n=n, axis=axis)
+    if onesided:
+        y = jnp.take(y, jnp.arange(n // 2 + 1), axis=axis)
+    return [jnp.stack([y.real, y.imag], axis=-1)]
+
+
+@_op("CenterCropPad")
+def _center_crop_pad(node: Node, xs: list[Any]) -> list[Any]:
+    """Each listed axis cropped or zero-padded to its size around the centre; an odd difference
+    leaves the extra element at the end."""
+    jnp = _jnp()
+    data = xs[0]
+    sizes = [int(v) for v in np.ravel(_static(node, xs[1], "shape"))]
+    axes_attr = _attr(node, "axes")
+    axes = list(range(data.ndim)) if axes_attr is None else [int(a) % data.ndim for a in axes_attr]
+    y = data
+    for a, size in zip(axes, sizes, strict=True):
+        d = y.shape[a]
+        start = abs(d - size) // 2
+        if size < d:
+            y = jnp.take(y, jnp.arange(start, start + size), axis=a)
+        elif size > d:
+            widths = [(0, 0)] * y.ndim
+            widths[a] = (start, size - d - start)
+            y = jnp.pad(y, widths)
+    return [y]
+
+
+@_op("LpPool", "GlobalLpPool")
+def _lp_pool(node: Node, xs: list[Any]) -> list[Any]:
+    """(sum over the window of |x|^p)^(1/p); padding counts as zeros."""
+    from jax import lax
+
+    jnp = _jnp()
+    x = xs[0]
+    p = float(_attr(node, "p", 2))
+    n = x.ndim - 2
+    if node.op_type == "GlobalLpPool":
+        total = jnp.sum(jnp.abs(x) ** p, axis=tuple(range(2, x.ndim)), keepdims=True)
+        return [total ** (1.0 / p)]
+    kernel = tuple(int(k) for k in _attr(node, "kernel_shape"))
+    strides = tuple(int(s) for s in _attr(node, "strides", [1] * n))
+    dilations = tuple(int(d) for d in _attr(node, "dilations", [1] * n))
+    if _attr(node, "ceil_mode", 0):
+        _fail(node, "ceil_mode")
+    padding = [(0, 0), (0, 0), *_conv_padding(node, x.shape[2:], kernel, strides, dilations)]
+    total = lax.reduce_window(
+        jnp.abs(x) ** p, jnp.array(0, x.dtype), lax.add, (1, 1, *kernel), (1, 1, *strides),
+        padding, window_dilation=(1, 1, *dilations),
+    )  # fmt: skip
+    return [total ** (1.0 / p)]
+
+
+@_op("MatMulInteger")
+def _matmul_integer(node: Node, xs: list[Any]) -> list[Any]:
+    """(a - a_zero_point) @ (b - b_zero_point), accumulated exactly in int32."""
+    jnp = _jnp()
+    a, b = xs[0].astype(jnp.int32), xs[1].astype(jnp.int32)
+    if len(xs) > 2 and xs[2] is not None:
+        za = xs[2].astype(jnp.int32)
+        a = a - (za.reshape(-1, 1) if za.ndim == 1 and za.size > 1 else za)
+    if len(xs) > 3 and xs[3] is not None:
+        b = b - xs[3].astype(jnp.int32)
+    return [jnp.matmul(a, b, preferred_element_type=jnp.int32)]
+
+
+_TABLE["Scatter"] = _TABLE["ScatterElements"]  # Scatter-9/11: ScatterElements' former name
+
+
 OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 """The ONNX ops (default domain) this backend runs."""
 
