@@ -778,19 +778,26 @@ def _arg(node: Node, xs: list[Any]) -> list[Any]:
     return [jnp.expand_dims(out, axis) if keep else out]
 
 
-@_op("CumSum")
-def _cumsum(node: Node, xs: list[Any]) -> list[Any]:
+def _cumulative(node: Node, xs: list[Any], fn_name: str, identity: int) -> list[Any]:
+    """CumSum / CumProd along the ``axis`` input, ``reverse`` and ``exclusive`` as ONNX: the
+    exclusive form shifts the running result one step, starting from the identity."""
     jnp = _jnp()
     x = xs[0]
     axis = int(_static(node, xs[1], "axis")) % x.ndim
-    if _attr(node, "reverse", 0):
+    reverse = bool(_attr(node, "reverse", 0))
+    if reverse:
         x = jnp.flip(x, axis=axis)
-    out = jnp.cumsum(x, axis=axis, dtype=x.dtype)
+    out = getattr(jnp, fn_name)(x, axis=axis, dtype=x.dtype)
     if _attr(node, "exclusive", 0):
-        out = out - x
-    if _attr(node, "reverse", 0):
-        out = jnp.flip(out, axis=axis)
-    return [out]
+        first = jnp.full_like(jnp.take(out, jnp.arange(1), axis=axis), identity)
+        rest = jnp.take(out, jnp.arange(x.shape[axis] - 1), axis=axis)
+        out = jnp.concatenate([first, rest], axis=axis)
+    return [jnp.flip(out, axis=axis) if reverse else out]
+
+
+@_op("CumSum")
+def _cumsum(node: Node, xs: list[Any]) -> list[Any]:
+    return _cumulative(node, xs, "cumsum", 0)
 
 
 @_op("Trilu")
@@ -1111,20 +1118,7 @@ def _scatter_nd(node: Node, xs: list[Any]) -> list[Any]:
 
 @_op("CumProd")
 def _cumprod(node: Node, xs: list[Any]) -> list[Any]:
-    jnp = _jnp()
-    x = xs[0]
-    axis = int(_static(node, xs[1], "axis")) % x.ndim
-    if _attr(node, "reverse", 0):
-        x = jnp.flip(x, axis=axis)
-    out = jnp.cumprod(x, axis=axis, dtype=x.dtype)
-    if _attr(node, "exclusive", 0):
-        ones = jnp.ones_like(jnp.take(out, jnp.arange(1), axis=axis))
-        out = jnp.concatenate(
-            [ones, jnp.take(out, jnp.arange(x.shape[axis] - 1), axis=axis)], axis=axis
-        )
-    if _attr(node, "reverse", 0):
-        out = jnp.flip(out, axis=axis)
-    return [out]
+    return _cumulative(node, xs, "cumprod", 1)
 
 
 for _name, _fn_name in (
