@@ -299,12 +299,7 @@ class Program:
                 values.update(produced)
                 native.update(produced)
             else:
-                node = step.node
-                args = [self._value(values, name) if name else None for name in node.inputs]
-                outs = step.opdef.run_reference(node, args)
-                for name, out in zip(node.outputs, outs, strict=False):
-                    if name:
-                        values[name] = out
+                self._run_reference(step, values)
         result = {}
         for name in self.graph.outputs:
             value = np.asarray(self._value(values, name))
@@ -312,6 +307,15 @@ class Program:
             owned = name in native or (name in values and name not in feeds and value.base is None)
             result[name] = value if owned else value.copy()
         return result
+
+    def _run_reference(self, step: ReferenceStep, values: dict[str, Any]) -> None:
+        """Run one node on the numpy reference, storing its outputs in ``values``."""
+        node = step.node
+        args = [self._value(values, name) if name else None for name in node.inputs]
+        outs = step.opdef.run_reference(node, args)
+        for name, out in zip(node.outputs, outs, strict=False):
+            if name:
+                values[name] = out
 
     def _value(self, values: dict[str, Any], name: str) -> Any:
         if name in values:

@@ -362,18 +362,16 @@ class CudaSegment:
             sizes, {root: (span[0], span[1]) for root, span in life.items()}
         )
         # Pinned staging: every input, then every output, each 256-byte aligned.
-        self._in_stage: dict[str, int] = {}
-        offset = 0
-        for name in self.inputs:
-            self._in_stage[name] = offset
-            offset += _aligned(_nbytes(self._spec(self._record.inputs[name])))
-        self._in_bytes = offset
-        self._out_stage: dict[str, int] = {}
-        offset = 0
-        for name in self.outputs:
-            self._out_stage[name] = offset
-            offset += _aligned(_nbytes(self._spec(self._record.outputs[name])))
-        self._out_bytes = offset
+        self._in_stage, self._in_bytes = self._stage(self.inputs, self._record.inputs)
+        self._out_stage, self._out_bytes = self._stage(self.outputs, self._record.outputs)
+
+    def _stage(self, names: Sequence[str], slots: Mapping[str, int]) -> tuple[dict[str, int], int]:
+        """Offsets of these values one after another in a pinned buffer, and its size."""
+        offsets, offset = {}, 0
+        for name in names:
+            offsets[name] = offset
+            offset += _aligned(_nbytes(self._spec(slots[name])))
+        return offsets, offset
 
     def address(self, ctx: _Context, slot: int) -> int:
         ref = self._ref(slot)

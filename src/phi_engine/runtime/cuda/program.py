@@ -16,7 +16,6 @@ from phi_engine.graph.lower import (
     NodeTiming,
     ProfiledProgramRun,
     Program,
-    ReferenceStep,
     _in_nodes,
 )
 from phi_engine.runtime.cuda.plan import CudaSegment, DeviceWeights
@@ -101,14 +100,6 @@ class CudaProgram(Program):
             else:
                 self._run_reference(step, values)
         return self._collect(values, feeds, native)
-
-    def _run_reference(self, step: ReferenceStep, values: dict[str, Any]) -> None:
-        node = step.node
-        args = [self._value(values, name) if name else None for name in node.inputs]
-        outs = step.opdef.run_reference(node, args)
-        for name, out in zip(node.outputs, outs, strict=False):
-            if name:
-                values[name] = out
 
     def run_profiled(self, feeds: Mapping[str, np.ndarray], threads: int = 0) -> ProfiledProgramRun:
         """Run and time: each GPU segment as a whole (upload, kernels, download; the GPU runs
