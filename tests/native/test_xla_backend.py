@@ -188,3 +188,24 @@ def test_ceil_mode_pools_match_the_cpu(
     for name in want:
         assert got[name].shape == want[name].shape
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_loss_with_a_target_out_of_range_is_nan_not_a_number_that_looks_right() -> None:
+    node = helper.make_node("NegativeLogLikelihoodLoss", ["x", "t"], ["loss"], reduction="none")
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]),
+         helper.make_tensor_value_info("t", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [3])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.log(np.full((3, 4), 0.25, np.float32))
+    compiled = phi.compile(model.SerializeToString(), device="xla")
+    ok = compiled.run({"x": x, "t": np.array([0, 3, 1], np.int64)})["loss"]
+    np.testing.assert_allclose(ok, -x[[0, 1, 2], [0, 3, 1]], rtol=1e-6)
+    bad = compiled.run({"x": x, "t": np.array([0, 7, 1], np.int64)})["loss"]
+    assert np.isnan(bad[1]) and not np.isnan(bad[[0, 2]]).any()
+    with pytest.raises(InvalidRequestError, match="out of range"):  # the CPU backend refuses
+        phi.compile(model.SerializeToString(), device="cpu").run(
+            {"x": x, "t": np.array([0, 7, 1], np.int64)}
+        )

@@ -1536,6 +1536,49 @@ def _matmul_integer(node: Node, xs: list[Any]) -> list[Any]:
 _TABLE["Scatter"] = _TABLE["ScatterElements"]  # Scatter-9/11: ScatterElements' former name
 
 
+def _weighted_loss(node: Node, logp: Any, target: Any, weight: Any | None) -> Any:
+    """The CPU backend's loss (graph/ops/loss.py): ``-logp[n, target, ...]`` weighted by
+    ``weight[target]``; ``ignore_index`` targets count nowhere; ``mean`` divides by the weights
+    that applied. An out-of-range target, which the CPU backend refuses, makes the loss NaN
+    here (a compiled program cannot raise), never a silently wrong number."""
+    jnp = _jnp()
+    c = logp.shape[1]
+    t = target.astype(jnp.int32)
+    ignore = _attr(node, "ignore_index")
+    keep = jnp.ones(t.shape, bool) if ignore is None else t != int(ignore)
+    inside = (t >= 0) & (t < c)
+    safe = jnp.where(keep & inside, t, 0)
+    picked = jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+    picked = jnp.where(keep & ~inside, jnp.nan, picked)
+    w = jnp.ones(t.shape, logp.dtype) if weight is None else weight.astype(logp.dtype)[safe]
+    w = jnp.where(keep, w, 0)
+    loss = -picked * w
+    reduction = str(_attr(node, "reduction", "mean"))
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / w.sum()
+    if reduction != "none":
+        _fail(node, f"reduction {reduction!r}")
+    return jnp.where(keep, loss, 0)
+
+
+@_op("NegativeLogLikelihoodLoss")
+def _nll_loss(node: Node, xs: list[Any]) -> list[Any]:
+    weight = xs[2] if len(xs) > 2 else None
+    return [_weighted_loss(node, xs[0].astype(_jnp().float32), xs[1], weight)]
+
+
+@_op("SoftmaxCrossEntropyLoss")
+def _softmax_cross_entropy_loss(node: Node, xs: list[Any]) -> list[Any]:
+    import jax
+
+    weight = xs[2] if len(xs) > 2 else None
+    logp = jax.nn.log_softmax(xs[0].astype(_jnp().float32), axis=1)
+    loss = _weighted_loss(node, logp, xs[1], weight)
+    return [loss, logp] if len(node.outputs) > 1 else [loss]
+
+
 OPS: tuple[str, ...] = tuple(sorted(_TABLE))
 """The ONNX ops (default domain) this backend runs."""
 
