@@ -9,8 +9,12 @@ from phi_engine._native import require_core
 from phi_engine.errors import InvalidRequestError
 
 
-def devices() -> list[dict[str, Any]]:
+def devices(*, xla: bool = True) -> list[dict[str, Any]]:
     """List the devices phi_engine can run on here.
+
+    Args:
+        xla: Also ask JAX for its accelerators (importing JAX takes seconds; placement skips it
+            unless a TPU is requested).
 
     Returns:
         One dict per device: ``{"kind": "cpu", "cores", "features", "blas"}`` for the CPU,
@@ -31,9 +35,10 @@ def devices() -> list[dict[str, Any]]:
     cuda = _native.cuda  # looked up now: tests swap in a stand-in device
     if cuda is not None:
         found.extend({"kind": "cuda", **info} for info in cuda.device_list())
-    from phi_engine.runtime.xla import xla_devices
+    if xla:
+        from phi_engine.runtime.xla import xla_devices
 
-    found.extend(dict(d) for d in xla_devices())
+        found.extend(dict(d) for d in xla_devices())
     return found
 
 

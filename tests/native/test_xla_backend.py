@@ -209,3 +209,31 @@ def test_loss_with_a_target_out_of_range_is_nan_not_a_number_that_looks_right() 
         phi.compile(model.SerializeToString(), device="cpu").run(
             {"x": x, "t": np.array([0, 7, 1], np.int64)}
         )
+
+
+def test_cpu_work_never_imports_jax(tmp_path: Path) -> None:
+    """Importing JAX takes seconds: compiling, registering, deploying and serving on the CPU
+    leave it unimported (placement looks up XLA devices only when a TPU is asked for)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, pathlib\n"
+        "import numpy as np\n"
+        "from phi_engine import Engine\n"
+        "from phi_test_models.tiny import mlp\n"
+        f"home = pathlib.Path({str(tmp_path)!r})\n"
+        "with Engine(home / 'home', progress=False) as e:\n"
+        "    r = e.register('m', 'onnx', '1', str(mlp(home / 'm.onnx')))\n"
+        "    dep = e.deploy(r.model_id)\n"
+        "    e.infer(dep.deployment_id, {'x': np.zeros((1, 4), np.float32)})\n"
+        "print('jax' in sys.modules)\n"
+    )
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": tests}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"

@@ -22,7 +22,7 @@ from phi_engine.graph.ir import Graph, TensorType
 from phi_engine.graph.lower import Program, build_program
 from phi_engine.graph.onnx_import import ModelSource, from_onnx, load_model
 from phi_engine.graph.passes import check_supported, eliminate_dead_code, infer_and_fold
-from phi_engine.runtime.backends import available_devices
+from phi_engine.runtime.backends import get_backend
 from phi_engine.runtime.plan import Constant
 
 __all__ = ["DEVICES", "CompiledModel", "compile"]
@@ -88,7 +88,7 @@ def compile(
             f"[compile] device {device!r} is not supported here; choose one of {DEVICES}",
             field="device",
         )
-    if device not in available_devices():
+    if not get_backend(device).available():  # only this one: asking XLA imports JAX
         raise UnsupportedError(f"[compile] device {device!r} is not available in this build")
     if precision not in PRECISIONS:
         raise InvalidRequestError(
@@ -146,19 +146,26 @@ def compile(
         eliminate_dead_code(graph)
     if precision == "fp16":
         _check_fp16_weights(graph)
-    model_ = CompiledModel(graph, device, max_batch, cache_size)
+    cuda = None
     if device == "cuda":
         from phi_engine.runtime.cuda.program import CudaModelState
 
-        operand = {"fp16": "float16", "bf16": "bfloat16"}.get(precision)
-        model_._cuda = CudaModelState(
+        cuda = CudaModelState(
             tf32=precision == "tf32",
             graphs=cuda_graphs,
-            operand=operand,
+            operand={"fp16": "float16", "bf16": "bfloat16"}.get(precision),
             triton_ops=tuple(triton_ops),
         )
-    model_.precision = precision
-    return model_
+    return CompiledModel(graph, device, max_batch, cache_size, precision=precision, cuda=cuda)
+
+
+FLOAT16_MAX = 65504.0
+
+
+def fits_float16(value: np.ndarray) -> bool:
+    """Whether every finite value of ``value`` is within float16's range."""
+    finite = value[np.isfinite(value)]
+    return not finite.size or float(np.abs(finite).max()) <= FLOAT16_MAX
 
 
 def _check_fp16_weights(graph: Graph) -> None:
@@ -171,8 +178,7 @@ def _check_fp16_weights(graph: Graph) -> None:
             value = graph.constants.get(name) if name else None
             if value is None or value.dtype != np.float32 or value.size == 0:
                 continue
-            finite = value[np.isfinite(value)]
-            if finite.size and float(np.abs(finite).max()) > 65504.0:
+            if not fits_float16(value):
                 raise UnsupportedError(
                     f"[compile] node {node.label!r} ({node.op_type}): its weight {name!r} exceeds "
                     "float16's range (65504), so precision 'fp16' would turn it into infinity; "
@@ -227,7 +233,16 @@ def _prepack_weights(graph: Graph, constants: dict[str, Constant]) -> list[Any]:
 class CompiledModel:
     """A compiled model: run it with :meth:`run`; thread-safe."""
 
-    def __init__(self, graph: Graph, device: str, max_batch: int, cache_size: int) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        device: str,
+        max_batch: int,
+        cache_size: int,
+        *,
+        precision: str = "fp32",
+        cuda: Any = None,
+    ) -> None:
         self.graph = graph
         self.device = device
         self.max_batch = max_batch
@@ -236,8 +251,8 @@ class CompiledModel:
         self._lock = threading.Lock()
         self._constants = _native_constants(graph) if device in ("cpu", "cuda") else {}
         self._packed = _prepack_weights(graph, self._constants) if device == "cpu" else []
-        self._cuda: Any = None
-        self.precision = "fp32"
+        self._cuda = cuda  # runtime.cuda.program.CudaModelState on device "cuda"
+        self.precision = precision
 
     @property
     def inputs(self) -> dict[str, TensorType]:

@@ -1589,6 +1589,23 @@ def _why_not(node: Node) -> str | None:
         return "the Indices output"
     if node.op_type == "BatchNormalization" and node.attrs.get("training_mode", 0):
         return "training mode"
+    if node.op_type == "LpNormalization" and int(node.attrs.get("p", 2)) not in (1, 2):
+        return f"p={node.attrs['p']}"
+    if node.op_type == "LpPool" and node.attrs.get("ceil_mode", 0):
+        return "ceil_mode"
+    if node.op_type in ("RNN", "GRU", "LSTM"):
+        from phi_engine.graph.ops import recurrent
+
+        if str(node.attrs.get("direction", "forward")) not in (
+            "forward",
+            "reverse",
+            "bidirectional",
+        ):
+            return f"direction {node.attrs['direction']!r}"
+        names = [str(n).lower() for n in node.attrs.get("activations") or []]
+        odd = [n for n in names if n not in recurrent._PARAMS]
+        if odd:
+            return f"activation {odd[0]!r}"
     return None
 
 

@@ -85,10 +85,11 @@ class Inventory:
     tpus: tuple[str, ...] = ()
 
     @classmethod
-    def detect(cls) -> Inventory:
-        """Build the inventory of this machine from :func:`phi_engine.devices` and the OS."""
+    def detect(cls, *, xla: bool = True) -> Inventory:
+        """Build the inventory of this machine from :func:`phi_engine.devices` and the OS
+        (without XLA devices when ``xla`` is False: looking them up imports JAX)."""
         try:
-            found = devices()
+            found = devices(xla=xla)
         except PhiEngineError:
             # Without the native core there are no accelerators to use; the CPU still counts.
             found = []
@@ -385,7 +386,7 @@ def place(
             f"a replica runs on one device kind: ask for {_FIELD}.gpu or {_FIELD}.tpu, not both",
             field=f"{_FIELD}.tpu",
         )
-    inv = Inventory.detect() if inventory is None else inventory
+    inv = Inventory.detect(xla=bool(request.tpu)) if inventory is None else inventory
     placer = _Placer(inv, tuple(available_devices), placement == "strict", [])
     gpus = placer.accelerators("gpu", request.gpu, "cuda", inv.gpus) if request.gpu else ()
     tpus: tuple[str, ...] = ()
@@ -445,7 +446,7 @@ def check_device_memory(
     Raises:
         ResourceError: a GPU's memory is smaller than the plan; the message says both numbers.
     """
-    entries = devices() if found is None else found
+    entries = devices(xla=False) if found is None else found
     memory = {
         f"cuda:{d.get('index')}": int(d.get("memory_bytes", 0))
         for d in entries

@@ -107,7 +107,6 @@ class DeviceWeights:
         self._lock = threading.Lock()
         # (id(value), dtype) -> (value, DeviceBuffer); the value is held so its id stays unique
         self._buffers: dict[tuple[int, str | None], tuple[Any, Any]] = {}
-        self.nbytes = 0
 
     def address(self, value: np.ndarray | Constant, dtype: str | None = None) -> int:
         """The device address of ``value``, uploaded on first use; with ``dtype`` (a float32
@@ -125,7 +124,6 @@ class DeviceWeights:
                     self._cu.copy_to_device(buf.ptr, array.reshape(-1).view(np.uint8))
                 found = (value, buf)
                 self._buffers[key] = found
-                self.nbytes += int(buf.nbytes)
             return int(found[1].ptr)
 
 
@@ -133,8 +131,9 @@ def _to_half(array: np.ndarray, dtype: str) -> np.ndarray:
     """``array`` rounded to nearest-even as float16 or bfloat16 (the raw 16-bit words for
     bfloat16, which numpy has no type for)."""
     if dtype == "float16":
-        finite = array[np.isfinite(array)]
-        if finite.size and float(np.abs(finite).max()) > 65504.0:
+        from phi_engine.graph.compiled import fits_float16
+
+        if not fits_float16(array):  # compile refuses such weights first; a safety net
             raise UnsupportedError(
                 "[compile] a weight exceeds float16's range (65504): precision 'fp16' would "
                 "turn it into infinity; use precision 'bf16' or 'fp32'",
@@ -243,7 +242,6 @@ class CudaSegment:
         self._operand = operand
         self._scratch: dict[int, tuple[int, int]] = {}  # key (< 0) -> (bytes, step index)
         self._local = DeviceWeights(cu)  # this program's own constants
-        self._tables: list[np.ndarray] = []  # constants made while lowering (held for the device)
         self._lowering_index = 0
         self._cu = cu
         self._weights = weights
@@ -619,7 +617,7 @@ def _gemm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         "tf32": seg._tf32,
         **_act_kwargs(step.attrs),
     }
-    launches, ra, rb = _operands(seg, a, b, kw)
+    launches, (ra, rb) = _operands(seg, kw, a, b)
     out = seg._ref(step.outputs[0])
     return [*launches, _Launch(_gemm_fn(seg, kw), (ra, rb, out, m, n, k), kw)]
 
@@ -663,7 +661,7 @@ def _matmul(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         args = (m, n, k)
     else:
         raise _Unsupported(f"batch dimensions {ba} and {bb} broadcast both ways")
-    launches, ra, rb = _operands(seg, a, b, kw)
+    launches, (ra, rb) = _operands(seg, kw, a, b)
     return [*launches, _Launch(_gemm_fn(seg, kw), (ra, rb, out, *args), kw)]
 
 
@@ -680,28 +678,37 @@ def _gemm_fn(seg: CudaSegment, kw: dict[str, Any]) -> str | Callable[..., None]:
     return "gemm"
 
 
+_Operand = int | tuple[_Ref | int, int]
+"""A product's operand: a slot, or a ready device address and its element count (scratch)."""
+
+
 def _operands(
-    seg: CudaSegment, a: int, b: int, kw: dict[str, Any]
-) -> tuple[list[_Launch], _Ref | int, _Ref | int]:
+    seg: CudaSegment, kw: dict[str, Any], *operands: _Operand
+) -> tuple[list[_Launch], list[_Ref | int]]:
     """The product's operands: as they are in float32, or in the segment's half type (a
     constant converted once, anything else cast into scratch memory first)."""
-    if seg._operand is None:
-        return [], seg._ref(a), seg._ref(b)
     half = seg._operand
-    kw["operand"] = half
-    kw.pop("tf32", None)
+    if half is not None:
+        kw["operand"] = half
+        kw.pop("tf32", None)
     launches: list[_Launch] = []
     refs: list[_Ref | int] = []
-    for slot in (a, b):
-        root = seg._storage(slot)
-        if root in seg._record.constants:
-            refs.append(_Ref("const", seg.constant(seg._record.constants[root], half)))
+    for op in operands:
+        if isinstance(op, int):
+            root = seg._storage(op)
+            if half is not None and root in seg._record.constants:
+                refs.append(_Ref("const", seg.constant(seg._record.constants[root], half)))
+                continue
+            src, count = seg._ref(op), math.prod(_shape(seg, op))
+        else:
+            src, count = op
+        if half is None:
+            refs.append(src)
             continue
-        n = math.prod(_shape(seg, slot))
-        dst = seg.scratch(n * _HALF_BYTES[half])
-        launches.append(_Launch("cast", (seg._ref(slot), "float32", dst, half, n), {}))
+        dst = seg.scratch(count * _HALF_BYTES[half])
+        launches.append(_Launch("cast", (src, "float32", dst, half, count), {}))
         refs.append(dst)
-    return launches, refs[0], refs[1]
+    return launches, refs
 
 
 @_lowering(*_BINARY)
@@ -1076,46 +1083,11 @@ def _conv2d(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         return launches + _chain(seg, y, out_shape, stages, out)
     if n > 1:
         kw_gemm.update(batch=n, stride_a=0, stride_b=k * p)
-    if direct:
-        # x viewed as [K, P] per image: a plain product with B = x.
-        cast, ra, rb = _operands_refs(seg, w, x, k * m, k * p * n, kw_gemm)
-    else:
-        cast, ra, rb = _operands_refs(seg, w, None, k * m, k * p * n, kw_gemm, b_ref=cols)
+    # A 1x1 convolution reads x itself, each image already its [K, P] matrix.
+    cast, (ra, rb) = _operands(seg, kw_gemm, w, x if direct else (cols, k * p * n))
     launches += cast
     launches.append(_Launch("gemm", (ra, rb, y, m, p, k), kw_gemm))
     return launches + _chain(seg, y, out_shape, stages, out)
-
-
-def _operands_refs(
-    seg: CudaSegment,
-    a: int,
-    b: int | None,
-    a_elems: int,
-    b_elems: int,
-    kw: dict[str, Any],
-    b_ref: _Ref | int | None = None,
-) -> tuple[list[_Launch], _Ref | int, _Ref | int]:
-    """Like :func:`_operands`, for operands given as a slot or as a ready address (scratch)."""
-    if seg._operand is None:
-        second = seg._ref(b) if b is not None else b_ref
-        assert second is not None
-        return [], seg._ref(a), second
-    half = seg._operand
-    kw["operand"] = half
-    kw.pop("tf32", None)
-    launches: list[_Launch] = []
-    refs: list[_Ref | int] = []
-    for slot, ref, count in ((a, None, a_elems), (b, b_ref, b_elems)):
-        if slot is not None and seg._storage(slot) in seg._record.constants:
-            value = seg._record.constants[seg._storage(slot)]
-            refs.append(_Ref("const", seg.constant(value, half)))
-            continue
-        src = seg._ref(slot) if slot is not None else ref
-        assert src is not None
-        dst = seg.scratch(count * _HALF_BYTES[half])
-        launches.append(_Launch("cast", (src, "float32", dst, half, count), {}))
-        refs.append(dst)
-    return launches, refs[0], refs[1]
 
 
 def _tap_counts(
@@ -1153,7 +1125,6 @@ def _pool2d(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
         counts = np.outer(np.array(ch, np.float64), np.array(cw, np.float64))
         with np.errstate(divide="ignore"):
             inv = np.where(counts > 0, 1.0 / counts, np.nan).astype(np.float32)
-        seg._tables.append(inv)
         kwargs["inv_count"] = _Ref("const", seg.constant(inv))
     op = "max" if step.op == "max_pool2d" else "avg"
     args = (op, seg._ref(x), seg._ref(step.outputs[0]), [n, c, h, w], [oh, ow], [kh, kw], strides,
@@ -1191,7 +1162,6 @@ def _batch_norm(seg: CudaSegment, step: RecordedStep) -> list[_Launch]:
     g, b, mu, v = params
     a = (g / np.sqrt(v + eps)).astype(np.float32)
     shift = (b - mu * (g / np.sqrt(v + eps))).astype(np.float32)
-    seg._tables += [a, shift]
     shape = list(_shape(seg, x))
     channel = [shape[1]] + [1] * (len(shape) - 2)
     ref_a = _Ref("const", seg.constant(a))

@@ -6,7 +6,8 @@ Each launcher gets the same device addresses as the CUDA launch it replaces, vie
 PyTorch tensors without copying (``__cuda_array_interface__``) and launches the Triton kernel on
 the run context's stream (made PyTorch's current stream for the call, which is where Triton
 launches), so it is ordered with the other steps and captured into the context's CUDA graph
-like them. Needs ``triton`` and ``torch`` at run time, as Triton itself does.
+like them. Needs ``triton`` and ``torch`` at run time, as Triton itself does (``compile`` checks
+that they import before it accepts ``triton_ops``).
 
 A null device (tests) provides ``host_view(address, shape, dtype)`` and ``host_call(fn, stream=)``:
 the launchers then view its host memory as CPU tensors and hand the launch to it, which runs it
@@ -21,8 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
-from phi_engine.errors import UnsupportedError
 
 __all__ = ["OPS", "available", "gemm", "layer_norm", "softmax"]
 
@@ -68,14 +67,6 @@ def _launch(cu: Any, stream: int, fn: Callable[[], None]) -> None:
         fn()
 
 
-def _kernels() -> Any:
-    try:
-        import phi_engine.kernels as kernels
-    except ImportError as exc:
-        raise UnsupportedError(f"[triton] the Triton kernels cannot be loaded: {exc}") from exc
-    return kernels
-
-
 def softmax(
     cu: Any,
     x: int,
@@ -96,7 +87,6 @@ def softmax(
     from phi_engine.kernels._common import next_pow2
     from phi_engine.kernels.softmax import _softmax_kernel
 
-    _kernels()
     xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
     mt = _tensor(cu, mask, (mask_rows, cols)) if mask else xt
     _launch(
@@ -127,7 +117,6 @@ def layer_norm(
     from phi_engine.kernels._common import next_pow2
     from phi_engine.kernels.layer_norm import _layer_norm_kernel
 
-    _kernels()
     xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
     rt = _tensor(cu, residual, (rows, cols)) if residual else xt
     gt = _tensor(cu, gamma, (cols,))
@@ -181,7 +170,6 @@ def gemm(
         return
     from phi_engine.kernels.gemm import ACTIVATIONS, _gemm_kernel
 
-    _kernels()
     at = _tensor(cu, a, (k, m) if trans_a else (m, k))
     bt = _tensor(cu, b, (n, k) if trans_b else (k, n))
     ct = _tensor(cu, c, (m, n))
