@@ -45,7 +45,11 @@ def interleaved_medians(
 
 
 def alternating_block_medians(
-    fns: Sequence[Callable[[], object]], block: int = 5, min_time: float = 0.3, min_rounds: int = 3
+    fns: Sequence[Callable[[], object]],
+    block: int = 5,
+    min_time: float = 0.3,
+    min_rounds: int = 3,
+    settle: float = 0.0,
 ) -> list[float]:
     """Median seconds of each function, timed in alternating blocks of ``block`` calls.
 
@@ -53,13 +57,17 @@ def alternating_block_medians(
     their workers busy for a while after each call; timed call by call in alternation, each
     engine's multi-threaded run meets the other's spinning workers on its cores. A block starts
     with one untimed call, so the previous engine's threads have gone quiet before timing, and
-    blocks alternate so drift still hits every engine alike.
+    blocks alternate so drift still hits every engine alike. ``settle`` seconds of sleep before
+    each block let spinning that outlasts one call (OpenBLAS's workers spin for about 0.1 s after
+    their last task) die down first.
     """
     samples: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or time.perf_counter() - start < min_time:
         for i, fn in enumerate(fns):
+            if settle:
+                time.sleep(settle)
             fn()
             for _ in range(block):
                 t0 = time.perf_counter()

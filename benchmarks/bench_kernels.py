@@ -4,9 +4,11 @@ Run:  python benchmarks/bench_kernels.py [--threads 1 2] [--skinny] [--write]
 
 It measures the machine's float32 FMA peak with a native loop, checks every kernel result against
 numpy first, then times phi_engine and numpy alternately (medians) and prints markdown tables per
-thread count. Skinny products (few rows) and the fused layer are timed twice for phi_engine: with
-the weights as a numpy array (``ops.gemm(a, b)``) and packed once (``ops.pack_weights``, as a
-compiled model holds its weights); the packed rows also give the rate at which B was read, since
+thread count. Every product is timed twice for phi_engine: with the weights as a numpy array
+(``ops.gemm(a, b)``) and packed once (``ops.pack_weights``, as a compiled model holds its
+weights). Square and large products (the MiniLM batch-32 shapes) are timed in alternating blocks
+of calls, so that numpy's spinning BLAS workers have gone quiet before our two-thread calls. The
+skinny rows also give the rate at which B was read, since
 one row reads all of B for 2 FLOPs a weight and runs at memory speed, and the packed ratio with
 each side timed alone (see alone_ratio). ``--skinny`` times only those. ``--write`` appends the
 tables to benchmarks/RESULTS.md.
@@ -18,17 +20,20 @@ import argparse
 import datetime
 import math
 import pathlib
+import time
 from collections.abc import Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from _harness import interleaved_medians, machine, markdown_table
+from _harness import alternating_block_medians, interleaved_medians, machine, markdown_table
 from phi_engine import ops
 from phi_engine._native import core
 from phi_engine.runtime import reference as ref
 
 SQUARE = [64, 128, 256, 512, 1024, 2048]
+# The products of all-MiniLM-L6-v2 at batch 32 x sequence 128 (QKV, attention output, FFN).
+LARGE = [(4096, 384, 1152), (4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384)]
 SKINNY = [(1, 384, 1536), (8, 384, 1536), (32, 384, 1536), (32, 1536, 384), (128, 384, 384)]
 
 
@@ -38,19 +43,39 @@ def gelu_tanh_numpy(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
 
 
-def bench_gemm(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> list[object]:
+def bench_gemm(
+    m: int, k: int, n: int, threads: int, peak: float, rng: np.random.Generator
+) -> list[object]:
+    """A product with B as given per call, with B packed once (as a compiled model holds its
+    weights), and numpy's. Timed in alternating blocks of calls, on two threads with a pause
+    before each block: numpy's OpenBLAS workers spin for about 0.1 s after a call, and our second
+    thread would meet them on its core (the alternation table measures that cost)."""
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
-    np.testing.assert_allclose(
-        ops.gemm(a, b, threads=threads), ref.gemm(a, b), rtol=1e-4, atol=1e-3 * math.sqrt(k)
+    packed = ops.pack_weights(b)
+    expected = ref.gemm(a, b)
+    for out in (ops.gemm(a, b, threads=threads), ops.gemm(a, packed, threads=threads)):
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3 * math.sqrt(k))
+    ours, ours_packed, numpy = alternating_block_medians(
+        [
+            lambda: ops.gemm(a, b, threads=threads),
+            lambda: ops.gemm(a, packed, threads=threads),
+            lambda: a @ b,
+        ],
+        block=3,
+        min_time=1.0,
+        settle=0.2 if threads > 1 else 0.0,
     )
-    ours, numpy = interleaved_medians([lambda: ops.gemm(a, b, threads=threads), lambda: a @ b])
     flops = 2.0 * m * n * k
     return [
         f"{m}x{k}x{n}",
         f"{flops / ours / 1e9:.1f}",
+        f"{flops / ours_packed / 1e9:.1f}",
         f"{flops / numpy / 1e9:.1f}",
+        f"{flops / ours / 1e9 / peak:.0%}",
+        f"{flops / ours_packed / 1e9 / peak:.0%}",
         f"{numpy / ours:.2f}",
+        f"{numpy / ours_packed:.2f}",
     ]
 
 
@@ -151,6 +176,16 @@ SKINNY_HEADER = [
     "packed / numpy",
     "packed / numpy, each alone",
 ]
+GEMM_HEADER = [
+    "GEMM M×K×N",
+    "phi GFLOP/s",
+    "phi packed GFLOP/s",
+    "numpy GFLOP/s",
+    "phi % of peak",
+    "packed % of peak",
+    "phi / numpy",
+    "packed / numpy",
+]
 MLP_HEADER = [
     "fused layer",
     "phi (fused)",
@@ -174,10 +209,10 @@ def thread_tables(threads: int, skinny_only: bool, rng: np.random.Generator) -> 
     # numpy's BLAS gets the same thread count as ours (ours ignores threadpoolctl: its BLAS
     # always runs single-threaded inside the core's own pool).
     with threadpool_limits(threads):
+        time.sleep(0.3)  # the previous table's BLAS workers stop spinning
         peak = core.measure_fma_peak(threads, 0.5)
-        rows = [] if skinny_only else [bench_gemm(s, s, s, threads, rng) for s in SQUARE]
-        for row in rows:
-            row.insert(3, f"{float(row[1]) / peak:.0%}")
+        rows = [] if skinny_only else [bench_gemm(s, s, s, threads, peak, rng) for s in SQUARE]
+        rows += [] if skinny_only else [bench_gemm(*shape, threads, peak, rng) for shape in LARGE]
         skinny = [bench_skinny(m, k, n, threads, peak, rng) for m, k, n in SKINNY]
         mlp = [bench_mlp(m, 384, 1536, threads, rng) for m in (1, 8, 32)]
         alternation = (
@@ -185,8 +220,7 @@ def thread_tables(threads: int, skinny_only: bool, rng: np.random.Generator) -> 
         )
     out = [f"**{threads} thread(s)** — measured FMA peak {peak:.1f} GFLOP/s", ""]
     if rows:
-        header = ["GEMM M×K×N", "phi GFLOP/s", "numpy GFLOP/s", "phi % of peak", "phi / numpy"]
-        out += [markdown_table(header, rows), ""]
+        out += [markdown_table(GEMM_HEADER, rows), ""]
     out += [markdown_table(SKINNY_HEADER, skinny), ""]
     out += [markdown_table(MLP_HEADER, mlp), ""]
     if alternation:

@@ -155,6 +155,10 @@ class PathChoice {
     path_ = Path::packed;
   }
   void run(const GemmArgs& g, int threads) const {
+    if (path_ == Path::blas && packed_gemm_per_call_wins(g.m, g.n, g.k)) {
+      PackedB packed(g.b, g.ldb, g.trans_b, g.k, g.n, threads);
+      return packed_gemm_f32(g, &packed, threads);
+    }
     if (path_ == Path::blas) return gemm_f32(g, threads);
     packed_gemm_f32(g, packed_.get(), threads);
   }

@@ -7,6 +7,8 @@
 #include <limits>
 #include <memory>
 
+#include "core/normalization.h"
+
 #include "core/elementwise.h"
 #include "core/math.h"
 #include "core/op_registry.h"
@@ -59,8 +61,9 @@ PHI_ALWAYS_INLINE double block_sum_plain(int64_t n, F term) {
 // bound breaks, and the row becomes NaN as in numpy, with no NaN test inside the hot loop.
 PHI_ALWAYS_INLINE bool sum_is_valid(double s, int64_t n) { return s <= 2.0 * static_cast<double>(n); }
 
-// One row of n elements: t = scale * x + mask (mask read per element when given, else the
-// constant `addend`), then softmax or log-softmax of t into y; three passes over the cached row.
+}  // namespace
+
+// (declared in core/normalization.h: the attention kernel runs it on its score rows)
 PHI_HOT void softmax_row(const float* PHI_RESTRICT x, const float* PHI_RESTRICT mask, float addend, float scale,
                          float* PHI_RESTRICT y, int64_t n, bool log) {
   // Rows are short (attention: 128 to 512), so the max is one plain vector reduction: measured
@@ -98,6 +101,8 @@ PHI_HOT void softmax_row(const float* PHI_RESTRICT x, const float* PHI_RESTRICT 
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) y[j] *= inv;
 }
+
+namespace {
 
 // Softmax along a non-innermost axis without transposing: the block of `w` adjacent columns
 // (stride `inner` between the n elements of one column) is reduced a row at a time, vectorised

@@ -30,7 +30,7 @@ size_t align_floats(int64_t floats) { return (static_cast<size_t>(floats) * size
 // Written once with GCC/Clang vector extensions and instantiated per ISA inside a function
 // compiled for that ISA (below): W floats per vector, NV vectors per row (NR = W * NV columns), MR
 // rows. The K loop is the classic outer-product form: per k, NV vector loads of B, MR broadcasts
-// of A, MR * NV FMAs into accumulators that never leave registers (AVX-512 8 x 48: 24 of the 32
+// of A, MR * NV FMAs into accumulators that never leave registers (AVX-512 6 x 64: 24 of the 32
 // zmm registers; AVX2 6 x 16: 12 of the 16 ymm registers), so it is bound by the FMA ports.
 
 // (typedefs in a struct: GCC ignores vector attributes on alias templates)
@@ -59,7 +59,8 @@ PHI_ALWAYS_INLINE void store(float* p, const Vec<W>& v) {
 // One call: C[0:rows, 0:cols] of a tile from kc rows of a packed A slice and a B panel slice.
 struct TileArgs {
   int64_t kc = 0;
-  const float* a = nullptr;  // packed A: kc groups of `rows` floats (k-major)
+  const float* a = nullptr;  // packed A: kc groups of `rows` floats (k-major); or A itself
+  int64_t lda = 0;           // A read in place (row-major, this row stride); 0: A is packed
   const float* b = nullptr;  // B panel slice: kc rows of NR floats, row stride bs
   int64_t bs = 0;
   float* c = nullptr;  // the tile's top-left element in C
@@ -76,7 +77,11 @@ struct TileArgs {
   uintptr_t pf_step = 0;
 };
 
-template <int W, int NV, int MR>
+// DIRECT: A is read where it lies (row i of the tile at a + i * lda, k along the row) instead of
+// from a packed copy: the MR rows are MR sequential streams, which L1 and the prefetchers serve as
+// well as one packed stream, and the copy (a transpose, and a pass over all of A from memory per
+// product) is saved.
+template <int W, int NV, int MR, bool DIRECT>
 PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
   using V = Vec<W>;
   constexpr int NR = W * NV;
@@ -97,24 +102,33 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
 
   const float* PHI_RESTRICT a = t.a;
   const float* PHI_RESTRICT b = t.b;
-  uintptr_t pf = t.pf;
-  for (int64_t k = 0; k < t.kc; ++k) {
-    if (pf) {
-#pragma GCC unroll 4
-      for (int j = 0; j < NR; j += 16) __builtin_prefetch(reinterpret_cast<const void*>(pf + j * sizeof(float)), 0, 3);
-      pf += t.pf_step;
-    }
+  const int64_t bs = t.bs;
+  [[maybe_unused]] const int64_t lda = t.lda;
+  // One k: NV vector loads of B, then per row one broadcast of A shared by the row's FMAs.
+  auto step = [&]() __attribute__((always_inline)) {
     V bv[NV];
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) bv[j] = load<W>(b + j * W);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      const float ai = a[i];  // scalar * vector: one broadcast load, shared by the row's FMAs
+      const float ai = DIRECT ? a[i * lda] : a[i];
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
     }
-    a += MR;
-    b += t.bs;
+    a += DIRECT ? 1 : MR;
+    b += bs;
+  };
+  // The prefetching loop apart, so that the other has no test of it per k.
+  if (t.pf) {
+    uintptr_t pf = t.pf;
+    for (int64_t k = 0; k < t.kc; ++k) {
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; j += 16) __builtin_prefetch(reinterpret_cast<const void*>(pf + j * sizeof(float)), 0, 3);
+      pf += t.pf_step;
+      step();
+    }
+  } else {
+    for (int64_t k = 0; k < t.kc; ++k) step();
   }
 
   const Epilogue& ep = *t.ep;
@@ -171,23 +185,29 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
   }
 }
 
+template <int W, int NV, int MR, bool DIRECT>
+PHI_ALWAYS_INLINE void tile_rows_as(int rows, const TileArgs& t) {
+  static_assert(MR >= 1 && MR <= 8, "row tiles of 1..8");
+  switch (rows) {
+    case 1: return tile_kernel<W, NV, 1, DIRECT>(t);
+    case 2: if constexpr (MR >= 2) return tile_kernel<W, NV, 2, DIRECT>(t); break;
+    case 3: if constexpr (MR >= 3) return tile_kernel<W, NV, 3, DIRECT>(t); break;
+    case 4: if constexpr (MR >= 4) return tile_kernel<W, NV, 4, DIRECT>(t); break;
+    case 5: if constexpr (MR >= 5) return tile_kernel<W, NV, 5, DIRECT>(t); break;
+    case 6: if constexpr (MR >= 6) return tile_kernel<W, NV, 6, DIRECT>(t); break;
+    case 7: if constexpr (MR >= 7) return tile_kernel<W, NV, 7, DIRECT>(t); break;
+    case 8: if constexpr (MR >= 8) return tile_kernel<W, NV, 8, DIRECT>(t); break;
+    default: break;
+  }
+  throw Error(ErrorCode::internal, "gemm", "packed kernel called with " + std::to_string(rows) + " rows");
+}
+
 // The row count is a template argument so that every loop above unrolls fully; a call covers
 // `rows` <= MR rows (the last row block of C may be short).
 template <int W, int NV, int MR>
 PHI_ALWAYS_INLINE void tile_rows(int rows, const TileArgs& t) {
-  static_assert(MR >= 1 && MR <= 8, "row tiles of 1..8");
-  switch (rows) {
-    case 1: return tile_kernel<W, NV, 1>(t);
-    case 2: if constexpr (MR >= 2) return tile_kernel<W, NV, 2>(t); break;
-    case 3: if constexpr (MR >= 3) return tile_kernel<W, NV, 3>(t); break;
-    case 4: if constexpr (MR >= 4) return tile_kernel<W, NV, 4>(t); break;
-    case 5: if constexpr (MR >= 5) return tile_kernel<W, NV, 5>(t); break;
-    case 6: if constexpr (MR >= 6) return tile_kernel<W, NV, 6>(t); break;
-    case 7: if constexpr (MR >= 7) return tile_kernel<W, NV, 7>(t); break;
-    case 8: if constexpr (MR >= 8) return tile_kernel<W, NV, 8>(t); break;
-    default: break;
-  }
-  throw Error(ErrorCode::internal, "gemm", "packed kernel called with " + std::to_string(rows) + " rows");
+  if (t.lda) return tile_rows_as<W, NV, MR, true>(rows, t);
+  tile_rows_as<W, NV, MR, false>(rows, t);
 }
 
 // ---- transposes (packing B given n x k, and A) -----------------------------------------------
@@ -242,7 +262,11 @@ __attribute__((target("avx2,fma"))) void transpose_avx2(const float* PHI_RESTRIC
 using TileFn = void (*)(int rows, const TileArgs& t);
 
 #if defined(PHI_PACKED_X86)
-__attribute__((target("avx512f,avx2,fma"))) void tile_avx512(int rows, const TileArgs& t) { tile_rows<16, 3, 8>(rows, t); }
+// AVX-512: 6 x 64 rather than 8 x 48. Both run at 99 % of the FMA peak with their operands in
+// cache, but 64 columns divide the widths models use (384, 1152, 1536 and every power of two from
+// 64), where 48 leaves a partial panel at each power of two (256: 11 % of the work wasted).
+__attribute__((target("avx512f,avx2,fma"))) void tile_avx512(int rows, const TileArgs& t) { tile_rows<16, 4, 6>(rows, t); }
+__attribute__((target("avx512f,avx2,fma"))) void tile_avx512_narrow(int rows, const TileArgs& t) { tile_rows<16, 2, 6>(rows, t); }
 __attribute__((target("avx2,fma"))) void tile_avx2(int rows, const TileArgs& t) { tile_rows<8, 2, 6>(rows, t); }
 #endif
 // SSE2 on x86-64 without AVX2, NEON on aarch64: 12 accumulators fit 16 registers.
@@ -254,16 +278,19 @@ struct KernelSet {
   PackedTile tile;
   TileFn fn = nullptr;
   TransposeFn transpose = nullptr;
+  int narrow_nr = 0;  // a narrower panel's kernel, for micro_tile(narrow)
+  TileFn narrow = nullptr;
 };
 
 const KernelSet& kernels() {
   static const KernelSet set = [] {
 #if defined(PHI_PACKED_X86)
     const CpuFeatures& f = cpu_features();
-    if (f.avx512f && f.avx2 && f.fma) return KernelSet{{8, 48, "avx512"}, tile_avx512, transpose_avx2};
-    if (f.avx2 && f.fma) return KernelSet{{6, 16, "avx2"}, tile_avx2, transpose_avx2};
+    if (f.avx512f && f.avx2 && f.fma)
+      return KernelSet{{6, 64, "avx512"}, tile_avx512, transpose_avx2, 32, tile_avx512_narrow};
+    if (f.avx2 && f.fma) return KernelSet{{6, 16, "avx2"}, tile_avx2, transpose_avx2, 16, tile_avx2};
 #endif
-    return KernelSet{{6, 8, "portable"}, tile_portable, transpose_scalar};
+    return KernelSet{{6, 8, "portable"}, tile_portable, transpose_scalar, 8, tile_portable};
   }();
   return set;
 }
@@ -300,8 +327,14 @@ void pack_a(const GemmArgs& g, int64_t i0, int rows, float* PHI_RESTRICT dst) {
 // measured slower (K blocks of 128 or 256: 3-7 % at 16..128 rows, K = 384 and 1536): the kernel
 // needs 16 bytes of B a cycle, which L2 delivers, and a block costs a pass over C.
 constexpr int64_t kPanelBytes = 512 * 1024;
-// Row blocks handled per pass over the panels, so that their packed A stays in L2 too.
+// Row blocks handled per pass over the panels, so that their rows of A stay in L2 too.
 constexpr int64_t kABytes = 512 * 1024;
+// Many rows and a K above kLongK: K blocks of at most kLongKBlock (split evenly), so that the MR
+// rows of A a tile reads stay in L1 beside the B rows streaming through. Measured on a Zen 4 core
+// (32 KiB L1), 1 thread, 2048^3: 99-102 GFLOP/s with K whole, 103-108 in blocks of 768 (three runs
+// each); at K = 1536 (4096 x 1536 x 384) blocks were no faster (108-112 both ways).
+constexpr int64_t kLongK = 1536;
+constexpr int64_t kLongKBlock = 768;
 // Work below which a helper thread costs more than it saves (a wake-up is a few microseconds):
 // FLOPs, and bytes of B streamed (for few rows the product runs at memory speed).
 constexpr double kFlopsPerThread = 2e6;
@@ -327,14 +360,15 @@ Blocking blocking(int64_t m, int64_t k, bool prepacked) {
   bl.kc = std::max<int64_t>(k, 1);
   if (m > tile.mr || !prepacked)
     bl.kc = std::min(bl.kc, std::max<int64_t>(256, kPanelBytes / (tile.nr * sizeof(float))));
+  if (m > tile.mr && bl.kc > kLongK) bl.kc = ceil_div(ceil_div(bl.kc, ceil_div(bl.kc, kLongKBlock)), 8) * 8;
   bl.row_chunk = std::max<int64_t>(1, kABytes / (tile.mr * bl.kc * static_cast<int64_t>(sizeof(float))));
   return bl;
 }
 
 int64_t scratch_slots() { return ThreadPool::global().capacity(); }
 
-// Scratch of the calling thread: A packed for the kernel, and a panel buffer per task when B is
-// not packed. Kept between calls up to kKeptScratch bytes (a serving thread reuses it on every
+// Scratch of the calling thread: A packed for the kernel (when given transposed), and a panel
+// buffer per task when B is not packed. Kept between calls up to kKeptScratch bytes (a serving thread reuses it on every
 // call, and plans need no workspace for it), allocated per call beyond that. Pool tasks only read
 // and write the caller's scratch while the caller waits for them.
 constexpr size_t kKeptScratch = size_t{8} << 20;
@@ -374,6 +408,31 @@ class Scratch {
 
 const PackedTile& packed_tile() { return kernels().tile; }
 
+int micro_nr(bool narrow) { return narrow ? kernels().narrow_nr : kernels().tile.nr; }
+
+void micro_tile(int rows, int64_t kc, const float* a, int64_t lda, const float* b, int64_t bs, float* c, int64_t ldc,
+                int cols, float alpha, bool narrow) {
+  static const Epilogue none;
+  TileArgs t;
+  t.kc = kc;
+  t.a = a;
+  t.lda = lda;
+  t.b = b;
+  t.bs = bs;
+  t.c = c;
+  t.ldc = ldc;
+  t.cols = cols;
+  t.alpha = alpha;
+  t.ep = &none;
+  const KernelSet& ks = kernels();
+  (narrow ? ks.narrow : ks.fn)(rows, t);
+}
+
+void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t cols, int nr,
+                  float* dst) {
+  pack_panel(b, ldb, trans_b, k0, kc, j0, cols, nr, dst);
+}
+
 void PackedB::AlignedFree::operator()(float* p) const { ::operator delete(p, std::align_val_t{kAlign}); }
 
 PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n, int threads)
@@ -411,13 +470,19 @@ std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool
 // and 1536 x 384, 1 and 2 threads, Xeon with AVX-512. B packed ahead: 1.1-3x faster for 2..64
 // rows, 1.0-1.3x at 128, 0.96-1.18x at 256. One row is a matrix-vector product at memory speed
 // either way (the packed kernel ties BLAS's gemv, and splits the read of B across threads).
+// Since A is read in place and the AVX-512 tile is 6 x 64, it wins at every size from 128 on a
+// Zen 4 core too (benchmarks/RESULTS.md, "Packed GEMM at every size"): 1.04-1.14x numpy's sgemm
+// for squares of 128-2048 and 0.99-1.13x for the 4096-row MiniLM products on 1 thread.
 //
-// With an epilogue (bias, residual, activation) the packed kernel wins at every size: it applies
-// the epilogue in registers, where the BLAS path must cut the product into cache-sized tiles
-// (re-packing A and B per tile) and make a second pass over each. 4096 rows, 1 thread, bias +
-// GELU: 97 against 81 GFLOP/s at 384 x 1536, 101 against 92 at 1536 x 384, 100 against 84 at
-// 384 x 384 (one run; benchmarks/bench_runtime.py measures it again: 1.22-1.29x in RESULTS.md).
-bool packed_gemm_prepacked_wins(int64_t m, bool fused) { return m >= 1 && (m <= 128 || fused); }
+// With an epilogue (bias, residual, activation) it wins by more: it applies the epilogue in
+// registers, where the BLAS path must cut the product into cache-sized tiles (re-packing A and B
+// per tile) and make a second pass over each.
+bool packed_gemm_prepacked_wins(int64_t m, bool) { return m >= 1; }
+
+// B as given per call, many rows: packing all of B first (one pass over k x n) and running the
+// packed kernel beats BLAS from about 512 in every dimension (2 threads, 1024^2 and 2048^2:
+// 187 -> 203 and 196 -> 205 GFLOP/s; at 256 the pass costs more than it saves).
+bool packed_gemm_per_call_wins(int64_t m, int64_t n, int64_t k) { return std::min({m, n, k}) >= 512; }
 
 // B as given per call: read in place it wins 1.2-2x for 2..32 rows and loses from 64 on (the
 // strided reads of a panel cost more than BLAS's packing amortised over many rows); transposed, it
@@ -455,10 +520,12 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
   const int64_t gm = std::min(std::max<int64_t>(1, t / gn), row_blocks);
   const int64_t tasks = gn * gm;
 
-  // Per task: A packed for one chunk of row blocks (all of K), and a panel buffer when B is not
-  // packed. A chunk is bounded by kABytes per K block, so the scratch stays small whatever m is
-  // (packing all of A up front took m * k floats: 25 MB at 4096 x 1536, per call).
-  const size_t chunk_floats = align_floats(bl.row_chunk * mr * g.k) / sizeof(float);
+  // Per task: a panel buffer when B is not packed, and A packed for one chunk of row blocks (all
+  // of K) when A is given transposed; row-major A is read in place (see tile_kernel: packing it
+  // took 3 % of a MiniLM run). A chunk is bounded by kABytes per K block, so the scratch stays
+  // small whatever m is.
+  const bool direct = !g.trans_a;
+  const size_t chunk_floats = direct ? 0 : align_floats(bl.row_chunk * mr * g.k) / sizeof(float);
   const size_t slot_floats = packed ? 0 : align_floats(bl.kc * nr) / sizeof(float);
   Scratch buffers(tasks * (chunk_floats + slot_floats) * sizeof(float));
   float* scratch = reinterpret_cast<float*>(buffers.data());
@@ -476,7 +543,7 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
     ta.ep = &g.epilogue;
     for (int64_t rc = r0; rc < r1; rc += bl.row_chunk) {
       const int64_t rc1 = std::min(r1, rc + bl.row_chunk);
-      for (int64_t rb = rc; rb < rc1; ++rb) {
+      for (int64_t rb = rc; rb < rc1 && !direct; ++rb) {
         const int rows = static_cast<int>(std::min<int64_t>(mr, g.m - rb * mr));
         pack_a(g, rb * mr, rows, achunk + (rb - rc) * mr * g.k);
       }
@@ -505,7 +572,12 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
           ta.col0 = j0;
           for (int64_t rb = rc; rb < rc1; ++rb) {
             const int rows = static_cast<int>(std::min<int64_t>(mr, g.m - rb * mr));
-            ta.a = achunk + (rb - rc) * mr * g.k + k0 * rows;
+            if (direct) {
+              ta.a = g.a + rb * mr * g.lda + k0;
+              ta.lda = g.lda;
+            } else {
+              ta.a = achunk + (rb - rc) * mr * g.k + k0 * rows;
+            }
             ta.c = g.c + rb * mr * g.ldc + j0;
             ta.row0 = rb * mr;
             // The first row block streams the panel from memory, ahead of it by kPrefetchBytes;

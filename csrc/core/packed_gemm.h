@@ -1,4 +1,5 @@
-// Weights-stationary float32 GEMM for few rows (inference at batch 1..~64): B is packed once into
+// Weights-stationary float32 GEMM (first written for few rows, inference at batch 1..~64; it now
+// beats BLAS at every size measured when B is packed ahead): B is packed once into
 // column panels that a register-tiled SIMD micro-kernel streams contiguously, and the epilogue
 // (alpha, bias, residual, activation) is applied to the register tile before its one store to C.
 //
@@ -15,7 +16,7 @@
 namespace phi {
 
 // The register tile of the kernel this CPU runs, chosen once from cpu_features(): rows x columns
-// of C held in vector registers (AVX-512: 8 x 48, AVX2+FMA: 6 x 16, portable: 6 x 8).
+// of C held in vector registers (AVX-512: 6 x 64, AVX2+FMA: 6 x 16, portable: 6 x 8).
 struct PackedTile {
   int mr = 0;
   int nr = 0;
@@ -58,10 +59,29 @@ std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool
 // with B packed ahead of time (plan constants, PackedWeights), and with B as given per call.
 bool packed_gemm_prepacked_wins(int64_t m, bool fused);
 bool packed_gemm_unpacked_wins(int64_t m, bool trans_b);
+// B as given per call, packed whole first (a PackedB per call), for a product this large.
+bool packed_gemm_per_call_wins(int64_t m, int64_t n, int64_t k);
 
 // C = epilogue(alpha * op(A) op(B)) on up to `threads` threads (N panels split between them, the
 // caller taking part). op(B) is `packed` when given (g.b and g.trans_b are then ignored), else
 // g.b read in place (row-major k x n) or packed panel by panel as it is used (trans_b).
 void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads);
+
+// ---- the micro-kernel, for kernels built on it (attention) ----------------------------------------
+
+// Panel width of the kernel micro_tile runs: the tile's nr, or with `narrow` a panel of half that
+// on AVX-512 (32 columns, for products as narrow as an attention head), the same elsewhere.
+int micro_nr(bool narrow);
+
+// C[rows x cols] = alpha * A B for rows <= packed_tile().mr: A row-major (row i at a + i * lda, kc
+// floats used), B kc rows of micro_nr(narrow) floats from b, row stride bs, read in full (zero
+// past `cols`, or at least readable), C row stride ldc, only `cols` columns written.
+void micro_tile(int rows, int64_t kc, const float* a, int64_t lda, const float* b, int64_t bs, float* c, int64_t ldc,
+                int cols, float alpha, bool narrow);
+
+// Columns [j0, j0 + cols) of rows [k0, k0 + kc) of op(B) into kc rows of nr floats, zero-padded
+// (op(B) = B, k x n row-major with row stride ldb, or with trans_b its transpose: B given n x k).
+void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t cols, int nr,
+                  float* dst);
 
 }  // namespace phi

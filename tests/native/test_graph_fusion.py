@@ -214,6 +214,88 @@ def test_conv_batch_norm_residual_activation(rng: np.random.Generator, act: str)
     _check(model, {"x": x}, ["phi::Conv"], ["Conv", "BatchNormalization", "Add", act])
 
 
+def _heads_attention_nodes(k_in_one_transpose: bool) -> list[onnx.NodeProto]:
+    """Attention over heads split from (batch, seq, hidden) by Reshape + Transpose and merged
+    back, as our MiniLM writer (k transposed twice) and torch's export (once) spell it."""
+    mk = helper.make_node
+    nodes = []
+    for t in ("q", "k", "v"):
+        nodes.append(mk("Reshape", [t, "split"], [t + "4"]))
+        if t == "k" and k_in_one_transpose:
+            nodes.append(mk("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]))
+        else:
+            nodes.append(mk("Transpose", [t + "4"], [t + "h"], perm=[0, 2, 1, 3]))
+    if not k_in_one_transpose:
+        nodes.append(mk("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]))
+    return [
+        *nodes,
+        mk("MatMul", ["qh", "kt"], ["s"]),
+        mk("Div", ["s", "scale"], ["ss"]),
+        mk("Add", ["ss", "mask"], ["sm"]),
+        mk("Softmax", ["sm"], ["p"], axis=-1),
+        mk("MatMul", ["p", "vh"], ["c"]),
+        mk("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
+        mk("Reshape", ["ct", "merge"], ["y"]),
+    ]
+
+
+@pytest.mark.parametrize("k_in_one_transpose", [False, True])
+@pytest.mark.parametrize("mask_shape", [["b", 1, 1, 10], [10, 10]])
+def test_attention_over_heads_becomes_one_op_without_transposes(
+    rng: np.random.Generator, k_in_one_transpose: bool, mask_shape: list[object]
+) -> None:
+    heads, dim = 3, 8
+    model = _model(
+        _heads_attention_nodes(k_in_one_transpose),
+        {"q": ["b", 10, 24], "k": ["b", 10, 24], "v": ["b", 10, 24], "mask": mask_shape},
+        {
+            "scale": _scalar(math.sqrt(dim)),
+            "split": np.array([0, 0, heads, dim], np.int64),
+            "merge": np.array([0, 0, heads * dim], np.int64),
+        },
+    )
+    q, k, v = (rng.standard_normal((2, 10, 24)).astype(np.float32) for _ in range(3))
+    shape = [2 if d == "b" else d for d in mask_shape]
+    mask = np.where(rng.random(shape) < 0.3, -1e4, 0.0).astype(np.float32)
+    _check(
+        model,
+        {"q": q, "k": k, "v": v, "mask": mask},
+        ["phi::Attention"],
+        ["Transpose", "Softmax", "phi::Softmax", "MatMul", "phi::Linear"],
+    )
+    node = next(n for n in compile(model).graph.nodes if n.op_type == "Attention")
+    assert node.attrs["alpha"] == pytest.approx(1 / math.sqrt(dim))
+
+
+def test_attention_whose_probabilities_are_read_elsewhere_is_not_fused(
+    rng: np.random.Generator,
+) -> None:
+    nodes = [*_heads_attention_nodes(False), helper.make_node("Identity", ["p"], ["probs"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, F, ["b", 10, 24]) for n in ("q", "k", "v")]
+        + [helper.make_tensor_value_info("mask", F, ["b", 1, 1, 10])],
+        [
+            helper.make_tensor_value_info("y", F, None),
+            helper.make_tensor_value_info("probs", F, None),
+        ],
+        [
+            numpy_helper.from_array(_scalar(math.sqrt(8.0)), "scale"),
+            numpy_helper.from_array(np.array([0, 0, 3, 8], np.int64), "split"),
+            numpy_helper.from_array(np.array([0, 0, 24], np.int64), "merge"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    cm = compile(model)
+    assert "Attention" not in [n.op_type for n in cm.graph.nodes]
+    feeds = {n: rng.standard_normal((2, 10, 24)).astype(np.float32) for n in ("q", "k", "v")}
+    feeds["mask"] = np.zeros((2, 1, 1, 10), np.float32)
+    out, plain = cm.run(feeds), compile(model, fuse=False).run(feeds)
+    for name in ("y", "probs"):
+        np.testing.assert_allclose(out[name], plain[name], rtol=2e-5, atol=2e-5)
+
+
 def test_patterns_with_outside_readers_are_left_alone(rng: np.random.Generator) -> None:
     mk = helper.make_node
     # The Erf's input is also a graph output, so the GELU nodes cannot disappear.

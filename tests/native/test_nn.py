@@ -239,10 +239,78 @@ def test_batch_norm_large_threads_agree(rng: np.random.Generator) -> None:
     close_norm(ops.batch_norm(xt, *params), ref.batch_norm(xt, *params))
 
 
+# ---- fused attention -------------------------------------------------------------------------
+
+# (batch, queries, keys, heads, head_dim, value_dim, mask shape or None): head widths at, under
+# and over a narrow panel (32) and a full one (64 on AVX-512), key counts off every panel
+# boundary, one query and one key, and masks broadcast along every axis.
+ATTENTION_CASES = [
+    (2, 128, 128, 12, 32, 32, (2, 1, 1, 128)),
+    (1, 13, 70, 2, 64, 80, (13, 70)),
+    (3, 1, 1, 1, 1, 1, (3, 1, 1, 1)),
+    (2, 33, 129, 4, 96, 20, (2, 4, 33, 129)),
+    (1, 7, 5, 3, 16, 16, None),
+    (2, 17, 65, 5, 33, 7, (5, 1, 65)),
+    (1, 6, 300, 1, 8, 40, (1, 300)),
+]
+
+
+@pytest.mark.parametrize(("b", "sq", "sk", "h", "d", "dv", "mask_shape"), ATTENTION_CASES)
+def test_attention(
+    rng: np.random.Generator,
+    b: int,
+    sq: int,
+    sk: int,
+    h: int,
+    d: int,
+    dv: int,
+    mask_shape: tuple[int, ...] | None,
+) -> None:
+    # Products of unit-scale values over d terms, then a convex combination of v: the float32
+    # error is about 1e-7 * sqrt(d) in the scores, which the softmax carries into the output.
+    q, k, v = randn(rng, b, sq, h, d), randn(rng, b, sk, h, d), randn(rng, b, sk, h, dv)
+    mask = None
+    if mask_shape is not None:
+        mask = np.where(rng.random(mask_shape) < 0.3, F32(-1e4), F32(0.0)).astype(F32)
+    alpha = 1.0 / np.sqrt(d)
+    expected = ref.attention(q, k, v, mask, alpha)
+    for threads in (1, 2):
+        out = ops.attention(q, k, v, mask, alpha, threads=threads)
+        assert out.dtype == F32 and out.shape == (b, sq, h, dv)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6 * np.sqrt(d))
+
+
+def test_attention_fully_masked_query_is_nan_and_others_are_not(rng: np.random.Generator) -> None:
+    q, k, v = randn(rng, 1, 4, 2, 8), randn(rng, 1, 6, 2, 8), randn(rng, 1, 6, 2, 8)
+    mask = np.zeros((1, 2, 4, 6), F32)
+    mask[0, 1, 2, :] = NEG_INF  # head 1, query 2 sees no key
+    mask[0, 0, 1, :3] = NEG_INF  # head 0, query 1 sees half of them
+    out = ops.attention(q, k, v, mask, 0.5)
+    assert np.isnan(out[0, 2, 1]).all()
+    finite = np.ones((4, 2), bool)
+    finite[2, 1] = False
+    assert np.isfinite(out[0][finite]).all()
+    np.testing.assert_allclose(out, ref.attention(q, k, v, mask, 0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_noncontiguous_and_empty(rng: np.random.Generator) -> None:
+    base = randn(rng, 2, 9, 3, 16)
+    q = base[:, :, :, ::2]  # a strided view: made contiguous at the boundary
+    k = v = base[:, :, :, 8:]
+    np.testing.assert_allclose(
+        ops.attention(q, k, v, None, 0.3), ref.attention(q, k, v, None, 0.3), rtol=1e-5, atol=1e-6
+    )
+    empty = ops.attention(
+        np.ones((0, 4, 2, 8), F32), np.ones((0, 5, 2, 8), F32), np.ones((0, 5, 2, 3), F32)
+    )
+    assert empty.shape == (0, 4, 2, 3)
+
+
 # ---- errors --------------------------------------------------------------------------------
 
 ONES = np.ones((4, 6), F32)
 C6 = np.ones(6, F32)
+Q4 = np.ones((1, 5, 3, 4), F32)  # (batch, seq, heads, head_dim)
 Call = Callable[[], Any]
 
 
@@ -274,6 +342,13 @@ Call = Callable[[], Any]
         ("batch_norm", lambda: ops.batch_norm(ONES.T, C6, C6, C6, C6)),
         ("batch_norm", lambda: ops.batch_norm(ONES, C6, C6, C6, C6, epsilon=0.0)),
         ("batch_norm", lambda: ops.batch_norm(ONES, C6, C6, C6, np.ones(6, np.int64))),
+        ("attention", lambda: ops.attention(Q4, Q4, Q4.astype(np.float64))),
+        ("attention", lambda: ops.attention(ONES, ONES, ONES)),
+        ("attention", lambda: ops.attention(Q4, np.ones((1, 5, 2, 4), F32), Q4)),
+        ("attention", lambda: ops.attention(Q4, Q4, np.ones((1, 6, 3, 4), F32))),
+        ("attention", lambda: ops.attention(Q4, Q4, Q4, np.ones((1, 3, 5, 4), F32))),
+        ("attention", lambda: ops.attention(Q4, Q4, Q4, np.ones((1, 1, 1, 1, 5), F32))),
+        ("attention", lambda: ops.attention(Q4, Q4, Q4, alpha=float("nan"))),
     ],
 )
 def test_errors(op: str, call: Call) -> None:

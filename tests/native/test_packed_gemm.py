@@ -3,8 +3,9 @@
 It runs for gemm and matmul with few rows: on weights packed by ``ops.pack_weights``, on plan
 constants (packed when the plan is built), and on B as given per call (read in place, or packed
 panel by panel when transposed). Shapes cover every row count of a register tile and its
-remainders (the tile is 8, 6 or 6 rows by 48, 16 or 8 columns depending on the CPU), partial
-column panels, K = 1, and a K long enough to be cut into blocks.
+remainders (the tile is 6 rows by 64, 16 or 8 columns depending on the CPU), partial column
+panels, K = 1, and a K long enough to be cut into blocks. A given row-major is read in place by
+the kernel (a row stride other than K included); a transposed A is packed.
 
 Tolerances: weights are scaled by 1/sqrt(K) so outputs are of unit scale; float32 accumulation
 over K then errs by about 1e-7 * sqrt(K), so ``atol = 2e-6 * sqrt(K)`` with ``rtol = 1e-5`` (the
@@ -102,6 +103,37 @@ def test_long_k_and_many_rows(rng: np.random.Generator, m: int, k: int, n: int) 
     packed = ops.pack_weights(w)
     for threads in (1, 2):
         assert_close(ops.gemm(a, packed, bias, "tanh", residual=res, threads=threads), expected, k)
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(50, 3001, 130), (200, 1700, 64)])
+def test_long_k_in_blocks_with_many_rows(rng: np.random.Generator, m: int, k: int, n: int) -> None:
+    # K past 1536 with many rows is cut into even blocks of at most 768 (A's rows stay in L1),
+    # and the partial sums of every block but the last live in C.
+    a, w, bias = randn(rng, m, k), weight(rng, k, n), randn(rng, n)
+    expected = ref.gemm(a, w, bias, "gelu")
+    packed = ops.pack_weights(w)
+    for threads in (1, 2):
+        assert_close(ops.gemm(a, packed, bias, "gelu", threads=threads), expected, k)
+
+
+def test_a_with_a_row_stride_is_read_in_place(rng: np.random.Generator) -> None:
+    # A view of every other column block: rows 96 floats apart, 40 used.
+    k, n = 40, 70
+    base = randn(rng, 31, 96)
+    a, w = base[:, 8:48], weight(rng, k, n)
+    expected = ref.gemm(np.ascontiguousarray(a), w, None, "none")
+    for threads in (1, 2):
+        assert_close(ops.gemm(a, ops.pack_weights(w), threads=threads), expected, k)
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_large_product_packs_b_per_call(rng: np.random.Generator, trans_b: bool) -> None:
+    # From 512 in every dimension B as given is packed whole per call and run by this kernel.
+    m, k, n = 515, 520, 530
+    a, w = randn(rng, m, k), weight(rng, k, n, trans_b)
+    expected = ref.gemm(a, w, None, "none", trans_b=trans_b)
+    for threads in (1, 2):
+        assert_close(ops.gemm(a, w, trans_b=trans_b, threads=threads), expected, k)
 
 
 @pytest.mark.parametrize("m", [2, 7, 24, 40])

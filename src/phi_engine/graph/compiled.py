@@ -142,7 +142,7 @@ def compile(
 
         check_graph(graph)  # refused now, naming every op, not at the first request
     elif fuse:
-        fusion.fuse(graph)
+        fusion.fuse(graph, attention=device == "cpu")
         eliminate_dead_code(graph)
     if precision == "fp16":
         _check_fp16_weights(graph)

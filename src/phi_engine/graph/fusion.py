@@ -11,7 +11,9 @@ fused kernels' dtype). Passes run in an order where later ones build on earlier 
 3. Attention scores: ``MatMul(q, Transpose(k))`` with the last two axes swapped → a
    ``phi::Linear`` with ``trans_b`` (no transpose copy); a product ``/ c`` or ``* c`` by a
    scalar constant → its ``alpha``.
-4. Masked softmax: ``Softmax(s + mask)`` → ``phi::Softmax(s, mask)`` (one pass).
+4. Masked softmax: ``Softmax(s + mask)`` → ``phi::Softmax(s, mask)`` (one pass). Then the whole
+   attention over heads split and merged by transposes, ``Transpose(softmax(alpha·QKᵀ + mask)·V)``
+   → ``phi::Attention(q, k, v, mask)`` on the (batch, seq, heads, dim) tensors (CPU).
 5. Layer norm: the decomposed mean/variance pattern (exports before opset 17) and
    ``LayerNormalization(a + b)`` → ``phi::LayerNorm`` with the residual fused.
 6. Convolution: 2-D ``Conv`` by constant weights, a following inference ``BatchNormalization``
@@ -34,8 +36,9 @@ _ACTIVATIONS = {("", "Relu"): "relu", ("", "Tanh"): "tanh", ("", "Sigmoid"): "si
 _ACTIVATIONS[("phi", "Gelu")] = "gelu"
 
 
-def fuse(graph: Graph) -> None:
-    """Apply every fusion pass in place (see the module docstring)."""
+def fuse(graph: Graph, *, attention: bool = True) -> None:
+    """Apply every fusion pass in place (see the module docstring). ``attention=False`` leaves
+    attention as products and a softmax (the CUDA backend runs those with cuBLAS)."""
     for rewrite in (
         _gelu,
         _linear,
@@ -43,6 +46,7 @@ def fuse(graph: Graph) -> None:
         _transposed_matmul,
         _scaled_matmul,
         _masked_softmax,
+        *((_attention,) if attention else ()),
         _decomposed_layer_norm,
         _layer_norm_residual,
         _conv,
@@ -313,6 +317,59 @@ def _masked_softmax(m: _Matcher, sm: Node) -> bool:
             return False
     attrs = {"axis": -1}
     m.replace([add, sm], Node("Softmax", [scores, mask], list(sm.outputs), attrs, domain="phi"))
+    return True
+
+
+# ---- 4b. Attention ------------------------------------------------------------------------------
+
+_HEADS = [0, 2, 1, 3]  # (batch, seq, heads, dim) <-> (batch, heads, seq, dim)
+
+
+def _heads_of(m: _Matcher, name: str, perm: list[int]) -> str | None:
+    """The (batch, seq, heads, dim) tensor that ``name`` is a private ``Transpose(perm)`` of."""
+    tr = m.made_by(name, "Transpose")
+    if tr is None or not m.private(name) or list(tr.attrs.get("perm") or []) != perm:
+        return None
+    src = tr.inputs[0]
+    return src if m.g.types[src].rank == 4 and m.is_f32(src) else None
+
+
+def _attention(m: _Matcher, out: Node) -> bool:
+    """``Transpose(softmax(alpha·QKᵀ + mask)·V)`` over heads split by transposes → one
+    ``phi::Attention`` on the (batch, seq, heads, dim) tensors, with no transpose left.
+
+    After passes 3 and 4 the scores are ``phi::Linear(Transpose(q), Transpose(k), trans_b)`` (or
+    with k transposed to (batch, heads, dim, seq) by one Transpose, as torch exports it) and the
+    softmax a ``phi::Softmax`` with the mask; V's product is a MatMul and the heads are merged by
+    ``Transpose(perm=[0, 2, 1, 3])``.
+    """
+    if out.op_type != "Transpose" or out.domain or list(out.attrs.get("perm") or []) != _HEADS:
+        return False
+    mm = m.made_by(out.inputs[0], "MatMul")
+    if mm is None or not m.private(out.inputs[0]) or len(mm.inputs) != 2:
+        return False
+    sm = m.made_by(mm.inputs[0], "Softmax", "phi")
+    if sm is None or not m.private(mm.inputs[0]) or int(sm.attrs.get("axis", -1)) not in (-1, 3):
+        return False
+    lin = m.made_by(sm.inputs[0], "Linear", "phi")
+    if lin is None or not m.private(sm.inputs[0]) or any(lin.inputs[2:]):
+        return False
+    if lin.attrs.get("activation", "none") != "none":
+        return False
+    trans_b = bool(lin.attrs.get("trans_b", 0))
+    q = _heads_of(m, lin.inputs[0], _HEADS)
+    k = _heads_of(m, lin.inputs[1], _HEADS if trans_b else [0, 2, 3, 1])
+    v = _heads_of(m, mm.inputs[1], _HEADS)
+    if q is None or k is None or v is None:
+        return False
+    mask = sm.inputs[1] if len(sm.inputs) > 1 and sm.inputs[1] else None
+    if mask is not None and (m.g.types[mask].rank or 5) > 4:
+        return False
+    alpha = float(lin.attrs.get("alpha", 1.0)) * float(sm.attrs.get("scale", 1.0))
+    nodes = [m.producer[name] for name in (lin.inputs[0], lin.inputs[1], mm.inputs[1])]
+    inputs = [q, k, v] + ([mask] if mask is not None else [])
+    new = Node("Attention", inputs, list(out.outputs), {"alpha": alpha}, domain="phi")
+    m.replace([*nodes, lin, sm, mm, out], new)
     return True
 
 

@@ -42,6 +42,7 @@ from phi_engine.ops._linalg import PackedWeights, gemm, matmul, pack_weights
 from phi_engine.ops._nn import (
     argmax,
     argmin,
+    attention,
     batch_norm,
     layer_norm,
     log_softmax,
@@ -61,6 +62,7 @@ __all__ = [
     "add",
     "argmax",
     "argmin",
+    "attention",
     "avg_pool2d",
     "batch_norm",
     "cast",

@@ -1,4 +1,5 @@
-"""Normalisations and reductions: softmax, layer/RMS/batch norm, reduce_* and argmax/argmin.
+"""Normalisations and reductions: softmax, fused attention, layer/RMS/batch norm, reduce_* and
+argmax/argmin.
 
 All take float32. Reductions follow ONNX: ``axes`` (default all) and ``keepdims`` (default
 True); an empty reduction gives 0 (sum), 1 (prod), -inf (max), +inf (min) or NaN (mean).
@@ -48,6 +49,46 @@ def softmax(
         "scale": float_attr("softmax", "scale", scale),
     }
     return run1("softmax", [x, mask], attrs, threads)
+
+
+def attention(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    mask: ArrayLike | None = None,
+    alpha: float = 1.0,
+    *,
+    threads: int = 0,
+) -> np.ndarray:
+    """Multi-head attention ``softmax(alpha * Q·Kᵀ + mask)·V``, fused: the scores never reach
+    memory.
+
+    Operands are in the layout a projection writes, ``(batch, seq, heads, head_dim)``, and so is
+    the result: splitting heads is a reshape, with no transpose before or after. Per batch and
+    head, ``out[b, i, h] = Σ_j p[b, h, i, j] · v[b, j, h]`` with
+    ``p[b, h, i] = softmax_j(alpha · q[b, i, h]·k[b, j, h] + mask[b, h, i, j])``.
+
+    Args:
+        q: float32 ``(B, Sq, H, D)``.
+        k: float32 ``(B, Sk, H, D)``.
+        v: float32 ``(B, Sk, H, Dv)``.
+        mask: float32, broadcastable to the scores' shape ``(B, H, Sq, Sk)`` (e.g. ``(B, 1, 1,
+            Sk)`` for padding, ``(Sq, Sk)`` for a causal mask); 0 keeps, a large negative value
+            or ``-inf`` drops.
+        alpha: Factor of the scores, usually ``1/√D``.
+        threads: Threads to use (0: the default, see :func:`phi_engine.set_num_threads`).
+
+    Returns:
+        A new float32 array ``(B, Sq, H, Dv)``. A query whose scores are all ``-inf`` (or hold
+        NaN) gives NaN, as the unfused softmax does.
+
+    Raises:
+        InvalidRequestError: a non-float32 operand, shapes that do not match as above, a mask
+            that does not broadcast, or a non-finite alpha.
+    """
+    return run1(
+        "attention", [q, k, v, mask], {"alpha": float_attr("attention", "alpha", alpha)}, threads
+    )
 
 
 def log_softmax(

@@ -4,6 +4,8 @@
   ``w'`` is ``w`` or, with ``trans_b``, ``w`` with its last two axes swapped; numpy matmul
   broadcasting. One native ``matmul`` with its epilogue.
 - ``phi::Softmax(x, mask?)``: ``softmax(scale * x + mask)`` along ``axis``: one native pass.
+- ``phi::Attention(q, k, v, mask?)``: ``softmax(alpha * q·kᵀ + mask)·v`` per batch and head on
+  (batch, seq, heads, dim) tensors, giving (batch, seq_q, heads, dim_v): one native pass.
 - ``phi::Gelu(x)``: ``x * Φ(x)`` with the erf, as exporters spell it in five nodes.
 - ``phi::LayerNorm(x, gamma, beta?, residual?)``: ONNX LayerNormalization of ``x + residual``.
 
@@ -92,6 +94,33 @@ def softmax(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.exp(t - np.max(t, axis=axis, keepdims=True))
         return [(e / e.sum(axis=axis, keepdims=True)).astype(F32)]
+
+
+def _attention_infer(ctx: InferContext) -> list[TensorType]:
+    _float32_only(ctx)
+    q, k, v = (ctx.type(i).shape for i in range(3))
+    if q is None or k is None or v is None:
+        return [tt(F32, None)]
+    if len(q) != 4 or len(k) != 4 or len(v) != 4:
+        ctx.fail("phi::Attention needs q, k, v of rank 4 (batch, seq, heads, dim)")
+    return [tt(F32, (q[0], q[1], q[2], v[3]))]
+
+
+def _attention_lower(ctx: LowerContext) -> list[int] | None:
+    inputs = [ctx.slot(0), ctx.slot(1), ctx.slot(2), ctx.slot(3)]
+    return ctx.step("attention", inputs, {"alpha": float(ctx.attr("alpha", 1.0))})
+
+
+@op("Attention", (1,), infer=_attention_infer, lower=_attention_lower, domain=DOMAIN)
+def attention(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
+    q, k, v = (np.swapaxes(np.asarray(t, np.float64), 1, 2) for t in x[:3])
+    t = float(ctx.attr("alpha", 1.0)) * np.matmul(q, np.swapaxes(k, -1, -2))
+    if len(x) > 3 and x[3] is not None:
+        t = t + np.asarray(x[3], np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(t - np.max(t, axis=-1, keepdims=True))
+        p = e / e.sum(axis=-1, keepdims=True)
+        return [np.swapaxes(np.matmul(p, v), 1, 2).astype(F32)]
 
 
 def _gelu_infer(ctx: InferContext) -> list[TensorType]:

@@ -42,6 +42,7 @@ from phi_engine.runtime.reference._linalg import gemm, matmul
 from phi_engine.runtime.reference._nn import (
     argmax,
     argmin,
+    attention,
     batch_norm,
     layer_norm,
     log_softmax,
@@ -61,6 +62,7 @@ __all__ = [
     "apply_activation",
     "argmax",
     "argmin",
+    "attention",
     "avg_pool2d",
     "batch_norm",
     "cast",

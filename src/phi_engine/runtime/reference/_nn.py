@@ -29,6 +29,21 @@ def softmax(
         return np.asarray((e / e.sum(axis=axis, keepdims=True)).astype(F32))
 
 
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None = None,
+    alpha: float = 1.0,
+) -> np.ndarray:
+    """Reference of :func:`phi_engine.ops.attention`: the unfused form in float64."""
+    qh, kh, vh = (np.swapaxes(_f64(t), 1, 2) for t in (q, k, v))  # (B, H, S, D)
+    scores = alpha * np.matmul(qh, np.swapaxes(kh, -1, -2))
+    probs = softmax(scores, mask).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(np.swapaxes(np.matmul(probs, vh), 1, 2).astype(F32))
+
+
 def log_softmax(
     x: np.ndarray,
     axis: int = -1,
