@@ -41,12 +41,22 @@ class AttentionKernel final : public Kernel {
     d_ = q.shape[3];
     sk_ = k.shape[1];
     dv_ = v.shape[3];
-    PHI_CHECK(k.shape[0] == b_ && k.shape[2] == h_ && k.shape[3] == d_, op,
-              "k must be (batch, keys, heads, head_dim) = (" + std::to_string(b_) + ", *, " + std::to_string(h_) + ", " +
-                  std::to_string(d_) + ") to match q " + shape_str(q.shape) + ", got " + shape_str(k.shape));
-    PHI_CHECK(v.shape[0] == b_ && v.shape[1] == sk_ && v.shape[2] == h_, op,
-              "v must be (batch, keys, heads, *) = (" + std::to_string(b_) + ", " + std::to_string(sk_) + ", " +
-                  std::to_string(h_) + ", *) to match q and k, got " + shape_str(v.shape));
+    // k and v may share one batch entry or one head among all of q's (numpy broadcasting, as the
+    // unfused products have it): multi-query attention has a single key/value head.
+    auto fits = [](int64_t dim, int64_t of_q) { return dim == of_q || dim == 1; };
+    PHI_CHECK(fits(k.shape[0], b_) && fits(k.shape[2], h_) && k.shape[3] == d_, op,
+              "k must be (batch, keys, heads, head_dim) with batch " + std::to_string(b_) + " or 1, heads " +
+                  std::to_string(h_) + " or 1 and head_dim " + std::to_string(d_) + " to match q " + shape_str(q.shape) +
+                  ", got " + shape_str(k.shape));
+    PHI_CHECK(fits(v.shape[0], b_) && v.shape[1] == sk_ && fits(v.shape[2], h_), op,
+              "v must be (batch, keys, heads, *) with batch " + std::to_string(b_) + " or 1, " + std::to_string(sk_) +
+                  " keys and heads " + std::to_string(h_) + " or 1 to match q and k, got " + shape_str(v.shape));
+    kb_ = k.shape[0] == b_;
+    kh_ = k.shape[2] == h_;
+    vb_ = v.shape[0] == b_;
+    vh_ = v.shape[2] == h_;
+    hk_ = k.shape[2];
+    hv_ = v.shape[2];
     alpha_ = attrs.get_f32(op, "alpha", 1.0f);
     PHI_CHECK(std::isfinite(alpha_), op, "alpha must be finite");
     if (in[3].present()) {
@@ -74,8 +84,8 @@ class AttentionKernel final : public Kernel {
     const float* mask = in[3].present() ? in[3].ptr<const float>() : nullptr;
     float* o = out[0].ptr<float>();
     if (b_ == 0 || h_ == 0 || sq_ == 0 || dv_ == 0) return;
-    if (sk_ == 0) {  // softmax over no keys: numpy gives NaN rows (0 / 0)
-      std::fill(o, o + out[0].numel(), std::numeric_limits<float>::quiet_NaN());
+    if (sk_ == 0) {  // a sum over no keys, as the unfused products give
+      std::fill(o, o + out[0].numel(), 0.0f);
       return;
     }
     const int mr = packed_tile().mr;
@@ -102,14 +112,14 @@ class AttentionKernel final : public Kernel {
       float* p = s + s_floats;
       const int64_t bi = task / h_, hi = task % h_;
       const float* qh = q + (bi * sq_ * h_ + hi) * d_;  // query i at qh + i * h_ * d_
-      const float* kh = k + (bi * sk_ * h_ + hi) * d_;
-      const float* vh = v + (bi * sk_ * h_ + hi) * dv_;
+      const float* kh = k + ((kb_ ? bi : 0) * sk_ * hk_ + (kh_ ? hi : 0)) * d_;  // key j at kh + j * hk_ * d_
+      const float* vh = v + ((vb_ ? bi : 0) * sk_ * hv_ + (vh_ ? hi : 0)) * dv_;
       float* oh = o + (bi * sq_ * h_ + hi) * dv_;
       // Kᵀ: op(B) = Kᵀ (d x keys) from K given keys x d; V: keys x dv as it is.
       for (int64_t j0 = 0; j0 < sk_pad; j0 += nr)
-        pack_b_panel(kh, h_ * d_, true, 0, d_, j0, std::min<int64_t>(nr, sk_ - j0), nr, kt + j0 * d_);
+        pack_b_panel(kh, hk_ * d_, true, 0, d_, j0, std::min<int64_t>(nr, sk_ - j0), nr, kt + j0 * d_);
       for (int64_t c0 = 0; c0 < dv_pad; c0 += nrv)
-        pack_b_panel(vh, h_ * dv_, false, 0, sk_, c0, std::min<int64_t>(nrv, dv_ - c0), nrv, vp + c0 * sk_);
+        pack_b_panel(vh, hv_ * dv_, false, 0, sk_, c0, std::min<int64_t>(nrv, dv_ - c0), nrv, vp + c0 * sk_);
       const float* mask_bh = mask ? mask + bi * mask_strides_[0] + hi * mask_strides_[1] : nullptr;
       for (int64_t i0 = 0; i0 < sq_; i0 += mr) {
         const int rows = static_cast<int>(std::min<int64_t>(mr, sq_ - i0));
@@ -136,6 +146,8 @@ class AttentionKernel final : public Kernel {
 
  private:
   int64_t b_ = 0, sq_ = 0, sk_ = 0, h_ = 0, d_ = 0, dv_ = 0;
+  int64_t hk_ = 0, hv_ = 0;                            // heads of k and v (h_ or 1)
+  bool kb_ = true, kh_ = true, vb_ = true, vh_ = true;  // k's / v's batch and heads are q's (else 1)
   float alpha_ = 1.0f;
   int64_t mask_strides_[4] = {0, 0, 0, 0};
 };

@@ -267,6 +267,43 @@ def test_attention_over_heads_becomes_one_op_without_transposes(
     assert node.attrs["alpha"] == pytest.approx(1 / math.sqrt(dim))
 
 
+def test_multi_query_attention_is_fused_and_broadcast(rng: np.random.Generator) -> None:
+    # k and v carry one head shared by q's three: the products broadcast it, and so does the op.
+    mk = helper.make_node
+    nodes = [
+        mk("Reshape", ["q", "split_q"], ["q4"]),
+        mk("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+        mk("Reshape", ["k", "split_kv"], ["k4"]),
+        mk("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+        mk("Reshape", ["v", "split_kv"], ["v4"]),
+        mk("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
+        mk("MatMul", ["qh", "kt"], ["s"]),
+        mk("Mul", ["s", "scale"], ["ss"]),
+        mk("Add", ["ss", "mask"], ["sm"]),
+        mk("Softmax", ["sm"], ["p"], axis=-1),
+        mk("MatMul", ["p", "vh"], ["c"]),
+        mk("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
+        mk("Reshape", ["ct", "merge"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        {"q": ["b", 10, 24], "k": ["b", 10, 8], "v": ["b", 10, 8], "mask": ["b", 1, 1, 10]},
+        {
+            "scale": _scalar(1 / math.sqrt(8.0)),
+            "split_q": np.array([0, 0, 3, 8], np.int64),
+            "split_kv": np.array([0, 0, 1, 8], np.int64),
+            "merge": np.array([0, 0, 24], np.int64),
+        },
+    )
+    feeds = {
+        "q": rng.standard_normal((2, 10, 24)).astype(np.float32),
+        "k": rng.standard_normal((2, 10, 8)).astype(np.float32),
+        "v": rng.standard_normal((2, 10, 8)).astype(np.float32),
+        "mask": np.where(rng.random((2, 1, 1, 10)) < 0.3, -1e4, 0.0).astype(np.float32),
+    }
+    _check(model, feeds, ["phi::Attention"], ["Transpose", "MatMul"])
+
+
 def test_attention_whose_probabilities_are_read_elsewhere_is_not_fused(
     rng: np.random.Generator,
 ) -> None:

@@ -280,6 +280,29 @@ def test_attention(
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6 * np.sqrt(d))
 
 
+@pytest.mark.parametrize(("k_batch", "k_heads"), [(1, 3), (2, 1), (1, 1)])
+def test_attention_shares_key_value_batch_or_heads(
+    rng: np.random.Generator, k_batch: int, k_heads: int
+) -> None:
+    # One key/value head for all query heads (multi-query attention), or one batch entry for all.
+    q = randn(rng, 2, 9, 3, 16)
+    k, v = randn(rng, k_batch, 70, k_heads, 16), randn(rng, k_batch, 70, k_heads, 24)
+    mask = np.where(rng.random((2, 1, 1, 70)) < 0.3, F32(-1e4), F32(0.0)).astype(F32)
+    expected = ref.attention(q, k, v, mask, 0.25)
+    for threads in (1, 2):
+        out = ops.attention(q, k, v, mask, 0.25, threads=threads)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_over_no_keys_is_zero_as_unfused() -> None:
+    q = np.ones((1, 2, 1, 4), F32)
+    out = ops.attention(q, np.ones((1, 0, 1, 4), F32), np.ones((1, 0, 1, 3), F32))
+    expected = ref.attention(q, np.ones((1, 0, 1, 4), F32), np.ones((1, 0, 1, 3), F32))
+    assert out.shape == (1, 2, 1, 3)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out, 0.0)
+
+
 def test_attention_fully_masked_query_is_nan_and_others_are_not(rng: np.random.Generator) -> None:
     q, k, v = randn(rng, 1, 4, 2, 8), randn(rng, 1, 6, 2, 8), randn(rng, 1, 6, 2, 8)
     mask = np.zeros((1, 2, 4, 6), F32)
@@ -345,6 +368,7 @@ Call = Callable[[], Any]
         ("attention", lambda: ops.attention(Q4, Q4, Q4.astype(np.float64))),
         ("attention", lambda: ops.attention(ONES, ONES, ONES)),
         ("attention", lambda: ops.attention(Q4, np.ones((1, 5, 2, 4), F32), Q4)),
+        ("attention", lambda: ops.attention(Q4, np.ones((2, 5, 3, 4), F32), Q4)),
         ("attention", lambda: ops.attention(Q4, Q4, np.ones((1, 6, 3, 4), F32))),
         ("attention", lambda: ops.attention(Q4, Q4, Q4, np.ones((1, 3, 5, 4), F32))),
         ("attention", lambda: ops.attention(Q4, Q4, Q4, np.ones((1, 1, 1, 1, 5), F32))),

@@ -5,7 +5,8 @@ constants (packed when the plan is built), and on B as given per call (read in p
 panel by panel when transposed). Shapes cover every row count of a register tile and its
 remainders (the tile is 6 rows by 64, 16 or 8 columns depending on the CPU), partial column
 panels, K = 1, and a K long enough to be cut into blocks. A given row-major is read in place by
-the kernel (a row stride other than K included); a transposed A is packed.
+the kernel; a transposed A is packed. (A row stride other than K reaches the kernel only from the
+attention kernel, whose tests in test_nn.py cover it.)
 
 Tolerances: weights are scaled by 1/sqrt(K) so outputs are of unit scale; float32 accumulation
 over K then errs by about 1e-7 * sqrt(K), so ``atol = 2e-6 * sqrt(K)`` with ``rtol = 1e-5`` (the
@@ -114,16 +115,6 @@ def test_long_k_in_blocks_with_many_rows(rng: np.random.Generator, m: int, k: in
     packed = ops.pack_weights(w)
     for threads in (1, 2):
         assert_close(ops.gemm(a, packed, bias, "gelu", threads=threads), expected, k)
-
-
-def test_a_with_a_row_stride_is_read_in_place(rng: np.random.Generator) -> None:
-    # A view of every other column block: rows 96 floats apart, 40 used.
-    k, n = 40, 70
-    base = randn(rng, 31, 96)
-    a, w = base[:, 8:48], weight(rng, k, n)
-    expected = ref.gemm(np.ascontiguousarray(a), w, None, "none")
-    for threads in (1, 2):
-        assert_close(ops.gemm(a, ops.pack_weights(w), threads=threads), expected, k)
 
 
 @pytest.mark.parametrize("trans_b", [False, True])

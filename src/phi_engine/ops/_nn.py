@@ -70,8 +70,9 @@ def attention(
 
     Args:
         q: float32 ``(B, Sq, H, D)``.
-        k: float32 ``(B, Sk, H, D)``.
-        v: float32 ``(B, Sk, H, Dv)``.
+        k: float32 ``(B, Sk, H, D)``; its batch or heads may be 1, shared by all of q's (one
+            key/value head is multi-query attention).
+        v: float32 ``(B, Sk, H, Dv)``, with the same sharing.
         mask: float32, broadcastable to the scores' shape ``(B, H, Sq, Sk)`` (e.g. ``(B, 1, 1,
             Sk)`` for padding, ``(Sq, Sk)`` for a causal mask); 0 keeps, a large negative value
             or ``-inf`` drops.
@@ -80,7 +81,7 @@ def attention(
 
     Returns:
         A new float32 array ``(B, Sq, H, Dv)``. A query whose scores are all ``-inf`` (or hold
-        NaN) gives NaN, as the unfused softmax does.
+        NaN) gives NaN, as the unfused softmax does; with no keys (``Sk = 0``) the result is 0.
 
     Raises:
         InvalidRequestError: a non-float32 operand, shapes that do not match as above, a mask

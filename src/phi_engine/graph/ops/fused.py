@@ -118,7 +118,7 @@ def attention(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
     if len(x) > 3 and x[3] is not None:
         t = t + np.asarray(x[3], np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(t - np.max(t, axis=-1, keepdims=True))
+        e = np.exp(t - np.max(t, axis=-1, keepdims=True, initial=-np.inf))
         p = e / e.sum(axis=-1, keepdims=True)
         return [np.swapaxes(np.matmul(p, v), 1, 2).astype(F32)]
 
