@@ -6,10 +6,11 @@ It measures the machine's float32 FMA peak with a native loop, checks every kern
 numpy first, then times phi_engine and numpy alternately (medians) and prints markdown tables per
 thread count. Every product is timed twice for phi_engine: with the weights as a numpy array
 (``ops.gemm(a, b)``) and packed once (``ops.pack_weights``, as a compiled model holds its
-weights). Square and large products (the MiniLM batch-32 shapes) are timed in alternating blocks
-of calls, so that numpy's spinning BLAS workers have gone quiet before our two-thread calls. The
-skinny rows also give the rate at which B was read, since
-one row reads all of B for 2 FLOPs a weight and runs at memory speed, and the packed ratio with
+weights; skinny products also with the weights packed as bfloat16). Square and large products
+(the MiniLM batch-32 shapes) are timed in alternating blocks of calls, so that numpy's spinning
+BLAS workers have gone quiet before our two-thread calls. The skinny rows also give the rate at
+which B was read, since one row reads all of B for 2 FLOPs a weight and runs at memory speed, and
+the packed ratio with
 each side timed alone (see alone_ratio). ``--skinny`` times only those. ``--write`` appends the
 tables to benchmarks/RESULTS.md.
 """
@@ -34,7 +35,14 @@ from phi_engine.runtime import reference as ref
 SQUARE = [64, 128, 256, 512, 1024, 2048]
 # The products of all-MiniLM-L6-v2 at batch 32 x sequence 128 (QKV, attention output, FFN).
 LARGE = [(4096, 384, 1152), (4096, 384, 384), (4096, 384, 1536), (4096, 1536, 384)]
-SKINNY = [(1, 384, 1536), (8, 384, 1536), (32, 384, 1536), (32, 1536, 384), (128, 384, 384)]
+SKINNY = [
+    (1, 384, 1536),
+    (8, 384, 1536),
+    (32, 384, 1536),
+    (32, 1536, 384),
+    (128, 384, 384),
+    (1, 1024, 4096),  # 16 MiB of float32 weights: past the caches, where bfloat16's half counts
+]
 
 
 def gelu_tanh_numpy(x: np.ndarray) -> np.ndarray:
@@ -85,15 +93,21 @@ def bench_skinny(
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     packed = ops.pack_weights(b)
+    packed16 = ops.pack_weights(b, dtype="bfloat16")
     expected = ref.gemm(a, b)
     for out in (ops.gemm(a, b, threads=threads), ops.gemm(a, packed, threads=threads)):
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3 * math.sqrt(k))
+    # bfloat16 weights: within their rounding (2^-9 relative per weight) of the float32 result.
+    np.testing.assert_allclose(
+        ops.gemm(a, packed16, threads=threads), expected, rtol=0.02, atol=0.02 * math.sqrt(k)
+    )
     fns = [
         lambda: ops.gemm(a, b, threads=threads),
         lambda: ops.gemm(a, packed, threads=threads),
         lambda: a @ b,
+        lambda: ops.gemm(a, packed16, threads=threads),
     ]
-    ours, ours_packed, numpy = interleaved_medians(fns)
+    ours, ours_packed, numpy, ours_bf16 = interleaved_medians(fns)
     flops = 2.0 * m * n * k
     return [
         f"{m}x{k}x{n}",
@@ -105,6 +119,8 @@ def bench_skinny(
         f"{numpy / ours:.2f}",
         f"{numpy / ours_packed:.2f}",
         f"{alone_ratio(fns[2], fns[1]):.2f}",
+        f"{flops / ours_bf16 / 1e9:.1f}",
+        f"{numpy / ours_bf16:.2f}",
     ]
 
 
@@ -175,6 +191,8 @@ SKINNY_HEADER = [
     "phi / numpy",
     "packed / numpy",
     "packed / numpy, each alone",
+    "packed bf16 GFLOP/s",
+    "packed bf16 / numpy",
 ]
 GEMM_HEADER = [
     "GEMM M×K×N",

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <new>
 #include <tuple>
+#include <vector>
 
 #include "core/cpu_features.h"
 #include "core/threadpool.h"
@@ -56,6 +57,19 @@ PHI_ALWAYS_INLINE void store(float* p, const Vec<W>& v) {
   *reinterpret_cast<UVec<W>*>(p) = v;
 }
 
+// W bfloat16 values widened to float32: a bfloat16 is the upper half of a float32's bits.
+template <int W>
+struct Bf16Types {
+  typedef uint16_t half __attribute__((vector_size(W * sizeof(uint16_t)), aligned(alignof(uint16_t))));
+  typedef uint32_t word __attribute__((vector_size(W * sizeof(uint32_t))));
+};
+template <int W>
+PHI_ALWAYS_INLINE Vec<W> load_bf16(const uint16_t* p) {
+  using T = Bf16Types<W>;
+  const typename T::word bits = __builtin_convertvector(*reinterpret_cast<const typename T::half*>(p), typename T::word) << 16;
+  return reinterpret_cast<const Vec<W>&>(bits);
+}
+
 // GELU on a vector, in registers: math::gelu's formula (erf by Abramowitz & Stegun 7.1.26, e^x by
 // the Cephes polynomial), written for vector types so a full tile's activation needs no trip
 // through memory. Measured at 4096 x 384 x 1536 + bias + GELU, 1 thread, Zen 4: the row-wise pass
@@ -98,6 +112,7 @@ struct TileArgs {
   const float* a = nullptr;  // packed A: kc groups of `rows` floats (k-major); or A itself
   int64_t lda = 0;           // A read in place (row-major, this row stride); 0: A is packed
   const float* b = nullptr;  // B panel slice: kc rows of NR floats, row stride bs
+  const uint16_t* b16 = nullptr;  // or the same in bfloat16 (packed weights stored as bfloat16)
   int64_t bs = 0;
   float* c = nullptr;  // the tile's top-left element in C
   int64_t ldc = 0;
@@ -117,7 +132,9 @@ struct TileArgs {
 // from a packed copy: the MR rows are MR sequential streams, which L1 and the prefetchers serve as
 // well as one packed stream, and the copy (a transpose, and a pass over all of A from memory per
 // product) is saved.
-template <int W, int NV, int MR, bool DIRECT>
+// BF16: B is the bfloat16 copy (t.b16), widened as it is loaded: half the bytes of B to stream,
+// which is what a product of few rows waits on.
+template <int W, int NV, int MR, bool DIRECT, bool BF16>
 PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
   using V = Vec<W>;
   constexpr int NR = W * NV;
@@ -137,14 +154,15 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
       acc[i][j] = !t.accumulate ? V{} : full ? load<W>(t.c + i * t.ldc + j * W) : load<W>(tile + i * NR + j * W);
 
   const float* PHI_RESTRICT a = t.a;
-  const float* PHI_RESTRICT b = t.b;
+  [[maybe_unused]] const float* PHI_RESTRICT b = t.b;
+  [[maybe_unused]] const uint16_t* PHI_RESTRICT b16 = t.b16;
   const int64_t bs = t.bs;
   [[maybe_unused]] const int64_t lda = t.lda;
   // One k: NV vector loads of B, then per row one broadcast of A shared by the row's FMAs.
   auto step = [&]() __attribute__((always_inline)) {
     V bv[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = load<W>(b + j * W);
+    for (int j = 0; j < NV; ++j) bv[j] = BF16 ? load_bf16<W>(b16 + j * W) : load<W>(b + j * W);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const float ai = DIRECT ? a[i * lda] : a[i];
@@ -152,7 +170,8 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
       for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
     }
     a += DIRECT ? 1 : MR;
-    b += bs;
+    if constexpr (BF16) b16 += bs;
+    else b += bs;
   };
   // The prefetching loop apart, so that the other has no test of it per k.
   if (t.pf) {
@@ -232,18 +251,18 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
   }
 }
 
-template <int W, int NV, int MR, bool DIRECT>
+template <int W, int NV, int MR, bool DIRECT, bool BF16>
 PHI_ALWAYS_INLINE void tile_rows_as(int rows, const TileArgs& t) {
   static_assert(MR >= 1 && MR <= 8, "row tiles of 1..8");
   switch (rows) {
-    case 1: return tile_kernel<W, NV, 1, DIRECT>(t);
-    case 2: if constexpr (MR >= 2) return tile_kernel<W, NV, 2, DIRECT>(t); break;
-    case 3: if constexpr (MR >= 3) return tile_kernel<W, NV, 3, DIRECT>(t); break;
-    case 4: if constexpr (MR >= 4) return tile_kernel<W, NV, 4, DIRECT>(t); break;
-    case 5: if constexpr (MR >= 5) return tile_kernel<W, NV, 5, DIRECT>(t); break;
-    case 6: if constexpr (MR >= 6) return tile_kernel<W, NV, 6, DIRECT>(t); break;
-    case 7: if constexpr (MR >= 7) return tile_kernel<W, NV, 7, DIRECT>(t); break;
-    case 8: if constexpr (MR >= 8) return tile_kernel<W, NV, 8, DIRECT>(t); break;
+    case 1: return tile_kernel<W, NV, 1, DIRECT, BF16>(t);
+    case 2: if constexpr (MR >= 2) return tile_kernel<W, NV, 2, DIRECT, BF16>(t); break;
+    case 3: if constexpr (MR >= 3) return tile_kernel<W, NV, 3, DIRECT, BF16>(t); break;
+    case 4: if constexpr (MR >= 4) return tile_kernel<W, NV, 4, DIRECT, BF16>(t); break;
+    case 5: if constexpr (MR >= 5) return tile_kernel<W, NV, 5, DIRECT, BF16>(t); break;
+    case 6: if constexpr (MR >= 6) return tile_kernel<W, NV, 6, DIRECT, BF16>(t); break;
+    case 7: if constexpr (MR >= 7) return tile_kernel<W, NV, 7, DIRECT, BF16>(t); break;
+    case 8: if constexpr (MR >= 8) return tile_kernel<W, NV, 8, DIRECT, BF16>(t); break;
     default: break;
   }
   throw Error(ErrorCode::internal, "gemm", "packed kernel called with " + std::to_string(rows) + " rows");
@@ -253,8 +272,12 @@ PHI_ALWAYS_INLINE void tile_rows_as(int rows, const TileArgs& t) {
 // `rows` <= MR rows (the last row block of C may be short).
 template <int W, int NV, int MR>
 PHI_ALWAYS_INLINE void tile_rows(int rows, const TileArgs& t) {
-  if (t.lda) return tile_rows_as<W, NV, MR, true>(rows, t);
-  tile_rows_as<W, NV, MR, false>(rows, t);
+  if (t.b16) {
+    if (t.lda) return tile_rows_as<W, NV, MR, true, true>(rows, t);
+    return tile_rows_as<W, NV, MR, false, true>(rows, t);
+  }
+  if (t.lda) return tile_rows_as<W, NV, MR, true, false>(rows, t);
+  tile_rows_as<W, NV, MR, false, false>(rows, t);
 }
 
 // ---- transposes (packing B given n x k, and A) -----------------------------------------------
@@ -482,8 +505,19 @@ void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k0, int64_t
 
 void PackedB::AlignedFree::operator()(float* p) const { ::operator delete(p, std::align_val_t{kAlign}); }
 
-PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n, int threads)
-    : k_(k), n_(n), nr_(kernels().tile.nr) {
+namespace {
+// float32 -> bfloat16, rounded to nearest even; NaN stays a (quiet) NaN of the same sign.
+uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+}  // namespace
+
+PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n, int threads, bool bf16)
+    : k_(k), n_(n), nr_(kernels().tile.nr), bf16_(bf16) {
   PHI_CHECK(k >= 0 && n >= 0, "gemm", "packed weights need k, n >= 0");
   size_t bytes = std::max<size_t>(nbytes(), kAlign);
   data_.reset(static_cast<float*>(::operator new(bytes, std::align_val_t{kAlign})));
@@ -491,9 +525,17 @@ PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n
   // Chunks of at least 256 Ki floats: smaller ones cost more to hand out than to copy.
   parallel_range(np, std::max(1, threads), ceil_div(1 << 18, std::max<int64_t>(1, k * nr_)),
                  [&](int64_t p0, int64_t p1) {
-                   for (int64_t p = p0; p < p1; ++p)
-                     pack_panel(b, ldb, trans_b, 0, k, p * nr_, std::min<int64_t>(nr_, n - p * nr_), nr_,
-                                data_.get() + p * k * nr_);
+                   std::vector<float> tmp(bf16 ? static_cast<size_t>(k * nr_) : 0);
+                   for (int64_t p = p0; p < p1; ++p) {
+                     const int cols = static_cast<int>(std::min<int64_t>(nr_, n - p * nr_));
+                     if (!bf16) {
+                       pack_panel(b, ldb, trans_b, 0, k, p * nr_, cols, nr_, data_.get() + p * k * nr_);
+                       continue;
+                     }
+                     pack_panel(b, ldb, trans_b, 0, k, p * nr_, cols, nr_, tmp.data());
+                     uint16_t* dst = reinterpret_cast<uint16_t*>(data_.get()) + p * k * nr_;
+                     for (size_t i = 0; i < tmp.size(); ++i) dst[i] = to_bf16(tmp[i]);
+                   }
                  });
 }
 
@@ -545,6 +587,7 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
   if (g.m == 0 || g.n == 0) return;
   const KernelSet& ks = kernels();
   const int mr = ks.tile.mr, nr = ks.tile.nr;
+  const bool bf16 = packed && packed->bf16();
   if (packed) {
     PHI_CHECK(packed->k() == g.k && packed->n() == g.n && packed->nr() == nr, "gemm",
               "packed weights of " + std::to_string(packed->k()) + "x" + std::to_string(packed->n()) +
@@ -577,7 +620,8 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
   Scratch buffers(tasks * (chunk_floats + slot_floats) * sizeof(float));
   float* scratch = reinterpret_cast<float*>(buffers.data());
 
-  const int64_t pf_rows = ceil_div(kPrefetchBytes, nr * static_cast<int64_t>(sizeof(float)));
+  const int64_t b_elem = bf16 ? 2 : 4;  // bytes per element of B as the kernel reads it
+  const int64_t pf_rows = ceil_div(kPrefetchBytes, nr * b_elem);
   auto task = [&](int64_t idx) {
     const int64_t pn = idx % gn, rm = idx / gn;
     const int64_t p0 = pn * panels / gn, p1 = (pn + 1) * panels / gn;
@@ -600,7 +644,10 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
         int64_t k0 = 0;
         do {  // at least once: k = 0 still writes the epilogue of zero
           const int64_t kc = std::min(bl.kc, g.k - k0);
-          if (packed) {
+          if (bf16) {
+            ta.b16 = packed->panel_bf16(p) + k0 * nr;
+            ta.bs = nr;
+          } else if (packed) {
             ta.b = packed->panel(p) + k0 * nr;
             ta.bs = nr;
           } else if (!g.trans_b && cols == nr) {
@@ -612,7 +659,7 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
             ta.bs = nr;
           }
           ta.kc = kc;
-          ta.pf_step = ta.bs * sizeof(float);
+          ta.pf_step = ta.bs * b_elem;
           ta.cols = cols;
           ta.accumulate = k0 > 0;
           ta.finish = k0 + kc >= g.k;
@@ -629,7 +676,8 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
             ta.row0 = rb * mr;
             // The first row block streams the panel from memory, ahead of it by kPrefetchBytes;
             // the others find it in L2.
-            ta.pf = rb == rc ? reinterpret_cast<uintptr_t>(ta.b) + pf_rows * ta.pf_step : 0;
+            const uintptr_t b_addr = bf16 ? reinterpret_cast<uintptr_t>(ta.b16) : reinterpret_cast<uintptr_t>(ta.b);
+            ta.pf = rb == rc ? b_addr + pf_rows * ta.pf_step : 0;
             ks.fn(rows, ta);
           }
           k0 += kc;

@@ -30,15 +30,19 @@ const PackedTile& packed_tile();
 class PackedB {
  public:
   // Packs op(B): B is k x n (n x k when trans_b, the layout of a linear layer's weight), row-major
-  // with row stride ldb, on up to `threads` threads of the core's pool.
-  PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n, int threads);
+  // with row stride ldb, on up to `threads` threads of the core's pool. With `bf16` the panels
+  // hold bfloat16 (rounded to nearest even): half the bytes, 8 significant bits; products still
+  // accumulate in float32.
+  PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n, int threads, bool bf16 = false);
 
   int64_t k() const { return k_; }
   int64_t n() const { return n_; }
   int nr() const { return nr_; }
   int64_t panels() const { return (n_ + nr_ - 1) / nr_; }
+  bool bf16() const { return bf16_; }
   const float* panel(int64_t p) const { return data_.get() + p * k_ * nr_; }
-  size_t nbytes() const { return static_cast<size_t>(panels() * k_ * nr_) * sizeof(float); }
+  const uint16_t* panel_bf16(int64_t p) const { return reinterpret_cast<const uint16_t*>(data_.get()) + p * k_ * nr_; }
+  size_t nbytes() const { return static_cast<size_t>(panels() * k_ * nr_) * (bf16_ ? 2 : sizeof(float)); }
 
  private:
   struct AlignedFree {
@@ -47,6 +51,7 @@ class PackedB {
   std::unique_ptr<float, AlignedFree> data_;
   int64_t k_ = 0, n_ = 0;
   int nr_ = 0;
+  bool bf16_ = false;
 };
 
 // The packed form of a plan constant, shared by every kernel packing the same bytes the same way

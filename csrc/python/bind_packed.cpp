@@ -17,7 +17,10 @@ namespace {
 
 const std::string kPack = "pack_weights";
 
-std::shared_ptr<PackedB> pack_weights(const py::object& weights, const py::object& trans_obj, const py::object& threads) {
+std::shared_ptr<PackedB> pack_weights(const py::object& weights, const py::object& trans_obj, const py::object& threads,
+                                      const std::string& dtype) {
+  check(dtype == "float32" || dtype == "bfloat16", kPack,
+        "dtype must be 'float32' or 'bfloat16', got '" + dtype + "'");
   Input w = to_input(weights, kPack, "weights");
   check(w.view.present(), kPack, "weights cannot be None");
   expect_float(kPack, w.view.desc, "weights");
@@ -27,7 +30,8 @@ std::shared_ptr<PackedB> pack_weights(const py::object& weights, const py::objec
   const Shape& s = w.view.shape();
   const int64_t k = trans_b ? s[1] : s[0], n = trans_b ? s[0] : s[1];
   py::gil_scoped_release release;
-  return std::make_shared<PackedB>(w.view.ptr<const float>(), s[1], trans_b, k, n, t > 0 ? t : default_threads());
+  return std::make_shared<PackedB>(w.view.ptr<const float>(), s[1], trans_b, k, n, t > 0 ? t : default_threads(),
+                                   dtype == "bfloat16");
 }
 
 py::array gemm_packed(const py::object& a, const std::shared_ptr<PackedB>& packed, const py::object& bias,
@@ -74,14 +78,20 @@ Made by pack_weights(); immutable, and safe to share between threads.
 )doc")
       .def_property_readonly("k", &PackedB::k, "Rows of op(B): the inner dimension of the product.")
       .def_property_readonly("n", &PackedB::n, "Columns of op(B): the output's columns.")
-      .def_property_readonly("nbytes", &PackedB::nbytes, "Bytes of packed storage (panels zero-padded).");
+      .def_property_readonly("nbytes", &PackedB::nbytes, "Bytes of packed storage (panels zero-padded).")
+      .def_property_readonly(
+          "dtype", [](const PackedB& p) { return std::string(p.bf16() ? "bfloat16" : "float32"); },
+          "Element type of the packed storage: 'float32' or 'bfloat16'.");
   m.def("pack_weights", &pack_weights, py::arg("weights"), py::arg("trans_b") = false, py::arg("threads") = py::int_(0),
+        py::arg("dtype") = "float32",
         R"doc(Pack a float32 weight matrix once for repeated gemm calls.
 
 Args:
     weights: (K, N) float32, or (N, K) when trans_b.
     trans_b: weights hold op(B) transposed (a linear layer's (out, in) layout).
     threads: Threads to pack on; 0 means the default.
+    dtype: Storage of the packed copy: 'float32', or 'bfloat16' (rounded to nearest even; half
+        the bytes; products still accumulate in float32).
 
 Returns:
     PackedWeights for op(B) = weights (or weights.T), K x N.

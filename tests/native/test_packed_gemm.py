@@ -135,6 +135,53 @@ def test_trans_a_with_packed_weights(rng: np.random.Generator, m: int) -> None:
     assert_close(ops.gemm(a, ops.pack_weights(w), None, "relu", trans_a=True), expected, k)
 
 
+def round_bf16(w: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 -> float32, rounding to nearest even (NaN stays NaN)."""
+    bits = w.astype(F32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint32) << 16
+    out = rounded.view(F32).copy()
+    out[np.isnan(w)] = np.nan
+    return out
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n"), [(1, 384, 193), (7, 100, 70), (33, 131, 97), (200, 1700, 130)]
+)
+@pytest.mark.parametrize("act", ["none", "gelu", "relu"])
+def test_bfloat16_weights_match_the_rounded_reference(
+    rng: np.random.Generator, m: int, k: int, n: int, act: str
+) -> None:
+    # The kernel multiplies by exactly the bfloat16-rounded weights, accumulating in float32: the
+    # reference with those weights bounds the error as for float32 weights.
+    a, w, bias = randn(rng, m, k), weight(rng, k, n), randn(rng, n)
+    packed = ops.pack_weights(w, dtype="bfloat16")
+    assert packed.dtype == "bfloat16" and packed.shape == (k, n)
+    assert packed.nbytes * 2 == ops.pack_weights(w).nbytes
+    expected = ref.gemm(a, round_bf16(w), bias, act)
+    for threads in (1, 2):
+        assert_close(ops.gemm(a, packed, bias, act, threads=threads), expected, k)
+    # Against float32 weights: off by the rounding, about 2^-9 relative per weight.
+    exact = ref.gemm(a, w, bias, act)
+    assert np.abs(ops.gemm(a, packed, bias, act) - exact).max() < 0.02
+
+
+def test_bfloat16_rounding_to_nearest_even_and_specials() -> None:
+    # bfloat16 keeps 8 significant bits: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 and rounds to
+    # the even one (1.0), 1 + 2^-8 + 2^-10 rounds up; inf, -0 and NaN survive. Checked through the
+    # product with a one-row A of ones.
+    specials = np.array([1 + 2**-8, 1 + 2**-8 + 2**-10, np.inf, -0.0, np.nan, 3.0e38, -1e-40], F32)
+    w = specials.reshape(1, -1)
+    out = ops.gemm(np.ones((1, 1), F32), ops.pack_weights(w, dtype="bfloat16"))[0]
+    np.testing.assert_array_equal(out[:4], [1.0, 1 + 2**-7, np.inf, 0.0])
+    assert np.isnan(out[4])
+    np.testing.assert_array_equal(out, round_bf16(specials) + 0.0)  # + 0.0: the product of -0
+
+
+def test_pack_weights_refuses_an_unknown_dtype(rng: np.random.Generator) -> None:
+    with pytest.raises(InvalidRequestError, match=r"\[pack_weights\] dtype"):
+        ops.pack_weights(weight(rng, 4, 4), dtype="float16")
+
+
 def test_packed_weights_are_a_copy(rng: np.random.Generator) -> None:
     a, w = randn(rng, 4, 16), weight(rng, 16, 24)
     packed = ops.pack_weights(w)
