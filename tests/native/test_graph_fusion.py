@@ -267,10 +267,9 @@ def test_attention_over_heads_becomes_one_op_without_transposes(
     assert node.attrs["alpha"] == pytest.approx(1 / math.sqrt(dim))
 
 
-def test_multi_query_attention_is_fused_and_broadcast(rng: np.random.Generator) -> None:
-    # k and v carry one head shared by q's three: the products broadcast it, and so does the op.
+def _one_head_nodes() -> list[onnx.NodeProto]:
     mk = helper.make_node
-    nodes = [
+    return [
         mk("Reshape", ["q", "split_q"], ["q4"]),
         mk("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
         mk("Reshape", ["k", "split_kv"], ["k4"]),
@@ -285,6 +284,37 @@ def test_multi_query_attention_is_fused_and_broadcast(rng: np.random.Generator) 
         mk("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
         mk("Reshape", ["ct", "merge"], ["y"]),
     ]
+
+
+def test_one_query_head_against_three_key_heads_is_left_unfused(rng: np.random.Generator) -> None:
+    # The products broadcast q's single head against k's three: the fused op (which broadcasts
+    # k and v only) must not take it.
+    model = _model(
+        _one_head_nodes(),
+        {"q": ["b", 10, 8], "k": ["b", 10, 24], "v": ["b", 10, 24], "mask": ["b", 1, 1, 10]},
+        {
+            "scale": _scalar(1 / math.sqrt(8.0)),
+            "split_q": np.array([0, 0, 1, 8], np.int64),
+            "split_kv": np.array([0, 0, 3, 8], np.int64),
+            "merge": np.array([0, 0, 24], np.int64),
+        },
+    )
+    cm = compile(model)
+    assert "Attention" not in [n.op_type for n in cm.graph.nodes]
+    feeds = {
+        "q": rng.standard_normal((2, 10, 8)).astype(np.float32),
+        "k": rng.standard_normal((2, 10, 24)).astype(np.float32),
+        "v": rng.standard_normal((2, 10, 24)).astype(np.float32),
+        "mask": np.zeros((2, 1, 1, 10), np.float32),
+    }
+    np.testing.assert_allclose(
+        cm.run(feeds)["y"], compile(model, fuse=False).run(feeds)["y"], rtol=2e-5, atol=2e-5
+    )
+
+
+def test_multi_query_attention_is_fused_and_broadcast(rng: np.random.Generator) -> None:
+    # k and v carry one head shared by q's three: the products broadcast it, and so does the op.
+    nodes = _one_head_nodes()
     model = _model(
         nodes,
         {"q": ["b", 10, 24], "k": ["b", 10, 8], "v": ["b", 10, 8], "mask": ["b", 1, 1, 10]},

@@ -296,7 +296,7 @@ def test_plan_constant_weight_matches_eager(
         assert_close(plan_in.run({"x": x, **extra}, threads=threads)["y"], expected, k)
         eager = ops.gemm(x, w, bias, "gelu_tanh", trans_b=trans_b, threads=threads)
         np.testing.assert_allclose(out, eager, rtol=1e-6, atol=1e-6)
-        if m <= 128:  # the plan packed its constant as pack_weights does: the same kernel
+        if m >= 2:  # the plan packed its constant as pack_weights does (one row: BLAS's gemv)
             eager_packed = ops.gemm(x, packed, bias, "gelu_tanh", threads=threads)
             np.testing.assert_array_equal(out, eager_packed)
 

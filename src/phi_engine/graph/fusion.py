@@ -362,15 +362,18 @@ def _attention(m: _Matcher, out: Node) -> bool:
     v = _heads_of(m, mm.inputs[1], _HEADS)
     if q is None or k is None or v is None:
         return False
-    # Batch and heads of k and v: q's, or 1 (broadcast, as the products allow); anything else the
-    # products would broadcast to a shape the fused op does not give, or refuse at run time.
+    # Batch and heads of k and v: q's, or 1 (broadcast, as the products allow). Known to differ
+    # otherwise, the products would broadcast q instead, which the fused op does not: leave them.
+    # Unknown here (an export that computes its head shapes), the op checks them at run time.
     q_shape = m.g.types[q].shape
     for other in (k, v):
         shape = m.g.types[other].shape
         if q_shape is None or shape is None:
-            return False
-        if any(shape[d] != q_shape[d] and shape[d] != 1 for d in (0, 2)):
-            return False
+            continue
+        for d in (0, 2):
+            a, b = q_shape[d], shape[d]
+            if isinstance(a, int) and isinstance(b, int) and a != b and b != 1:
+                return False
     mask = sm.inputs[1] if len(sm.inputs) > 1 and sm.inputs[1] else None
     if mask is not None and (m.g.types[mask].rank or 5) > 4:
         return False
