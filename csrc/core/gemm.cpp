@@ -145,10 +145,17 @@ class PathChoice {
     fused_ = fused;
     if (eligible && packed_gemm_unpacked_wins(rows, trans_b)) path_ = Path::unpacked;
   }
-  // B is a plan constant (k x n, or n x k when trans_b, row stride ldb): pack it where that wins.
+  // B is a plan constant (k x n, or n x k when trans_b, row stride ldb): pack it where that wins,
+  // and always when it is to be stored as bfloat16 (the `weights` attribute).
   void bind(const TensorView& b, int64_t ldb, bool trans_b, int64_t n) {
-    if (b.data == nullptr || !eligible_ || !packed_gemm_prepacked_wins(rows_, fused_)) return;
-    use(shared_packed_b(b.ptr<const float>(), ldb, trans_b, k_, n));
+    if (b.data == nullptr || !eligible_ || (!bf16_ && !packed_gemm_prepacked_wins(rows_, fused_))) return;
+    use(shared_packed_b(b.ptr<const float>(), ldb, trans_b, k_, n, bf16_));
+  }
+  // The `weights` attribute: "float32" (default) or "bfloat16", for constant weights only.
+  void parse_weights(const std::string& op, const Attrs& attrs) {
+    const std::string w = attrs.get_string(op, "weights", "float32");
+    PHI_CHECK(w == "float32" || w == "bfloat16", op, "weights must be 'float32' or 'bfloat16', got '" + w + "'");
+    bf16_ = w == "bfloat16";
   }
   void use(std::shared_ptr<const PackedB> packed) {
     packed_ = std::move(packed);
@@ -167,7 +174,7 @@ class PathChoice {
   enum class Path : uint8_t { blas, unpacked, packed };
   Path path_ = Path::blas;
   int64_t rows_ = 0, k_ = 0;
-  bool eligible_ = false, fused_ = false;
+  bool eligible_ = false, fused_ = false, bf16_ = false;
   std::shared_ptr<const PackedB> packed_;
 };
 
@@ -202,6 +209,7 @@ class GemmKernel final : public Kernel {
     parse_activation(op, attrs, ep_.base);
     outputs_ = {TensorDesc{DType::f32, {m_, n_}}};
     path_.prepare(m_, k_, tb_, true, in[2].present() || in[3].present() || ep_.base.act != math::Act::none);
+    path_.parse_weights(op, attrs);
   }
 
   void bind_constants(const TensorView* in) override { path_.bind(in[1], in[1].shape()[1], tb_, n_); }
@@ -279,6 +287,7 @@ class MatMulKernel final : public Kernel {
     int64_t batches = numel(batch_);
     path_.prepare(m_ * batches, k_, tb_, fold_ || batches == 1,
                   in[2].present() || in[3].present() || ep_.base.act != math::Act::none);
+    path_.parse_weights(op, attrs);
   }
 
   void bind_constants(const TensorView* in) override { path_.bind(in[1], tb_ ? k_ : n_, tb_, n_); }

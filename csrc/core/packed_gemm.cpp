@@ -539,16 +539,17 @@ PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n
                  });
 }
 
-std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n) {
-  using Key = std::tuple<const float*, int64_t, bool, int64_t, int64_t>;
+std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n,
+                                               bool bf16) {
+  using Key = std::tuple<const float*, int64_t, bool, int64_t, int64_t, bool>;
   static std::mutex mutex;
   static std::map<Key, std::weak_ptr<const PackedB>> cache;
-  const Key key{b, ldb, trans_b, k, n};
+  const Key key{b, ldb, trans_b, k, n, bf16};
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end())
     if (auto hit = it->second.lock()) return hit;
   for (auto it = cache.begin(); it != cache.end();) it = it->second.expired() ? cache.erase(it) : std::next(it);
-  auto packed = std::make_shared<const PackedB>(b, ldb, trans_b, k, n, default_threads());
+  auto packed = std::make_shared<const PackedB>(b, ldb, trans_b, k, n, default_threads(), bf16);
   cache[key] = packed;
   return packed;
 }

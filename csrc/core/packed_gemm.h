@@ -58,7 +58,8 @@ class PackedB {
 // (the plans of one model's shape buckets share their constants, so they share the packing too).
 // `b` must stay alive and unchanged while any holder of the result is: true of a plan's constants,
 // which outlive its kernels.
-std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n);
+std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n,
+                                               bool bf16 = false);
 
 // Whether the packed kernel beats BLAS for a product of m rows (measured; see packed_gemm.cpp):
 // with B packed ahead of time (plan constants, PackedWeights), and with B as given per call.

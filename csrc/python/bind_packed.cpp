@@ -56,7 +56,8 @@ py::array gemm_packed(const py::object& a, const std::shared_ptr<PackedB>& packe
 
 // The plan kernels' own packing of a constant weight (Kernel::bind_constants finds it in the
 // shared cache, keyed by the constant's address and layout), done ahead of the first run.
-std::shared_ptr<PackedB> prepack_constant(const std::shared_ptr<Constant>& c, bool trans_b) {
+std::shared_ptr<PackedB> prepack_constant(const std::shared_ptr<Constant>& c, bool trans_b, const std::string& dtype) {
+  check(dtype == "float32" || dtype == "bfloat16", kPack, "dtype must be 'float32' or 'bfloat16', got '" + dtype + "'");
   const TensorDesc& d = c->desc();
   PHI_CHECK(d.dtype == DType::f32 && d.ndim() == 2, kPack, "prepack_constant needs a 2-D float32 constant");
   const int64_t rows = d.shape[0], cols = d.shape[1];
@@ -64,7 +65,7 @@ std::shared_ptr<PackedB> prepack_constant(const std::shared_ptr<Constant>& c, bo
   std::shared_ptr<const PackedB> packed;
   {
     py::gil_scoped_release release;
-    packed = shared_packed_b(static_cast<const float*>(c->data()), cols, trans_b, k, n);
+    packed = shared_packed_b(static_cast<const float*>(c->data()), cols, trans_b, k, n, dtype == "bfloat16");
   }
   return std::const_pointer_cast<PackedB>(packed);
 }
@@ -100,6 +101,7 @@ Raises:
     InvalidRequestError: not a 2-D float32 array, or a bad thread count.
 )doc");
   m.def("prepack_constant", &prepack_constant, py::arg("constant"), py::arg("trans_b") = false,
+        py::arg("dtype") = "float32",
         R"doc(Pack a plan constant (2-D float32) the way plan kernels that multiply by it will.
 
 The result is shared with those kernels (same storage), so a model can pack its weights when it
@@ -108,6 +110,7 @@ is compiled instead of during its first run; keep it alive as long as the consta
 Args:
     constant: A Constant holding op(B) (K x N), or its transpose when trans_b.
     trans_b: The constant holds op(B) transposed (a linear layer's (out, in) layout).
+    dtype: 'float32', or 'bfloat16' for kernels with weights='bfloat16'.
 
 Returns:
     PackedWeights.

@@ -22,12 +22,16 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from phi_engine import ops
-from phi_engine.errors import InvalidRequestError
+from phi_engine.errors import InvalidRequestError, UnsupportedError
+from phi_engine.graph import compile
 from phi_engine.runtime import Constant, Plan, PlanBuilder
 from phi_engine.runtime import reference as ref
 
@@ -175,6 +179,41 @@ def test_bfloat16_rounding_to_nearest_even_and_specials() -> None:
     np.testing.assert_array_equal(out[:4], [1.0, 1 + 2**-7, np.inf, 0.0])
     assert np.isnan(out[4])
     np.testing.assert_array_equal(out, round_bf16(specials) + 0.0)  # + 0.0: the product of -0
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_compile_with_bf16_weights_on_the_cpu(tmp_path: Path, rows: int) -> None:
+    # precision="bf16" on the CPU: every linear layer's constant weight is stored as bfloat16
+    # (one row included, which float32 weights give to BLAS), the rest stays float32; the result
+    # is the float32 model's with the weights rounded.
+    from phi_test_models.tiny import mlp
+
+    path = mlp(tmp_path / "m.onnx", seed=3, width=96, layers=3)
+    x = np.random.default_rng(0).standard_normal((rows, 4)).astype(F32)
+    fp32 = compile(path)
+    bf16 = compile(path, precision="bf16")
+    assert all(
+        n.attrs.get("weights") == "bfloat16" for n in bf16.graph.nodes if n.op_type == "Linear"
+    )
+    model = onnx.load(str(path))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    h = x.astype(np.float64)
+    for i in range(3):
+        h = h @ round_bf16(weights[f"w{i}"]).astype(np.float64) + weights[f"b{i}"]
+        h = np.maximum(h, 0) if i < 2 else h
+    out = bf16.run({"x": x})["y"]
+    np.testing.assert_allclose(out, h.astype(F32), rtol=1e-5, atol=1e-5)
+    assert np.abs(out - fp32.run({"x": x})["y"]).max() > 0  # the weights really were rounded
+
+
+def test_bf16_precision_is_refused_where_it_has_no_meaning(tmp_path: Path) -> None:
+    from phi_test_models.tiny import mlp
+
+    path = mlp(tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedError, match=r"\[compile\] precision 'fp16'"):
+        compile(path, precision="fp16")
+    with pytest.raises(UnsupportedError, match=r"\[compile\] precision 'bf16'"):
+        compile(path, device="reference", precision="bf16")
 
 
 def test_pack_weights_refuses_an_unknown_dtype(rng: np.random.Generator) -> None:

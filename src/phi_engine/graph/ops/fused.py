@@ -54,6 +54,8 @@ def _linear_lower(ctx: LowerContext) -> list[int] | None:
         "alpha": float(ctx.attr("alpha", 1.0)),
         "trans_b": bool(ctx.attr("trans_b", 0)),
     }
+    if ctx.attr("weights", "float32") != "float32":  # compile(precision="bf16") on the CPU
+        attrs["weights"] = ctx.attr("weights", "float32")
     return ctx.step("matmul", [ctx.slot(0), ctx.slot(1), ctx.slot(2), ctx.slot(3)], attrs)
 
 
