@@ -197,7 +197,7 @@ def sigmoid(x: ArrayLike, *, threads: int = 0) -> np.ndarray:
 
 
 def erf(x: ArrayLike, *, threads: int = 0) -> np.ndarray:
-    """Error function (float32, absolute error < 5e-7; Abramowitz & Stegun 7.1.26).
+    """Error function (float32, absolute error < 5e-7: a rational function of x², see math.h).
 
     Args:
         x: A float32 array.
