@@ -74,17 +74,25 @@ class NullCuda:
         self.graphs_launched = 0
         null = self
 
+        # cudaMalloc is thread-safe; so must this be: run contexts are made by concurrent runs,
+        # and two threads reading the same next_address got one buffer between them (a flaky
+        # wrong answer in test_concurrent_runs_take_separate_contexts).
+        alloc_lock = threading.Lock()
+
         def allocate(nbytes: int, backing: np.ndarray | None = None) -> int:
             null._not_capturing("alloc")
-            ptr = null.next_address
-            null.memory[ptr] = np.zeros(max(nbytes, 1), np.uint8) if backing is None else backing
-            bisect.insort(null._bases, ptr)
-            null.next_address += (max(nbytes, 1) + 255) // 256 * 256
+            memory = np.zeros(max(nbytes, 1), np.uint8) if backing is None else backing
+            with alloc_lock:
+                ptr = null.next_address
+                null.next_address += (max(nbytes, 1) + 255) // 256 * 256
+                null.memory[ptr] = memory
+                bisect.insort(null._bases, ptr)
             return ptr
 
         def free(ptr: int) -> None:
-            if null.memory.pop(ptr, None) is not None:
-                null._bases.remove(ptr)
+            with alloc_lock:
+                if null.memory.pop(ptr, None) is not None:
+                    null._bases.remove(ptr)
 
         class DeviceBuffer:
             def __init__(self, nbytes: int) -> None:
