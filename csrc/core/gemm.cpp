@@ -153,9 +153,7 @@ class PathChoice {
   }
   // The `weights` attribute: "float32" (default) or "bfloat16", for constant weights only.
   void parse_weights(const std::string& op, const Attrs& attrs) {
-    const std::string w = attrs.get_string(op, "weights", "float32");
-    PHI_CHECK(w == "float32" || w == "bfloat16", op, "weights must be 'float32' or 'bfloat16', got '" + w + "'");
-    bf16_ = w == "bfloat16";
+    bf16_ = bf16_weights(op, attrs.get_string(op, "weights", "float32"));
   }
   void use(std::shared_ptr<const PackedB> packed) {
     packed_ = std::move(packed);

@@ -67,9 +67,10 @@ inline float tanh(float x) {
 // erf as x * P(x^2) / Q(x^2), degrees 6 and 4: a rational fit of erf(x)/x on [0, 4] made for this
 // file (weighted least squares iterated toward the minimax error, in float64); 1e-8 in float64,
 // absolute error < 4.1e-7 evaluated in float32. Half the operations of Abramowitz & Stegun 7.1.26
-// with an exp (1.5e-7), which GELU epilogues felt: with it GELU cost 7 % of a 4096 x 384 x 1536
-// product with bias, with this 5.5 % (paired runs, Zen 4). Beyond |x| = 3.9 erf is +-1 in
-// float32 and is returned exactly (so gelu(-inf) = -inf * 0 is NaN, as in numpy); NaN stays NaN.
+// with an exp (1.5e-7), which GELU epilogues felt: with it GELU cost 7.1-7.9 % of a 4096 x 384 x
+// 1536 product with bias, with this 4.0-6.1 % (bench_runtime.py, Zen 4). Beyond |x| = 3.9 erf
+// is +-1 in float32 and is returned exactly (so gelu(-inf) = -inf * 0 is NaN, as in numpy); NaN
+// stays NaN.
 // Written once for float and for GCC/Clang vector types (T{} + c broadcasts a constant to either),
 // so the GEMM's register epilogue (packed_gemm.cpp) computes exactly what the other kernels do.
 // (vector returns never cross a call: these are always inlined, so GCC's ABI note does not apply)

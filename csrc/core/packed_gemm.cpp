@@ -142,7 +142,7 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
     uintptr_t pf = t.pf;
     for (int64_t k = 0; k < t.kc; ++k) {
 #pragma GCC unroll 4
-      for (int j = 0; j < NR; j += 16) __builtin_prefetch(reinterpret_cast<const void*>(pf + j * sizeof(float)), 0, 3);
+      for (int j = 0; j < NR * (BF16 ? 2 : 4); j += 64) __builtin_prefetch(reinterpret_cast<const void*>(pf + j), 0, 3);
       pf += t.pf_step;
       step();
     }
@@ -331,9 +331,11 @@ const KernelSet& kernels() {
 
 // ---- packing -----------------------------------------------------------------------------------
 
-// Columns [j0, j0 + cols) of rows [k0, k0 + kc) of op(B) into kc rows of nr floats, zero-padded.
-void pack_panel(const float* b, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t cols, int nr,
-                float* PHI_RESTRICT dst) {
+}  // namespace
+
+// (declared in packed_gemm.h; the attention kernel packs its K and V panels with it too)
+void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t cols, int nr,
+                  float* PHI_RESTRICT dst) {
   if (!trans_b) {
     for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * nr, b + (k0 + k) * ldb + j0, sizeof(float) * cols);
   } else {
@@ -341,6 +343,8 @@ void pack_panel(const float* b, int64_t ldb, bool trans_b, int64_t k0, int64_t k
   }
   for (int64_t k = 0; k < kc; ++k) std::fill(dst + k * nr + cols, dst + (k + 1) * nr, 0.0f);
 }
+
+namespace {
 
 // Rows [i0, i0 + rows) of op(A), k-major: element (i0 + i, k) at dst[k * rows + i]. For A given
 // row-major that is a transpose, done in 8 x 8 blocks where the CPU has AVX2: the caller packs A
@@ -402,9 +406,9 @@ Blocking blocking(int64_t m, int64_t k, bool prepacked) {
 int64_t scratch_slots() { return ThreadPool::global().capacity(); }
 
 // Scratch of the calling thread: A packed for the kernel (when given transposed), and a panel
-// buffer per task when B is not packed. Kept between calls up to kKeptScratch bytes (a serving thread reuses it on every
-// call, and plans need no workspace for it), allocated per call beyond that. Pool tasks only read
-// and write the caller's scratch while the caller waits for them.
+// buffer per task when B is not packed. Kept between calls up to kKeptScratch bytes (a serving
+// thread reuses it on every call, and plans need no workspace for it), allocated per call beyond
+// that. Pool tasks only read and write the caller's scratch while the caller waits for them.
 constexpr size_t kKeptScratch = size_t{8} << 20;
 
 class Scratch {
@@ -442,6 +446,12 @@ class Scratch {
 
 const PackedTile& packed_tile() { return kernels().tile; }
 
+bool bf16_weights(const std::string& op, const std::string& dtype) {
+  PHI_CHECK(dtype == "float32" || dtype == "bfloat16", op,
+            "weights' dtype must be 'float32' or 'bfloat16', got '" + dtype + "'");
+  return dtype == "bfloat16";
+}
+
 int micro_nr(bool narrow) { return narrow ? kernels().narrow_nr : kernels().tile.nr; }
 
 void micro_tile(int rows, int64_t kc, const float* a, int64_t lda, const float* b, int64_t bs, float* c, int64_t ldc,
@@ -460,11 +470,6 @@ void micro_tile(int rows, int64_t kc, const float* a, int64_t lda, const float* 
   t.ep = &none;
   const KernelSet& ks = kernels();
   (narrow ? ks.narrow : ks.fn)(rows, t);
-}
-
-void pack_b_panel(const float* b, int64_t ldb, bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t cols, int nr,
-                  float* dst) {
-  pack_panel(b, ldb, trans_b, k0, kc, j0, cols, nr, dst);
 }
 
 void PackedB::AlignedFree::operator()(float* p) const { ::operator delete(p, std::align_val_t{kAlign}); }
@@ -493,10 +498,10 @@ PackedB::PackedB(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n
                    for (int64_t p = p0; p < p1; ++p) {
                      const int cols = static_cast<int>(std::min<int64_t>(nr_, n - p * nr_));
                      if (!bf16) {
-                       pack_panel(b, ldb, trans_b, 0, k, p * nr_, cols, nr_, data_.get() + p * k * nr_);
+                       pack_b_panel(b, ldb, trans_b, 0, k, p * nr_, cols, nr_, data_.get() + p * k * nr_);
                        continue;
                      }
-                     pack_panel(b, ldb, trans_b, 0, k, p * nr_, cols, nr_, tmp.data());
+                     pack_b_panel(b, ldb, trans_b, 0, k, p * nr_, cols, nr_, tmp.data());
                      uint16_t* dst = reinterpret_cast<uint16_t*>(data_.get()) + p * k * nr_;
                      for (size_t i = 0; i < tmp.size(); ++i) dst[i] = to_bf16(tmp[i]);
                    }
@@ -624,7 +629,7 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
             ta.b = g.b + k0 * g.ldb + j0;  // read in place: a full panel's row is nr contiguous floats
             ta.bs = g.ldb;
           } else {
-            pack_panel(g.b, g.ldb, g.trans_b, k0, kc, j0, cols, nr, slot);
+            pack_b_panel(g.b, g.ldb, g.trans_b, k0, kc, j0, cols, nr, slot);
             ta.b = slot;
             ta.bs = nr;
           }

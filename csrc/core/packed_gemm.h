@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "core/gemm.h"
 
@@ -60,6 +61,10 @@ class PackedB {
 // which outlive its kernels.
 std::shared_ptr<const PackedB> shared_packed_b(const float* b, int64_t ldb, bool trans_b, int64_t k, int64_t n,
                                                bool bf16 = false);
+
+// A weights dtype named by a caller ("float32" or "bfloat16"): true for bfloat16; anything else
+// raises InvalidRequestError naming `op`.
+bool bf16_weights(const std::string& op, const std::string& dtype);
 
 // Whether the packed kernel beats BLAS for a product of m rows (measured; see packed_gemm.cpp):
 // with B packed ahead of time (plan constants, PackedWeights), and with B as given per call.

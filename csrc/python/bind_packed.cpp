@@ -19,8 +19,7 @@ const std::string kPack = "pack_weights";
 
 std::shared_ptr<PackedB> pack_weights(const py::object& weights, const py::object& trans_obj, const py::object& threads,
                                       const std::string& dtype) {
-  check(dtype == "float32" || dtype == "bfloat16", kPack,
-        "dtype must be 'float32' or 'bfloat16', got '" + dtype + "'");
+  const bool bf16 = bf16_weights(kPack, dtype);
   Input w = to_input(weights, kPack, "weights");
   check(w.view.present(), kPack, "weights cannot be None");
   expect_float(kPack, w.view.desc, "weights");
@@ -31,7 +30,7 @@ std::shared_ptr<PackedB> pack_weights(const py::object& weights, const py::objec
   const int64_t k = trans_b ? s[1] : s[0], n = trans_b ? s[0] : s[1];
   py::gil_scoped_release release;
   return std::make_shared<PackedB>(w.view.ptr<const float>(), s[1], trans_b, k, n, t > 0 ? t : default_threads(),
-                                   dtype == "bfloat16");
+                                   bf16);
 }
 
 py::array gemm_packed(const py::object& a, const std::shared_ptr<PackedB>& packed, const py::object& bias,
@@ -57,7 +56,7 @@ py::array gemm_packed(const py::object& a, const std::shared_ptr<PackedB>& packe
 // The plan kernels' own packing of a constant weight (Kernel::bind_constants finds it in the
 // shared cache, keyed by the constant's address and layout), done ahead of the first run.
 std::shared_ptr<PackedB> prepack_constant(const std::shared_ptr<Constant>& c, bool trans_b, const std::string& dtype) {
-  check(dtype == "float32" || dtype == "bfloat16", kPack, "dtype must be 'float32' or 'bfloat16', got '" + dtype + "'");
+  const bool bf16 = bf16_weights(kPack, dtype);
   const TensorDesc& d = c->desc();
   PHI_CHECK(d.dtype == DType::f32 && d.ndim() == 2, kPack, "prepack_constant needs a 2-D float32 constant");
   const int64_t rows = d.shape[0], cols = d.shape[1];
@@ -65,7 +64,7 @@ std::shared_ptr<PackedB> prepack_constant(const std::shared_ptr<Constant>& c, bo
   std::shared_ptr<const PackedB> packed;
   {
     py::gil_scoped_release release;
-    packed = shared_packed_b(static_cast<const float*>(c->data()), cols, trans_b, k, n, dtype == "bfloat16");
+    packed = shared_packed_b(static_cast<const float*>(c->data()), cols, trans_b, k, n, bf16);
   }
   return std::const_pointer_cast<PackedB>(packed);
 }

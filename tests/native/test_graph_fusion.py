@@ -214,13 +214,16 @@ def test_conv_batch_norm_residual_activation(rng: np.random.Generator, act: str)
     _check(model, {"x": x}, ["phi::Conv"], ["Conv", "BatchNormalization", "Add", act])
 
 
-def _heads_attention_nodes(k_in_one_transpose: bool) -> list[onnx.NodeProto]:
+def _heads_attention_nodes(
+    k_in_one_transpose: bool, kv_split: str = "split"
+) -> list[onnx.NodeProto]:
     """Attention over heads split from (batch, seq, hidden) by Reshape + Transpose and merged
-    back, as our MiniLM writer (k transposed twice) and torch's export (once) spell it."""
+    back, as our MiniLM writer (k transposed twice) and torch's export (once) spell it. q's heads
+    are split by the constant "split", k's and v's by ``kv_split``."""
     mk = helper.make_node
     nodes = []
     for t in ("q", "k", "v"):
-        nodes.append(mk("Reshape", [t, "split"], [t + "4"]))
+        nodes.append(mk("Reshape", [t, "split" if t == "q" else kv_split], [t + "4"]))
         if t == "k" and k_in_one_transpose:
             nodes.append(mk("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]))
         else:
@@ -267,34 +270,15 @@ def test_attention_over_heads_becomes_one_op_without_transposes(
     assert node.attrs["alpha"] == pytest.approx(1 / math.sqrt(dim))
 
 
-def _one_head_nodes() -> list[onnx.NodeProto]:
-    mk = helper.make_node
-    return [
-        mk("Reshape", ["q", "split_q"], ["q4"]),
-        mk("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
-        mk("Reshape", ["k", "split_kv"], ["k4"]),
-        mk("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
-        mk("Reshape", ["v", "split_kv"], ["v4"]),
-        mk("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
-        mk("MatMul", ["qh", "kt"], ["s"]),
-        mk("Mul", ["s", "scale"], ["ss"]),
-        mk("Add", ["ss", "mask"], ["sm"]),
-        mk("Softmax", ["sm"], ["p"], axis=-1),
-        mk("MatMul", ["p", "vh"], ["c"]),
-        mk("Transpose", ["c"], ["ct"], perm=[0, 2, 1, 3]),
-        mk("Reshape", ["ct", "merge"], ["y"]),
-    ]
-
-
 def test_one_query_head_against_three_key_heads_is_left_unfused(rng: np.random.Generator) -> None:
     # The products broadcast q's single head against k's three: the fused op (which broadcasts
     # k and v only) must not take it.
     model = _model(
-        _one_head_nodes(),
+        _heads_attention_nodes(True, kv_split="split_kv"),
         {"q": ["b", 10, 8], "k": ["b", 10, 24], "v": ["b", 10, 24], "mask": ["b", 1, 1, 10]},
         {
-            "scale": _scalar(1 / math.sqrt(8.0)),
-            "split_q": np.array([0, 0, 1, 8], np.int64),
+            "scale": _scalar(math.sqrt(8.0)),
+            "split": np.array([0, 0, 1, 8], np.int64),
             "split_kv": np.array([0, 0, 3, 8], np.int64),
             "merge": np.array([0, 0, 24], np.int64),
         },
@@ -314,13 +298,13 @@ def test_one_query_head_against_three_key_heads_is_left_unfused(rng: np.random.G
 
 def test_multi_query_attention_is_fused_and_broadcast(rng: np.random.Generator) -> None:
     # k and v carry one head shared by q's three: the products broadcast it, and so does the op.
-    nodes = _one_head_nodes()
+    nodes = _heads_attention_nodes(True, kv_split="split_kv")
     model = _model(
         nodes,
         {"q": ["b", 10, 24], "k": ["b", 10, 8], "v": ["b", 10, 8], "mask": ["b", 1, 1, 10]},
         {
-            "scale": _scalar(1 / math.sqrt(8.0)),
-            "split_q": np.array([0, 0, 3, 8], np.int64),
+            "scale": _scalar(math.sqrt(8.0)),
+            "split": np.array([0, 0, 3, 8], np.int64),
             "split_kv": np.array([0, 0, 1, 8], np.int64),
             "merge": np.array([0, 0, 24], np.int64),
         },

@@ -23,6 +23,7 @@ from phi_engine.graph.ir import Dim, TensorType
 from phi_engine.graph.lower import LowerContext
 from phi_engine.graph.ops._util import F32, axis_of, broadcast, tt
 from phi_engine.graph.registry import InferContext, OpContext, op
+from phi_engine.runtime import reference
 from phi_engine.runtime.reference import _activations
 
 DOMAIN = "phi"
@@ -54,8 +55,9 @@ def _linear_lower(ctx: LowerContext) -> list[int] | None:
         "alpha": float(ctx.attr("alpha", 1.0)),
         "trans_b": bool(ctx.attr("trans_b", 0)),
     }
-    if ctx.attr("weights", "float32") != "float32":  # compile(precision="bf16") on the CPU
-        attrs["weights"] = ctx.attr("weights", "float32")
+    weights = ctx.attr("weights", "float32")  # "bfloat16": compile(precision="bf16") on the CPU
+    if weights != "float32":
+        attrs["weights"] = weights
     return ctx.step("matmul", [ctx.slot(0), ctx.slot(1), ctx.slot(2), ctx.slot(3)], attrs)
 
 
@@ -115,14 +117,8 @@ def _attention_lower(ctx: LowerContext) -> list[int] | None:
 
 @op("Attention", (1,), infer=_attention_infer, lower=_attention_lower, domain=DOMAIN)
 def attention(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
-    q, k, v = (np.swapaxes(np.asarray(t, np.float64), 1, 2) for t in x[:3])
-    t = float(ctx.attr("alpha", 1.0)) * np.matmul(q, np.swapaxes(k, -1, -2))
-    if len(x) > 3 and x[3] is not None:
-        t = t + np.asarray(x[3], np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(t - np.max(t, axis=-1, keepdims=True, initial=-np.inf))
-        p = e / e.sum(axis=-1, keepdims=True)
-        return [np.swapaxes(np.matmul(p, v), 1, 2).astype(F32)]
+    mask = x[3] if len(x) > 3 else None
+    return [reference.attention(x[0], x[1], x[2], mask, float(ctx.attr("alpha", 1.0)))]
 
 
 def _gelu_infer(ctx: InferContext) -> list[TensorType]:

@@ -36,11 +36,12 @@ def attention(
     mask: np.ndarray | None = None,
     alpha: float = 1.0,
 ) -> np.ndarray:
-    """Reference of :func:`phi_engine.ops.attention`: the unfused form in float64."""
+    """Reference of :func:`phi_engine.ops.attention`: the unfused form in float64, rounded once."""
     qh, kh, vh = (np.swapaxes(_f64(t), 1, 2) for t in (q, k, v))  # (B, H, S, D)
-    scores = alpha * np.matmul(qh, np.swapaxes(kh, -1, -2))
-    probs = softmax(scores, mask).astype(np.float64)
-    with np.errstate(invalid="ignore"):
+    t = alpha * np.matmul(qh, np.swapaxes(kh, -1, -2)) + (0.0 if mask is None else _f64(mask))
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(t - _row_max(t, -1))
+        probs = e / e.sum(axis=-1, keepdims=True)
         return np.asarray(np.swapaxes(np.matmul(probs, vh), 1, 2).astype(F32))
 
 
