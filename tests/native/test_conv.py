@@ -119,6 +119,49 @@ def test_conv2d_threads_agree(rng: np.random.Generator, case: tuple) -> None:  #
     assert_close_conv(two, ref.conv2d(x, w, bias, "relu", **kw), k)
 
 
+# The panel path: output rows under 16 pixels in a batch of at least one panel (64 pixels on
+# AVX-512), where panels span images. Each row: the case, and what it exercises.
+PANELS = [
+    (32, 16, 2, 2, 24, 3, 3, 1, 1, 1, 1),  # 2 x 2 images, 16 to a panel
+    (7, 8, 3, 5, 13, 3, 3, 1, 1, 1, 1),  # 15-pixel images split across panels; a partial last panel
+    (5, 12, 8, 8, 10, 1, 1, 1, 0, 1, 1),  # 1 x 1, 8 x 8 images: a panel is one image, read in place
+    (9, 6, 5, 5, 7, 1, 1, 1, 0, 1, 1),  # 1 x 1 on 5 x 5 images: panels span images, copied
+    (6, 10, 9, 7, 11, 1, 1, 2, 0, 1, 1),  # 1 x 1 stride 2 (a projection shortcut)
+    (4, 8, 11, 9, 6, 3, 3, 2, 1, 1, 1),  # stride 2 with padding
+    (3, 6, 10, 10, 8, 3, 3, 1, 2, 2, 1),  # dilation 2
+    (5, 8, 6, 6, 12, 3, 3, 1, 1, 1, 2),  # groups 2
+    (2, 3, 9, 13, 5, 5, 3, (1, 2), (2, 0, 1, 2), (1, 2), 1),  # asymmetric everything
+    (40, 2, 1, 1, 3, 3, 3, 1, 1, 1, 1),  # 1 x 1 images: only the kernel's centre tap is inside
+    (8, 64, 4, 4, 64, 3, 3, 1, 1, 1, 1),  # ResNet stage-3-like
+]
+
+
+@pytest.mark.parametrize("case", PANELS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv2d_panels(rng: np.random.Generator, case: tuple, threads: int) -> None:  # type: ignore[type-arg]
+    x, w, kw, k = _conv_case(rng, case)
+    bias = randn(rng, w.shape[0])
+    res = randn(rng, *ref.conv2d(x, w, **kw).shape)
+    out = ops.conv2d(x, w, bias, "relu", residual=res, threads=threads, **kw)
+    assert_close_conv(out, ref.conv2d(x, w, bias, "relu", residual=res, **kw), k)
+    plain = ops.conv2d(x, w, threads=threads, **kw)
+    assert_close_conv(plain, ref.conv2d(x, w, **kw), k)
+
+
+def test_conv2d_panels_keep_nan_and_padding_apart(rng: np.random.Generator) -> None:
+    """A NaN in one image stays in the outputs that read it: padding columns of other images
+    in the same panel are zeros, not gathers of a neighbour's pixels."""
+    x = randn(rng, 16, 4, 3, 3)
+    x[5, 2, 1, 1] = np.nan
+    w = randn(rng, 6, 4, 3, 3)
+    out = ops.conv2d(x, w, pads=1)
+    expected = ref.conv2d(x, w, pads=1)
+    assert np.array_equal(np.isnan(out), np.isnan(expected))
+    assert np.isnan(out[5]).all() and not np.isnan(np.delete(out, 5, axis=0)).any()
+    ok = ~np.isnan(expected)
+    np.testing.assert_allclose(out[ok], expected[ok], rtol=1e-4, atol=1e-4)
+
+
 def test_conv2d_batch_one_vs_three(rng: np.random.Generator) -> None:
     x, w = randn(rng, 3, 16, 20, 18), randn(rng, 24, 16, 3, 3)
     bias = randn(rng, 24)
