@@ -58,11 +58,42 @@ constexpr int64_t kUnitsPerThread = 4;       // blocks per thread, so a dynamic 
 constexpr double kFlopsPerThread = 2e6;      // below this a helper thread costs more than it saves
 constexpr int kMaxPanel = 64;                // the widest micro-kernel panel (AVX-512: 64 columns)
 constexpr int64_t kPanelMaxWidth = 16;       // output rows narrower than this take the panel path
+constexpr int64_t kMicroMaxRows = 32;        // output channels per group up to which wide images use
+                                             // the micro-kernel rather than BLAS
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// d[t] = src[2 t] for t < n. Compilers leave this scalar (a column a cycle, half of a 7x7
+// stride-2 stem's time); AVX-512 takes 16 at a time from two loads and a permute. The vector loop
+// stops one block early, so its loads never pass src[2 n - 2], the last float read.
+#if defined(PHI_CONV_X86)
+__attribute__((target("avx512f"))) void copy_stride2_avx512(float* d, const float* src, int64_t n) {
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  int64_t t = 0;
+  for (; t + 16 < n; t += 16) {
+    const __m512 lo = _mm512_loadu_ps(src + 2 * t), hi = _mm512_loadu_ps(src + 2 * t + 16);
+    _mm512_storeu_ps(d + t, _mm512_permutex2var_ps(lo, evens, hi));
+  }
+  for (; t < n; ++t) d[t] = src[2 * t];
+}
+#endif
+
+PHI_ALWAYS_INLINE void copy_strided(float* PHI_RESTRICT d, const float* PHI_RESTRICT src, int64_t n, int64_t s) {
+  if (s == 1) {  // inline: output rows are often short (16 floats), where a memcpy call costs more
+#pragma omp simd
+    for (int64_t t = 0; t < n; ++t) d[t] = src[t];
+    return;
+  }
+#if defined(PHI_CONV_X86)
+  static const bool avx512 = cpu_features().avx512f;
+  if (s == 2 && avx512) return copy_stride2_avx512(d, src, n);
+#endif
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) d[t] = src[t * s];
+}
+
 // col[(c * kh + i) * kw + j][(oh - oh0) * ow + x] = image[c][oh*sh - pt + i*dh][x*sw - pl + j*dw],
-// zero where the tap falls in the padding. Rows are copied whole (memcpy at stride 1).
+// zero where the tap falls in the padding.
 PHI_HOT void im2col_block(const float* PHI_RESTRICT x, int64_t channels, const Window2d& g, const Span* spans,
                           int64_t oh0, int64_t oh1, float* PHI_RESTRICT col) {
   int64_t cols = (oh1 - oh0) * g.ow;
@@ -76,20 +107,12 @@ PHI_HOT void im2col_block(const float* PHI_RESTRICT x, int64_t channels, const W
           float* dst = row + (oh - oh0) * g.ow;
           int64_t ih = oh * g.sh - g.pt + i * g.dh;
           if (ih < 0 || ih >= g.h || sp.lo == sp.hi) {
-            std::memset(dst, 0, sizeof(float) * g.ow);
+            std::fill(dst, dst + g.ow, 0.0f);
             continue;
           }
           std::fill(dst, dst + sp.lo, 0.0f);
           std::fill(dst + sp.hi, dst + g.ow, 0.0f);
-          const float* src = plane + ih * g.w + sp.lo * g.sw + j * g.dw - g.pl;
-          float* d = dst + sp.lo;
-          const int64_t n = sp.hi - sp.lo, s = g.sw;
-          if (s == 1) {
-            std::memcpy(d, src, sizeof(float) * n);
-          } else {
-#pragma omp simd
-            for (int64_t t = 0; t < n; ++t) d[t] = src[t * s];
-          }
+          copy_strided(dst + sp.lo, plane + ih * g.w + sp.lo * g.sw + j * g.dw - g.pl, sp.hi - sp.lo, g.sw);
         }
       }
     }
@@ -273,7 +296,7 @@ class Conv2dKernel final : public Kernel {
 
   size_t workspace_bytes() const override {
     if (path_ == ConvPath::panels) return static_cast<size_t>(workers_ * panel_worker_floats()) * sizeof(float);
-    return path_ == ConvPath::im2col ? static_cast<size_t>(workers_ * k_ * rows_ * g_.ow) * sizeof(float) : 0;
+    return static_cast<size_t>(workers_ * block_worker_floats()) * sizeof(float);
   }
 
   void run(const TensorView* in, TensorView* out, void* workspace, const ExecContext& ctx) const override {
@@ -308,6 +331,11 @@ class Conv2dKernel final : public Kernel {
       plan_panels(one_by_one);
       return;
     }
+    // Few output channels: the micro-kernel reads the block's columns in place, where BLAS would
+    // pack them first, as much work as the product at 16 rows (the 7x7 stem of a ResNet).
+    nr_ = micro_nr(false);
+    mr_ = packed_tile().mr;
+    micro_ = m_ / groups_ <= kMicroMaxRows;
     int64_t capacity = ThreadPool::global().capacity();
     int64_t min_rows = std::min(g_.oh, ceil_div(kMinBlockCols, g_.ow));
     rows_ = g_.oh;
@@ -320,6 +348,12 @@ class Conv2dKernel final : public Kernel {
     rows_ = ceil_div(g_.oh, ceil_div(g_.oh, rows_));
     units_ = n_ * groups_ * ceil_div(g_.oh, rows_);
     workers_ = std::clamp<int64_t>(units_, 1, capacity);
+  }
+
+  // An im2col / pointwise worker's buffers: the im2col block, and with the micro-kernel one panel
+  // for a block's partial last columns.
+  int64_t block_worker_floats() const {
+    return (path_ == ConvPath::im2col ? k_ * rows_ * g_.ow : 0) + (micro_ ? k_ * nr_ : 0);
   }
 
   // A panel-path worker's buffers: one panel (K x nr) and one output tile (M/groups x nr).
@@ -414,7 +448,8 @@ class Conv2dKernel final : public Kernel {
                 int threads) const {
     const int64_t blocks = ceil_div(g_.oh, rows_), p = g_.oh * g_.ow;
     const int64_t cg = c_ / groups_, mg = m_ / groups_;
-    auto unit = [&](int64_t u, float* col, int gemm_threads) {
+    auto unit = [&](int64_t u, float* buffers, int gemm_threads) {
+      float* col = buffers;
       int64_t blk = u % blocks, g = (u / blocks) % groups_, img = u / blocks / groups_;
       int64_t oh0 = blk * rows_, oh1 = std::min(g_.oh, oh0 + rows_), p0 = oh0 * g_.ow;
       const float* xg = x + (img * c_ + g * cg) * g_.h * g_.w;
@@ -438,18 +473,36 @@ class Conv2dKernel final : public Kernel {
       a.epilogue.bias = bias ? bias + g * mg : nullptr;
       a.epilogue.residual = res ? res + (img * m_ + g * mg) * p + p0 : nullptr;
       a.epilogue.ldr = p;
-      gemm_f32(a, gemm_threads);
+      if (!micro_ || gemm_threads > 1) return gemm_f32(a, gemm_threads);
+      // Panels of nr columns read in place (row stride ldb), a full-width copy for the last
+      // partial one, W's row blocks through the micro-kernel, the epilogue on the L1-hot result.
+      float* last = buffers + (path_ == ConvPath::im2col ? k_ * rows_ * g_.ow : 0);
+      const int nr = static_cast<int>(nr_);
+      for (int64_t j0 = 0; j0 < a.n; j0 += nr) {
+        const int cols = static_cast<int>(std::min<int64_t>(nr, a.n - j0));
+        const float* b = a.b + j0;
+        int64_t bs = a.ldb;
+        if (cols < nr) {
+          pack_b_panel(a.b, a.ldb, false, 0, k_, j0, cols, nr, last);
+          b = last;
+          bs = nr;
+        }
+        for (int64_t r = 0; r < mg; r += mr_)
+          micro_tile(static_cast<int>(std::min(mr_, mg - r)), k_, a.a + r * k_, k_, b, bs, a.c + r * a.ldc + j0, a.ldc,
+                     cols, 1.0f, false);
+        apply_epilogue(a.c + j0, mg, cols, a.ldc, a.epilogue, 0, j0);
+      }
     };
     if (units_ < threads || threads == 1) {
       for (int64_t u = 0; u < units_; ++u) unit(u, ws, threads);
       return;
     }
     int workers = static_cast<int>(std::min<int64_t>(threads, workers_));
-    const int64_t col_floats = k_ * rows_ * g_.ow;
+    const int64_t stride = block_worker_floats();
     std::atomic<int64_t> next{0};
     ThreadPool::global().parallel_for(workers, workers, [&](int64_t worker) {
-      float* col = ws ? ws + worker * col_floats : nullptr;
-      for (int64_t u = next.fetch_add(1); u < units_; u = next.fetch_add(1)) unit(u, col, 1);
+      float* buffers = ws ? ws + worker * stride : nullptr;
+      for (int64_t u = next.fetch_add(1); u < units_; u = next.fetch_add(1)) unit(u, buffers, 1);
     });
   }
 
@@ -479,10 +532,11 @@ class Conv2dKernel final : public Kernel {
   int64_t rows_ = 1;     // output rows per work unit (im2col, pointwise)
   int64_t units_ = 0;    // (image, group, block) units; panels: the most (group, panel, chunk) units
   int64_t workers_ = 1;  // buffers in the workspace
+  bool micro_ = false;  // im2col / pointwise: the micro-kernel instead of BLAS (few output channels)
   // The panel path:
   bool pointwise_ = false;    // 1 x 1, stride 1, no padding: a panel within one image is read in place
   bool wide_ = false;         // im2col offsets need 64 bits
-  int64_t nr_ = 1, mr_ = 1;   // the micro-kernel's panel width and row block
+  int64_t nr_ = 1, mr_ = 1;   // the micro-kernel's panel width and row block (micro_, panels)
   int64_t panels_ = 0;        // panels of nr pixels over all images
 };
 
