@@ -63,35 +63,6 @@ constexpr int64_t kMicroMaxRows = 32;        // output channels per group up to 
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// d[t] = src[2 t] for t < n. Compilers leave this scalar (a column a cycle, half of a 7x7
-// stride-2 stem's time); AVX-512 takes 16 at a time from two loads and a permute. The vector loop
-// stops one block early, so its loads never pass src[2 n - 2], the last float read.
-#if defined(PHI_CONV_X86)
-__attribute__((target("avx512f"))) void copy_stride2_avx512(float* d, const float* src, int64_t n) {
-  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  int64_t t = 0;
-  for (; t + 16 < n; t += 16) {
-    const __m512 lo = _mm512_loadu_ps(src + 2 * t), hi = _mm512_loadu_ps(src + 2 * t + 16);
-    _mm512_storeu_ps(d + t, _mm512_permutex2var_ps(lo, evens, hi));
-  }
-  for (; t < n; ++t) d[t] = src[2 * t];
-}
-#endif
-
-PHI_ALWAYS_INLINE void copy_strided(float* PHI_RESTRICT d, const float* PHI_RESTRICT src, int64_t n, int64_t s) {
-  if (s == 1) {  // inline: output rows are often short (16 floats), where a memcpy call costs more
-#pragma omp simd
-    for (int64_t t = 0; t < n; ++t) d[t] = src[t];
-    return;
-  }
-#if defined(PHI_CONV_X86)
-  static const bool avx512 = cpu_features().avx512f;
-  if (s == 2 && avx512) return copy_stride2_avx512(d, src, n);
-#endif
-#pragma omp simd
-  for (int64_t t = 0; t < n; ++t) d[t] = src[t * s];
-}
-
 // col[(c * kh + i) * kw + j][(oh - oh0) * ow + x] = image[c][oh*sh - pt + i*dh][x*sw - pl + j*dw],
 // zero where the tap falls in the padding.
 PHI_HOT void im2col_block(const float* PHI_RESTRICT x, int64_t channels, const Window2d& g, const Span* spans,
@@ -112,7 +83,15 @@ PHI_HOT void im2col_block(const float* PHI_RESTRICT x, int64_t channels, const W
           }
           std::fill(dst, dst + sp.lo, 0.0f);
           std::fill(dst + sp.hi, dst + g.ow, 0.0f);
-          copy_strided(dst + sp.lo, plane + ih * g.w + sp.lo * g.sw + j * g.dw - g.pl, sp.hi - sp.lo, g.sw);
+          const float* src = plane + ih * g.w + sp.lo * g.sw + j * g.dw - g.pl;
+          float* d = dst + sp.lo;
+          const int64_t n = sp.hi - sp.lo;
+          if (g.sw == 1) {  // inline: output rows are often short (16 floats), where a call costs more
+#pragma omp simd
+            for (int64_t t = 0; t < n; ++t) d[t] = src[t];
+          } else {
+            strided_copy(d, src, n, g.sw);
+          }
         }
       }
     }
@@ -545,6 +524,36 @@ std::unique_ptr<Kernel> make_conv2d(const std::vector<TensorDesc>& in, const Att
 }
 
 }  // namespace
+
+// d[t] = src[2 t] for t < n. Compilers leave this scalar (a column a cycle, half of a 7x7
+// stride-2 stem's time); AVX-512 takes 16 at a time from two loads and a permute. Loads are masked
+// to the floats the copy reads (src[0], src[2], ..., src[2 n - 2]), so none passes the last.
+#if defined(PHI_CONV_X86)
+namespace {
+__attribute__((target("avx512f"))) void copy_stride2_avx512(float* d, const float* src, int64_t n) {
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  auto lanes = [](int64_t count) -> __mmask16 {  // the first count lanes (0 to 16)
+    return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+  };
+  for (int64_t t = 0; t < n; t += 16) {
+    const int64_t left = 2 * (n - t) - 1;  // floats from src + 2 t up to the last one read
+    const __m512 lo = _mm512_maskz_loadu_ps(lanes(left), src + 2 * t);
+    const __m512 hi = _mm512_maskz_loadu_ps(lanes(left - 16), src + 2 * t + 16);
+    _mm512_mask_storeu_ps(d + t, lanes(n - t), _mm512_permutex2var_ps(lo, evens, hi));
+  }
+}
+}  // namespace
+#endif
+
+void strided_copy(float* PHI_RESTRICT d, const float* PHI_RESTRICT src, int64_t n, int64_t s) {
+  if (s == 1) return static_cast<void>(std::memcpy(d, src, sizeof(float) * n));
+#if defined(PHI_CONV_X86)
+  static const bool avx512 = cpu_features().avx512f;
+  if (s == 2 && avx512) return copy_stride2_avx512(d, src, n);
+#endif
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) d[t] = src[t * s];
+}
 
 PHI_REGISTER_OP("conv2d", 2, 4, make_conv2d);
 

@@ -83,6 +83,10 @@ inline std::vector<Span> column_spans(const Window2d& g) {
   return spans;
 }
 
+// d[t] = src[t * s] for t < n (d and src do not overlap): every element of a strided input row, as
+// im2col reads them (a call per row: the window sweeps, whose rows are short, inline their own loop).
+void strided_copy(float* PHI_RESTRICT d, const float* PHI_RESTRICT src, int64_t n, int64_t s);
+
 // The sweep shared by depthwise convolution and pooling: for output row `oh`, every kernel tap
 // (i, j) whose input row lies in the image calls f(i, j, src, dst, n), where the output elements
 // dst[0..n) read src[t * g.sw]. Padding is resolved once per row and tap (spans from
