@@ -325,6 +325,16 @@ def test_model_runner_groups_shapes() -> None:
         outs = [f.result(timeout=30).value["y"] for f in futures]
     for p, out in zip(payloads, outs, strict=True):
         np.testing.assert_allclose(out, p["x"].sum(axis=1), rtol=1e-5, atol=1e-5)
+    # Direct calls: a mixed batch runs one call per shape, a uniform one (any rows each) one
+    # call; every member gets its own rows back, in order.
+    uniform = [{"x": rng.standard_normal((r, 4)).astype(np.float32)} for r in (1, 3, 1, 2)]
+    for batch in (payloads, uniform, payloads + uniform):
+        outs = runner(batch)
+        assert len(outs) == len(batch)
+        for p, out in zip(batch, outs, strict=True):
+            x = np.asarray(p["x"], dtype=np.float32)
+            assert out["y"].shape == (len(x),)
+            np.testing.assert_allclose(out["y"], x.sum(axis=1), rtol=1e-5, atol=1e-5)
     with pytest.raises(InvalidRequestError):
         runner.rows({"x": np.float32(1.0)})
     assert onnx is not None

@@ -82,8 +82,13 @@ def parse_inputs(
             input's dtype without loss, a wrong rank or fixed dimension, disagreeing row counts,
             too many rows or bytes, or non-finite values where refused (``field`` names the input).
     """
-    if len(specs) == 1 and type(data) is dict and len(data) == 1:
-        fast = _one_float_array(data, specs[0], limits)
+    if len(specs) == 1:
+        if type(data) is np.ndarray:  # the rows of a one-input model, as the native decoder gives
+            fast = _one_float_array(data, specs[0], limits)
+        elif type(data) is dict and len(data) == 1:
+            fast = _one_float_array(data.get(specs[0].name), specs[0], limits)
+        else:
+            fast = None
         if fast is not None:
             return fast
     named = _by_name(data, specs)
@@ -102,11 +107,10 @@ def parse_inputs(
 
 
 def _one_float_array(
-    data: dict[str, Any], spec: InputSpec, limits: InputLimits
+    value: Any, spec: InputSpec, limits: InputLimits
 ) -> dict[str, np.ndarray] | None:
     """The common request, a float array for a model's one float input (what the native JSON
     decoder gives), checked as :func:`parse_inputs` would; ``None`` for anything else."""
-    value = data.get(spec.name)
     if (
         type(value) is not np.ndarray
         or value.dtype.kind != "f"

@@ -60,20 +60,49 @@ class ModelRunner:
     def __call__(self, payloads: list[Payload]) -> list[dict[str, np.ndarray]]:
         if len(payloads) == 1:  # nothing to stack or split
             return [self.model.run(payloads[0], self.threads, check=not self.checked)]
+        if self._uniform(payloads):  # the common batch: one model call, no grouping
+            return self._run_group(payloads, range(len(payloads)))[1]
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, p in enumerate(payloads):
             key = tuple((np.shape(p[n])[1:], np.asarray(p[n]).dtype.str) for n in self.input_names)
             groups.setdefault(key, []).append(i)
         results: list[dict[str, np.ndarray]] = [{} for _ in payloads]
         for members in groups.values():
-            feeds = {
-                n: np.concatenate([np.asarray(payloads[i][n]) for i in members])
-                for n in self.input_names
-            }
-            outputs = self.model.run(feeds, self.threads, check=not self.checked)
-            bounds = np.cumsum(
-                [0] + [np.shape(payloads[i][self.input_names[0]])[0] for i in members]
-            )
-            for k, i in enumerate(members):
-                results[i] = {name: out[bounds[k] : bounds[k + 1]] for name, out in outputs.items()}
+            for i, result in zip(*self._run_group(payloads, members), strict=True):
+                results[i] = result
         return results
+
+    def _uniform(self, payloads: list[Payload]) -> bool:
+        """Whether every payload's arrays agree with the first's past the batch axis (shape and
+        dtype), so that they stack into one call."""
+        for name in self.input_names:
+            first = payloads[0][name]
+            if type(first) is not np.ndarray:
+                return False
+            tail, dtype = first.shape[1:], first.dtype
+            for p in payloads:
+                a = p[name]
+                if type(a) is not np.ndarray or a.shape[1:] != tail or a.dtype != dtype:
+                    return False
+        return True
+
+    def _run_group(
+        self, payloads: list[Payload], members: Any
+    ) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+        """Stack the members' rows, run the model once, split its outputs back per member."""
+        members = list(members)
+        feeds = {
+            n: np.concatenate([np.asarray(payloads[i][n]) for i in members])
+            for n in self.input_names
+        }
+        outputs = self.model.run(feeds, self.threads, check=not self.checked)
+        first = self.input_names[0]
+        counts = [len(payloads[i][first]) for i in members]
+        items = list(outputs.items())
+        split: list[dict[str, np.ndarray]] = []
+        start = 0
+        for count in counts:
+            stop = start + count
+            split.append({name: out[start:stop] for name, out in items})
+            start = stop
+        return members, split
