@@ -116,3 +116,32 @@ def test_decoded_float_arrays_are_checked_like_lists(rng: np.random.Generator) -
     assert "no rows" in refused({"x": np.zeros((0, 4))}, [X], "x")
     small = InputLimits(max_rows=64, max_bytes=32)
     assert "byte limit" in refused({"x": rows}, [X], "x", small)
+
+
+def test_decoded_bare_arrays_and_v2_tensors_are_checked_like_lists(
+    rng: np.random.Generator,
+) -> None:
+    """A one-input model's rows as a bare decoded array (/v1's "data"), and one V2 tensor whose
+    data and shape the decoder read into arrays, take shorter paths; they must answer as the
+    list forms do, field names included."""
+    rows = rng.standard_normal((3, 4))
+    want = parse_inputs({"x": rows.tolist()}, [X], LIMITS)["x"]
+
+    def v2(data: object, shape: object, datatype: str = "FP32") -> list[dict[str, object]]:
+        return [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]
+
+    for form in (rows, v2(rows.ravel(), np.array([3, 4])), v2(rows.ravel(), [3, 4])):
+        got = parse_inputs(form, [X], LIMITS)["x"]
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+    flat = rows.ravel()
+    for array_form, list_form, field in (
+        (v2(flat, np.array([4, 3])), v2(flat.tolist(), [4, 3]), "x"),  # dimension 1 must be 4
+        (v2(flat, np.array([2, 4])), v2(flat.tolist(), [2, 4]), "x.shape"),  # 12 values, 8 slots
+        (v2(np.full(4, np.nan), [1, 4]), v2([float("nan")] * 4, [1, 4]), "x"),
+        (v2(flat, [3, 4], "FP8"), v2(flat.tolist(), [3, 4], "FP8"), "x.datatype"),
+        (v2(flat, [3, -4]), v2(flat.tolist(), [3, -4]), "x.shape"),
+    ):
+        assert refused(array_form, [X], field) == refused(list_form, [X], field)
+    for bad, words in ((rows[0], "rank 2"), (np.full((1, 4), np.inf), "NaN or infinity")):
+        assert words in refused(bad, [X], "x")
+        assert refused(bad, [X], "x") == refused(bad.tolist(), [X], "x")

@@ -87,6 +87,8 @@ def parse_inputs(
             fast = _one_float_array(data, specs[0], limits)
         elif type(data) is dict and len(data) == 1:
             fast = _one_float_array(data.get(specs[0].name), specs[0], limits)
+        elif type(data) is list and len(data) == 1 and type(data[0]) is dict:
+            fast = _one_v2_float_tensor(data[0], specs[0], limits)
         else:
             fast = None
         if fast is not None:
@@ -119,6 +121,31 @@ def _one_float_array(
     ):
         return None
     array = value if value.dtype == spec.dtype else value.astype(spec.dtype)
+    _check_array(spec, array, limits, 0)
+    return {spec.name: array}
+
+
+def _one_v2_float_tensor(
+    tensor: dict[str, Any], spec: InputSpec, limits: InputLimits
+) -> dict[str, np.ndarray] | None:
+    """The common V2 request, one tensor of the model's float input type with its data decoded
+    into a float array (what the native decoder gives), checked as :func:`_from_v2` and
+    :func:`parse_inputs` would; ``None`` for anything else (the general path then decides)."""
+    value, shape = tensor.get("data"), tensor.get("shape")
+    if type(shape) is np.ndarray and shape.ndim == 1 and shape.dtype.kind == "i":
+        shape = shape.tolist()  # the native decoder reads number arrays into arrays
+    if (
+        tensor.get("name") != spec.name
+        or spec.dtype.kind != "f"
+        or V2_DATATYPES.get(tensor.get("datatype")) != spec.dtype  # type: ignore[arg-type]
+        or type(value) is not np.ndarray
+        or value.dtype.kind != "f"
+        or type(shape) is not list
+        or not all(type(d) is int and d >= 0 for d in shape)
+        or value.size != math.prod(shape)
+    ):
+        return None
+    array = (value if value.dtype == spec.dtype else value.astype(spec.dtype)).reshape(shape)
     _check_array(spec, array, limits, 0)
     return {spec.name: array}
 
