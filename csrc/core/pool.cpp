@@ -1,10 +1,12 @@
-// Pooling on NCHW float32: ONNX MaxPool, AveragePool and GlobalAveragePool. Windows are swept one
-// kernel tap at a time over a whole output row, so the inner loop is a vector max / add over the
-// output width with the padding resolved once per row (valid_span), never per element.
+// Pooling on NCHW float32: ONNX MaxPool, AveragePool and GlobalAveragePool. Average windows are
+// swept one kernel tap at a time over a whole output row, so the inner loop is a vector add over
+// the output width with the padding resolved once per row (valid_span), never per element; max
+// pooling is separable and goes through a padded row buffer (max_pool_plane).
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <vector>
 
 #include "core/conv.h"
 #include "core/op_registry.h"
@@ -14,43 +16,89 @@ namespace phi {
 namespace {
 
 constexpr double kOpsPerThread = 1e6;  // below this a helper thread costs more than it saves
-constexpr int64_t kNaNCheckFloats = 256;  // max pooling checks its input for NaN in blocks of 1 KiB
-
 // Max over the window, padding as -inf (it never wins). A NaN in the window gives NaN, as numpy's
 // max and PyTorch's max_pool2d do (ONNX Runtime drops it). The NaN-aware select costs three vector
-// operations where a plain max costs one, so an output row takes it only once a NaN has been seen:
-// each input row is checked just before the first output row that reads it, in the same sweep,
-// so the check overlaps the pooling instead of costing a separate pass over memory.
+// operations where a plain max costs one, so a plane takes it only when it holds a NaN.
+//
+// Separably: per output row, the max over the window's rows (whole input rows, contiguous) into a
+// row buffer padded with -inf, then the max over the window's columns from that buffer. With
+// stride 2 the buffer is first split into its even and odd columns (vector shuffles), so every
+// tap reads a contiguous run. Tap by tap over each output row, a 3x3 stride-2 pool of 32x32 planes
+// was nine strided loops of 16 columns an output row, moving about one float a cycle.
 template <bool NaNAware>
-PHI_ALWAYS_INLINE void max_pool_row(const float* x, const Window2d& g, const Span* spans, int64_t oh, float* o) {
-  std::fill(o, o + g.ow, -std::numeric_limits<float>::infinity());
-  for_each_tap(x, g, spans, oh, o, [&](int64_t, int64_t, const float* src, float* d, int64_t n) {
-    // Once d holds NaN no compare replaces it, so a NaN tap anywhere in the window sticks.
-    if constexpr (NaNAware) join_row(d, src, n, g.sw, [](float acc, float v) { return v > acc || v != v ? v : acc; });
-    else join_row(d, src, n, g.sw, [](float acc, float v) { return v > acc ? v : acc; });
-  });
+PHI_ALWAYS_INLINE float max_join(float acc, float v) {
+  if constexpr (NaNAware) return v > acc || v != v ? v : acc;  // once NaN, no compare replaces it
+  else return v > acc ? v : acc;
 }
 
-PHI_HOT void max_pool_plane(const float* PHI_RESTRICT x, const Window2d& g, const Span* spans,
-                            float* PHI_RESTRICT out) {
-  int64_t checked = 0;  // input rows [0, checked) hold no NaN
-  bool nan = false;
+typedef float Floats16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t Ints16 __attribute__((vector_size(64)));
+
+// The width of a pooling row buffer: the left padding, then every column a window reads.
+int64_t max_pool_row_width(const Window2d& g) {
+  return std::max(g.pl + g.w, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
+}
+constexpr int64_t kRowSlack = 64;  // floats past a row buffer's width that vector loads may read
+
+template <bool NaNAware>
+PHI_ALWAYS_INLINE void max_pool_plane_as(const float* PHI_RESTRICT x, const Window2d& g, float* PHI_RESTRICT out,
+                                         float* PHI_RESTRICT buf) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int64_t width = max_pool_row_width(g), half = (width + 1) / 2;
+  float* vp = buf;                               // width + kRowSlack: the row, from column -pl
+  float* ev = vp + width + kRowSlack;            // half + kRowSlack: its even columns
+  float* od = ev + half + kRowSlack;             // half + kRowSlack: its odd columns
+  std::fill(vp, vp + width + kRowSlack, kNegInf);  // padding columns stay -inf for every row
+  float* row = vp + g.pl;
   for (int64_t oh = 0; oh < g.oh; ++oh) {
-    const int64_t last = std::min(g.h, oh * g.sh - g.pt + g.extent_h());  // one past the last row read
-    if (!nan && last > checked) {
-      // Whole blocks of rows at a time: checking a short row costs more in loop overhead.
-      const int64_t upto = std::min(g.h, std::max(last, checked + kNaNCheckFloats / std::max<int64_t>(g.w, 1)));
-      const float* rows = x + checked * g.w;
-      const int64_t n = (upto - checked) * g.w;
-      int32_t seen = 0;
-#pragma omp simd reduction(| : seen)
-      for (int64_t i = 0; i < n; ++i) seen |= rows[i] != rows[i];
-      nan = seen != 0;
-      checked = upto;
+    bool any = false;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.sh - g.pt + i * g.dh;
+      if (ih < 0 || ih >= g.h) continue;
+      const float* src = x + ih * g.w;
+      if (!any) {
+        std::copy(src, src + g.w, row);
+        any = true;
+        continue;
+      }
+#pragma omp simd
+      for (int64_t t = 0; t < g.w; ++t) row[t] = max_join<NaNAware>(row[t], src[t]);
     }
-    if (nan) max_pool_row<true>(x, g, spans, oh, out + oh * g.ow);
-    else max_pool_row<false>(x, g, spans, oh, out + oh * g.ow);
+    if (!any) std::fill(row, row + g.w, kNegInf);
+    float* o = out + oh * g.ow;
+    std::fill(o, o + g.ow, kNegInf);
+    if (g.sw == 2) {
+      const Ints16 evens = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+      const Ints16 odds = evens + 1;
+      for (int64_t t = 0; t < half; t += 16) {  // reads vp[2t .. 2t + 31] < width + kRowSlack
+        const Floats16 lo = *reinterpret_cast<const Floats16*>(vp + 2 * t);
+        const Floats16 hi = *reinterpret_cast<const Floats16*>(vp + 2 * t + 16);
+        *reinterpret_cast<Floats16*>(ev + t) = __builtin_shuffle(lo, hi, evens);
+        *reinterpret_cast<Floats16*>(od + t) = __builtin_shuffle(lo, hi, odds);
+      }
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t off = j * g.dw;
+        const float* src = (off % 2 == 0 ? ev : od) + off / 2;
+#pragma omp simd
+        for (int64_t t = 0; t < g.ow; ++t) o[t] = max_join<NaNAware>(o[t], src[t]);
+      }
+      continue;
+    }
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const float* src = vp + j * g.dw;
+      join_row(o, src, g.ow, g.sw, [](float acc, float v) { return max_join<NaNAware>(acc, v); });
+    }
   }
+}
+
+PHI_HOT void max_pool_plane(const float* PHI_RESTRICT x, const Window2d& g, float* PHI_RESTRICT out,
+                            float* PHI_RESTRICT buf) {
+  const int64_t n = g.h * g.w;
+  int32_t seen = 0;
+#pragma omp simd reduction(| : seen)
+  for (int64_t i = 0; i < n; ++i) seen |= x[i] != x[i];
+  if (seen) max_pool_plane_as<true>(x, g, out, buf);
+  else max_pool_plane_as<false>(x, g, out, buf);
 }
 
 // Sum over the in-image taps, times a precomputed 1 / divisor per output position.
@@ -146,10 +194,15 @@ class Pool2dKernel final : public Kernel {
     double ops_per_plane = static_cast<double>(plane_out) * g_.kh * g_.kw + plane_in;
     int64_t grain = std::max<int64_t>(1, static_cast<int64_t>(kOpsPerThread / ops_per_plane));
     parallel_range(planes_, ctx.resolved_threads(), grain, [&](int64_t b, int64_t e) {
-      for (int64_t p = b; p < e; ++p) {
-        if (max_) max_pool_plane(x + p * plane_in, g_, spans_.data(), y + p * plane_out);
-        else avg_pool_plane(x + p * plane_in, g_, spans_.data(), inv_count_.data(), y + p * plane_out);
+      if (max_) {
+        thread_local std::vector<float> rows;  // max_pool_plane's row buffers
+        const size_t need = static_cast<size_t>(2 * max_pool_row_width(g_) + 3 * kRowSlack + 2);
+        if (rows.size() < need) rows.resize(need);
+        for (int64_t p = b; p < e; ++p) max_pool_plane(x + p * plane_in, g_, y + p * plane_out, rows.data());
+        return;
       }
+      for (int64_t p = b; p < e; ++p)
+        avg_pool_plane(x + p * plane_in, g_, spans_.data(), inv_count_.data(), y + p * plane_out);
     });
   }
 

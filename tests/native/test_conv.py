@@ -222,6 +222,9 @@ POOLS = [
     (1, 3, 15, 14, 3, 1, 2, 2, False),  # dilation 2
     (1, 3, 15, 14, (3, 2), (2, 3), (2, 1, 2, 1), (2, 3), True),
     (4, 64, 28, 28, 3, 2, 1, 1, False),  # large-ish
+    (2, 3, 13, 16, 3, 2, 2, 2, False),  # stride 2, dilation 2: every tap on the even columns
+    (1, 2, 11, 19, (2, 3), 2, (1, 2, 0, 1), (1, 3), True),  # stride 2, dilation 3: both parities
+    (2, 3, 9, 101, 3, 2, 1, 1, True),  # stride 2 over rows of several vectors, ceil mode
 ]
 
 
