@@ -64,10 +64,26 @@ constexpr int64_t kMicroMaxRows = 32;        // output channels per group up to 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // col[(c * kh + i) * kw + j][(oh - oh0) * ow + x] = image[c][oh*sh - pt + i*dh][x*sw - pl + j*dw],
-// zero where the tap falls in the padding.
+// zero where the tap falls in the padding. With stride 2 the block's input rows are first split
+// into their even and odd columns (`split`, channels x rows x (w + 1) floats), once, so that every
+// tap of every output row is a contiguous copy instead of a strided one (a 7x7 stride-2 stem
+// makes 49 of them per channel and output row).
 PHI_HOT void im2col_block(const float* PHI_RESTRICT x, int64_t channels, const Window2d& g, const Span* spans,
-                          int64_t oh0, int64_t oh1, float* PHI_RESTRICT col) {
-  int64_t cols = (oh1 - oh0) * g.ow;
+                          int64_t oh0, int64_t oh1, float* PHI_RESTRICT col, float* PHI_RESTRICT split) {
+  const int64_t cols = (oh1 - oh0) * g.ow;
+  const bool two = g.sw == 2 && split != nullptr;
+  const int64_t ih0 = std::max<int64_t>(0, oh0 * g.sh - g.pt);
+  const int64_t ih1 = std::min(g.h, (oh1 - 1) * g.sh - g.pt + (g.kh - 1) * g.dh + 1);
+  const int64_t we = (g.w + 1) / 2, pitch = g.w + 1;  // a split row: we even columns, then the odd
+  if (two) {
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t ih = ih0; ih < ih1; ++ih) {
+        const float* src = x + (c * g.h + ih) * g.w;
+        float* dst = split + (c * (ih1 - ih0) + ih - ih0) * pitch;
+        strided_copy(dst, src, we, 2);
+        strided_copy(dst + we, src + 1, g.w / 2, 2);
+      }
+  }
   for (int64_t c = 0; c < channels; ++c) {
     const float* plane = x + c * g.h * g.w;
     for (int64_t i = 0; i < g.kh; ++i) {
@@ -83,14 +99,20 @@ PHI_HOT void im2col_block(const float* PHI_RESTRICT x, int64_t channels, const W
           }
           std::fill(dst, dst + sp.lo, 0.0f);
           std::fill(dst + sp.hi, dst + g.ow, 0.0f);
-          const float* src = plane + ih * g.w + sp.lo * g.sw + j * g.dw - g.pl;
+          const int64_t first = sp.lo * g.sw + j * g.dw - g.pl;  // the input column of output sp.lo
           float* d = dst + sp.lo;
           const int64_t n = sp.hi - sp.lo;
-          if (g.sw == 1) {  // inline: output rows are often short (16 floats), where a call costs more
+          if (g.sw == 1) {
+            const float* src = plane + ih * g.w + first;
+#pragma omp simd
+            for (int64_t t = 0; t < n; ++t) d[t] = src[t];
+          } else if (two) {  // columns first, first + 2, ...: one parity, contiguous in the split row
+            const float* half = split + (c * (ih1 - ih0) + ih - ih0) * pitch + (first % 2 ? we : 0);
+            const float* src = half + first / 2;
 #pragma omp simd
             for (int64_t t = 0; t < n; ++t) d[t] = src[t];
           } else {
-            strided_copy(d, src, n, g.sw);
+            strided_copy(d, plane + ih * g.w + first, n, g.sw);
           }
         }
       }
@@ -332,7 +354,13 @@ class Conv2dKernel final : public Kernel {
   // An im2col / pointwise worker's buffers: the im2col block, and with the micro-kernel one panel
   // for a block's partial last columns.
   int64_t block_worker_floats() const {
-    return (path_ == ConvPath::im2col ? k_ * rows_ * g_.ow : 0) + (micro_ ? k_ * nr_ : 0);
+    return (path_ == ConvPath::im2col ? k_ * rows_ * g_.ow + split_floats() : 0) + (micro_ ? k_ * nr_ : 0);
+  }
+  // im2col with stride 2: a block's input rows split into even and odd columns.
+  int64_t split_floats() const {
+    if (g_.sw != 2) return 0;
+    const int64_t rows = std::min(g_.h, (rows_ - 1) * g_.sh + (g_.kh - 1) * g_.dh + 1);
+    return (c_ / groups_) * rows * (g_.w + 1);
   }
 
   // A panel-path worker's buffers: one panel (K x nr) and one output tile (M/groups x nr).
@@ -442,7 +470,7 @@ class Conv2dKernel final : public Kernel {
         a.b = xg + p0;
         a.ldb = p;
       } else {
-        im2col_block(xg, cg, g_, spans_.data(), oh0, oh1, col);
+        im2col_block(xg, cg, g_, spans_.data(), oh0, oh1, col, split_floats() ? col + k_ * rows_ * g_.ow : nullptr);
         a.b = col;
         a.ldb = a.n;
       }
@@ -455,7 +483,7 @@ class Conv2dKernel final : public Kernel {
       if (!micro_ || gemm_threads > 1) return gemm_f32(a, gemm_threads);
       // Panels of nr columns read in place (row stride ldb), a full-width copy for the last
       // partial one, W's row blocks through the micro-kernel, the epilogue on the L1-hot result.
-      float* last = buffers + (path_ == ConvPath::im2col ? k_ * rows_ * g_.ow : 0);
+      float* last = buffers + (path_ == ConvPath::im2col ? k_ * rows_ * g_.ow + split_floats() : 0);
       const int nr = static_cast<int>(nr_);
       for (int64_t j0 = 0; j0 < a.n; j0 += nr) {
         const int cols = static_cast<int>(std::min<int64_t>(nr, a.n - j0));
