@@ -6,7 +6,11 @@
 //    it would be one 1 x (kh*kw) by (kh*kw) x P product per channel, all overhead.
 //  - pointwise (1x1, stride 1, no padding) on wide images: the image already is the GEMM's B matrix.
 //  - im2col on wide images: im2col of a block of output rows into a per-worker buffer, then one
-//    GEMM per block.
+//    GEMM per block. With stride 2 the block's input rows are first split into even and odd
+//    columns, so each tap's row is a contiguous copy.
+//  For these two, up to kMicroMaxRows output channels per group run W's row blocks through the
+//  packed GEMM's micro-kernel reading the block in place; more go to BLAS, which packs the block
+//  first (as much work as the product at 16 rows).
 //  - panels, for small images (output rows under 16 pixels) in batches of at least one panel:
 //    the pixels of all the batch's images form one sequence (pixel q of a group is image q / P,
 //    position q % P), cut into panels of the packed GEMM micro-kernel's width nr (64 on AVX-512).
