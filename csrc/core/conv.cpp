@@ -323,8 +323,8 @@ class Conv2dKernel final : public Kernel {
  private:
   // Picks the path (panels for small images in batches of a panel or more, see the top of the
   // file) and, for im2col and pointwise, the block of output rows per work unit: as tall as the
-  // L2 budget allows (im2col) but at least kMinBlockCols columns, then shorter until there are kUnitsPerThread
-  // units per thread (never under kMinBlockCols), then evened out so blocks balance.
+  // L2 budget allows (im2col) but at least kMinBlockCols columns, then shorter until there are
+  // kUnitsPerThread units per thread (never under kMinBlockCols), then evened out so blocks balance.
   void plan() {
     bool one_by_one = g_.kh == 1 && g_.kw == 1 && g_.sh == 1 && g_.sw == 1 && g_.pt == 0 && g_.pl == 0 &&
                       g_.pb == 0 && g_.pr == 0;
@@ -355,14 +355,13 @@ class Conv2dKernel final : public Kernel {
     workers_ = std::clamp<int64_t>(units_, 1, capacity);
   }
 
-  // An im2col / pointwise worker's buffers: the im2col block, and with the micro-kernel one panel
-  // for a block's partial last columns.
-  int64_t block_worker_floats() const {
-    return (path_ == ConvPath::im2col ? k_ * rows_ * g_.ow + split_floats() : 0) + (micro_ ? k_ * nr_ : 0);
-  }
-  // im2col with stride 2: a block's input rows split into even and odd columns.
+  // An im2col / pointwise worker's buffers, in this order: the im2col block, the block's input rows
+  // split into even and odd columns (im2col with stride 2), and with the micro-kernel one panel for
+  // a block's partial last columns.
+  int64_t block_worker_floats() const { return col_floats() + split_floats() + (micro_ ? k_ * nr_ : 0); }
+  int64_t col_floats() const { return path_ == ConvPath::im2col ? k_ * rows_ * g_.ow : 0; }
   int64_t split_floats() const {
-    if (g_.sw != 2) return 0;
+    if (path_ != ConvPath::im2col || g_.sw != 2) return 0;
     const int64_t rows = std::min(g_.h, (rows_ - 1) * g_.sh + (g_.kh - 1) * g_.dh + 1);
     return (c_ / groups_) * rows * (g_.w + 1);
   }
@@ -474,7 +473,7 @@ class Conv2dKernel final : public Kernel {
         a.b = xg + p0;
         a.ldb = p;
       } else {
-        im2col_block(xg, cg, g_, spans_.data(), oh0, oh1, col, split_floats() ? col + k_ * rows_ * g_.ow : nullptr);
+        im2col_block(xg, cg, g_, spans_.data(), oh0, oh1, col, split_floats() ? col + col_floats() : nullptr);
         a.b = col;
         a.ldb = a.n;
       }
@@ -487,7 +486,7 @@ class Conv2dKernel final : public Kernel {
       if (!micro_ || gemm_threads > 1) return gemm_f32(a, gemm_threads);
       // Panels of nr columns read in place (row stride ldb), a full-width copy for the last
       // partial one, W's row blocks through the micro-kernel, the epilogue on the L1-hot result.
-      float* last = buffers + (path_ == ConvPath::im2col ? k_ * rows_ * g_.ow + split_floats() : 0);
+      float* last = buffers + col_floats() + split_floats();
       const int nr = static_cast<int>(nr_);
       for (int64_t j0 = 0; j0 < a.n; j0 += nr) {
         const int cols = static_cast<int>(std::min<int64_t>(nr, a.n - j0));

@@ -24,23 +24,35 @@ inline float bits_to_float(int32_t i) {
   return f;
 }
 
-// e^x, relative error < 2e-7 for x in [-86, 88]; saturates outside: about 4e-38 below (never a
-// subnormal, whose arithmetic costs ~100 cycles) and about 1.6e38 above, which no softmax, sigmoid
-// or tanh needs. Cephes expf polynomial after range reduction by ln 2.
-inline float exp(float x) {
-  x = x > 88.0f ? 88.0f : x;  // comparisons written so that NaN falls through unchanged
-  x = x < -86.0f ? -86.0f : x;
-  // Round x / ln2 to nearest with the 1.5*2^23 trick (no rint call, so it vectorises on SSE2).
-  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
+// e^x's pieces, shared by exp and the AVX-512 softmax (normalization.cpp): x = n ln2 + r with n
+// = round(x log2e) and ln2 split in two for an exact product, then e^r by the Cephes expf
+// polynomial (|r| <= ln2 / 2), written once for float and vector types.
+inline constexpr float kExpLog2e = 1.44269504088896341f;
+inline constexpr float kExpLn2Hi = 0.693359375f, kExpLn2Lo = -2.12194440e-4f;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <class T>
+PHI_MATH_INLINE T exp_reduced_of(T r) {
+  T p = 1.9875691500E-4f * r + 1.3981999507E-3f;
   p = p * r + 8.3334519073E-3f;
   p = p * r + 4.1665795894E-2f;
   p = p * r + 1.6666665459E-1f;
   p = p * r + 5.0000001201E-1f;
-  float y = p * r * r + r + 1.0f;
+  return p * r * r + r + 1.0f;
+}
+#pragma GCC diagnostic pop
+
+// e^x, relative error < 2e-7 for x in [-86, 88]; saturates outside: about 4e-38 below (never a
+// subnormal, whose arithmetic costs ~100 cycles) and about 1.6e38 above, which no softmax, sigmoid
+// or tanh needs.
+inline float exp(float x) {
+  x = x > 88.0f ? 88.0f : x;  // comparisons written so that NaN falls through unchanged
+  x = x < -86.0f ? -86.0f : x;
+  // Round x / ln2 to nearest with the 1.5*2^23 trick (no rint call, so it vectorises on SSE2).
+  float n = (x * kExpLog2e + 12582912.0f) - 12582912.0f;
+  float r = x - n * kExpLn2Hi;
+  r = r - n * kExpLn2Lo;
+  float y = exp_reduced_of(r);
   // NaN stays in y; the exponent is built from 0 instead (casting NaN to int is undefined).
   float n_safe = n == n ? n : 0.0f;
   return y * bits_to_float((static_cast<int32_t>(n_safe) + 127) << 23);

@@ -70,13 +70,16 @@ PHI_ALWAYS_INLINE bool sum_is_valid(double s, int64_t n) { return s <= 2.0 * sta
 }  // namespace
 
 #if defined(PHI_NORM_X86)
-// softmax_row (not log) with AVX-512: the same passes and the same answers (math::exp's Cephes
-// polynomial after the same range reduction, rounded to nearest, so results agree to an ulp), in
+// math::exp_reduced_of<__m512> is always inlined: the vector never crosses a call, so the ABI GCC
+// warns about for vector returns compiled without AVX-512 never applies (as in packed_gemm.cpp).
+#pragma GCC diagnostic ignored "-Wpsabi"
+// softmax_row (not log) with AVX-512: the same passes and the same answers (math::exp's range
+// reduction and polynomial, math::exp_reduced_of, rounded to nearest, so results agree to an ulp), in
 // about half the time. The exponent is applied by vscalefps instead of bit arithmetic, the row's
 // last partial vector is masked, and the row sum is kept in float lanes per kSumBlock block
 // joined in double, as block_sum_plain does. Attention spent 30 % of its time in softmax_row
 // (128-key rows: three passes of eight vectors, the exp about 30 instructions a vector).
-__attribute__((target("avx512f"))) void softmax_row_avx512(const float* x, const float* mask, float addend,
+__attribute__((target("avx512f,avx2,fma"))) void softmax_row_avx512(const float* x, const float* mask, float addend,
                                                           float scale, float* y, int64_t n) {
   auto lanes = [](int64_t count) -> __mmask16 {
     return count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
@@ -97,12 +100,6 @@ __attribute__((target("avx512f"))) void softmax_row_avx512(const float* x, const
   const float m = usable_max(row_max);
   const __m512 vm = _mm512_set1_ps(m);
   const __m512 floor_x = _mm512_set1_ps(-80.5f), zero_below = _mm512_set1_ps(-80.0f);
-  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 c1 = _mm512_set1_ps(0.693359375f), c2 = _mm512_set1_ps(-2.12194440e-4f);
-  const __m512 p0 = _mm512_set1_ps(1.9875691500E-4f), p1 = _mm512_set1_ps(1.3981999507E-3f);
-  const __m512 p2 = _mm512_set1_ps(8.3334519073E-3f), p3 = _mm512_set1_ps(4.1665795894E-2f);
-  const __m512 p4 = _mm512_set1_ps(1.6666665459E-1f), p5 = _mm512_set1_ps(5.0000001201E-1f);
-  const __m512 one = _mm512_set1_ps(1.0f);
   double total = 0.0;
   for (int64_t b = 0; b < n; b += kSumBlock) {
     const int64_t e = std::min(n, b + kSumBlock);
@@ -114,17 +111,10 @@ __attribute__((target("avx512f"))) void softmax_row_avx512(const float* x, const
       // second operand when one is NaN), clamped at -80.5 so nothing is subnormal.
       const __m512 dx = _mm512_maskz_max_ps(0xFFFF, floor_x, d);
       const __m512 nn =
-          _mm512_maskz_roundscale_ps(0xFFFF, _mm512_mul_ps(dx, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      __m512 r = _mm512_fnmadd_ps(nn, c1, dx);
-      r = _mm512_fnmadd_ps(nn, c2, r);
-      __m512 p = _mm512_fmadd_ps(p0, r, p1);
-      p = _mm512_fmadd_ps(p, r, p2);
-      p = _mm512_fmadd_ps(p, r, p3);
-      p = _mm512_fmadd_ps(p, r, p4);
-      p = _mm512_fmadd_ps(p, r, p5);
-      const __m512 r2 = _mm512_mul_ps(r, r);
-      p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, one));
-      __m512 ev = _mm512_maskz_scalef_ps(0xFFFF, p, nn);
+          _mm512_maskz_roundscale_ps(0xFFFF, dx * math::kExpLog2e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m512 r = dx - nn * math::kExpLn2Hi;
+      r = r - nn * math::kExpLn2Lo;
+      __m512 ev = _mm512_maskz_scalef_ps(0xFFFF, math::exp_reduced_of(r), nn);
       ev = _mm512_mask_mov_ps(ev, _mm512_cmp_ps_mask(d, zero_below, _CMP_LT_OQ), _mm512_setzero_ps());
       _mm512_mask_storeu_ps(y + j, k, ev);
       sum = _mm512_mask_add_ps(sum, k, sum, ev);

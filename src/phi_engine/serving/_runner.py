@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -87,10 +87,10 @@ class ModelRunner:
         return True
 
     def _run_group(
-        self, payloads: list[Payload], members: Any
+        self, payloads: list[Payload], group: Iterable[int]
     ) -> tuple[list[int], list[dict[str, np.ndarray]]]:
         """Stack the members' rows, run the model once, split its outputs back per member."""
-        members = list(members)
+        members = list(group)
         feeds = {
             n: np.concatenate([np.asarray(payloads[i][n]) for i in members])
             for n in self.input_names
