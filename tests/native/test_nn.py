@@ -294,6 +294,112 @@ def test_attention_shares_key_value_batch_or_heads(
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+# ---- attention skipping the keys a mask drops ---------------------------------------------------
+# The kernel skips trailing keys whose probabilities are provably exactly 0 (mask at -1e4 or
+# lower, far enough below the kept keys for any score |alpha| |q| |k| allows). These tests hold it
+# to the unfused reference where it skips, where it must not (scores large enough to overcome the
+# mask), and where a dropped key carries NaN or infinity (which the unfused form spreads).
+
+DROP_VALUES = [F32(-1e4), np.finfo(F32).min, NEG_INF]
+
+
+def _padding_mask(rng: np.random.Generator, b: int, sk: int, drop: np.float32) -> np.ndarray:
+    lengths = rng.integers(1, sk + 1, size=b)
+    lengths[0] = sk
+    keep = np.arange(sk)[None, :] < lengths[:, None]
+    return np.where(keep, F32(0.0), drop).astype(F32).reshape(b, 1, 1, sk)
+
+
+@pytest.mark.parametrize("drop", DROP_VALUES)
+@pytest.mark.parametrize(
+    ("b", "sq", "sk", "h", "d"), [(4, 128, 128, 12, 32), (3, 20, 200, 2, 64), (5, 7, 9, 3, 8)]
+)
+def test_attention_padding_mask_skips_dropped_keys_exactly(
+    rng: np.random.Generator, drop: np.float32, b: int, sq: int, sk: int, h: int, d: int
+) -> None:
+    q, k, v = randn(rng, b, sq, h, d), randn(rng, b, sk, h, d), randn(rng, b, sk, h, d)
+    mask = _padding_mask(rng, b, sk, drop)
+    alpha = 1.0 / np.sqrt(d)
+    expected = ref.attention(q, k, v, mask, alpha)
+    for threads in (1, 2):
+        out = ops.attention(q, k, v, mask, alpha, threads=threads)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6 * np.sqrt(d))
+    # The same keys cut off by hand give the same answer: the skipped ones count for nothing.
+    lengths = (mask[:, 0, 0, :] == 0).sum(axis=1)
+    for i, n in enumerate(lengths):
+        one = ops.attention(q[i : i + 1], k[i : i + 1, :n], v[i : i + 1, :n], None, alpha)
+        np.testing.assert_allclose(out[i : i + 1], one, rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 1, 1, 150), (2, 3, 1, 150), (2, 1, 40, 150), (40, 150)])
+def test_attention_per_row_and_per_head_masks_skip_exactly(
+    rng: np.random.Generator, mask_shape: tuple[int, ...]
+) -> None:
+    # Each row (or head) drops its own tail: a causal-like staircase with a random offset.
+    b, sq, sk, h, d = 2, 40, 150, 3, 16
+    q, k, v = randn(rng, b, sq, h, d), randn(rng, b, sk, h, d), randn(rng, b, sk, h, 24)
+    ends = rng.integers(1, sk + 1, size=(*mask_shape[:-1], 1))
+    mask = np.where(np.arange(sk) < ends, F32(0.0), NEG_INF).astype(F32)
+    expected = ref.attention(q, k, v, mask, 0.25)
+    for threads in (1, 2):
+        np.testing.assert_allclose(
+            ops.attention(q, k, v, mask, 0.25, threads=threads), expected, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_attention_causal_mask_matches_unfused(rng: np.random.Generator) -> None:
+    sq = sk = 70
+    q, k, v = randn(rng, 2, sq, 2, 32), randn(rng, 2, sk, 2, 32), randn(rng, 2, sk, 2, 32)
+    causal = np.triu(np.full((sq, sk), NEG_INF, F32), 1)
+    expected = ref.attention(q, k, v, causal, 0.2)
+    np.testing.assert_allclose(ops.attention(q, k, v, causal, 0.2), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_scores_that_overcome_the_mask_are_not_skipped(rng: np.random.Generator) -> None:
+    # -1e4 is not -inf: with |q| |k| in the tens of thousands a "dropped" key can win the softmax,
+    # and the unfused form says so; the kernel must compute it.
+    b, sq, sk, h, d = 2, 12, 80, 2, 16
+    q, k, v = (
+        randn(rng, b, sq, h, d, scale=60.0),
+        randn(rng, b, sk, h, d, scale=60.0),
+        randn(rng, b, sk, h, d),
+    )
+    mask = np.zeros((b, 1, 1, sk), F32)
+    mask[..., 50:] = -1e4
+    alpha = 1.0
+    expected = ref.attention(q, k, v, mask, alpha)
+    # Some query really does put its weight on a masked key (else the test shows nothing).
+    scores = np.einsum("bihd,bjhd->bhij", q.astype(np.float64), k.astype(np.float64)) + mask.astype(
+        np.float64
+    )
+    assert (scores.argmax(-1) >= 50).any()
+    for threads in (1, 2):
+        out = ops.attention(q, k, v, mask, alpha, threads=threads)
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["k", "v"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_attention_non_finite_dropped_key_spreads_as_unfused(
+    rng: np.random.Generator, where: str, bad: float
+) -> None:
+    # 0 * inf and 0 * NaN are NaN, and -inf scores plus NaN are NaN: a dropped key holding a
+    # non-finite value poisons its batch entry's rows in the unfused form, so it must here too.
+    b, sq, sk, h, d = 2, 9, 64, 2, 8
+    q, k, v = randn(rng, b, sq, h, d), randn(rng, b, sk, h, d), randn(rng, b, sk, h, d)
+    mask = np.zeros((b, 1, 1, sk), F32)
+    mask[:, ..., 40:] = np.finfo(F32).min
+    (k if where == "k" else v)[0, 60, 1, 3] = bad
+    expected = ref.attention(q, k, v, mask, 0.35)
+    # (a NaN in k_j makes the head's rows NaN, an inf those whose score it makes +inf, a bad v_j
+    # the outputs of its column)
+    assert np.isnan(expected[0, :, 1]).any() and np.isfinite(expected[1]).all()
+    for threads in (1, 2):
+        out = ops.attention(q, k, v, mask, 0.35, threads=threads)
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_attention_over_no_keys_is_zero_as_unfused() -> None:
     q = np.ones((1, 2, 1, 4), F32)
     out = ops.attention(q, np.ones((1, 0, 1, 4), F32), np.ones((1, 0, 1, 3), F32))
