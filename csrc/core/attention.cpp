@@ -189,12 +189,11 @@ class AttentionKernel final : public Kernel {
     const uint64_t run_id = runs.fetch_add(1, std::memory_order_relaxed) + 1;
     ThreadPool::global().parallel_for(tasks, threads, [&](int64_t task) {
       thread_local std::vector<float> scratch;
-      const size_t need = static_cast<size_t>(kt_floats + v_floats + 2 * s_floats);
+      const size_t need = static_cast<size_t>(kt_floats + v_floats + s_floats);
       if (scratch.size() < need) scratch.assign(need, 0.0f);
       float* kt = scratch.data();
       float* vp = kt + kt_floats;
       float* s = vp + v_floats;
-      float* p = s + s_floats;
       const int64_t bi = task / h_, hi = task % h_;
       const float* qh = q + (bi * sq_ * h_ + hi) * d_;  // query i at qh + i * h_ * d_
       const float* kh = k + ((kb_ ? bi : 0) * sk_ * hk_ + (kh_ ? hi : 0)) * d_;  // key j at kh + j * hk_ * d_
@@ -307,20 +306,21 @@ class AttentionKernel final : public Kernel {
         } else {
           scores(0, sk_);
         }
+        // The softmax of these rows but its normalisation, in place (L1), then their outputs:
+        // E (rows x keys) V, each row scaled by its 1 / sum, written straight into the output.
+        const float* mrows[8];
+        float addends[8], inv[8];
         for (int r = 0; r < rows; ++r) {
-          const float* mrow = nullptr;
-          float addend = 0.0f;
-          if (mask_bh) {
-            const float* m = mask_bh + (i0 + r) * mask_strides_[2];
-            if (mask_strides_[3]) mrow = m;  // the keys' stride is 1 when the mask has them
-            else addend = *m;
-          }
-          softmax_row(s + r * sk_pad, mrow, addend, scale, p + r * sk_pad, nk, false);
+          const float* m = mask_bh ? mask_bh + (i0 + r) * mask_strides_[2] : nullptr;
+          mrows[r] = m;  // the keys' stride is 1 when the mask has them
+          addends[r] = m && !mask_strides_[3] ? *m : 0.0f;
         }
-        // Their outputs: P (rows x keys) V, written in place into the output's rows.
+        const bool per_key = mask_bh && mask_strides_[3];
+        softmax_numerators(rows, s, sk_pad, per_key ? mrows : nullptr, addends, scale, s, sk_pad, nk, inv);
+        float* out_rows = oh + i0 * h_ * dv_;
         for (int64_t c0 = 0; c0 < dv_; c0 += nrv)
-          micro_tile(rows, nk, p, sk_pad, vp + c0 * sk_, nrv, oh + i0 * h_ * dv_ + c0, h_ * dv_,
-                     static_cast<int>(std::min<int64_t>(nrv, dv_ - c0)), 1.0f, narrow);
+          micro_tile(rows, nk, s, sk_pad, vp + c0 * sk_, nrv, out_rows + c0, h_ * dv_,
+                     static_cast<int>(std::min<int64_t>(nrv, dv_ - c0)), 1.0f, narrow, inv);
       }
     });
   }

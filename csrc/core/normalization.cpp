@@ -136,6 +136,124 @@ __attribute__((target("avx512f,avx2,fma"))) void softmax_row_avx512(const float*
 }
 #endif
 
+#if defined(PHI_NORM_X86)
+namespace {
+
+// The largest of v's lanes, in every lane (v holds no NaN). (maskz_ forms throughout: GCC 12's
+// plain ones warn of an uninitialised operand.)
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline __m512 all_lanes_max(__m512 v) {
+  constexpr __mmask16 all = 0xFFFF;
+  v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));  // 256-bit halves
+  v = _mm512_maskz_max_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));  // 128-bit quarters
+  v = _mm512_maskz_max_ps(all, v, _mm512_maskz_permute_ps(all, v, 0x4E));        // 64-bit pairs
+  return _mm512_maskz_max_ps(all, v, _mm512_maskz_permute_ps(all, v, 0xB1));
+}
+
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline float lanes_sum(__m512 v) {
+  constexpr __mmask16 all = 0xFFFF;
+  v = _mm512_maskz_add_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0x4E));
+  v = _mm512_maskz_add_ps(all, v, _mm512_maskz_shuffle_f32x4(all, v, v, 0xB1));
+  v = _mm512_maskz_add_ps(all, v, _mm512_maskz_permute_ps(all, v, 0x4E));
+  v = _mm512_maskz_add_ps(all, v, _mm512_maskz_permute_ps(all, v, 0xB1));
+  return _mm512_cvtss_f32(v);
+}
+
+// softmax_numerators for R rows at once: the rows' passes interleaved, so that the short
+// dependency chains of one row (its running maximum and sum, the horizontal reductions at its
+// end) overlap the others' work. Two passes: the maximum of t = scale * x + mask, then
+// e = exp(t - max) (t recomputed: one FMA, where storing t would cost a store and a load).
+template <int R, bool MASKS>
+__attribute__((target("avx512f,avx2,fma"))) void numerators_avx512(const float* x, int64_t ldx, const float* const* masks,
+                                                                   const float* addends, float scale, float* y,
+                                                                   int64_t ldy, int64_t n, float* inv) {
+  auto lanes = [](int64_t count) -> __mmask16 {
+    return count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+  };
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 add[R], vmax[R];
+  for (int r = 0; r < R; ++r) {
+    add[r] = _mm512_set1_ps(MASKS ? 0.0f : addends[r]);
+    vmax[r] = _mm512_set1_ps(-kInf);
+  }
+#define PHI_T_AT(r, j, k)                                                                    \
+  _mm512_fmadd_ps(vscale, _mm512_maskz_loadu_ps(k, x + (r) * ldx + (j)),                     \
+                  MASKS ? _mm512_maskz_loadu_ps(k, masks[MASKS ? (r) : 0] + (j)) : add[r])
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = lanes(n - j);
+    for (int r = 0; r < R; ++r) vmax[r] = _mm512_mask_max_ps(vmax[r], k, PHI_T_AT(r, j, k), vmax[r]);  // NaN never wins
+  }
+  bool finite[R];
+  for (int r = 0; r < R; ++r) {
+    vmax[r] = all_lanes_max(vmax[r]);
+    finite[r] = std::isfinite(_mm512_cvtss_f32(vmax[r]));
+  }
+  const __m512 floor_x = _mm512_set1_ps(-80.5f), zero_below = _mm512_set1_ps(-80.0f);
+  double total[R] = {};
+  for (int64_t b = 0; b < n; b += kSumBlock) {
+    const int64_t e = std::min(n, b + kSumBlock);
+    __m512 sum[R];
+    for (int r = 0; r < R; ++r) sum[r] = _mm512_setzero_ps();
+    for (int64_t j = b; j < e; j += 16) {
+      const __mmask16 k = lanes(e - j);
+      for (int r = 0; r < R; ++r) {
+        // As softmax_row_avx512: 0 below -80, NaN stays NaN, nothing subnormal.
+        const __m512 d = _mm512_sub_ps(PHI_T_AT(r, j, k), vmax[r]);
+        const __m512 dx = _mm512_maskz_max_ps(0xFFFF, floor_x, d);
+        const __m512 nn =
+            _mm512_maskz_roundscale_ps(0xFFFF, dx * math::kExpLog2e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 rr = dx - nn * math::kExpLn2Hi;
+        rr = rr - nn * math::kExpLn2Lo;
+        __m512 ev = _mm512_maskz_scalef_ps(0xFFFF, math::exp_reduced_of(rr), nn);
+        ev = _mm512_mask_mov_ps(ev, _mm512_cmp_ps_mask(d, zero_below, _CMP_LT_OQ), _mm512_setzero_ps());
+        _mm512_mask_storeu_ps(y + r * ldy + j, k, ev);
+        sum[r] = _mm512_mask_add_ps(sum[r], k, sum[r], ev);
+      }
+    }
+    for (int r = 0; r < R; ++r) total[r] += static_cast<double>(lanes_sum(sum[r]));
+  }
+  for (int r = 0; r < R; ++r)
+    inv[r] = finite[r] && sum_is_valid(total[r], n) ? static_cast<float>(1.0 / total[r]) : kNaN;
+}
+#undef PHI_T_AT
+
+template <bool MASKS>
+__attribute__((target("avx512f,avx2,fma"))) void numerators_rows(int rows, const float* x, int64_t ldx,
+                                                                 const float* const* masks, const float* addends,
+                                                                 float scale, float* y, int64_t ldy, int64_t n,
+                                                                 float* inv) {
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    const float* xr = x + r0 * ldx;
+    float* yr = y + r0 * ldy;
+    const float* const* mr = MASKS ? masks + r0 : masks;
+    const float* ar = MASKS ? addends : addends + r0;
+    switch (std::min(4, rows - r0)) {
+      case 1: numerators_avx512<1, MASKS>(xr, ldx, mr, ar, scale, yr, ldy, n, inv + r0); break;
+      case 2: numerators_avx512<2, MASKS>(xr, ldx, mr, ar, scale, yr, ldy, n, inv + r0); break;
+      case 3: numerators_avx512<3, MASKS>(xr, ldx, mr, ar, scale, yr, ldy, n, inv + r0); break;
+      default: numerators_avx512<4, MASKS>(xr, ldx, mr, ar, scale, yr, ldy, n, inv + r0); break;
+    }
+  }
+}
+
+}  // namespace
+#endif
+
+// (declared in core/normalization.h)
+void softmax_numerators(int rows, const float* x, int64_t ldx, const float* const* masks, const float* addends,
+                        float scale, float* y, int64_t ldy, int64_t n, float* inv) {
+#if defined(PHI_NORM_X86)
+  static const bool avx512 = cpu_features().avx512f;
+  if (avx512) {
+    if (masks) return numerators_rows<true>(rows, x, ldx, masks, addends, scale, y, ldy, n, inv);
+    return numerators_rows<false>(rows, x, ldx, masks, addends, scale, y, ldy, n, inv);
+  }
+#endif
+  for (int r = 0; r < rows; ++r) {
+    softmax_row(x + r * ldx, masks ? masks[r] : nullptr, masks ? 0.0f : addends[r], scale, y + r * ldy, n, false);
+    inv[r] = 1.0f;  // already normalised (a row of NaN stays NaN)
+  }
+}
+
 // (declared in core/normalization.h: the attention kernel runs it on its score rows)
 PHI_HOT void softmax_row(const float* PHI_RESTRICT x, const float* PHI_RESTRICT mask, float addend, float scale,
                          float* PHI_RESTRICT y, int64_t n, bool log) {

@@ -84,6 +84,7 @@ struct TileArgs {
   bool accumulate = false;  // add to the partial sums C holds (a later K block)
   bool finish = true;       // the last K block: apply alpha and the epilogue
   float alpha = 1.0f;
+  const float* row_alpha = nullptr;  // or a factor per row of the tile (the last K block)
   const Epilogue* ep = nullptr;
   int64_t row0 = 0, col0 = 0;  // the tile's position in C, for bias and residual
   // Prefetched as the loop runs, a row of NR floats per k: address pf + k * pf_step bytes (0:
@@ -156,6 +157,12 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] *= t.alpha;
+  }
+  if (t.finish && t.row_alpha) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] *= t.row_alpha[i];
   }
   if (full) {
     if (t.finish && ep.bias) {
@@ -455,9 +462,10 @@ bool bf16_weights(const std::string& op, const std::string& dtype) {
 int micro_nr(bool narrow) { return narrow ? kernels().narrow_nr : kernels().tile.nr; }
 
 void micro_tile(int rows, int64_t kc, const float* a, int64_t lda, const float* b, int64_t bs, float* c, int64_t ldc,
-                int cols, float alpha, bool narrow) {
+                int cols, float alpha, bool narrow, const float* row_alpha) {
   static const Epilogue none;
   TileArgs t;
+  t.row_alpha = row_alpha;
   t.kc = kc;
   t.a = a;
   t.lda = lda;

@@ -87,8 +87,9 @@ int micro_nr(bool narrow);
 // C[rows x cols] = alpha * A B for rows <= packed_tile().mr: A row-major (row i at a + i * lda, kc
 // floats used), B kc rows of micro_nr(narrow) floats from b, row stride bs, read in full (zero
 // past `cols`, or at least readable), C row stride ldc, only `cols` columns written.
+// With `row_alpha`, row i of C is also scaled by row_alpha[i].
 void micro_tile(int rows, int64_t kc, const float* a, int64_t lda, const float* b, int64_t bs, float* c, int64_t ldc,
-                int cols, float alpha, bool narrow);
+                int cols, float alpha, bool narrow, const float* row_alpha = nullptr);
 
 // Columns [j0, j0 + cols) of rows [k0, k0 + kc) of op(B) into kc rows of nr floats, zero-padded
 // (op(B) = B, k x n row-major with row stride ldb, or with trans_b its transpose: B given n x k).
