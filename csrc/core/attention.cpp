@@ -274,6 +274,13 @@ class AttentionKernel final : public Kernel {
       for (int64_t i0 = 0; i0 < sq_; i0 += mr) {
         const int rows = static_cast<int>(std::min<int64_t>(mr, sq_ - i0));
         const float* qi = qh + i0 * h_ * d_;
+        // The rows' outputs are written at the block's end: their lines (not in cache: the
+        // output is B x S x H x dv floats) are fetched now, while the scores are computed.
+        for (int r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < dv_; c += 16) __builtin_prefetch(oh + (i0 + r) * h_ * dv_ + c, 1);
+        // The next block's queries likewise (scattered rows: the prefetchers miss them).
+        for (int64_t r = i0 + mr; r < std::min<int64_t>(sq_, i0 + 2 * mr); ++r)
+          for (int64_t c = 0; c < d_; c += 16) __builtin_prefetch(qh + r * h_ * d_ + c);
         // Scores of these rows against keys [j0, j1) (padded keys score 0 and are never read).
         auto scores = [&](int64_t j0, int64_t j1) {
           pack_to(j1);
