@@ -368,3 +368,80 @@ def test_patterns_with_outside_readers_are_left_alone(rng: np.random.Generator) 
     np.testing.assert_allclose(
         cm.run({"x": x})["y"], compile(model, fuse=False).run({"x": x})["y"], rtol=1e-6
     )
+
+
+# ---- shapes computed from shapes keep their symbols ---------------------------------------------
+
+
+def _split_merge_heads_nodes(slice_merge: bool) -> list[onnx.NodeProto]:
+    """x @ W + b viewed as (b, s, 2, 4) from its own Shape, transposed and back, merged to
+    (b, s, 8) by a Shape-computed Reshape, then @ W2 + b2 + x: the exporters' head split."""
+    mk = helper.make_node
+    nodes = [
+        mk("MatMul", ["x", "w"], ["xw"]),
+        mk("Add", ["xw", "b"], ["h"]),
+        mk("Shape", ["h"], ["hs"]),
+        mk("Gather", ["hs", "i0"], ["d0"], axis=0),
+        mk("Gather", ["hs", "i1"], ["d1"], axis=0),
+        mk("Unsqueeze", ["d0", "ax0"], ["u0"]),
+        mk("Unsqueeze", ["d1", "ax0"], ["u1"]),
+        mk("Concat", ["u0", "u1", "heads"], ["split"], axis=0),
+        mk("Reshape", ["h", "split"], ["hh"]),
+        mk("Transpose", ["hh"], ["t"], perm=[0, 2, 1, 3]),
+        mk("Transpose", ["t"], ["back"], perm=[0, 2, 1, 3]),
+    ]
+    if slice_merge:  # x.view(*x.shape[:-2], 8)
+        nodes += [
+            mk("Shape", ["back"], ["bs"]),
+            mk("Slice", ["bs", "s0", "s2"], ["lead"]),
+            mk("Concat", ["lead", "width"], ["merge"], axis=0),
+        ]
+    else:  # x.view(x.size(0), x.size(1), 8), sizes from the input
+        nodes += [
+            mk("Shape", ["x"], ["xs"]),
+            mk("Gather", ["xs", "i0"], ["e0"], axis=0),
+            mk("Gather", ["xs", "i1"], ["e1"], axis=0),
+            mk("Unsqueeze", ["e0", "ax0"], ["v0"]),
+            mk("Unsqueeze", ["e1", "ax0"], ["v1"]),
+            mk("Concat", ["v0", "v1", "width"], ["merge"], axis=0),
+        ]
+    nodes += [
+        mk("Reshape", ["back", "merge"], ["m"]),
+        mk("MatMul", ["m", "w2"], ["mw"]),
+        mk("Add", ["mw", "b2"], ["o"]),
+        mk("Add", ["o", "x"], ["y"]),
+    ]
+    return nodes
+
+
+@pytest.mark.parametrize("slice_merge", [False, True])
+def test_reshapes_computed_from_shapes_keep_symbols_and_residual_fuses(
+    rng: np.random.Generator, slice_merge: bool
+) -> None:
+    consts = {
+        "w": rng.standard_normal((8, 8)).astype(np.float32),
+        "b": rng.standard_normal(8).astype(np.float32),
+        "w2": rng.standard_normal((8, 8)).astype(np.float32),
+        "b2": rng.standard_normal(8).astype(np.float32),
+        "i0": np.array(0, np.int64),
+        "i1": np.array(1, np.int64),
+        "ax0": np.array([0], np.int64),
+        "heads": np.array([2, 4], np.int64),
+        "width": np.array([8], np.int64),
+        "s0": np.array([0], np.int64),
+        "s2": np.array([-2], np.int64),
+    }
+    model = _model(_split_merge_heads_nodes(slice_merge), {"x": ["batch", "seq", 8]}, consts)
+    cm = compile(model)
+    # The split keeps x's symbols (no new ones for "batch" and "seq"), so the merged product has
+    # x's exact shape and the residual Add is fused into it.
+    split = next(n for n in cm.graph.nodes if n.op_type == "Reshape" and n.inputs[0] == "h")
+    assert cm.graph.types[split.outputs[0]].shape == ("batch", "seq", 2, 4)
+    residual = [n for n in cm.graph.nodes if n.op_type == "Linear" and len(n.inputs) == 4]
+    listing = [(n.op_type, n.inputs) for n in cm.graph.nodes]
+    assert residual and residual[0].inputs[3] == "x", listing
+    assert "Add" not in [n.op_type for n in cm.graph.nodes]
+    for shape in ((3, 5, 8), (1, 1, 8)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        want = (x @ consts["w"] + consts["b"]) @ consts["w2"] + consts["b2"] + x
+        np.testing.assert_allclose(cm.run({"x": x})["y"], want, rtol=2e-5, atol=2e-5)

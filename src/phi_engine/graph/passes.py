@@ -1,5 +1,11 @@
 """Graph passes: the support check, type inference with constant folding, dead-code removal.
 
+Inference also tracks the *shape values* of the small integer tensors exporters compute shapes
+with (``Shape`` → ``Gather`` → ``Unsqueeze`` → ``Concat`` → ``Reshape``): their elements as
+dimensions, symbols included, so that ``x.view(x.size(0), x.size(1), 12, 32)`` keeps the batch
+and sequence symbols of ``x`` instead of inventing new ones. Equal shapes then compare equal,
+which fusions rely on (a residual ``Add`` is fused only into a product of its exact shape).
+
 Fusion passes live in :mod:`phi_engine.graph.fusion`.
 """
 
@@ -10,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from phi_engine.errors import InvalidRequestError, PhiEngineError, UnsupportedError
-from phi_engine.graph.ir import Graph, TensorType
+from phi_engine.graph.ir import Dim, Graph, Node, TensorType
 from phi_engine.graph.registry import InferContext, get_op, registered_ops
 
 __all__ = ["check_supported", "eliminate_dead_code", "infer_and_fold"]
@@ -63,6 +69,7 @@ def infer_and_fold(graph: Graph, *, fold: bool = True) -> None:
         InvalidRequestError: a node's inputs do not fit its op (the message names the node).
     """
     kept = []
+    shapes: dict[str, tuple[Dim, ...]] = {}  # shape values known by their symbols (see above)
     for node in graph.nodes:
         opdef = get_op(node.domain, node.op_type)
         types = [graph.types.get(name) if name else None for name in node.inputs]
@@ -73,8 +80,12 @@ def infer_and_fold(graph: Graph, *, fold: bool = True) -> None:
                     "(is it produced by an earlier node or declared as a graph input?)"
                 )
         values = [graph.constants.get(name) if name else None for name in node.inputs]
-        ctx = InferContext(node, types, values)
+        known_shapes = [_shape_value(shapes, graph, n) for n in node.inputs]
+        ctx = InferContext(node, types, values, known_shapes)
         out_types = _call_infer(opdef.infer, ctx)
+        tracked = _track_shape_value(node, ctx, out_types, shapes, graph)
+        if tracked is not None:
+            shapes[node.outputs[0]] = tracked
         outputs = list(node.outputs)
         for name, t in zip(outputs, out_types, strict=False):
             if name:
@@ -94,6 +105,81 @@ def infer_and_fold(graph: Graph, *, fold: bool = True) -> None:
             continue
         kept.append(node)
     graph.nodes = kept
+
+
+_INT_KINDS = "iu"
+_ORDER_KEEPING = frozenset({"Unsqueeze", "Squeeze", "Flatten", "Reshape", "Identity", "Cast"})
+
+
+def _shape_value(
+    shapes: dict[str, tuple[Dim, ...]], graph: Graph, name: str
+) -> tuple[Dim, ...] | None:
+    """``name``'s elements as dimensions: tracked, or a known small integer constant."""
+    if not name:
+        return None
+    found = shapes.get(name)
+    if found is not None:
+        return found
+    value = graph.constants.get(name)
+    if value is None or value.dtype.kind not in _INT_KINDS or value.ndim > 1 or value.size > 64:
+        return None
+    return tuple(int(v) for v in value.reshape(-1))
+
+
+def _track_shape_value(
+    node: Node,
+    ctx: InferContext,
+    out_types: list[TensorType],
+    shapes: dict[str, tuple[Dim, ...]],
+    graph: Graph,
+) -> tuple[Dim, ...] | None:
+    """The shape value of ``node``'s first output, where its op and inputs determine one."""
+    if node.domain or not node.outputs or not node.outputs[0] or not out_types:
+        return None
+    out = out_types[0]
+    if out.dtype.kind not in _INT_KINDS or out.shape is None or len(out.shape) > 1:
+        return None
+    op = node.op_type
+    ins = ctx.shape_values
+    if op == "Shape":
+        shape = ctx.types[0].shape if ctx.types and ctx.types[0] is not None else None
+        if shape is None:
+            return None
+        rank = len(shape)
+        start, end = (int(node.attrs.get(k, d)) for k, d in (("start", 0), ("end", rank)))
+        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+        return tuple(shape[start:end])
+    if op in _ORDER_KEEPING:
+        if op == "Cast" and np.dtype(out.dtype).kind not in _INT_KINDS:
+            return None
+        return ins[0] if ins else None
+    if op == "Gather":
+        data, index = [*ins, None, None][:2]
+        if data is None or index is None or int(node.attrs.get("axis", 0)) not in (0, -1):
+            return None
+        if ctx.types[0] is None or ctx.types[0].shape is None or len(ctx.types[0].shape) != 1:
+            return None
+        n = len(data)
+        picked = [int(i) + n if isinstance(i, int) and int(i) < 0 else i for i in index]
+        if not all(isinstance(i, int) and 0 <= i < n for i in picked):
+            return None
+        return tuple(data[int(i)] for i in picked)
+    if op == "Concat":
+        if int(node.attrs.get("axis", 0)) not in (0, -1) or any(v is None for v in ins):
+            return None
+        return tuple(d for v in ins for d in v or ())
+    if op == "Slice" and len(ins) >= 3 and ins[0] is not None:
+        starts, ends = ins[1], ins[2]
+        axes = ins[3] if len(ins) > 3 else (0,)
+        steps = ins[4] if len(ins) > 4 else (1,)
+        parts = (starts, ends, axes, steps)
+        if any(p is None or len(p) != 1 or not isinstance(p[0], int) for p in parts):
+            return None
+        assert starts and ends and axes and steps
+        if axes[0] not in (0, -1) or steps[0] == 0:
+            return None
+        return tuple(ins[0][slice(int(starts[0]), int(ends[0]), int(steps[0]))])
+    return None
 
 
 def _small(types: list[TensorType]) -> bool:

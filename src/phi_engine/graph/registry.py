@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from phi_engine.errors import InvalidRequestError, PhiEngineError, UnsupportedError
-from phi_engine.graph.ir import Node, TensorType
+from phi_engine.graph.ir import Dim, Node, TensorType
 from phi_engine.runtime.backends import register_lowering
 
 if TYPE_CHECKING:
@@ -79,10 +79,12 @@ class InferContext(OpContext):
         node: Node,
         types: Sequence[TensorType | None],
         values: Sequence[np.ndarray | None],
+        shape_values: Sequence[tuple[Dim, ...] | None] = (),
     ) -> None:
         super().__init__(node)
         self.types = list(types)
         self.values = list(values)
+        self.shape_values = list(shape_values) + [None] * (len(self.types) - len(shape_values))
         self.output_values: dict[int, np.ndarray] = {}
 
     @property
@@ -105,6 +107,11 @@ class InferContext(OpContext):
     def value(self, i: int) -> np.ndarray | None:
         """The value of input ``i`` if it is known now (a constant, or folded), else None."""
         return self.values[i] if i < len(self.values) else None
+
+    def shape_value(self, i: int) -> tuple[Dim, ...] | None:
+        """Input ``i``'s elements as dimensions (ints, or the symbols of the shapes they were
+        taken from) if inference tracked them (see :mod:`phi_engine.graph.passes`), else None."""
+        return self.shape_values[i] if i < len(self.shape_values) else None
 
     def set_value(self, i: int, value: np.ndarray) -> None:
         """Publish output ``i``'s value (known without running the model)."""

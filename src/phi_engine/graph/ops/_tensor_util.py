@@ -156,10 +156,11 @@ def same_count(num: Sequence[Dim], den: Sequence[Dim]) -> bool | None:
     return n == d
 
 
-def reshape_dims(ctx: OpContext, shape: Shape, target: Sequence[int], allowzero: bool) -> Shape:
+def reshape_dims(ctx: OpContext, shape: Shape, target: Sequence[Dim], allowzero: bool) -> Shape:
     """ONNX Reshape's output shape for input ``shape`` (may hold symbols) and ``target``.
 
-    ``0`` copies the input's dimension unless ``allowzero``; one ``-1`` takes what is left.
+    ``0`` copies the input's dimension unless ``allowzero``; one ``-1`` takes what is left. A
+    symbol in ``target`` (a dimension taken from a shape at inference) is that dimension.
     """
     if sum(1 for d in target if d == -1) > 1:
         ctx.fail(f"shape {list(target)} has more than one -1")
@@ -167,6 +168,9 @@ def reshape_dims(ctx: OpContext, shape: Shape, target: Sequence[int], allowzero:
         ctx.fail(f"shape {list(target)} has both 0 and -1, which allowzero=1 forbids")
     dims: list[Dim] = []
     for i, d in enumerate(target):
+        if isinstance(d, str):
+            dims.append(d)
+            continue
         if d < -1:
             ctx.fail(f"shape {list(target)} has a negative dimension {d}")
         if d == 0 and not allowzero:

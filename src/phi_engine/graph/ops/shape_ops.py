@@ -128,6 +128,10 @@ def _reshape_infer(ctx: InferContext) -> list[TensorType]:
     check_dtype(ctx, 1, frozenset({I64}), "shape")
     target = known_ints(ctx, 1, "shape")
     if target is None:
+        # Computed from shapes (x.view(x.size(0), x.size(1), 12, 32)): their symbols carry over.
+        found = ctx.shape_value(1)
+        if found is not None and x.shape is not None:
+            return [tt(x.dtype, reshape_dims(ctx, x.shape, found, _allowzero(ctx)))]
         n = static_len(ctx, 1)
         return [tt(x.dtype, None if n is None else fresh_dims(ctx, n))]
     if x.shape is None:
