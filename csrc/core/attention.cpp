@@ -187,7 +187,7 @@ class AttentionKernel final : public Kernel {
     // Tells one run's per-thread caches from another's.
     static std::atomic<uint64_t> runs{0};
     const uint64_t run_id = runs.fetch_add(1, std::memory_order_relaxed) + 1;
-    ThreadPool::global().parallel_for(tasks, threads, [&](int64_t task) {
+    auto head_task = [&](int64_t task) {
       thread_local std::vector<float> scratch;
       const size_t need = static_cast<size_t>(kt_floats + v_floats + s_floats);
       if (scratch.size() < need) scratch.assign(need, 0.0f);
@@ -329,7 +329,17 @@ class AttentionKernel final : public Kernel {
           micro_tile(rows, nk, s, sk_pad, vp + c0 * sk_, nrv, out_rows + c0, h_ * dv_,
                      static_cast<int>(std::min<int64_t>(nrv, dv_ - c0)), 1.0f, narrow, inv);
       }
-    });
+    };
+    // A thread takes whole batch entries when there are enough to share out: their heads share
+    // the entry's mask and key bounds (computed once per entry and thread), and a head of the
+    // next entry is not interleaved with another thread's.
+    if (b_ >= 4 * threads) {
+      ThreadPool::global().parallel_for(b_, threads, [&](int64_t bi) {
+        for (int64_t hi = 0; hi < h_; ++hi) head_task(bi * h_ + hi);
+      });
+    } else {
+      ThreadPool::global().parallel_for(tasks, threads, head_task);
+    }
   }
 
  private:
