@@ -148,6 +148,45 @@ def test_conv2d_panels(rng: np.random.Generator, case: tuple, threads: int) -> N
     assert_close_conv(plain, ref.conv2d(x, w, **kw), k)
 
 
+# The direct path (AVX-512): at most 32 output channels, one group, output rows of 16 pixels or
+# more. Vectors run along output rows over the image copied into stride phases.
+DIRECT = [
+    (2, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1),  # a ResNet stage-1 layer: one tile per row
+    (2, 3, 64, 64, 16, 7, 7, 2, 3, 1, 1),  # the 7 x 7 stride-2 stem
+    (1, 5, 20, 37, 17, 3, 3, 1, 1, 1, 1),  # 17 channels: a second block of one; partial tiles
+    (3, 4, 19, 52, 32, 5, 3, 3, (2, 0, 1, 4), 1, 1),  # stride 3, asymmetric pads
+    (1, 6, 21, 40, 9, 3, 3, 1, 2, 2, 1),  # dilation 2
+    (2, 8, 18, 35, 12, 3, 5, (1, 2), (1, 2, 0, 3), (2, 1), 1),  # everything asymmetric
+    (2, 7, 17, 16, 24, 1, 1, 1, 0, 1, 1),  # 1 x 1
+    (1, 2, 3, 70, 5, 3, 3, 1, 0, 1, 1),  # one output row, no padding
+]
+
+
+@pytest.mark.parametrize("case", DIRECT)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv2d_direct(rng: np.random.Generator, case: tuple, threads: int) -> None:  # type: ignore[type-arg]
+    x, w, kw, k = _conv_case(rng, case)
+    bias = randn(rng, w.shape[0])
+    res = randn(rng, *ref.conv2d(x, w, **kw).shape)
+    out = ops.conv2d(x, w, bias, "relu", residual=res, threads=threads, **kw)
+    assert_close_conv(out, ref.conv2d(x, w, bias, "relu", residual=res, **kw), k)
+    plain = ops.conv2d(x, w, threads=threads, **kw)
+    assert_close_conv(plain, ref.conv2d(x, w, **kw), k)
+    for act, clip in EPILOGUES[2:]:  # the activations applied after the tile
+        got = ops.conv2d(x, w, bias, act, residual=res, threads=threads, **kw, **clip)
+        assert_close_conv(got, ref.conv2d(x, w, bias, act, residual=res, **kw, **clip), k)
+
+
+def test_conv2d_direct_nan_stays_in_its_image(rng: np.random.Generator) -> None:
+    x, w = randn(rng, 3, 4, 18, 20), randn(rng, 8, 4, 3, 3)
+    x[1, 2, 5, 7] = np.nan
+    out = ops.conv2d(x, w, pads=1, activation="relu")
+    assert np.isnan(out[1, :, 4:7, 6:9]).all()  # the 3 x 3 outputs whose window holds it
+    assert not np.isnan(out[[0, 2]]).any() and np.isnan(out[1]).sum() == 8 * 9
+    want = ref.conv2d(x, w, pads=1, activation="relu")
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
 def test_conv2d_panels_keep_nan_and_padding_apart(rng: np.random.Generator) -> None:
     """A NaN in one image stays in the outputs that read it: padding columns of other images
     in the same panel are zeros, not gathers of a neighbour's pixels."""
