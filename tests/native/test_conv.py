@@ -159,6 +159,9 @@ DIRECT = [
     (2, 8, 18, 35, 12, 3, 5, (1, 2), (1, 2, 0, 3), (2, 1), 1),  # everything asymmetric
     (2, 7, 17, 16, 24, 1, 1, 1, 0, 1, 1),  # 1 x 1
     (1, 2, 3, 70, 5, 3, 3, 1, 0, 1, 1),  # one output row, no padding
+    (4, 32, 8, 8, 32, 3, 3, 1, 1, 1, 1),  # 8-pixel rows, two to a vector (a stage-2 layer)
+    (1, 6, 9, 10, 20, 3, 3, 1, (1, 0, 1, 0), 1, 1),  # 8-pixel rows, an odd count: a half vector
+    (2, 5, 11, 12, 7, 5, 5, 1, (2, 0, 1, 0), 1, 1),  # 8-pixel rows from a 5 x 5 window
 ]
 
 
