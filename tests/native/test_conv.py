@@ -133,6 +133,11 @@ PANELS = [
     (2, 3, 9, 13, 5, 5, 3, (1, 2), (2, 0, 1, 2), (1, 2), 1),  # asymmetric everything
     (40, 2, 1, 1, 3, 3, 3, 1, 1, 1, 1),  # 1 x 1 images: only the kernel's centre tap is inside
     (8, 64, 4, 4, 64, 3, 3, 1, 1, 1, 1),  # ResNet stage-3-like
+    # More than one block of W's rows, partial tiles, one tiny image, everything asymmetric:
+    (3, 9, 5, 6, 70, 3, 3, 1, 1, 1, 1),  # 70 channels: a 64-block and a 6-channel one
+    (2, 12, 4, 4, 130, 3, 3, 1, 1, 1, 1),  # three blocks, 32 pixels: a partial last tile
+    (1, 20, 2, 2, 128, 3, 3, 1, 1, 1, 1),  # batch 1, 2 x 2: one 4-pixel tile
+    (5, 7, 9, 9, 33, 3, 2, 2, (1, 0, 0, 1), (1, 2), 1),  # stride 2, dilation, asymmetric pads
 ]
 
 
@@ -188,6 +193,19 @@ def test_conv2d_direct_nan_stays_in_its_image(rng: np.random.Generator) -> None:
     assert not np.isnan(out[[0, 2]]).any() and np.isnan(out[1]).sum() == 8 * 9
     want = ref.conv2d(x, w, pads=1, activation="relu")
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("act", "clip"), EPILOGUES)
+def test_conv2d_small_images_every_activation(
+    rng: np.random.Generator,
+    act: str,
+    clip: dict,  # type: ignore[type-arg]
+) -> None:
+    x, w, kw, k = _conv_case(rng, (6, 8, 4, 4, 20, 3, 3, 1, 1, 1, 1))
+    bias = randn(rng, w.shape[0])
+    res = randn(rng, *ref.conv2d(x, w, **kw).shape)
+    out = ops.conv2d(x, w, bias, act, residual=res, threads=2, **kw, **clip)
+    assert_close_conv(out, ref.conv2d(x, w, bias, act, residual=res, **kw, **clip), k)
 
 
 def test_conv2d_panels_keep_nan_and_padding_apart(rng: np.random.Generator) -> None:
