@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 // Always inlined: the vector forms are instantiated inside functions compiled for wider ISAs than
 // the baseline, where an out-of-line call would run the baseline's code.
@@ -112,15 +113,43 @@ template <class T>
 PHI_MATH_INLINE T gelu_of(T x) {
   return 0.5f * x * (1.0f + erf_of(x * 0.70710678118654752f));
 }
+
+// e^x as exp() computes it (same clamps, reduction and polynomial), for float and vector types.
+template <class T>
+PHI_MATH_INLINE T exp_of(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return exp(x);
+  } else {
+    x = x > 88.0f ? T{} + 88.0f : x;
+    x = x < -86.0f ? T{} - 86.0f : x;
+    const T n = (x * kExpLog2e + 12582912.0f) - 12582912.0f;
+    T r = x - n * kExpLn2Hi;
+    r = r - n * kExpLn2Lo;
+    typedef int32_t I __attribute__((vector_size(sizeof(T))));
+    // (a NaN lane's integer is garbage, but its polynomial is NaN, and so is the product)
+    const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+    return exp_reduced_of(r) * __builtin_bit_cast(T, bits);
+  }
+}
+
+// GELU, tanh form: 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as the
+// equal x / (1 + e^(-2u)): one exp and one division, no branch, so the GEMM applies it in
+// registers (the tanh route took a pass over the tile: 42 against 18 us of erf-GELU on a 32 x 1536
+// product). Relative error about 3e-7. Where -2u > 88 the answer is x * 0 (-0 for finite x, NaN for
+// -inf, as 0.5 x (1 + tanh(u)) gives).
+template <class T>
+PHI_MATH_INLINE T gelu_tanh_of(T x) {
+  const T a = -1.5957691216057308f * (x + 0.044715f * x * x * x);
+  const T q = x / (1.0f + exp_of(a));
+  return a > 88.0f ? x * 0.0f : q;
+}
 #pragma GCC diagnostic pop
 
 inline float erf(float x) { return erf_of(x); }
 
 inline float gelu(float x) { return gelu_of(x); }
 
-inline float gelu_tanh(float x) {
-  return 0.5f * x * (1.0f + tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-}
+inline float gelu_tanh(float x) { return gelu_tanh_of(x); }
 
 inline float relu(float x) { return x < 0.0f ? 0.0f : x; }  // NaN stays NaN, as in numpy
 

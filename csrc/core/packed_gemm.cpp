@@ -189,14 +189,17 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
         for (int j = 0; j < NV; ++j) store<W>(t.c + i * t.ldc + j * W, acc[i][j]);
       return;
     }
-    if (ep.act == math::Act::gelu || ep.act == math::Act::relu) {
+    if (ep.act == math::Act::gelu || ep.act == math::Act::gelu_tanh || ep.act == math::Act::relu) {
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int j = 0; j < NV; ++j) {
           const V v = acc[i][j];
           // relu as numpy's maximum(x, 0) would not keep NaN; x < 0 ? 0 : x does, as math::relu
-          store<W>(t.c + i * t.ldc + j * W, ep.act == math::Act::gelu ? math::gelu_of(v) : (v < 0.0f ? V{} : v));
+          const V o = ep.act == math::Act::gelu        ? math::gelu_of(v)
+                      : ep.act == math::Act::gelu_tanh ? math::gelu_tanh_of(v)
+                                                       : (v < 0.0f ? V{} : v);
+          store<W>(t.c + i * t.ldc + j * W, o);
         }
       return;
     }
