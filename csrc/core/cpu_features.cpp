@@ -24,6 +24,7 @@ const CpuFeatures& cpu_features() {
     f.fma = __builtin_cpu_supports("fma");
     f.avx512f = __builtin_cpu_supports("avx512f");
     f.f16c = __builtin_cpu_supports("f16c");
+    f.amd = __builtin_cpu_is("amd");
 #elif defined(__aarch64__)
     f.arch = "aarch64";
     f.neon = true;

@@ -8,6 +8,7 @@ namespace phi {
 struct CpuFeatures {
   std::string arch;
   bool avx2 = false, fma = false, f16c = false, avx512f = false, neon = false;
+  bool amd = false;  // an AMD x86-64 CPU (tuning: see packed_gemm.cpp's B prefetch)
 };
 
 const CpuFeatures& cpu_features();
