@@ -73,6 +73,18 @@ PHI_ALWAYS_INLINE bool sum_is_valid(double s, int64_t n) { return s <= 2.0 * sta
 // math::exp_reduced_of<__m512> is always inlined: the vector never crosses a call, so the ABI GCC
 // warns about for vector returns compiled without AVX-512 never applies (as in packed_gemm.cpp).
 #pragma GCC diagnostic ignored "-Wpsabi"
+// e^d for d <= 0, as exp_nonpos: exactly 0 below -80, NaN stays NaN (max keeps its second operand
+// when one is NaN), clamped at -80.5 so nothing is subnormal; the exponent applied by vscalefps.
+__attribute__((target("avx512f,avx2,fma"), always_inline)) inline __m512 exp_nonpos_avx512(__m512 d) {
+  const __m512 dx = _mm512_maskz_max_ps(0xFFFF, _mm512_set1_ps(-80.5f), d);
+  const __m512 nn =
+      _mm512_maskz_roundscale_ps(0xFFFF, dx * math::kExpLog2e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = dx - nn * math::kExpLn2Hi;
+  r = r - nn * math::kExpLn2Lo;
+  const __m512 ev = _mm512_maskz_scalef_ps(0xFFFF, math::exp_reduced_of(r), nn);
+  return _mm512_mask_mov_ps(ev, _mm512_cmp_ps_mask(d, _mm512_set1_ps(-80.0f), _CMP_LT_OQ), _mm512_setzero_ps());
+}
+
 // softmax_row (not log) with AVX-512: the same passes and the same answers (math::exp's range
 // reduction and polynomial, math::exp_reduced_of, rounded to nearest, so results agree to an ulp), in
 // about half the time. The exponent is applied by vscalefps instead of bit arithmetic, the row's
@@ -99,23 +111,13 @@ __attribute__((target("avx512f,avx2,fma"))) void softmax_row_avx512(const float*
   for (int i = 1; i < 16; ++i) row_max = lane[i] > row_max ? lane[i] : row_max;
   const float m = usable_max(row_max);
   const __m512 vm = _mm512_set1_ps(m);
-  const __m512 floor_x = _mm512_set1_ps(-80.5f), zero_below = _mm512_set1_ps(-80.0f);
   double total = 0.0;
   for (int64_t b = 0; b < n; b += kSumBlock) {
     const int64_t e = std::min(n, b + kSumBlock);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = b; j < e; j += 16) {
       const __mmask16 k = lanes(e - j);
-      const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, y + j), vm);
-      // e^d for d <= 0: 0 below -80 (exactly, as exp_nonpos), NaN stays NaN (max keeps its
-      // second operand when one is NaN), clamped at -80.5 so nothing is subnormal.
-      const __m512 dx = _mm512_maskz_max_ps(0xFFFF, floor_x, d);
-      const __m512 nn =
-          _mm512_maskz_roundscale_ps(0xFFFF, dx * math::kExpLog2e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      __m512 r = dx - nn * math::kExpLn2Hi;
-      r = r - nn * math::kExpLn2Lo;
-      __m512 ev = _mm512_maskz_scalef_ps(0xFFFF, math::exp_reduced_of(r), nn);
-      ev = _mm512_mask_mov_ps(ev, _mm512_cmp_ps_mask(d, zero_below, _CMP_LT_OQ), _mm512_setzero_ps());
+      const __m512 ev = exp_nonpos_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, y + j), vm));
       _mm512_mask_storeu_ps(y + j, k, ev);
       sum = _mm512_mask_add_ps(sum, k, sum, ev);
     }
@@ -187,7 +189,6 @@ __attribute__((target("avx512f,avx2,fma"))) void numerators_avx512(const float* 
     vmax[r] = all_lanes_max(vmax[r]);
     finite[r] = std::isfinite(_mm512_cvtss_f32(vmax[r]));
   }
-  const __m512 floor_x = _mm512_set1_ps(-80.5f), zero_below = _mm512_set1_ps(-80.0f);
   double total[R] = {};
   for (int64_t b = 0; b < n; b += kSumBlock) {
     const int64_t e = std::min(n, b + kSumBlock);
@@ -196,15 +197,7 @@ __attribute__((target("avx512f,avx2,fma"))) void numerators_avx512(const float* 
     for (int64_t j = b; j < e; j += 16) {
       const __mmask16 k = lanes(e - j);
       for (int r = 0; r < R; ++r) {
-        // As softmax_row_avx512: 0 below -80, NaN stays NaN, nothing subnormal.
-        const __m512 d = _mm512_sub_ps(PHI_T_AT(r, j, k), vmax[r]);
-        const __m512 dx = _mm512_maskz_max_ps(0xFFFF, floor_x, d);
-        const __m512 nn =
-            _mm512_maskz_roundscale_ps(0xFFFF, dx * math::kExpLog2e, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 rr = dx - nn * math::kExpLn2Hi;
-        rr = rr - nn * math::kExpLn2Lo;
-        __m512 ev = _mm512_maskz_scalef_ps(0xFFFF, math::exp_reduced_of(rr), nn);
-        ev = _mm512_mask_mov_ps(ev, _mm512_cmp_ps_mask(d, zero_below, _CMP_LT_OQ), _mm512_setzero_ps());
+        const __m512 ev = exp_nonpos_avx512(_mm512_sub_ps(PHI_T_AT(r, j, k), vmax[r]));
         _mm512_mask_storeu_ps(y + r * ldy + j, k, ev);
         sum[r] = _mm512_mask_add_ps(sum[r], k, sum[r], ev);
       }

@@ -141,9 +141,8 @@ PANELS = [
 ]
 
 
-@pytest.mark.parametrize("case", PANELS)
-@pytest.mark.parametrize("threads", [1, 2])
-def test_conv2d_panels(rng: np.random.Generator, case: tuple, threads: int) -> None:  # type: ignore[type-arg]
+def _check_fused_and_plain(rng: np.random.Generator, case: tuple, threads: int) -> tuple:  # type: ignore[type-arg]
+    """The case with bias, residual and ReLU, then plain; its operands for further checks."""
     x, w, kw, k = _conv_case(rng, case)
     bias = randn(rng, w.shape[0])
     res = randn(rng, *ref.conv2d(x, w, **kw).shape)
@@ -151,6 +150,13 @@ def test_conv2d_panels(rng: np.random.Generator, case: tuple, threads: int) -> N
     assert_close_conv(out, ref.conv2d(x, w, bias, "relu", residual=res, **kw), k)
     plain = ops.conv2d(x, w, threads=threads, **kw)
     assert_close_conv(plain, ref.conv2d(x, w, **kw), k)
+    return x, w, bias, res, kw, k
+
+
+@pytest.mark.parametrize("case", PANELS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv2d_panels(rng: np.random.Generator, case: tuple, threads: int) -> None:  # type: ignore[type-arg]
+    _check_fused_and_plain(rng, case, threads)
 
 
 # The direct path (AVX-512): at most 32 output channels, one group, output rows of 16 pixels or
@@ -173,13 +179,7 @@ DIRECT = [
 @pytest.mark.parametrize("case", DIRECT)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_conv2d_direct(rng: np.random.Generator, case: tuple, threads: int) -> None:  # type: ignore[type-arg]
-    x, w, kw, k = _conv_case(rng, case)
-    bias = randn(rng, w.shape[0])
-    res = randn(rng, *ref.conv2d(x, w, **kw).shape)
-    out = ops.conv2d(x, w, bias, "relu", residual=res, threads=threads, **kw)
-    assert_close_conv(out, ref.conv2d(x, w, bias, "relu", residual=res, **kw), k)
-    plain = ops.conv2d(x, w, threads=threads, **kw)
-    assert_close_conv(plain, ref.conv2d(x, w, **kw), k)
+    x, w, bias, res, kw, k = _check_fused_and_plain(rng, case, threads)
     for act, clip in EPILOGUES[2:]:  # the activations applied after the tile
         got = ops.conv2d(x, w, bias, act, residual=res, threads=threads, **kw, **clip)
         assert_close_conv(got, ref.conv2d(x, w, bias, act, residual=res, **kw, **clip), k)
