@@ -31,59 +31,112 @@ PHI_ALWAYS_INLINE float max_join(float acc, float v) {
   else return v > acc ? v : acc;
 }
 
+// The vector helpers below are always inlined into functions compiled per ISA (PHI_HOT clones),
+// so the ABI GCC warns about for vector returns compiled without AVX-512 never applies.
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float Floats16 __attribute__((vector_size(64), aligned(4), may_alias));
 typedef int32_t Ints16 __attribute__((vector_size(64)));
+
+PHI_ALWAYS_INLINE Floats16 load16(const float* p) { return *reinterpret_cast<const Floats16*>(p); }
+PHI_ALWAYS_INLINE void store16(float* p, Floats16 v) { *reinterpret_cast<Floats16*>(p) = v; }
+
+template <bool NaNAware>
+PHI_ALWAYS_INLINE Floats16 max_join16(Floats16 acc, Floats16 v) {
+  if constexpr (NaNAware) return ((v > acc) | (v != v)) ? v : acc;
+  else return v > acc ? v : acc;
+}
 
 // The width of a pooling row buffer: the left padding, then every column a window reads.
 int64_t max_pool_row_width(const Window2d& g) {
   return std::max(g.pl + g.w, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
 }
 constexpr int64_t kRowSlack = 64;  // floats past a row buffer's width that vector loads may read
+constexpr int64_t kAlignSlack = 16;  // floats a buffer may be moved by to start on 64 bytes
 
+float* align64(float* p) {
+  return p + ((64 - reinterpret_cast<uintptr_t>(p) % 64) % 64) / sizeof(float);
+}
+
+// Every buffer a plane needs: the row (aligned at column 0, after pl padding columns) and its
+// even and odd columns, each with kRowSlack floats of room.
+int64_t max_pool_buffer_floats(const Window2d& g) {
+  const int64_t width = max_pool_row_width(g);
+  return width + (width + 1) / 2 * 2 + 3 * (kRowSlack + kAlignSlack) + 2;
+}
+
+// Vectors of 16 are kept in registers across a window's rows and columns, and stored once: the
+// row buffer and the output are written once per vector, not once per tap (a tap-by-tap
+// load-max-store of a buffer that starts off a 64-byte line split every store).
 template <bool NaNAware>
 PHI_ALWAYS_INLINE void max_pool_plane_as(const float* PHI_RESTRICT x, const Window2d& g, float* PHI_RESTRICT out,
                                          float* PHI_RESTRICT buf) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t width = max_pool_row_width(g), half = (width + 1) / 2;
-  float* vp = buf;                               // width + kRowSlack: the row, from column -pl
-  float* ev = vp + width + kRowSlack;            // half + kRowSlack: its even columns
-  float* od = ev + half + kRowSlack;             // half + kRowSlack: its odd columns
+  float* row = align64(buf + g.pl);              // column 0 on a 64-byte boundary
+  float* vp = row - g.pl;                        // width + kRowSlack: the row, from column -pl
+  float* ev = align64(vp + width + kRowSlack);   // half + kRowSlack: its even columns
+  float* od = align64(ev + half + kRowSlack);    // half + kRowSlack: its odd columns
   std::fill(vp, vp + width + kRowSlack, kNegInf);  // padding columns stay -inf for every row
-  float* row = vp + g.pl;
+  const int64_t wv = g.w / 16 * 16;              // the row's whole vectors
   for (int64_t oh = 0; oh < g.oh; ++oh) {
-    bool any = false;
+    // The window's input rows inside the image, joined 64 at a time (the first group stored,
+    // later ones joined into the row).
+    const float* srcs[64];
+    int rows = 0;
+    bool stored = false;
+    auto flush = [&]() {
+      for (int64_t t = 0; t < wv; t += 16) {
+        Floats16 acc = stored ? load16(row + t) : load16(srcs[0] + t);
+        for (int r = stored ? 0 : 1; r < rows; ++r) acc = max_join16<NaNAware>(acc, load16(srcs[r] + t));
+        store16(row + t, acc);
+      }
+      for (int64_t t = wv; t < g.w; ++t) {
+        float acc = stored ? row[t] : srcs[0][t];
+        for (int r = stored ? 0 : 1; r < rows; ++r) acc = max_join<NaNAware>(acc, srcs[r][t]);
+        row[t] = acc;
+      }
+      stored = true;
+      rows = 0;
+    };
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t ih = oh * g.sh - g.pt + i * g.dh;
       if (ih < 0 || ih >= g.h) continue;
-      const float* src = x + ih * g.w;
-      if (!any) {
-        std::copy(src, src + g.w, row);
-        any = true;
-        continue;
-      }
-#pragma omp simd
-      for (int64_t t = 0; t < g.w; ++t) row[t] = max_join<NaNAware>(row[t], src[t]);
+      srcs[rows++] = x + ih * g.w;
+      if (rows == 64) flush();
     }
-    if (!any) std::fill(row, row + g.w, kNegInf);
+    if (rows > 0) flush();
+    if (!stored) std::fill(row, row + g.w, kNegInf);
     float* o = out + oh * g.ow;
-    std::fill(o, o + g.ow, kNegInf);
     if (g.sw == 2) {
       const Ints16 evens = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
       const Ints16 odds = evens + 1;
       for (int64_t t = 0; t < half; t += 16) {  // reads vp[2t .. 2t + 31] < width + kRowSlack
-        const Floats16 lo = *reinterpret_cast<const Floats16*>(vp + 2 * t);
-        const Floats16 hi = *reinterpret_cast<const Floats16*>(vp + 2 * t + 16);
-        *reinterpret_cast<Floats16*>(ev + t) = __builtin_shuffle(lo, hi, evens);
-        *reinterpret_cast<Floats16*>(od + t) = __builtin_shuffle(lo, hi, odds);
+        const Floats16 lo = load16(vp + 2 * t);
+        const Floats16 hi = load16(vp + 2 * t + 16);
+        store16(ev + t, __builtin_shuffle(lo, hi, evens));
+        store16(od + t, __builtin_shuffle(lo, hi, odds));
       }
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const int64_t off = j * g.dw;
-        const float* src = (off % 2 == 0 ? ev : od) + off / 2;
-#pragma omp simd
+      const float* taps[64];
+      const int64_t kw = std::min<int64_t>(g.kw, 64);
+      for (int64_t j = 0; j < kw; ++j) taps[j] = ((j * g.dw) % 2 == 0 ? ev : od) + (j * g.dw) / 2;
+      for (int64_t t = 0; t < g.ow; t += 16) {  // reads up to t + 15 + (kw - 1) dw / 2 < half + kRowSlack
+        Floats16 acc = load16(taps[0] + t);
+        for (int64_t j = 1; j < kw; ++j) acc = max_join16<NaNAware>(acc, load16(taps[j] + t));
+        if (t + 16 <= g.ow) {
+          store16(o + t, acc);
+        } else {
+          alignas(64) float lanes[16];
+          store16(lanes, acc);
+          std::copy(lanes, lanes + (g.ow - t), o + t);
+        }
+      }
+      for (int64_t j = kw; j < g.kw; ++j) {  // (windows over 64 columns wide: the rest tap by tap)
+        const float* src = ((j * g.dw) % 2 == 0 ? ev : od) + (j * g.dw) / 2;
         for (int64_t t = 0; t < g.ow; ++t) o[t] = max_join<NaNAware>(o[t], src[t]);
       }
       continue;
     }
+    std::fill(o, o + g.ow, kNegInf);
     for (int64_t j = 0; j < g.kw; ++j) {
       const float* src = vp + j * g.dw;
       join_row(o, src, g.ow, g.sw, [](float acc, float v) { return max_join<NaNAware>(acc, v); });
@@ -196,7 +249,7 @@ class Pool2dKernel final : public Kernel {
     parallel_range(planes_, ctx.resolved_threads(), grain, [&](int64_t b, int64_t e) {
       if (max_) {
         thread_local std::vector<float> rows;  // max_pool_plane's row buffers
-        const size_t need = static_cast<size_t>(2 * max_pool_row_width(g_) + 3 * kRowSlack + 2);
+        const size_t need = static_cast<size_t>(max_pool_buffer_floats(g_));
         if (rows.size() < need) rows.resize(need);
         for (int64_t p = b; p < e; ++p) max_pool_plane(x + p * plane_in, g_, y + p * plane_out, rows.data());
         return;

@@ -285,6 +285,9 @@ POOLS = [
     (2, 3, 13, 16, 3, 2, 2, 2, False),  # stride 2, dilation 2: every tap on the even columns
     (1, 2, 11, 19, (2, 3), 2, (1, 2, 0, 1), (1, 3), True),  # stride 2, dilation 3: both parities
     (2, 3, 9, 101, 3, 2, 1, 1, True),  # stride 2 over rows of several vectors, ceil mode
+    (1, 2, 150, 37, (70, 3), (3, 2), (2, 1, 0, 1), 1, False),  # windows of over 64 rows
+    (1, 2, 20, 150, (3, 70), 2, (1, 5, 1, 5), (1, 2), False),  # over 64 columns, stride 2
+    (2, 3, 32, 32, 3, 2, 1, 1, False),  # the CNN's stem pool: 32-float rows, two vectors each
 ]
 
 
@@ -388,12 +391,16 @@ def test_global_avg_pool_bad_inputs() -> None:
 def test_max_pool_propagates_nan(rng: np.random.Generator, threads: int) -> None:
     # numpy's max and PyTorch's max_pool2d give NaN for a window holding one; the native sweep
     # used a plain compare, so NaN never won and silently disappeared.
-    x = randn(rng, 2, 3, 33, 20)
+    x = randn(rng, 2, 3, 80, 20)
     x[0, 1, 5, 7] = np.nan
     x[1, 2, 32, 0] = np.nan
-    for kw in ({"strides": 2, "pads": 1}, {"strides": 1}, {"strides": (1, 3), "dilations": 2}):
-        out = ops.max_pool2d(x, 3, threads=threads, **kw)
-        np.testing.assert_array_equal(out, ref.max_pool2d(x, 3, **kw), strict=True)
+    tall = {"strides": 2, "pads": 1, "kernel_shape": (67, 3)}  # the row groups of 64 hold it too
+    cases = [{"strides": 2, "pads": 1}, {"strides": 1}, {"strides": (1, 3), "dilations": 2}, tall]
+    for kw in cases:
+        kw = dict(kw)
+        kernel = kw.pop("kernel_shape", 3)
+        out = ops.max_pool2d(x, kernel, threads=threads, **kw)
+        np.testing.assert_array_equal(out, ref.max_pool2d(x, kernel, **kw), strict=True)
         assert np.isnan(out[0, 1]).any() and not np.isnan(out[0, 0]).any()
 
 
