@@ -2,17 +2,18 @@
 // V and the output in the layout a projection writes ([batch, seq, heads, head_dim]), so the head
 // split and merge of an exported model (Reshape + Transpose, a copy each way) cost nothing.
 //
-// Per (batch, head) task: Kᵀ and V are packed once into panels of the GEMM micro-kernel (a few
-// KiB: head_dim x seq and seq x head_dim), then query rows go through in blocks of the register
-// tile's height: their scores against every key (micro-kernel, Q read in place), the softmax of
-// those rows with the mask (in L1), and their product with V written straight into the output
-// (micro-kernel again, with the narrow panel when a head is 32 wide). The scores never reach
-// memory, where the unfused form writes and reads B x H x S x S floats twice.
+// Per (batch, head) task: Kᵀ and V are packed into panels of the GEMM micro-kernel (a few KiB:
+// head_dim x seq and seq x head_dim) as far as the query blocks need them, then query rows go
+// through in blocks of the register tile's height: their scores against the keys (micro-kernel,
+// Q read in place), the softmax numerators of those rows with the mask (in L1, in place), and
+// their product with V, each row scaled by its 1 / sum inside the tile, written straight into the
+// output (micro-kernel again, with the narrow panel when a head is 32 wide). The scores never
+// reach memory, where the unfused form writes and reads B x H x S x S floats twice.
 //
 // Keys a mask drops (trailing keys of a padded batch entry, the future keys of a causal block of
 // queries) are skipped when their probabilities are provably exactly 0 whatever their scores: see
-// KeyCut. The answer is the one computing them gives (their terms are exact zeros), in half the
-// work for a batch padded to twice its mean length.
+// "Skipping dropped keys" below. The answer is the one computing them gives (their terms are
+// exact zeros), in about half the work for a batch padded to twice its mean length.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -174,8 +175,8 @@ class AttentionKernel final : public Kernel {
     const bool narrow = dv_ <= micro_nr(true);
     const int nr = micro_nr(false), nrv = micro_nr(narrow);
     const int64_t sk_pad = round_up(sk_, nr), dv_pad = round_up(dv_, nrv);
-    // Floats of a task's scratch: Kᵀ panels, V panels, and the scores and probabilities of one
-    // block of query rows.
+    // Floats of a task's scratch: Kᵀ panels, V panels, and the scores (then the softmax
+    // numerators, in place) of one block of query rows.
     const int64_t kt_floats = std::max<int64_t>(d_, 1) * sk_pad, v_floats = sk_ * dv_pad;
     const int64_t s_floats = mr * sk_pad;
     const float scale = alpha_;
