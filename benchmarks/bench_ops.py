@@ -2,7 +2,8 @@
 
 Run:  python benchmarks/bench_ops.py [--threads 1 2] [--write]
 
-Bandwidth-bound kernels are reported in GB/s next to a plain copy of the same bytes measured in
+Bandwidth-bound kernels (softmax, layer norm, add + GELU, a ResNet stem's max pool, a
+transpose) are reported in GB/s next to a plain copy of the same bytes measured in
 the same run (the ceiling they chase). Convolution is compared with torch.nn.functional.conv2d
 at the same thread count when torch is importable.
 """
@@ -40,6 +41,16 @@ def layer_norm_numpy(x: np.ndarray, res: np.ndarray, g: np.ndarray, b: np.ndarra
 
 def gelu_tanh_numpy(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
+
+
+def max_pool_numpy(x: np.ndarray) -> np.ndarray:
+    """3x3 max pool, stride 2, padding 1 (a ResNet stem's), as nine strided views of a -inf pad."""
+    h, w = x.shape[2], x.shape[3]
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    taps = [(i, j) for i in range(3) for j in range(3)]
+    views = [padded[:, :, i : i + 2 * oh : 2, j : j + 2 * ow : 2] for i, j in taps]
+    return np.maximum.reduce(views)
 
 
 def bandwidth_row(
@@ -104,6 +115,18 @@ def memory_bound_rows(threads: int, rng: np.random.Generator) -> list[list[objec
             lambda: ops.add(a, bias, "gelu_tanh", threads=threads),
             lambda: gelu_tanh_numpy(a + bias),
             a,
+        )
+    )
+    p = rng.standard_normal((32, 16, 32, 32), dtype=np.float32)
+    pooled = ops.max_pool2d(p, 3, strides=2, pads=1)
+    np.testing.assert_array_equal(pooled, max_pool_numpy(p))
+    rows.append(
+        bandwidth_row(
+            "max_pool 3×3/2 pad 1 32×16×32×32",
+            p.nbytes + pooled.nbytes,
+            lambda: ops.max_pool2d(p, 3, strides=2, pads=1, threads=threads),
+            lambda: max_pool_numpy(p),
+            p,
         )
     )
     t = rng.standard_normal((8, 128, 12, 32), dtype=np.float32)

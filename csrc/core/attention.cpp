@@ -218,9 +218,12 @@ class AttentionKernel final : public Kernel {
       const float* entry_bounds = nullptr;  // the batch entry's bounds for this head, when shared
       // The keys' bounds past `bound_lo`: suffix maxima of key_bound, extended downwards on demand.
       thread_local std::vector<float> bounds;
-      bounds.resize(static_cast<size_t>(sk_ + 1));
+      const bool cuts = mask_bh && mask_strides_[3];  // a mask value per key: some may be cut
+      if (cuts) {
+        bounds.resize(static_cast<size_t>(sk_ + 1));
+        bounds[sk_] = 0.0f;
+      }
       int64_t bound_lo = sk_;
-      bounds[sk_] = 0.0f;
       auto skip_bound = [&](int64_t end) {
         if (entry_bounds) return entry_bounds[end];  // (set below: end is then its `lo`)
         // The rows are scattered (a head's slice of each key's row): their loads overlap.
@@ -233,7 +236,6 @@ class AttentionKernel final : public Kernel {
                                                                       vh + (bound_lo - 1) * hv_ * dv_, dv_));
         return bounds[end];
       };
-      const bool cuts = mask_bh && mask_strides_[3];
       // A block's rows' cuts and |k_i*| (rows <= mr <= 8, the micro-kernel's row tiles); when
       // every query shares one mask row, the first entry, once for the task.
       RowCut cut[8];
@@ -323,8 +325,7 @@ class AttentionKernel final : public Kernel {
           mrows[r] = m;  // the keys' stride is 1 when the mask has them
           addends[r] = m && !mask_strides_[3] ? *m : 0.0f;
         }
-        const bool per_key = mask_bh && mask_strides_[3];
-        softmax_numerators(rows, s, sk_pad, per_key ? mrows : nullptr, addends, scale, s, sk_pad, nk, inv);
+        softmax_numerators(rows, s, sk_pad, cuts ? mrows : nullptr, addends, scale, s, sk_pad, nk, inv);
         float* out_rows = oh + i0 * h_ * dv_;
         for (int64_t c0 = 0; c0 < dv_; c0 += nrv)
           micro_tile(rows, nk, s, sk_pad, vp + c0 * sk_, nrv, out_rows + c0, h_ * dv_,

@@ -2,8 +2,9 @@
 // writes the output.
 //
 // Five paths:
-//  - direct (AVX-512; one group, at most 32 output channels, output rows of 16 pixels or more: a
-//    ResNet's stem and first stage): no im2col at all, see "the direct path" below. Against the
+//  - direct (AVX-512; one group, at most 32 output channels, output rows of 16 pixels or more, or
+//    of exactly 8 for stride-1 windows: a ResNet's stem and first two stages): no im2col at all,
+//    see "the direct path" below. Against the
 //    im2col paths on a ResNet-style CNN at batch 32, 1 thread: the 7x7 stride-2 stem 2.60 -> 1.62
 //    ms, a 3x3 16-channel layer at 16x16 0.72 -> 0.41 ms (about 95 GFLOP/s, both).
 //  - depthwise (groups == C_in == C_out): a direct kernel vectorised over output rows; as a GEMM
@@ -39,9 +40,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <utility>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PHI_CONV_X86 1
@@ -677,7 +678,9 @@ class Conv2dKernel final : public Kernel {
   void run_direct(const float* x, const float* w, const float* bias, const float* res, float* y, float* ws,
                   int threads) const {
 #if defined(PHI_CONV_X86)
-    // W k-major per block of 16 output channels, zero past m_: one row of 16 per tap.
+    // W k-major per block of 16 output channels, zero past m_: one row of 16 per tap. Packed per
+    // run (m x K floats, microseconds): broadcasting from W as given, 16 rows K floats apart, made
+    // the stem 1.58 -> 2.06 ms and the 16-channel layers 0.41 -> 0.53 ms at batch 32.
     float* wp = ws;
     const int64_t blocks = ceil_div(m_, kDirectChannels), p = g_.oh * g_.ow;
     for (int64_t b = 0; b < blocks; ++b)

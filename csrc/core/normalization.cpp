@@ -70,6 +70,8 @@ PHI_ALWAYS_INLINE bool sum_is_valid(double s, int64_t n) { return s <= 2.0 * sta
 }  // namespace
 
 #if defined(PHI_NORM_X86)
+namespace {
+
 // math::exp_reduced_of<__m512> is always inlined: the vector never crosses a call, so the ABI GCC
 // warns about for vector returns compiled without AVX-512 never applies (as in packed_gemm.cpp).
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -84,62 +86,6 @@ __attribute__((target("avx512f,avx2,fma"), always_inline)) inline __m512 exp_non
   const __m512 ev = _mm512_maskz_scalef_ps(0xFFFF, math::exp_reduced_of(r), nn);
   return _mm512_mask_mov_ps(ev, _mm512_cmp_ps_mask(d, _mm512_set1_ps(-80.0f), _CMP_LT_OQ), _mm512_setzero_ps());
 }
-
-// softmax_row (not log) with AVX-512: the same passes and the same answers (math::exp's range
-// reduction and polynomial, math::exp_reduced_of, rounded to nearest, so results agree to an ulp), in
-// about half the time. The exponent is applied by vscalefps instead of bit arithmetic, the row's
-// last partial vector is masked, and the row sum is kept in float lanes per kSumBlock block
-// joined in double, as block_sum_plain does. Attention spent 30 % of its time in softmax_row
-// (128-key rows: three passes of eight vectors, the exp about 30 instructions a vector).
-__attribute__((target("avx512f,avx2,fma"))) void softmax_row_avx512(const float* x, const float* mask, float addend,
-                                                          float scale, float* y, int64_t n) {
-  auto lanes = [](int64_t count) -> __mmask16 {
-    return count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
-  };
-  const __m512 vscale = _mm512_set1_ps(scale), vadd = _mm512_set1_ps(addend);
-  __m512 vmax = _mm512_set1_ps(-kInf);
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 k = lanes(n - j);
-    const __m512 add = mask ? _mm512_maskz_loadu_ps(k, mask + j) : vadd;
-    const __m512 t = _mm512_fmadd_ps(vscale, _mm512_maskz_loadu_ps(k, x + j), add);
-    _mm512_mask_storeu_ps(y + j, k, t);
-    vmax = _mm512_mask_max_ps(vmax, k, t, vmax);  // NaN never wins, as in softmax_row's pass
-  }
-  alignas(64) float lane[16];  // horizontal reductions through memory: once a row, and GCC 12's
-  _mm512_store_ps(lane, vmax);  // reduce intrinsics warn of an uninitialised operand
-  float row_max = lane[0];
-  for (int i = 1; i < 16; ++i) row_max = lane[i] > row_max ? lane[i] : row_max;
-  const float m = usable_max(row_max);
-  const __m512 vm = _mm512_set1_ps(m);
-  double total = 0.0;
-  for (int64_t b = 0; b < n; b += kSumBlock) {
-    const int64_t e = std::min(n, b + kSumBlock);
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t j = b; j < e; j += 16) {
-      const __mmask16 k = lanes(e - j);
-      const __m512 ev = exp_nonpos_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, y + j), vm));
-      _mm512_mask_storeu_ps(y + j, k, ev);
-      sum = _mm512_mask_add_ps(sum, k, sum, ev);
-    }
-    _mm512_store_ps(lane, sum);
-    float block = 0.0f;
-    for (int i = 0; i < 16; ++i) block += lane[i];
-    total += static_cast<double>(block);
-  }
-  if (!sum_is_valid(total, n)) {
-    std::fill(y, y + n, kNaN);
-    return;
-  }
-  const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / total));
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 k = lanes(n - j);
-    _mm512_mask_storeu_ps(y + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + j), inv));
-  }
-}
-#endif
-
-#if defined(PHI_NORM_X86)
-namespace {
 
 // The largest of v's lanes, in every lane (v holds no NaN). (maskz_ forms throughout: GCC 12's
 // plain ones warn of an uninitialised operand.)
@@ -225,6 +171,23 @@ __attribute__((target("avx512f,avx2,fma"))) void numerators_rows(int rows, const
       case 3: numerators_avx512<3, MASKS>(xr, ldx, mr, ar, scale, yr, ldy, n, inv + r0); break;
       default: numerators_avx512<4, MASKS>(xr, ldx, mr, ar, scale, yr, ldy, n, inv + r0); break;
     }
+  }
+}
+
+// softmax_row (not log) with AVX-512: the numerators of one row, then their normalisation, so
+// the same exp (math::exp's range reduction and polynomial, the exponent applied by vscalefps) and
+// the same answers to an ulp, in about half the time of the portable loop. Attention spent 30 % of
+// its time in softmax_row (128-key rows: three passes of eight vectors, the exp about 30
+// instructions a vector) before it took the numerators directly.
+__attribute__((target("avx512f,avx2,fma"))) void softmax_row_avx512(const float* x, const float* mask, float addend,
+                                                                    float scale, float* y, int64_t n) {
+  float inv;
+  if (mask) numerators_avx512<1, true>(x, 0, &mask, &addend, scale, y, 0, n, &inv);
+  else numerators_avx512<1, false>(x, 0, &mask, &addend, scale, y, 0, n, &inv);
+  const __m512 f = _mm512_set1_ps(inv);  // NaN for a row whose answer is NaN: every entry becomes NaN
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    _mm512_mask_storeu_ps(y + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + j), f));
   }
 }
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from phi_engine.errors import InvalidRequestError, PhiEngineError, UnsupportedError
 from phi_engine.graph.ir import Dim, Graph, Node, TensorType
-from phi_engine.graph.registry import InferContext, get_op, registered_ops
+from phi_engine.graph.registry import InferContext, get_op, registered_ops, shape_bounds
 
 __all__ = ["check_supported", "eliminate_dead_code", "infer_and_fold"]
 
@@ -83,7 +83,7 @@ def infer_and_fold(graph: Graph, *, fold: bool = True) -> None:
         known_shapes = [_shape_value(shapes, graph, n) for n in node.inputs]
         ctx = InferContext(node, types, values, known_shapes)
         out_types = _call_infer(opdef.infer, ctx)
-        tracked = _track_shape_value(node, ctx, out_types, shapes, graph)
+        tracked = _track_shape_value(node, ctx, out_types)
         if tracked is not None:
             shapes[node.outputs[0]] = tracked
         outputs = list(node.outputs)
@@ -127,11 +127,7 @@ def _shape_value(
 
 
 def _track_shape_value(
-    node: Node,
-    ctx: InferContext,
-    out_types: list[TensorType],
-    shapes: dict[str, tuple[Dim, ...]],
-    graph: Graph,
+    node: Node, ctx: InferContext, out_types: list[TensorType]
 ) -> tuple[Dim, ...] | None:
     """The shape value of ``node``'s first output, where its op and inputs determine one."""
     if node.domain or not node.outputs or not node.outputs[0] or not out_types:
@@ -145,9 +141,7 @@ def _track_shape_value(
         shape = ctx.types[0].shape if ctx.types and ctx.types[0] is not None else None
         if shape is None:
             return None
-        rank = len(shape)
-        start, end = (int(node.attrs.get(k, d)) for k, d in (("start", 0), ("end", rank)))
-        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+        start, end = shape_bounds(ctx, len(shape))
         return tuple(shape[start:end])
     if op in _ORDER_KEEPING:
         if op == "Cast" and np.dtype(out.dtype).kind not in _INT_KINDS:
@@ -160,10 +154,9 @@ def _track_shape_value(
         if ctx.types[0] is None or ctx.types[0].shape is None or len(ctx.types[0].shape) != 1:
             return None
         n = len(data)
-        picked = [int(i) + n if isinstance(i, int) and int(i) < 0 else i for i in index]
-        if not all(isinstance(i, int) and 0 <= i < n for i in picked):
+        if not all(isinstance(i, int) and -n <= i < n for i in index):
             return None
-        return tuple(data[int(i)] for i in picked)
+        return tuple(data[int(i)] for i in index)  # (a negative index counts from the end)
     if op == "Concat":
         if int(node.attrs.get("axis", 0)) not in (0, -1) or any(v is None for v in ins):
             return None

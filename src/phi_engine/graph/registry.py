@@ -118,6 +118,15 @@ class InferContext(OpContext):
         self.output_values[i] = value
 
 
+def shape_bounds(ctx: OpContext, rank: int) -> tuple[int, int]:
+    """ONNX Shape's start/end (opset 15): negative counts from the end, clamped to [0, rank]."""
+
+    def clamp(v: int) -> int:
+        return min(max(v + rank if v < 0 else v, 0), rank)
+
+    return clamp(int(ctx.attr("start", 0))), clamp(int(ctx.attr("end", rank)))
+
+
 InferFn = Callable[[InferContext], list[TensorType]]
 ComputeFn = Callable[[OpContext, list[Any]], list[np.ndarray]]
 LowerFn = Callable[["LowerContext"], "list[int] | None"]

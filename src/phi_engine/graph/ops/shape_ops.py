@@ -30,7 +30,7 @@ from phi_engine.graph.ops._tensor_util import (
     static_len,
 )
 from phi_engine.graph.ops._util import I64, tt
-from phi_engine.graph.registry import InferContext, OpContext, op
+from phi_engine.graph.registry import InferContext, OpContext, op, shape_bounds
 
 # ---- Constant, Shape, Size ------------------------------------------------------------------
 
@@ -72,20 +72,11 @@ def constant(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
     return [_constant_value(ctx)]
 
 
-def _shape_bounds(ctx: OpContext, rank: int) -> tuple[int, int]:
-    """ONNX Shape's start/end (opset 15): negative counts from the end, clamped to [0, rank]."""
-
-    def clamp(v: int) -> int:
-        return min(max(v + rank if v < 0 else v, 0), rank)
-
-    return clamp(int(ctx.attr("start", 0))), clamp(int(ctx.attr("end", rank)))
-
-
 def _shape_infer(ctx: InferContext) -> list[TensorType]:
     shape = ctx.type(0).shape
     if shape is None:
         return [tt(I64, (fresh(ctx, "rank"),))]
-    start, end = _shape_bounds(ctx, len(shape))
+    start, end = shape_bounds(ctx, len(shape))
     dims = shape[start:end]
     if all(isinstance(d, int) for d in dims):
         ctx.set_value(0, np.array(dims, dtype=np.int64))
@@ -94,7 +85,7 @@ def _shape_infer(ctx: InferContext) -> list[TensorType]:
 
 @op("Shape", (1, 13, 15, 19, *LATE), infer=_shape_infer)
 def shape(ctx: OpContext, x: list[Any]) -> list[np.ndarray]:
-    start, end = _shape_bounds(ctx, x[0].ndim)
+    start, end = shape_bounds(ctx, x[0].ndim)
     return [np.array(x[0].shape[start:end], dtype=np.int64)]
 
 
