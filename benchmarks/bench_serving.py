@@ -20,6 +20,8 @@ Servers (``--only``):
     bentoml           BentoML, batchable API, max batch 32
     phi-v1 / phi-v2   phi_engine create_app(engine, auth=True): POST /v1/inference/run, and
                       POST /v2/models/mlp/infer with JSON tensors (phi_engine's venv)
+    phi-v1-asgi / phi-v2-asgi  the same under uvicorn's own httptools protocol (the app's ASGI
+                      fast path answers, not phi_engine's protocol)
     phi-v1-std / phi-v2-std   the same on phi_engine's venv plus uvloop + httptools
 
 No speed asserts: this prints a markdown table for RESULTS.md.
@@ -59,6 +61,8 @@ ALL = [
     "bentoml",
     "phi-v1",
     "phi-v2",
+    "phi-v1-asgi",
+    "phi-v2-asgi",
     "phi-v1-std",
     "phi-v2-std",
 ]
@@ -128,6 +132,8 @@ def spec(name: str, venvs: Path, port: int, info: Path, a: argparse.Namespace) -
         )
     if name in ("phi-v1", "phi-v2"):
         return Spec(name, PHI_PY, phi_args, name, _phi_path(name))
+    if name in ("phi-v1-asgi", "phi-v2-asgi"):
+        return Spec(name, PHI_PY, [*phi_args, "--http", "httptools"], name[:6], _phi_path(name))
     if name in ("phi-v1-std", "phi-v2-std"):
         return Spec(name, v("phi-std"), phi_args, name[:6], _phi_path(name))
     raise SystemExit(f"unknown server {name!r}; choose from {', '.join(ALL)}")

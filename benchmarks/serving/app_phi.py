@@ -137,14 +137,16 @@ def main() -> None:
     p.add_argument("--cpu", type=int, default=1, help="resource_allocation cpu (threads/replica)")
     p.add_argument("--nodes", type=int, default=1, help="resource_allocation nodes (replicas)")
     p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--http", default="auto")
+    p.add_argument(
+        "--http", default="phi", help="phi (phi_engine's protocol, as served), auto, httptools, h11"
+    )
     p.add_argument("--loop", default="auto")
     a = p.parse_args()
 
     import uvicorn
 
     from phi_engine import Engine
-    from phi_engine.server import create_app
+    from phi_engine.server import create_app, http_protocol
 
     home = Path(a.home or tempfile.mkdtemp(prefix="phi-bench-home-"))
     onnx_path = write_onnx(home / "src" / "mlp.onnx")
@@ -161,6 +163,7 @@ def main() -> None:
     client = engine.clients.authenticate(new.client_id, new.client_secret)
     token = engine.tokens.issue(client, ["infer"])["access_token"]
     app = create_app(engine, auth=True)
+    http = http_protocol() if a.http == "phi" else a.http
 
     if os.environ.get("PHI_BENCH_PROFILE"):
         install_profiler(Path(os.environ["PHI_BENCH_PROFILE"]))
@@ -171,7 +174,7 @@ def main() -> None:
         port=a.port,
         log_level="warning",
         access_log=False,
-        http=a.http,
+        http=http,
         loop=a.loop,
         lifespan="off",
     )

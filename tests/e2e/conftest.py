@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx")
 import uvicorn  # noqa: E402
 
 from phi_engine.engine import Engine  # noqa: E402
-from phi_engine.server import create_app  # noqa: E402
+from phi_engine.server import create_app, http_protocol  # noqa: E402
 
 
 @dataclass
@@ -47,8 +47,17 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
-def start(app: object) -> tuple[uvicorn.Server, threading.Thread, str]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+def start(app: object, http: object = None) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Serve ``app`` on a free loopback port with ``http`` (default: phi_engine's protocol, as
+    ``serve`` runs it; ``"httptools"``: uvicorn's own, so the app's ASGI fast path answers)."""
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        http=http_protocol() if http is None else http,  # type: ignore[arg-type]
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

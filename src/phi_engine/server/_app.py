@@ -209,7 +209,9 @@ def serve(
         )
     app = create_app(engine, auth=auth, data_dir=data_dir)
     bind_host(app, host)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    from phi_engine.server._protocol import http_protocol
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, http=http_protocol())
 
 
 _OPEN = (

@@ -11,6 +11,7 @@ from typing import Any
 from phi_engine.engine import Engine
 from phi_engine.errors import PhiEngineError
 from phi_engine.server._app import bind_host, create_app
+from phi_engine.server._protocol import http_protocol
 
 __all__ = ["running_server"]
 
@@ -31,7 +32,9 @@ def running_server(
 
     app = create_app(engine, **options)
     bind_host(app, host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="off", http=http_protocol()
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="phi-engine-http", daemon=True)
     thread.start()

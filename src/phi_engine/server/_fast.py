@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -50,12 +50,15 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Headers = Iterable[tuple[bytes, bytes]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PATH = "/v1/inference/run"
 _V2_PREFIX = "/v2/models/"
 _JSON = [(b"content-type", b"application/json")]
-_NO_HEADERS: list[tuple[bytes, bytes]] = []
+# Set in a request's scope by a server that already asked :meth:`FastInference.answer` and got
+# ``None``: the request goes straight to the full app.
+DECLINED = "phi_engine.fast_declined"
 
 
 class FastInference:
@@ -73,7 +76,7 @@ class FastInference:
     @staticmethod
     def handles(scope: Scope) -> bool:
         """Whether a request is one this handler serves (the rest goes to the app)."""
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or DECLINED in scope:
             return False
         path: str = scope["path"]
         return path == _PATH or (path.startswith(_V2_PREFIX) and path.endswith("/infer"))
@@ -82,77 +85,91 @@ class FastInference:
         if not self.handles(scope):
             await self.app(scope, receive, send)
             return
-        if scope["path"] != _PATH:
-            await self._v2(scope, receive, send)
+        path: str = scope["path"]
+        if path != _PATH and v2_target(path) is None:  # not an infer route after all: the 404
+            await self.app(scope, receive, send)
             return
         body = await _read(receive, self.limit)
         if body is None:
             await _too_large(send, self.limit)
             return
+        reply = await self.answer(path, scope.get("headers", ()), body)
+        if reply is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        status, headers, payload = reply
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def answer(
+        self, path: str, headers: Headers, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """The answer to a whole inline inference request that :meth:`handles` accepts: its
+        status, headers (the content type among them, no length) and body; ``None`` when the
+        full app must answer it (batch jobs, bodies that do not parse or validate, paths that
+        are not an infer route), which then gets the same body."""
+        try:
+            if path == _PATH:
+                return await self._v1(headers, body)
+            target = v2_target(path)
+            if target is None:
+                return None
+            return await self._v2(target, path, headers, body)
+        except Exception as exc:  # a bug: logged, answered without internals
+            status, payload, more = _error(exc, path)
+            return status, _JSON + more, payload
+
+    async def _v1(
+        self, headers: Headers, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         try:
             obj = _loads(body)
         except _DECODE_ERRORS:
             obj = None
         data = obj.get("input") if isinstance(obj, dict) else None
         if not isinstance(data, dict) or isinstance(data.get("data"), str) or obj.get("async"):
-            # Batch jobs and malformed bodies: the full route (and its error messages).
-            await self.app(scope, _replay(body, receive), send)
-            return
+            return None  # batch jobs and malformed bodies: the full route (and its errors)
         try:
-            status, payload, headers = 200, await self._infer(scope, obj), _NO_HEADERS
+            return 200, _JSON, await self._infer(headers, obj)
         except ValidationError:
-            await self.app(scope, _replay(body, receive), send)  # the route's 400 naming the field
-            return
+            return None  # the route's 400 naming the field
         except Exception as exc:  # errors by class; a bug is logged, answered without internals
-            status, payload, headers = _error(exc, _PATH)
-        await send({"type": "http.response.start", "status": status, "headers": _JSON + headers})
-        await send({"type": "http.response.body", "body": payload})
+            status, payload, more = _error(exc, _PATH)
+            return status, _JSON + more, payload
 
-    def _check_auth(self, scope: Scope) -> None:
+    def _check_auth(self, headers: Headers) -> None:
         if self.auth.enabled:
             header = None
-            for name, value in scope.get("headers", ()):
+            for name, value in headers:
                 if name == b"authorization":
                     header = value.decode("latin-1")
                     break
             require_scope(self.auth.verify_header(header), "infer")
 
-    async def _v2(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _v2(
+        self, target: tuple[str, str | None], path: str, headers: Headers, raw: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """``POST /v2/models/{name}[/versions/{version}]/infer``, as the ``/v2`` route does it
         (the same function computes the answer), without the framework around it."""
-        parts = scope["path"][len(_V2_PREFIX) :].split("/")
-        if len(parts) == 2 and parts[0]:
-            name, version = parts[0], None
-        elif len(parts) == 4 and parts[0] and parts[1] == "versions" and parts[2]:
-            name, version = parts[0], parts[2]
-        else:  # not an infer route after all: the app's 404
-            await self.app(scope, receive, send)
-            return
-        headers: list[tuple[bytes, bytes]] = []
+        name, version = target
         try:
-            self._check_auth(scope)
+            self._check_auth(headers)
             dep = find_deployment(self.engine, name, version)
-            raw = await _read(receive, self.limit)
-            if raw is None:
-                await _too_large(send, self.limit)
-                return
             length = None
-            for key, value in scope.get("headers", ()):
+            for key, value in headers:
                 if key == b"inference-header-content-length":
                     length = value.decode("latin-1")
                     break
             payload, media_type, extra = await infer_v2(self.engine, dep, name, raw, length)
-            status = 200
-            headers = [(b"content-type", media_type.encode())]
-            headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         except Exception as exc:  # errors by class; a bug is logged, answered without internals
-            status, payload, more = _error(exc, scope["path"])
-            headers = _JSON + more
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+            status, payload, more = _error(exc, path)
+            return status, _JSON + more, payload
+        out = [(b"content-type", media_type.encode())]
+        out += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        return 200, out, payload
 
-    async def _infer(self, scope: Scope, obj: dict[str, Any]) -> bytes:
-        self._check_auth(scope)
+    async def _infer(self, headers: Headers, obj: dict[str, Any]) -> bytes:
+        self._check_auth(headers)
         fields = _plain_fields(obj)
         if fields is None:  # anything unusual: the route's model decides (and names the field)
             req = InferenceRequest.model_validate(obj)
@@ -166,6 +183,19 @@ class FastInference:
             execution_policy=policy,
         )
         return _dumps(inference_body(result))
+
+
+def v2_target(path: str) -> tuple[str, str | None] | None:
+    """The model name and version of a V2 infer path (``/v2/models/{name}/infer`` or
+    ``/v2/models/{name}/versions/{version}/infer``); ``None`` for any other path."""
+    if not path.startswith(_V2_PREFIX) or not path.endswith("/infer"):
+        return None
+    parts = path[len(_V2_PREFIX) :].split("/")
+    if len(parts) == 2 and parts[0]:
+        return parts[0], None
+    if len(parts) == 4 and parts[0] and parts[1] == "versions" and parts[2]:
+        return parts[0], parts[2]
+    return None
 
 
 _PLAIN_KEYS = frozenset(("deployment_id", "input", "priority", "deadline_ms", "execution_policy"))

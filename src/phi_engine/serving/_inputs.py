@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from phi_engine._native import require_core
 from phi_engine.errors import InvalidRequestError
 
 __all__ = ["InputLimits", "InputSpec", "parse_inputs"]
@@ -35,6 +36,10 @@ V2_DATATYPES = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
+
+
+_all_finite = require_core().all_finite
+_NATIVE_FINITE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -167,9 +172,12 @@ def _check_array(spec: InputSpec, array: np.ndarray, limits: InputLimits, total:
 
 
 def _finite(array: np.ndarray) -> bool:
-    """No NaN or infinity. A large array is checked by one reduction when it has none (a sum
-    that overflows to infinity falls back to the element-wise check); a small one directly,
-    since setting the floating-point error state costs more than checking it."""
+    """No NaN or infinity. A C-contiguous float32 or float64 array is checked natively (one
+    pass over the bits); another large one by one reduction when it has none (a sum that
+    overflows to infinity falls back to the element-wise check); a small one directly, since
+    setting the floating-point error state costs more than checking it."""
+    if array.dtype in _NATIVE_FINITE and array.flags.c_contiguous:
+        return bool(_all_finite(array))
     if array.dtype.kind == "f" and array.size >= 4096:
         with np.errstate(over="ignore", invalid="ignore"):
             if math.isfinite(np.add.reduce(array, axis=None)):
