@@ -145,3 +145,30 @@ def test_decoded_bare_arrays_and_v2_tensors_are_checked_like_lists(
     for bad, words in ((rows[0], "rank 2"), (np.full((1, 4), np.inf), "NaN or infinity")):
         assert words in refused(bad, [X], "x")
         assert refused(bad, [X], "x") == refused(bad.tolist(), [X], "x")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_finite_check_agrees_with_numpy(rng: np.random.Generator, dtype: type) -> None:
+    from phi_engine._native import require_core
+
+    all_finite = require_core().all_finite
+    info = np.finfo(dtype)
+    for n in (0, 1, 7, 8, 33, 1000):
+        a = (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)).astype(dtype)
+        a[: n // 3] = info.max  # the largest finite values pass
+        a[n // 3 : n // 2] = info.smallest_subnormal
+        assert all_finite(a) is True
+        for bad in (np.nan, np.inf, -np.inf, -np.nan):
+            for where in {0, n // 2, n - 1} if n else set():
+                b = a.copy()
+                b[where] = bad
+                assert all_finite(b) is False and not np.isfinite(b).all()
+        assert all_finite(a.reshape(1, -1)) is bool(np.isfinite(a).all())
+    with pytest.raises(TypeError):
+        all_finite(np.zeros((4, 4), dtype)[:, ::2])  # not C-contiguous
+    with pytest.raises(TypeError):
+        all_finite(np.zeros(4, np.float16))
+    # parse_inputs still refuses non-finite values in the layouts the native check does not take
+    strided = np.zeros((2, 8), np.float32)[:, ::2]
+    strided[1, 1] = np.nan
+    refused({"x": strided}, [X], "x")
