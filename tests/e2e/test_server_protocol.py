@@ -200,3 +200,51 @@ def test_a_client_that_leaves_does_not_disturb_the_server(deployed: tuple[Server
     assert r.status_code == 200 and np.allclose(
         r.json()["output"]["y"], mlp_reference(np.array([[1.0, 2.0, 3.0, 4.0]], np.float32))
     )
+
+
+def test_access_log_lines_match_uvicorns(deployed: tuple[Server, str], tmp_path: Path) -> None:
+    """With uvicorn's access log on, a request the protocol answers is logged as uvicorn logs
+    any other."""
+    import logging
+
+    server, dep = deployed
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    access = logging.getLogger("uvicorn.access")
+    uv, thread, url = start(create_app(server.engine, auth=False))
+    handler, level = Keep(), access.level
+    access.addHandler(handler)  # after start(), whose logging config replaces the handlers
+    access.setLevel(logging.INFO)  # and sets the level to warning
+    try:
+        body = {"deployment_id": dep, "input": {"data": [[1.0, 2.0, 3.0, 4.0]]}}
+        assert httpx.post(f"{url}/v1/inference/run?x=1", json=body).status_code == 200
+        assert httpx.get(f"{url}/health/live").status_code == 200
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        access.removeHandler(handler)
+        access.setLevel(level)
+    lines = [r.getMessage() for r in records]
+    assert any('"POST /v1/inference/run?x=1 HTTP/1.1" 200' in line for line in lines), lines
+    assert any('"GET /health/live HTTP/1.1" 200' in line for line in lines), lines
+
+
+def test_an_unfamiliar_uvicorn_falls_back_to_the_asgi_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from uvicorn.protocols.http import httptools_impl
+
+    from phi_engine.server import _protocol
+
+    _protocol._protocol_class.cache_clear()
+    monkeypatch.delattr(httptools_impl.HttpToolsProtocol, "_start_asgi_task")
+    try:
+        assert http_protocol() == "auto"
+    finally:
+        monkeypatch.undo()
+        _protocol._protocol_class.cache_clear()
+    assert not isinstance(http_protocol(), str)
