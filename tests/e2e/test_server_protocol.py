@@ -75,7 +75,7 @@ def _request(path: str, body: bytes, headers: dict[str, str], version: str = "1.
 
 
 def _responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Split a byte stream into HTTP responses (Content-Length framed)."""
+    """Split a byte stream into HTTP responses (Content-Length or chunked)."""
     out = []
     while raw:
         head, _, rest = raw.partition(b"\r\n\r\n")
@@ -85,6 +85,17 @@ def _responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
         for line in lines[1:]:
             k, _, v = line.partition(":")
             headers[k.strip().lower()] = v.strip()
+        if headers.get("transfer-encoding") == "chunked":  # what the ASGI path sends
+            body = b""
+            while True:
+                size, _, rest = rest.partition(b"\r\n")
+                n = int(size, 16)
+                body, rest = body + rest[:n], rest[n + 2 :]
+                if n == 0:
+                    break
+            out.append((status, headers, body))
+            raw = rest
+            continue
         n = int(headers.get("content-length", "0"))
         out.append((status, headers, rest[:n]))
         raw = rest[n:]
@@ -248,3 +259,57 @@ def test_an_unfamiliar_uvicorn_falls_back_to_the_asgi_fast_path(
         monkeypatch.undo()
         _protocol._protocol_class.cache_clear()
     assert not isinstance(http_protocol(), str)
+
+
+def test_the_apps_body_limit_holds_below_the_protocols_hold_size(
+    deployed: tuple[Server, str],
+) -> None:
+    server, dep = deployed
+    token = {"Authorization": f"Bearer {server.token()}", "Content-Type": "application/json"}
+    x = np.random.default_rng(2).standard_normal((8, 4)).astype(np.float32)
+    body = json.dumps({"deployment_id": dep, "input": {"data": x.tolist()}}).encode()
+    small = create_app(server.engine, max_body_bytes=len(body) - 1)
+    uv, thread, url = start(small)
+    try:
+        r = httpx.post(f"{url}/v1/inference/run", content=body, headers=token, timeout=60)
+        assert r.status_code == 413, r.text
+        # pipelined behind another request, whose body is read while the first is answered
+        one = json.dumps({"deployment_id": dep, "input": {"data": x[:1].tolist()}}).encode()
+        data = _request("/v1/inference/run", one, token) + _request(
+            "/v1/inference/run", body, token
+        )
+        answers = _responses(_raw(url, data))
+        assert [a[0] for a in answers] == [200, 413]
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_the_users_own_middleware_sees_inline_inference(deployed: tuple[Server, str]) -> None:
+    """An app wrapped in middleware other than uvicorn's is served through ASGI, so that the
+    wrapper (CORS here) applies to inference too."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    server, dep = deployed
+    wrapped = CORSMiddleware(create_app(server.engine, auth=False), allow_origins=["*"])
+    assert find_fast(wrapped) is None
+    uv, thread, url = start(wrapped)
+    try:
+        body = {"deployment_id": dep, "input": {"data": [[1.0, 2.0, 3.0, 4.0]]}}
+        r = httpx.post(f"{url}/v1/inference/run", json=body, headers={"Origin": "http://a"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_v2_refuses_a_missing_token_before_reading_the_body(deployed: tuple[Server, str]) -> None:
+    """A V2 request without a token is answered 401 from its head, so a client cannot make the
+    server buffer a body it will refuse."""
+    server, _ = deployed
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 50000000\r\n\r\n"
+        s.sendall(head + b"{" * 70000)  # over the hold size, so the ASGI fast path takes it
+        out = s.recv(65536)
+    assert out.startswith(b"HTTP/1.1 401 "), out[:200]

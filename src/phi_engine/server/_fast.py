@@ -86,19 +86,25 @@ class FastInference:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path != _PATH and v2_target(path) is None:  # not an infer route after all: the 404
-            await self.app(scope, receive, send)
-            return
-        body = await _read(receive, self.limit)
-        if body is None:
-            await _too_large(send, self.limit)
-            return
-        reply = await self.answer(path, scope.get("headers", ()), body)
+        headers = scope.get("headers", ())
+        reply: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
+        if path != _PATH:
+            target = v2_target(path)
+            if target is None:  # not an infer route after all: the app's 404
+                await self.app(scope, receive, send)
+                return
+            reply = self._v2_before_body(target, path, headers)
         if reply is None:
-            await self.app(scope, _replay(body, receive), send)
-            return
-        status, headers, payload = reply
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+            body = await _read(receive, self.limit)
+            if body is None:
+                await _too_large(send, self.limit)
+                return
+            reply = await self.answer(path, headers, body)
+            if reply is None:
+                await self.app(scope, _replay(body, receive), send)
+                return
+        status, answer_headers, payload = reply
+        await send({"type": "http.response.start", "status": status, "headers": answer_headers})
         await send({"type": "http.response.body", "body": payload})
 
     async def answer(
@@ -145,6 +151,19 @@ class FastInference:
                     header = value.decode("latin-1")
                     break
             require_scope(self.auth.verify_header(header), "infer")
+
+    def _v2_before_body(
+        self, target: tuple[str, str | None], path: str, headers: Headers
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """The bearer check and the model's lookup, before a V2 body is read (as the route does):
+        a client without a token cannot make the server buffer a body. ``None`` when both pass."""
+        try:
+            self._check_auth(headers)
+            find_deployment(self.engine, *target)
+        except Exception as exc:  # errors by class; a bug is logged, answered without internals
+            status, payload, more = _error(exc, path)
+            return status, _JSON + more, payload
+        return None
 
     async def _v2(
         self, target: tuple[str, str | None], path: str, headers: Headers, raw: bytes

@@ -19,6 +19,7 @@ path alone serves these routes).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from typing import Any
@@ -47,14 +48,18 @@ _CYCLE_NEEDS = (
 
 def find_fast(app: Any) -> FastInference | None:
     """The :class:`FastInference` handler of a phi_engine app, looked for through the
-    middleware uvicorn wraps around it (each keeps the next one as ``.app``)."""
-    for _ in range(8):
+    middleware uvicorn itself wraps around it; ``None`` when anything else wraps the app (the
+    user's own middleware, such as CORS or an allow-list, must see every request)."""
+    from uvicorn.middleware.message_logger import MessageLoggerMiddleware
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    for _ in range(4):
         fast = getattr(app, "fast", None)
         if isinstance(fast, FastInference):
             return fast
-        app = getattr(app, "app", None)
-        if app is None:
-            break
+        if type(app) not in (ProxyHeadersMiddleware, MessageLoggerMiddleware):
+            return None
+        app = app.app
     return None
 
 
@@ -90,6 +95,11 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.fast = find_fast(self.app)
+            # Bodies up to this size are held and answered here; a larger one goes to the app
+            # as it comes (its ASGI fast path streams it and answers 413 over the app's limit).
+            self.hold = min(HIGH_WATER_LIMIT, self.fast.limit) if self.fast else 0
+            # Proxies' client addresses are uvicorn's middleware's to rewrite, for the log.
+            self.proxied = self.access_log and self.config.proxy_headers
             self.held: tuple[Any, Any] | None = None  # a fast request waiting for its body
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
@@ -98,7 +108,9 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
                 fast is None
                 or app is not self.app  # e.g. uvicorn's 503 for too many connections
                 or cycle.waiting_for_100_continue
+                or len(cycle.body) > self.hold  # a pipelined request's body can be here already
                 or not fast.handles(cycle.scope)
+                or (self.proxied and _forwarded(cycle.scope))
             ):
                 super()._start_asgi_task(cycle, app)
             elif cycle.more_body:
@@ -109,8 +121,8 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
         def on_body(self, body: bytes) -> None:
             super().on_body(body)
             held = self.held
-            if held is not None and len(held[0].body) > HIGH_WATER_LIMIT:
-                self.held = None  # a large body: the app (its ASGI fast path) reads it as it comes
+            if held is not None and len(held[0].body) > self.hold:
+                self.held = None
                 super()._start_asgi_task(*held)
 
         def on_message_complete(self) -> None:
@@ -125,23 +137,39 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
             super().connection_lost(exc)
 
         def _answer(self, cycle: Any, app: Any) -> None:
-            task = self.loop.create_task(self._reply(cycle, app))
+            coro = self._reply(cycle, app)
+            if getattr(self.config, "reset_contextvars", False):  # as uvicorn starts a task
+                task = self.loop.create_task(coro, context=contextvars.Context())
+            else:
+                task = self.loop.create_task(coro)
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
 
         async def _reply(self, cycle: Any, app: Any) -> None:
             scope = cycle.scope
             assert self.fast is not None
-            reply = await self.fast.answer(scope["path"], scope["headers"], bytes(cycle.body))
-            if reply is None:  # the full app answers, reading the same body
-                scope[DECLINED] = True
-                await cycle.run_asgi(app)
-                return
-            if self.flow.write_paused and not cycle.disconnected:
-                await self.flow.drain()
-            if cycle.disconnected:
-                return
-            status, headers, payload = reply
+            try:
+                reply = await self.fast.answer(scope["path"], scope["headers"], bytes(cycle.body))
+                if reply is None:  # the full app answers, reading the same body
+                    scope[DECLINED] = True
+                    await cycle.run_asgi(app)
+                    return
+                if self.flow.write_paused and not cycle.disconnected:
+                    await self.flow.drain()
+                if not cycle.disconnected and not self.transport.is_closing():
+                    self._write(cycle, *reply)
+            except BaseException as exc:  # as uvicorn's run_asgi: logged, the connection closed
+                if not isinstance(exc, asyncio.CancelledError):
+                    _log.error("inline inference answer failed", exc_info=exc)
+                if not self.transport.is_closing():
+                    self.transport.close()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+        def _write(
+            self, cycle: Any, status: int, headers: list[tuple[bytes, bytes]], payload: bytes
+        ) -> None:
+            scope = cycle.scope
             out = [status_lines[status]]
             for name, value in cycle.default_headers:
                 out += [name, b": ", value, b"\r\n"]
@@ -168,6 +196,11 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
             cycle.on_response()
 
     return PhiHttpToolsProtocol
+
+
+def _forwarded(scope: Any) -> bool:
+    """Whether a request names a client behind a proxy (uvicorn's middleware rewrites those)."""
+    return any(name in (b"x-forwarded-for", b"x-forwarded-proto") for name, _ in scope["headers"])
 
 
 def _uvicorn_version() -> str:
