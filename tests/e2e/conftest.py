@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,15 +71,23 @@ def start(app: object, http: object = None) -> tuple[uvicorn.Server, threading.T
     return server, thread, f"http://127.0.0.1:{port}"
 
 
+@contextmanager
+def serving(app: object, http: object = None) -> Iterator[str]:
+    """:func:`start`, stopped on exit; yields the base URL."""
+    uv, thread, url = start(app, http)
+    try:
+        yield url
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     engine = Engine(tmp_path / "home")
     admin = engine.clients.create(["admin"], name="tests")
-    app = create_app(engine)
-    uv, thread, url = start(app)
     try:
-        yield Server(engine, url, admin.client_id, admin.client_secret, engine.home / "data")
+        with serving(create_app(engine)) as url:
+            yield Server(engine, url, admin.client_id, admin.client_secret, engine.home / "data")
     finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
         engine.close()

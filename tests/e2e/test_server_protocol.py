@@ -18,7 +18,7 @@ from phi_engine.server import create_app, http_protocol
 from phi_engine.server._protocol import find_fast
 from phi_test_models.tiny import mlp, mlp_reference
 
-from .conftest import Server, start
+from .conftest import Server, serving
 
 
 @pytest.fixture
@@ -34,13 +34,8 @@ def others(server: Server) -> Iterator[dict[str, str]]:
     asgi = create_app(server.engine)
     routed = create_app(server.engine)
     routed.fast = None  # type: ignore[attr-defined]
-    running = [start(asgi, http="httptools"), start(routed, http="httptools")]
-    try:
-        yield {"asgi": running[0][2], "routes": running[1][2]}
-    finally:
-        for uv, thread, _ in running:
-            uv.should_exit = True
-            thread.join(timeout=30)
+    with serving(asgi, http="httptools") as a, serving(routed, http="httptools") as r:
+        yield {"asgi": a, "routes": r}
 
 
 def test_the_protocol_is_what_the_installed_uvicorn_serves_with(server: Server) -> None:
@@ -226,19 +221,17 @@ def test_access_log_lines_match_uvicorns(deployed: tuple[Server, str], tmp_path:
             records.append(record)
 
     access = logging.getLogger("uvicorn.access")
-    uv, thread, url = start(create_app(server.engine, auth=False))
-    handler, level = Keep(), access.level
-    access.addHandler(handler)  # after start(), whose logging config replaces the handlers
-    access.setLevel(logging.INFO)  # and sets the level to warning
-    try:
-        body = {"deployment_id": dep, "input": {"data": [[1.0, 2.0, 3.0, 4.0]]}}
-        assert httpx.post(f"{url}/v1/inference/run?x=1", json=body).status_code == 200
-        assert httpx.get(f"{url}/health/live").status_code == 200
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
-        access.removeHandler(handler)
-        access.setLevel(level)
+    with serving(create_app(server.engine, auth=False)) as url:
+        handler, level = Keep(), access.level
+        access.addHandler(handler)  # after start(), whose logging config replaces the handlers
+        access.setLevel(logging.INFO)  # and sets the level to warning
+        try:
+            body = {"deployment_id": dep, "input": {"data": [[1.0, 2.0, 3.0, 4.0]]}}
+            assert httpx.post(f"{url}/v1/inference/run?x=1", json=body).status_code == 200
+            assert httpx.get(f"{url}/health/live").status_code == 200
+        finally:
+            access.removeHandler(handler)
+            access.setLevel(level)
     lines = [r.getMessage() for r in records]
     assert any('"POST /v1/inference/run?x=1 HTTP/1.1" 200' in line for line in lines), lines
     assert any('"GET /health/live HTTP/1.1" 200' in line for line in lines), lines
@@ -269,8 +262,7 @@ def test_the_apps_body_limit_holds_below_the_protocols_hold_size(
     x = np.random.default_rng(2).standard_normal((8, 4)).astype(np.float32)
     body = json.dumps({"deployment_id": dep, "input": {"data": x.tolist()}}).encode()
     small = create_app(server.engine, max_body_bytes=len(body) - 1)
-    uv, thread, url = start(small)
-    try:
+    with serving(small) as url:
         r = httpx.post(f"{url}/v1/inference/run", content=body, headers=token, timeout=60)
         assert r.status_code == 413, r.text
         # pipelined behind another request, whose body is read while the first is answered
@@ -280,9 +272,6 @@ def test_the_apps_body_limit_holds_below_the_protocols_hold_size(
         )
         answers = _responses(_raw(url, data))
         assert [a[0] for a in answers] == [200, 413]
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_the_users_own_middleware_sees_inline_inference(deployed: tuple[Server, str]) -> None:
@@ -293,14 +282,10 @@ def test_the_users_own_middleware_sees_inline_inference(deployed: tuple[Server, 
     server, dep = deployed
     wrapped = CORSMiddleware(create_app(server.engine, auth=False), allow_origins=["*"])
     assert find_fast(wrapped) is None
-    uv, thread, url = start(wrapped)
-    try:
+    with serving(wrapped) as url:
         body = {"deployment_id": dep, "input": {"data": [[1.0, 2.0, 3.0, 4.0]]}}
         r = httpx.post(f"{url}/v1/inference/run", json=body, headers={"Origin": "http://a"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_v2_refuses_a_missing_token_before_reading_the_body(deployed: tuple[Server, str]) -> None:

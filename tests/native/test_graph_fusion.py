@@ -373,6 +373,20 @@ def test_patterns_with_outside_readers_are_left_alone(rng: np.random.Generator) 
 # ---- shapes computed from shapes keep their symbols ---------------------------------------------
 
 
+def _leading_dims_then(src: str, tail: str, out: str) -> list[onnx.NodeProto]:
+    """``out = concat(shape(src)[0:1], shape(src)[1:2], tail)``, the way exporters build it:
+    Shape, a Gather per dimension, an Unsqueeze each, Concat."""
+    mk = helper.make_node
+    return [
+        mk("Shape", [src], [f"{out}_shape"]),
+        mk("Gather", [f"{out}_shape", "i0"], [f"{out}_d0"], axis=0),
+        mk("Gather", [f"{out}_shape", "i1"], [f"{out}_d1"], axis=0),
+        mk("Unsqueeze", [f"{out}_d0", "ax0"], [f"{out}_u0"]),
+        mk("Unsqueeze", [f"{out}_d1", "ax0"], [f"{out}_u1"]),
+        mk("Concat", [f"{out}_u0", f"{out}_u1", tail], [out], axis=0),
+    ]
+
+
 def _split_merge_heads_nodes(slice_merge: bool) -> list[onnx.NodeProto]:
     """x @ W + b viewed as (b, s, 2, 4) from its own Shape, transposed and back, merged to
     (b, s, 8) by a Shape-computed Reshape, then @ W2 + b2 + x: the exporters' head split."""
@@ -380,12 +394,7 @@ def _split_merge_heads_nodes(slice_merge: bool) -> list[onnx.NodeProto]:
     nodes = [
         mk("MatMul", ["x", "w"], ["xw"]),
         mk("Add", ["xw", "b"], ["h"]),
-        mk("Shape", ["h"], ["hs"]),
-        mk("Gather", ["hs", "i0"], ["d0"], axis=0),
-        mk("Gather", ["hs", "i1"], ["d1"], axis=0),
-        mk("Unsqueeze", ["d0", "ax0"], ["u0"]),
-        mk("Unsqueeze", ["d1", "ax0"], ["u1"]),
-        mk("Concat", ["u0", "u1", "heads"], ["split"], axis=0),
+        *_leading_dims_then("h", "heads", "split"),
         mk("Reshape", ["h", "split"], ["hh"]),
         mk("Transpose", ["hh"], ["t"], perm=[0, 2, 1, 3]),
         mk("Transpose", ["t"], ["back"], perm=[0, 2, 1, 3]),
@@ -397,14 +406,7 @@ def _split_merge_heads_nodes(slice_merge: bool) -> list[onnx.NodeProto]:
             mk("Concat", ["lead", "width"], ["merge"], axis=0),
         ]
     else:  # x.view(x.size(0), x.size(1), 8), sizes from the input
-        nodes += [
-            mk("Shape", ["x"], ["xs"]),
-            mk("Gather", ["xs", "i0"], ["e0"], axis=0),
-            mk("Gather", ["xs", "i1"], ["e1"], axis=0),
-            mk("Unsqueeze", ["e0", "ax0"], ["v0"]),
-            mk("Unsqueeze", ["e1", "ax0"], ["v1"]),
-            mk("Concat", ["v0", "v1", "width"], ["merge"], axis=0),
-        ]
+        nodes += _leading_dims_then("x", "width", "merge")
     nodes += [
         mk("Reshape", ["back", "merge"], ["m"]),
         mk("MatMul", ["m", "w2"], ["mw"]),

@@ -51,6 +51,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = Iterable[tuple[bytes, bytes]]
+# An answer: its status, its headers (the content type among them, no length) and its body.
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PATH = "/v1/inference/run"
@@ -87,7 +89,7 @@ class FastInference:
             return
         path: str = scope["path"]
         headers = scope.get("headers", ())
-        reply: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
+        reply: Reply | None = None
         if path != _PATH:
             target = v2_target(path)
             if target is None:  # not an infer route after all: the app's 404
@@ -107,13 +109,10 @@ class FastInference:
         await send({"type": "http.response.start", "status": status, "headers": answer_headers})
         await send({"type": "http.response.body", "body": payload})
 
-    async def answer(
-        self, path: str, headers: Headers, body: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        """The answer to a whole inline inference request that :meth:`handles` accepts: its
-        status, headers (the content type among them, no length) and body; ``None`` when the
-        full app must answer it (batch jobs, bodies that do not parse or validate, paths that
-        are not an infer route), which then gets the same body."""
+    async def answer(self, path: str, headers: Headers, body: bytes) -> Reply | None:
+        """The answer to a whole inline inference request that :meth:`handles` accepts;
+        ``None`` when the full app must answer it (batch jobs, bodies that do not parse or
+        validate, paths that are not an infer route), which then gets the same body."""
         try:
             if path == _PATH:
                 return await self._v1(headers, body)
@@ -122,12 +121,9 @@ class FastInference:
                 return None
             return await self._v2(target, path, headers, body)
         except Exception as exc:  # a bug: logged, answered without internals
-            status, payload, more = _error(exc, path)
-            return status, _JSON + more, payload
+            return _error(exc, path)
 
-    async def _v1(
-        self, headers: Headers, body: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    async def _v1(self, headers: Headers, body: bytes) -> Reply | None:
         try:
             obj = _loads(body)
         except _DECODE_ERRORS:
@@ -140,8 +136,7 @@ class FastInference:
         except ValidationError:
             return None  # the route's 400 naming the field
         except Exception as exc:  # errors by class; a bug is logged, answered without internals
-            status, payload, more = _error(exc, _PATH)
-            return status, _JSON + more, payload
+            return _error(exc, _PATH)
 
     def _check_auth(self, headers: Headers) -> None:
         if self.auth.enabled:
@@ -154,20 +149,19 @@ class FastInference:
 
     def _v2_before_body(
         self, target: tuple[str, str | None], path: str, headers: Headers
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    ) -> Reply | None:
         """The bearer check and the model's lookup, before a V2 body is read (as the route does):
         a client without a token cannot make the server buffer a body. ``None`` when both pass."""
         try:
             self._check_auth(headers)
             find_deployment(self.engine, *target)
         except Exception as exc:  # errors by class; a bug is logged, answered without internals
-            status, payload, more = _error(exc, path)
-            return status, _JSON + more, payload
+            return _error(exc, path)
         return None
 
     async def _v2(
         self, target: tuple[str, str | None], path: str, headers: Headers, raw: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> Reply:
         """``POST /v2/models/{name}[/versions/{version}]/infer``, as the ``/v2`` route does it
         (the same function computes the answer), without the framework around it."""
         name, version = target
@@ -181,8 +175,7 @@ class FastInference:
                     break
             payload, media_type, extra = await infer_v2(self.engine, dep, name, raw, length)
         except Exception as exc:  # errors by class; a bug is logged, answered without internals
-            status, payload, more = _error(exc, path)
-            return status, _JSON + more, payload
+            return _error(exc, path)
         out = [(b"content-type", media_type.encode())]
         out += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         return 200, out, payload
@@ -240,7 +233,7 @@ def _plain_fields(obj: dict[str, Any]) -> tuple[str, str | int, float | None, st
     return deployment_id, priority, deadline, policy
 
 
-def _error(exc: Exception, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+def _error(exc: Exception, path: str) -> Reply:
     """The same status, body and headers as the app's handlers: ``phi_engine.errors`` by
     their class, anything else as a bug (logged with an incident id, no internals)."""
     where = f"POST {path}"
@@ -249,7 +242,7 @@ def _error(exc: Exception, path: str) -> tuple[int, bytes, list[tuple[bytes, byt
     else:
         status, body, headers = bug_parts(exc, where)
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    return status, _dumps(body), raw
+    return status, _JSON + raw, _dumps(body)
 
 
 async def _too_large(send: Send, limit: int) -> None:

@@ -2,8 +2,9 @@
 
 Under uvicorn an ASGI request costs, before the app runs, a request cycle with its event, the
 scope, the proxy-headers middleware, and ``receive``/``send`` message dictionaries whose headers
-are checked one by one (``benchmarks/RESULTS.md``, "HTTP serving": a raw ASGI constant endpoint
-takes 28 µs of CPU per request over loopback, the same answer written by the protocol 17 µs).
+are checked one by one (``benchmarks/RESULTS.md``, "phi_engine's HTTP protocol": a raw ASGI
+constant endpoint takes 28 µs of CPU per request over loopback, the same answer written by the
+protocol 17 µs).
 For the two inline inference routes, :class:`~phi_engine.server._fast.FastInference` already
 skips the framework; this protocol also skips the ASGI layer: it waits for the whole body (as
 the handler would read it), asks :meth:`FastInference.answer` and writes the response itself,
