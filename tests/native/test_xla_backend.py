@@ -231,7 +231,10 @@ def test_cpu_work_never_imports_jax(tmp_path: Path) -> None:
         "print('jax' in sys.modules)\n"
     )
     tests = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": tests}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
     )
