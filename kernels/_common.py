@@ -33,6 +33,26 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+def row_warps(block: int) -> int:
+    """Warps for a kernel that holds one row of ``block`` elements per program: about 8 elements
+    per thread, 4 to 16 warps (with 4 warps a 4096-column row takes 32 registers a thread and
+    leaves too few loads in flight)."""
+    return min(16, max(4, int(block) // 256))
+
+
+def gemm_config(dtype: str, m: int, n: int) -> tuple[tuple[int, int, int], int, int]:
+    """((BLOCK_M, BLOCK_N, BLOCK_K), warps, stages) for a product of ``m × n`` outputs.
+
+    16-bit operands on large outputs take 128 × 256 tiles over 64-deep slices in 8 warps and 3
+    stages (144 KiB of shared memory: the tensor cores' usual Hopper tile); everything else keeps
+    64 × 64 × 32 in 4 warps, which fits float32 operands on every GPU. ``benchmarks/gpu/
+    bench_triton.py --sweep`` times the alternatives on the card at hand.
+    """
+    if dtype in ("float16", "bfloat16") and m >= 128 and n >= 256:
+        return (128, 256, 64), 8, 3
+    return (64, 64, 32), 4, 3
+
+
 def check_precision(op: str, precision: str) -> str:
     if precision not in ("ieee", "tf32"):
         raise InvalidRequestError(

@@ -14,7 +14,13 @@ import triton
 import triton.language as tl
 
 from phi_engine.errors import InvalidRequestError
-from phi_engine.kernels._common import check_float, check_precision, check_same_device
+from phi_engine.kernels._common import (
+    check_float,
+    check_precision,
+    check_same_device,
+    dtype_name,
+    gemm_config,
+)
 
 _OP = "gemm"
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "clip")
@@ -103,8 +109,10 @@ def gemm(
     residual: Any | None = None,
     clip_min: float = 0.0,
     clip_max: float = 6.0,
-    block: tuple[int, int, int] = (64, 64, 32),
+    block: tuple[int, int, int] | None = None,
     precision: str = "ieee",
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> Any:
     """``act(a @ b + bias + residual)`` for ``a`` [M, K] and ``b`` [K, N] (any strides).
 
@@ -113,7 +121,9 @@ def gemm(
         activation: One of :data:`ACTIVATIONS` (None: none).
         residual: [M, N], added before the activation.
         clip_min, clip_max: The bounds of ``clip``.
-        block: (BLOCK_M, BLOCK_N, BLOCK_K), powers of two of at least 16.
+        block: (BLOCK_M, BLOCK_N, BLOCK_K), powers of two of at least 16; None: by the dtype
+            and the output's size (:func:`~phi_engine.kernels._common.gemm_config`).
+        num_warps, num_stages: Triton's launch options (None: with the block, as above).
         precision: ``tl.dot``'s input precision for float32: ``"ieee"`` (exact products, the
             default) or ``"tf32"`` (tensor cores on Ampere and later, about 1e-3 relative).
 
@@ -147,8 +157,10 @@ def gemm(
             f"[{_OP}] residual must have shape ({m}, {n}), not {tuple(residual.shape)}",
             field="residual",
         )
+    auto_block, auto_warps, auto_stages = gemm_config(dtype_name(a), m, n)
+    block = auto_block if block is None else tuple(block)
     bm, bn, bk = block
-    if any(v < 16 or v & (v - 1) for v in block):
+    if len(block) != 3 or any(v < 16 or v & (v - 1) for v in block):
         raise InvalidRequestError(f"[{_OP}] block sizes must be powers of two >= 16", field="block")
     y = a.new_empty((m, n))
     if m == 0 or n == 0:
@@ -181,5 +193,7 @@ def gemm(
         BLOCK_K=bk,
         # "ieee" matters only to float32 products; other dtypes keep Triton's default.
         PRECISION=prec if a.dtype.itemsize == 4 else "tf32",
+        num_warps=auto_warps if num_warps is None else num_warps,
+        num_stages=auto_stages if num_stages is None else num_stages,
     )
     return y

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
-from phi_engine.kernels._common import check_float, check_same_device, next_pow2
+from phi_engine.kernels._common import check_float, check_same_device, next_pow2, row_warps
 
 _OP = "layer_norm"
 MAX_ROW = 1 << 16
@@ -106,5 +106,6 @@ def layer_norm(
         HAS_RES=residual is not None,
         HAS_BETA=beta is not None,
         BLOCK=next_pow2(n_cols),
+        num_warps=row_warps(next_pow2(n_cols)),
     )
     return y.reshape(x.shape)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
-from phi_engine.kernels._common import check_float, check_same_device, next_pow2
+from phi_engine.kernels._common import check_float, check_same_device, next_pow2, row_warps
 
 _OP = "softmax"
 MAX_ROW = 1 << 16
@@ -91,5 +91,6 @@ def softmax(x: Any, mask: Any | None = None, scale: float = 1.0) -> Any:
         float(scale),
         HAS_MASK=mask is not None,
         BLOCK=next_pow2(n_cols),
+        num_warps=row_warps(next_pow2(n_cols)),
     )
     return y.reshape(x.shape)

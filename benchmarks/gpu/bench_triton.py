@@ -5,10 +5,12 @@ The memory-bound kernels (softmax, layer norm) are read once and written once, s
 bytes moved / copy bandwidth (a large ``Tensor.copy_``, bytes read plus written); the issue's
 target is at least 80 % of it. The GEMM with its epilogue and attention are compared with what
 PyTorch runs for the same result (``gelu(a @ b + bias)``, ``scaled_dot_product_attention``).
-Each timing is the median of 20 runs after 5 warm-up runs, by CUDA events; each result is
-checked against PyTorch first.
+Each timing is the median of 20 batches of 10 back-to-back launches between CUDA events (so the
+host's launch cost overlaps the device's work, as in a running model), after 5 warm-up batches;
+each result is checked against PyTorch first. ``--sweep`` also times the GEMM's tile
+configurations at 4096³ in each precision (the table behind ``kernels._common.gemm_config``).
 
-Usage: python benchmarks/gpu/bench_triton.py [--out DIR]   (writes bench_triton.md there)
+Usage: python benchmarks/gpu/bench_triton.py [--out DIR] [--sweep]   (writes bench_triton.md)
 """
 
 from __future__ import annotations
@@ -25,19 +27,21 @@ import torch
 import phi_engine.kernels as K
 
 
-def timed(fn: Callable[[], Any], repeats: int = 20, warmup: int = 5) -> float:
-    """Median milliseconds of ``fn`` on the current stream."""
-    for _ in range(warmup):
+def timed(fn: Callable[[], Any], repeats: int = 20, warmup: int = 5, inner: int = 10) -> float:
+    """Median milliseconds of one call of ``fn`` on the current stream (``inner`` calls per
+    timed batch)."""
+    for _ in range(warmup * inner):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / inner)
     return statistics.median(times)
 
 
@@ -55,9 +59,74 @@ def check(got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
         raise SystemExit(f"result differs from PyTorch: relative L2 {err:.2e} > {tol}")
 
 
+ROWS = 16384
+"""Rows of the softmax and layer-norm inputs: 16384 x 4096 float32 is 256 MiB, well past L2."""
+
+SWEEP = [
+    ((64, 64, 32), 4, 3),
+    ((64, 128, 32), 4, 4),
+    ((128, 128, 32), 4, 4),
+    ((128, 128, 64), 8, 3),
+    ((128, 256, 64), 8, 3),
+    ((256, 128, 64), 8, 3),
+    ((128, 256, 32), 8, 4),
+]
+
+
+def _torch_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(a @ w + bias)
+
+
+def sweep_gemm(size: int = 4096) -> str:
+    """TFLOP/s of each tile configuration for ``gelu(a @ b + bias)`` at ``size``³, against
+    PyTorch's product in the same precision; configurations that do not fit are marked."""
+    lines = [
+        f"GEMM tile sweep, {size}³ + bias + gelu (TFLOP/s; torch: its own product and epilogue)",
+        "",
+        "| precision | torch | "
+        + " | ".join(f"{b[0]}x{b[1]}x{b[2]} w{w} s{s}" for b, w, s in SWEEP)
+        + " |",
+        "|---|---|" + "---|" * len(SWEEP),
+    ]
+    flop = 2 * size**3
+    gelu = torch.nn.functional.gelu
+    for name, dtype, precision in (
+        ("fp16", torch.float16, "ieee"),
+        ("bf16", torch.bfloat16, "ieee"),
+        ("tf32", torch.float32, "tf32"),
+        ("fp32", torch.float32, "ieee"),
+    ):
+        a = torch.randn(size, size, device="cuda", dtype=dtype)
+        w = torch.randn(size, size, device="cuda", dtype=dtype)
+        bias = torch.randn(size, device="cuda", dtype=dtype)
+        want = gelu(a.float() @ w.float() + bias.float())
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        ref_ms = timed(functools.partial(_torch_gemm, a, w, bias), repeats=5, warmup=1, inner=3)
+        cells = [f"{flop / ref_ms / 1e9:.0f}"]
+        for block, warps, stages in SWEEP:
+            run = functools.partial(
+                K.gemm, a, w, bias, "gelu", block=block, precision=precision,
+                num_warps=warps, num_stages=stages,
+            )  # fmt: skip
+            try:
+                got = run()
+                err = (got.float() - want).norm() / want.norm()
+                if not err < 2e-2:
+                    cells.append(f"wrong ({err:.0e})")
+                    continue
+                ms = timed(run, repeats=5, warmup=1, inner=3)
+                cells.append(f"{flop / ms / 1e9:.0f}")
+            except Exception as exc:  # a tile that does not fit the device's resources
+                cells.append(f"— ({type(exc).__name__})")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("build/gpu-check"))
+    p.add_argument("--sweep", action="store_true", help="time the GEMM's tile configurations")
     args = p.parse_args()
     torch.manual_seed(0)
     bw = copy_bandwidth()
@@ -70,20 +139,20 @@ def main() -> None:
 
     ln = torch.nn.functional.layer_norm
     for dtype in (torch.float32, torch.float16):
-        x = torch.randn(8192, 4096, device="cuda", dtype=dtype)
+        x = torch.randn(ROWS, 4096, device="cuda", dtype=dtype)
         g = torch.randn(4096, device="cuda", dtype=dtype)
         b = torch.randn(4096, device="cuda", dtype=dtype)
         nbytes = 2 * x.numel() * x.element_size()
         check(K.softmax(x), torch.softmax(x.float(), -1), 1e-2)
         row(
-            f"softmax 8192x4096 {dtype}",
+            f"softmax {ROWS}x4096 {dtype}",
             functools.partial(K.softmax, x),
             functools.partial(torch.softmax, x, -1),
             nbytes,
         )
         check(K.layer_norm(x, g, b), ln(x.float(), (4096,), g.float(), b.float()), 1e-2)
         row(
-            f"layer_norm 8192x4096 {dtype}",
+            f"layer_norm {ROWS}x4096 {dtype}",
             functools.partial(K.layer_norm, x, g, b),
             functools.partial(ln, x, (4096,), g, b),
             nbytes,
@@ -112,6 +181,8 @@ def main() -> None:
         + "\n".join("| " + " | ".join(r) + " |" for r in rows)
         + "\n"
     )
+    if args.sweep:
+        text += "\n" + sweep_gemm()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_triton.md").write_text(text)
     print(text)

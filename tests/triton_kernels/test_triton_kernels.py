@@ -116,6 +116,21 @@ def test_gemm_strides_dtypes_and_blocks(rng: np.random.Generator) -> None:
         close(got, want, dtype)
 
 
+def test_gemm_large_tile_config(rng: np.random.Generator) -> None:
+    """Outputs of at least 128 × 256 in 16 bits take the 128 × 256 × 64 tile: partial tiles in
+    every dimension (and a K not a multiple of 64) against the reference."""
+    from phi_engine.kernels._common import gemm_config
+
+    assert gemm_config("float16", 130, 260)[0] == (128, 256, 64)
+    assert gemm_config("float32", 130, 260)[0] == (64, 64, 32)
+    a = rng.standard_normal((130, 70)).astype(np.float32)
+    b = rng.standard_normal((70, 260)).astype(np.float32)
+    bias = rng.standard_normal(260).astype(np.float32)
+    got = kernels.gemm(t(a, "float16"), t(b, "float16"), t(bias, "float16"), "gelu")
+    want = ref.gemm(stored(a, "float16"), stored(b, "float16"), stored(bias, "float16"), "gelu")
+    close(got, want, "float16")
+
+
 @pytest.mark.parametrize(
     ("lead", "lq", "lk", "d"), [((1,), 1, 1, 8), ((2, 3), 17, 17, 32), ((2,), 9, 40, 64)]
 )
