@@ -1723,21 +1723,26 @@ class XlaProgram:
 
     def run(self, inputs: Mapping[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
         """Run on these inputs (``threads`` is XLA's to choose and is ignored)."""
+        import jax
+
         feeds = {
             n: np.asarray(inputs[n]).astype(self._in_dtypes[n], copy=False)
             for n in self.graph.inputs
         }
-        if self._eager:
-            outs = self._trace(feeds, self._weights)
-        else:
-            try:
-                outs = self._fn(feeds, self._weights)  # compiled on the first call, then reused
-            except _NeedsValues:
-                # An input feeds a shape, axes or bounds (a model that computes its own reshape
-                # target from an input, as some ONNX tests do): run op by op on concrete values,
-                # which JAX dispatches eagerly; correct, not compiled as one program.
-                self._eager = True
+        # Products in full float32, as compile's precision "fp32" promises: JAX's default on a
+        # GPU is TF32 (about 1e-3 relative). The setting is part of jit's cache key.
+        with jax.default_matmul_precision("highest"):
+            if self._eager:
                 outs = self._trace(feeds, self._weights)
+            else:
+                try:
+                    outs = self._fn(feeds, self._weights)  # compiled on the first call
+                except _NeedsValues:
+                    # An input feeds a shape, axes or bounds (a model that computes its own
+                    # reshape target from an input, as some ONNX tests do): run op by op on
+                    # concrete values, which JAX dispatches eagerly; correct, not one program.
+                    self._eager = True
+                    outs = self._trace(feeds, self._weights)
         return {
             name: np.asarray(value).astype(dtype, copy=False)
             for name, value, dtype in zip(self.graph.outputs, outs, self._out_dtypes, strict=True)
