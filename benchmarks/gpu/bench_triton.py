@@ -7,10 +7,12 @@ target is at least 80 % of it. The GEMM with its epilogue and attention are comp
 PyTorch runs for the same result (``gelu(a @ b + bias)``, ``scaled_dot_product_attention``).
 Each timing is the median of 20 batches of 10 back-to-back launches between CUDA events (so the
 host's launch cost overlaps the device's work, as in a running model), after 5 warm-up batches;
-each result is checked against PyTorch first. ``--sweep`` also times the GEMM's tile
-configurations at 4096³ in each precision (the table behind ``kernels._common.gemm_config``).
+each result is checked against PyTorch first. ``--sweep gemm`` also times the GEMM's tile
+configurations at 4096³ in each precision (the table behind ``kernels._common.gemm_config``),
+``--sweep rows`` the row kernels' warps per row (behind ``kernels._common.row_warps``); ``--only
+sweep`` leaves the main table out.
 
-Usage: python benchmarks/gpu/bench_triton.py [--out DIR] [--sweep]   (writes bench_triton.md)
+Usage: python benchmarks/gpu/bench_triton.py [--out DIR] [--sweep gemm|rows|all] [--only sweep]
 """
 
 from __future__ import annotations
@@ -123,11 +125,69 @@ def sweep_gemm(size: int = 4096) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_rows(bw: float) -> str:
+    """Per cent of the copy floor of the softmax and layer-norm kernels with each count of warps
+    per row (the launchers pick :func:`~phi_engine.kernels._common.row_warps`)."""
+    from phi_engine.kernels._common import next_pow2, row_warps
+    from phi_engine.kernels.layer_norm import _layer_norm_kernel
+    from phi_engine.kernels.softmax import _softmax_kernel
+
+    warps_tried = (4, 8, 16, 32)
+    lines = [
+        "Row kernels: % of the copy floor by warps per row (one row per program)",
+        "",
+        "| shape | dtype | kernel | " + " | ".join(f"w{w}" for w in warps_tried) + " | picked |",
+        "|---|---|---|" + "---|" * (len(warps_tried) + 1),
+    ]
+    for rows, cols in ((16384, 4096), (131072, 384)):
+        block = next_pow2(cols)
+        for dtype in (torch.float32, torch.float16):
+            x = torch.randn(rows, cols, device="cuda", dtype=dtype)
+            y = torch.empty_like(x)
+            g, b = torch.randn(cols, device="cuda", dtype=dtype), torch.randn(cols, device="cuda")
+            nbytes = 2 * x.numel() * x.element_size()
+            for kernel in ("softmax", "layer_norm"):
+                cells = []
+                for warps in warps_tried:
+                    if kernel == "softmax":
+                        fn = functools.partial(
+                            _softmax_kernel[(rows,)], x, x, y, cols, x.stride(0), x.stride(0),
+                            y.stride(0), 1.0, HAS_MASK=False, BLOCK=block, num_warps=warps,
+                        )  # fmt: skip
+                    else:
+                        fn = functools.partial(
+                            _layer_norm_kernel[(rows,)], x, x, g, b.to(dtype), y, cols,
+                            x.stride(0), x.stride(0), y.stride(0), 1e-5, HAS_RES=False,
+                            HAS_BETA=True, BLOCK=block, num_warps=warps,
+                        )  # fmt: skip
+                    try:
+                        cells.append(f"{nbytes / bw * 1e3 / timed(fn):.0%}")
+                    except Exception as exc:
+                        cells.append(f"— ({type(exc).__name__})")
+                lines.append(
+                    f"| {rows}x{cols} | {str(dtype).removeprefix('torch.')} | {kernel} | "
+                    + " | ".join(cells)
+                    + f" | w{row_warps(block)} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("build/gpu-check"))
-    p.add_argument("--sweep", action="store_true", help="time the GEMM's tile configurations")
+    p.add_argument("--sweep", choices=["gemm", "rows", "all"], default=None)
+    p.add_argument("--only", choices=["sweep"], default=None)
     args = p.parse_args()
+    if args.only == "sweep":
+        text = ""
+        if args.sweep in ("rows", "all"):
+            text += sweep_rows(copy_bandwidth())
+        if args.sweep in ("gemm", "all"):
+            text += "\n" + sweep_gemm()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_triton_sweep.md").write_text(text)
+        print(text)
+        return
     torch.manual_seed(0)
     bw = copy_bandwidth()
     rows: list[list[str]] = []
@@ -181,7 +241,9 @@ def main() -> None:
         + "\n".join("| " + " | ".join(r) + " |" for r in rows)
         + "\n"
     )
-    if args.sweep:
+    if args.sweep in ("rows", "all"):
+        text += "\n" + sweep_rows(bw)
+    if args.sweep in ("gemm", "all"):
         text += "\n" + sweep_gemm()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_triton.md").write_text(text)
