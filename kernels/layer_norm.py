@@ -106,6 +106,6 @@ def layer_norm(
         HAS_RES=residual is not None,
         HAS_BETA=beta is not None,
         BLOCK=next_pow2(n_cols),
-        num_warps=row_warps(next_pow2(n_cols)),
+        num_warps=row_warps(next_pow2(n_cols), rows.element_size()),
     )
     return y.reshape(x.shape)

@@ -91,6 +91,6 @@ def softmax(x: Any, mask: Any | None = None, scale: float = 1.0) -> Any:
         float(scale),
         HAS_MASK=mask is not None,
         BLOCK=next_pow2(n_cols),
-        num_warps=row_warps(next_pow2(n_cols)),
+        num_warps=row_warps(next_pow2(n_cols), rows2d.element_size()),
     )
     return y.reshape(x.shape)

@@ -167,7 +167,7 @@ def sweep_rows(bw: float) -> str:
                 lines.append(
                     f"| {rows}x{cols} | {str(dtype).removeprefix('torch.')} | {kernel} | "
                     + " | ".join(cells)
-                    + f" | w{row_warps(block)} |"
+                    + f" | w{row_warps(block, x.element_size())} |"
                 )
     return "\n".join(lines) + "\n"
 

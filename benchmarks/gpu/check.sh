@@ -15,10 +15,12 @@
 #   PYTHON      interpreter to build and test with (default python3; it needs numpy, pytest,
 #               scikit-build-core, pybind11, cmake, ninja and scipy-openblas32)
 #   PHI_WHEELS  folder of wheels installed first (default .whl in the repository): a machine with
-#               no network needs the scipy-openblas32 wheel carried there, e.g. made with
+#               no network needs the wheels its image lacks carried there (on the lent GPU
+#               machines: scipy-openblas32, cryptography, cffi, pycparser, pyjwt), e.g. made with
 #                 echo /.whl/ >> .git/info/exclude
 #                 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#                   --platform manylinux_2_28_x86_64 -d .whl scipy-openblas32
+#                   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#                   scipy-openblas32 cryptography cffi pycparser pyjwt
 #   CUDAARCHS   architectures to build for (default: the GPU's compute capability, e.g. 90)
 #   OUT         where logs and results go (default build/gpu-check): build.log, pytest_gpu.log,
 #               pytest_triton.log, pytest_xla.log, bench_cuda.md, bench_cuda.json, bench_triton.md,

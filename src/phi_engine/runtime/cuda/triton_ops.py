@@ -84,7 +84,7 @@ def softmax(
     ``r * mask_row_stride`` elements (0: one row for all)."""
     if rows == 0 or cols == 0:
         return
-    from phi_engine.kernels._common import next_pow2
+    from phi_engine.kernels._common import next_pow2, row_warps
     from phi_engine.kernels.softmax import _softmax_kernel
 
     xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
@@ -93,7 +93,7 @@ def softmax(
         cu, stream,
         lambda: _softmax_kernel[(rows,)](
             xt, mt, yt, cols, cols, mask_row_stride, cols, float(scale),
-            HAS_MASK=bool(mask), BLOCK=next_pow2(cols),
+            HAS_MASK=bool(mask), BLOCK=next_pow2(cols), num_warps=row_warps(next_pow2(cols), 4),
         ),
     )  # fmt: skip
 
@@ -114,7 +114,7 @@ def layer_norm(
     """Layer norm of each row of ``x (+ residual)``, scaled by ``gamma``, shifted by ``beta``."""
     if rows == 0 or cols == 0:
         return
-    from phi_engine.kernels._common import next_pow2
+    from phi_engine.kernels._common import next_pow2, row_warps
     from phi_engine.kernels.layer_norm import _layer_norm_kernel
 
     xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
@@ -126,6 +126,7 @@ def layer_norm(
         lambda: _layer_norm_kernel[(rows,)](
             xt, rt, gt, bt, yt, cols, cols, cols, cols, float(epsilon),
             HAS_RES=bool(residual), HAS_BETA=bool(beta), BLOCK=next_pow2(cols),
+            num_warps=row_warps(next_pow2(cols), 4),
         ),
     )  # fmt: skip
 
