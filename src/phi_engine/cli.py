@@ -185,16 +185,22 @@ def deploy(
     replicas: Annotated[int | None, typer.Option(help="Replicas (nodes).")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory budget, e.g. 2GiB.")] = None,
     scaling: Annotated[str, typer.Option(help="fixed or auto.")] = "fixed",
+    gpu: Annotated[int | None, typer.Option(help="GPUs (one per replica).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or on a GPU tf32, fp16 or bf16 (bf16 also on the CPU).")
+    ] = "fp32",
     home: Home = None,
     as_json: AsJson = False,
 ) -> None:
     """Deploy a registered model (recorded: ``serve`` on this home will serve it)."""
     resources = {
-        k: v for k, v in (("cpu", cpu), ("nodes", replicas), ("memory", memory)) if v is not None
+        k: v
+        for k, v in (("cpu", cpu), ("nodes", replicas), ("memory", memory), ("gpu", gpu))
+        if v is not None
     }
     try:
         with _engine(home) as eng:
-            dep = eng.deploy(model_id, execution_mode, resources, scaling)
+            dep = eng.deploy(model_id, execution_mode, resources, scaling, precision=precision)
             info = dep.info()
     except PhiEngineError as exc:
         _fail(exc)

@@ -131,11 +131,11 @@ class Engine:
         self._deployments: dict[str, Deployment] = {}
         # Loaded models shared by local slots, by (sha256, max_batch, threads); weak, so that a
         # model no deployment serves is freed. Their measured latencies seed later slots.
-        self._runners: weakref.WeakValueDictionary[tuple[str, int, int, str], Any] = (
+        self._runners: weakref.WeakValueDictionary[tuple[str, int, int, str, str], Any] = (
             weakref.WeakValueDictionary()
         )
-        self._latency_seeds: dict[tuple[str, int, int, str], dict[float, list[float]]] = {}
-        self._load_locks: dict[tuple[str, int, int, str], threading.Lock] = {}
+        self._latency_seeds: dict[tuple[str, int, int, str, str], dict[float, list[float]]] = {}
+        self._load_locks: dict[tuple[str, int, int, str, str], threading.Lock] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._stop = threading.Event()
@@ -268,6 +268,7 @@ class Engine:
         max_batch: int = 32,
         slo_ms: Mapping[str, float] | None = None,
         limits: InputLimits | None = None,
+        precision: str = "fp32",
     ) -> Deployment:
         """Deploy a registered model and return once it is loaded and warmed.
 
@@ -284,6 +285,9 @@ class Engine:
             max_batch: Rows per batch (and per inline request).
             slo_ms: Per priority class, the deadline of requests that give none.
             limits: What one inline request may carry (default: :class:`InputLimits`).
+            precision: The matrix products' arithmetic: ``fp32`` (default), or on a GPU
+                placement ``tf32``, ``fp16`` or ``bf16`` (tensor cores, float32 accumulation;
+                ``bf16`` also on the CPU); as ``phi.compile``'s ``precision``.
 
         Raises:
             NotFoundError: an unknown model.
@@ -303,6 +307,7 @@ class Engine:
             max_batch,
             slo_ms,
             limits,
+            precision,
         )
         deployment_id = "dep_" + secrets.token_hex(8)
         # The row is written first, as 'starting': it reserves the model (a delete is refused
@@ -357,8 +362,15 @@ class Engine:
             policy=spec.execution_policy,
             slo_ms=spec.slo_ms,
             device=spec.placement.device,
+            precision=spec.precision,
         )
-        key = (record.sha256, spec.max_batch, settings.threads_per_replica, settings.device)
+        key = (
+            record.sha256,
+            spec.max_batch,
+            settings.threads_per_replica,
+            settings.device,
+            settings.precision,
+        )
         local = spec.execution_mode == "local"
         with self._lock:
             load_lock = self._load_locks.setdefault(key, threading.Lock())

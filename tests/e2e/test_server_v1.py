@@ -186,6 +186,11 @@ def test_errors_are_json_with_the_status_and_field(server: Server, model_file: P
         model_id = c.post("/v1/models/register", json=body).json()["model_id"]
         r = c.post("/v1/models/register", json=body)
         assert r.status_code == 409 and r.json()["error"]["field"] == "version"
+        r = c.post("/v1/models/deploy", json={"model_id": model_id, "precision": "fp16"})
+        assert r.status_code == 400 and r.json()["error"]["field"] == "precision"
+        assert "GPU placement" in r.json()["error"]["message"]
+        r = c.post("/v1/models/deploy", json={"model_id": model_id, "precision": "bf16"})
+        assert r.status_code == 200 and r.json()["precision"] == "bf16"
         dep = c.post("/v1/models/deploy", json={"model_id": model_id}).json()["deployment_id"]
         r = c.post(
             "/v1/inference/run", json={"deployment_id": dep, "input": {"data": [[1.0, 2.0]]}}

@@ -207,6 +207,41 @@ def test_best_effort_placement_says_what_was_placed(engine: Engine, model_file: 
     assert engine.infer(d.deployment_id, [[0.0, 1.0, 2.0, 3.0]]).outputs["y"].shape == (1, 3)
 
 
+def test_precision_is_a_deployment_option(home: Path, model_file: Path) -> None:
+    """bf16 products run on the CPU and survive a restart; fp16 needs a GPU placement (refused
+    when strict, fp32 with a note when best effort); unknown values and process mode refused."""
+    x = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+    with Engine(home, progress=False) as eng:
+        m = eng.register("mlp", "onnx", "1", str(model_file))
+        d = eng.deploy(m.model_id, precision="bf16")
+        assert d.spec.precision == "bf16" and d.primary.runner.model.precision == "bf16"
+        got = eng.infer(d.deployment_id, {"x": x}).outputs["y"]
+        want = mlp_reference(x)
+        assert not np.array_equal(got, eng.infer(eng.deploy(m.model_id).deployment_id, {"x": x})
+                                  .outputs["y"])  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=3e-2, atol=3e-2)  # 8 significant bits
+        before = snapshot(eng)
+        for kwargs, text in (
+            ({"precision": "fp16"}, "needs a GPU placement"),
+            ({"precision": "fp8"}, "precision must be one of"),
+            ({"precision": "bf16", "execution_mode": "process"}, "'process' runs fp32"),
+        ):
+            with pytest.raises(errors.InvalidRequestError, match=text) as info:
+                eng.deploy(m.model_id, **kwargs)  # type: ignore[arg-type]
+            assert info.value.field == "precision"
+        assert snapshot(eng) == before
+        loose = eng.deploy(
+            m.model_id, resource_allocation={"gpu": 1}, placement="best_effort", precision="fp16"
+        )
+        assert loose.spec.precision == "fp32" and loose.spec.placement.device == "cpu"
+        assert any("fp32 instead of fp16" in note for note in loose.spec.placement.notes)
+    with Engine(home, progress=False) as eng:
+        restored = eng.deployment(d.deployment_id)
+        assert restored.spec.precision == "bf16"
+        assert restored.primary.runner.model.precision == "bf16"
+        np.testing.assert_allclose(eng.infer(d.deployment_id, {"x": x}).outputs["y"], got)
+
+
 def test_restart_restores_deployments_and_undeploy_is_final(
     home: Path, model_file: Path, rng: np.random.Generator
 ) -> None:

@@ -59,6 +59,11 @@ class DeployRequest(_Body):
     placement: Literal["strict", "best_effort"] = "strict"
     execution_policy: str = "phi-optimized"
     max_batch: int = Field(32, ge=1, le=4096)
+    precision: str = Field(
+        "fp32",
+        description="the products' arithmetic: fp32, or on a GPU placement tf32, fp16 or bf16 "
+        "(bf16 also on the CPU)",
+    )
 
 
 class InferenceInput(_Body):
@@ -229,12 +234,14 @@ def v1_router(
             placement=body.placement,
             execution_policy=body.execution_policy,
             max_batch=body.max_batch,
+            precision=body.precision,
         )
         return {
             "status": "success",
             "deployment_id": dep.deployment_id,
             "message": f"Model deployed: {dep.spec.placement.describe()}.",
             "placement": dep.spec.placement.to_dict(),
+            "precision": dep.spec.precision,
         }
 
     @r.get("/deployments", tags=["deployments"], dependencies=[read_models])

@@ -101,6 +101,7 @@ class DeploymentSpec:
     max_batch: int
     slo_ms: dict[str | int, float] = field(default_factory=dict)
     limits: InputLimits = field(default_factory=InputLimits)
+    precision: str = "fp32"
 
 
 class Deployment:
@@ -553,6 +554,7 @@ class Deployment:
             "placement": self.spec.placement.to_dict(),
             "scaling_policy": self.spec.scaling.to_dict(),
             "max_batch": self.spec.max_batch,
+            "precision": self.spec.precision,
         }
         if self._candidate is not None:
             out["update"] = {

@@ -46,7 +46,8 @@ class SlotSettings:
     policy: str
     slo_ms: Mapping[str | int, float]
     max_queue: int = 100_000
-    device: str = "cpu"  # "cpu" (native kernels) or "xla" (compiled by JAX)
+    device: str = "cpu"  # "cpu" (native kernels), "cuda" or "xla" (compiled by JAX)
+    precision: str = "fp32"  # the products' arithmetic (phi.compile's precision)
 
     def scheduler_config(self, policy: str) -> SchedulerConfig:
         return SchedulerConfig(
@@ -137,7 +138,7 @@ class Slot:
             from phi_engine.registry._store import read_verified
 
             source = read_verified(self.path, self.record.sha256)
-        model = compile_model(source, device=s.device, max_batch=s.max_batch)
+        model = compile_model(source, device=s.device, max_batch=s.max_batch, precision=s.precision)
         return ModelRunner(model, threads=s.threads_per_replica, checked=True)
 
     # ---- serving ------------------------------------------------------------------------------

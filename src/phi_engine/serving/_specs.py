@@ -4,6 +4,7 @@ form (persisted in the deployments table and read back at restart); and its plan
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,7 +15,13 @@ from phi_engine.serving._autoscale import ScalingPolicy, parse_scaling_policy
 from phi_engine.serving._deployment import Deployment, DeploymentSpec
 from phi_engine.serving._inputs import InputLimits
 from phi_engine.serving._policy import POLICIES, SchedulerConfig
-from phi_engine.serving._resources import PLACEMENTS, check_device_memory, check_memory, place
+from phi_engine.serving._resources import (
+    PLACEMENTS,
+    Placement,
+    check_device_memory,
+    check_memory,
+    place,
+)
 
 if TYPE_CHECKING:
     from phi_engine.serving._slot import Slot
@@ -41,6 +48,7 @@ def build_spec(
     max_batch: int,
     slo_ms: Mapping[str, float] | None,
     limits: InputLimits | None,
+    precision: str = "fp32",
 ) -> DeploymentSpec:
     """Check a deploy request's fields and place it on this machine.
 
@@ -81,6 +89,7 @@ def build_spec(
             "execution_mode 'local'",
             field="execution_mode",
         )
+    where, precision = _check_precision(precision, where, execution_mode, placement)
     scaling = parse_scaling_policy(
         scaling_policy, replicas=where.replicas, device=where.device, capacity=where.max_replicas
     )
@@ -95,7 +104,36 @@ def build_spec(
         max_batch=max_batch,
         slo_ms={str(k): float(v) for k, v in (slo_ms or {}).items()},
         limits=InputLimits(max_batch, base.max_bytes, base.allow_non_finite),
+        precision=precision,
     )
+
+
+def _check_precision(
+    precision: str, where: Placement, execution_mode: str, placement: str
+) -> tuple[Placement, str]:
+    """The precision a deployment runs in: ``fp32`` anywhere; ``tf32``, ``fp16`` and ``bf16``
+    products on a GPU placement, ``bf16`` on the CPU too (``phi.compile``'s rules). Where the
+    placement cannot, ``strict`` refuses and ``best_effort`` runs fp32 and notes it."""
+    from phi_engine.graph.compiled import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InvalidRequestError(
+            f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}",
+            field="precision",
+        )
+    if precision == "fp32":
+        return where, precision
+    if execution_mode == "process":
+        reason = "execution_mode 'process' runs fp32"
+    elif where.device == "cuda" or (precision == "bf16" and where.device == "cpu"):
+        return where, precision
+    else:
+        also = " (bf16 also runs on the CPU)" if precision == "bf16" else ""
+        reason = f"precision {precision!r} needs a GPU placement{also}; this one is {where.device}"
+    if placement == "strict":
+        raise InvalidRequestError(reason, field="precision")
+    note = f"{reason}: fp32 instead of {precision}"
+    return replace(where, notes=(*where.notes, note)), "fp32"
 
 
 def check_policy(execution_policy: str | None) -> None:
@@ -120,6 +158,7 @@ def spec_json(spec: DeploymentSpec, dep: Deployment | None = None) -> dict[str, 
         "max_bytes": spec.limits.max_bytes,
         "allow_non_finite": spec.limits.allow_non_finite,
         "replicas": spec.placement.replicas if dep is None else dep.replicas,
+        "precision": spec.precision,
     }
     if dep is not None and dep.candidate is not None:
         out["candidate_percent"] = dep.candidate_percent
@@ -138,6 +177,7 @@ def spec_from_json(saved: Mapping[str, Any]) -> tuple[DeploymentSpec, int]:
         saved["max_batch"],
         saved["slo_ms"],
         InputLimits(saved["max_batch"], saved["max_bytes"], saved["allow_non_finite"]),
+        saved.get("precision", "fp32"),
     )
     return spec, int(saved.get("replicas", spec.placement.replicas))
 
