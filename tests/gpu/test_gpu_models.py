@@ -260,3 +260,19 @@ def test_model_families_match_the_cpu(
     program = gpu.program({k: v.shape for k, v in feeds.items()})
     assert isinstance(program, CudaProgram)
     assert [op for op, _ in program.host_steps] == host_ops
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_gpu_deployment_serves_on_the_gpu(tmp_path: Path, precision: str) -> None:
+    from phi_test_models.tiny import mlp, mlp_reference
+
+    x = np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32)
+    with phi.Engine(tmp_path / "home", progress=False) as engine:
+        record = engine.register("m", "onnx", "1", str(mlp(tmp_path / "m.onnx", seed=5)))
+        dep = engine.deploy(record.model_id, resource_allocation={"gpu": 1}, precision=precision)
+        assert dep.spec.placement.device == "cuda" and dep.spec.placement.gpus == ("cuda:0",)
+        assert isinstance(dep.primary.runner.model.program({"x": (3, 4)}), CudaProgram)
+        for _ in range(3):  # eager, captured, replayed
+            got = engine.infer(dep.deployment_id, {"x": x}).outputs["y"]
+            tol = 1e-5 if precision == "fp32" else 1e-2
+            np.testing.assert_allclose(got, mlp_reference(x, seed=5), rtol=tol, atol=tol)

@@ -238,6 +238,10 @@ def test_gpu_deployments_run_on_cuda(
         got = engine.infer(dep.deployment_id, {"x": x}).outputs["y"]
         np.testing.assert_allclose(got, mlp_reference(x, seed=5), rtol=1e-5, atol=1e-6)
         assert "gemm" in null.calls[calls:]  # it ran on the (null) device
+        half = engine.deploy(record.model_id, resource_allocation={"gpu": 1}, precision="fp16")
+        assert half.spec.precision == "fp16" and half.primary.runner.model.precision == "fp16"
+        got16 = engine.infer(half.deployment_id, {"x": x}).outputs["y"]
+        np.testing.assert_allclose(got16, mlp_reference(x, seed=5), rtol=1e-2, atol=1e-2)
         # A GPU smaller than the weights: refused at deploy, naming the GPU and both sizes.
         monkeypatch.setattr(null, "device_list", lambda: [{"index": 0, "memory_bytes": 64}])
         record2 = engine.register("m", "onnx", "2", path)
