@@ -1,8 +1,9 @@
 """Layer normalisation over the last axis, with the residual add fused in front:
 ``y = (h − mean(h)) / sqrt(var(h) + ε) · γ + β`` where ``h = x + residual``.
 
-One program per row holds the row in registers: one read of ``x`` (and ``residual``), one write
-of ``y``; mean and variance in float32 (two-pass on the held row, so no cancellation).
+Each program holds ``ROWS`` rows in registers (the launcher: one): one read of ``x`` (and
+``residual``), one write of ``y``; mean and variance in float32 (two-pass on the held row, so no
+cancellation).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def _layer_norm_kernel(
     gamma_ptr,
     beta_ptr,
     y_ptr,
+    n_rows,
     n_cols,
     x_stride,
     res_stride,
@@ -34,21 +36,26 @@ def _layer_norm_kernel(
     HAS_RES: tl.constexpr,
     HAS_BETA: tl.constexpr,
     BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     offs = tl.arange(0, BLOCK)
-    inside = offs < n_cols
-    h = tl.load(x_ptr + row * x_stride + offs, mask=inside, other=0.0).to(tl.float32)
+    cols_in = offs < n_cols
+    inside = (rows[:, None] < n_rows) & cols_in[None, :]
+    h = tl.load(x_ptr + rows[:, None] * x_stride + offs[None, :], mask=inside, other=0.0)
+    h = h.to(tl.float32)
     if HAS_RES:
-        h += tl.load(res_ptr + row * res_stride + offs, mask=inside, other=0.0).to(tl.float32)
-    mean = tl.sum(h, axis=0) / n_cols
-    d = tl.where(inside, h - mean, 0.0)
-    var = tl.sum(d * d, axis=0) / n_cols
-    y = d * tl.math.rsqrt(var + eps)
-    y = y * tl.load(gamma_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        r = tl.load(res_ptr + rows[:, None] * res_stride + offs[None, :], mask=inside, other=0.0)
+        h += r.to(tl.float32)
+    mean = tl.sum(h, axis=1) / n_cols
+    d = tl.where(inside, h - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / n_cols
+    y = d * tl.math.rsqrt(var + eps)[:, None]
+    y = y * tl.load(gamma_ptr + offs, mask=cols_in, other=0.0).to(tl.float32)[None, :]
     if HAS_BETA:
-        y += tl.load(beta_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * y_stride + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
+        y += tl.load(beta_ptr + offs, mask=cols_in, other=0.0).to(tl.float32)[None, :]
+    ptrs = y_ptr + rows[:, None] * y_stride + offs[None, :]
+    tl.store(ptrs, y.to(y_ptr.dtype.element_ty), mask=inside)
 
 
 def layer_norm(
@@ -98,6 +105,7 @@ def layer_norm(
         g,
         b,
         y,
+        rows.shape[0],
         n_cols,
         rows.stride(0),
         res.stride(0),
@@ -106,6 +114,7 @@ def layer_norm(
         HAS_RES=residual is not None,
         HAS_BETA=beta is not None,
         BLOCK=next_pow2(n_cols),
+        ROWS=1,
         num_warps=row_warps(next_pow2(n_cols), rows.element_size()),
     )
     return y.reshape(x.shape)

@@ -125,22 +125,29 @@ def sweep_gemm(size: int = 4096) -> str:
     return "\n".join(lines) + "\n"
 
 
+ROW_CONFIGS = {  # (rows, cols): (rows per program, warps) tried
+    (16384, 4096): [(1, 4), (1, 8), (1, 16), (1, 32)],
+    (131072, 384): [(1, 1), (1, 2), (1, 4), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8)],
+}
+
+
 def sweep_rows(bw: float) -> str:
-    """Per cent of the copy floor of the softmax and layer-norm kernels with each count of warps
-    per row (the launchers pick :func:`~phi_engine.kernels._common.row_warps`)."""
+    """Per cent of the copy floor of the softmax and layer-norm kernels with each number of rows
+    per program and warps (the launchers pick one row and
+    :func:`~phi_engine.kernels._common.row_warps`)."""
     from phi_engine.kernels._common import next_pow2, row_warps
     from phi_engine.kernels.layer_norm import _layer_norm_kernel
     from phi_engine.kernels.softmax import _softmax_kernel
 
-    warps_tried = (4, 8, 16, 32)
-    lines = [
-        "Row kernels: % of the copy floor by warps per row (one row per program)",
-        "",
-        "| shape | dtype | kernel | " + " | ".join(f"w{w}" for w in warps_tried) + " | picked |",
-        "|---|---|---|" + "---|" * (len(warps_tried) + 1),
-    ]
-    for rows, cols in ((16384, 4096), (131072, 384)):
+    lines = ["Row kernels: % of the copy floor by rows per program (r) and warps (w)", ""]
+    for (rows, cols), configs in ROW_CONFIGS.items():
         block = next_pow2(cols)
+        lines += [
+            "| shape | dtype | kernel | "
+            + " | ".join(f"r{r} w{w}" for r, w in configs)
+            + " | picked |",
+            "|---|---|---|" + "---|" * (len(configs) + 1),
+        ]
         for dtype in (torch.float32, torch.float16):
             x = torch.randn(rows, cols, device="cuda", dtype=dtype)
             y = torch.empty_like(x)
@@ -148,17 +155,19 @@ def sweep_rows(bw: float) -> str:
             nbytes = 2 * x.numel() * x.element_size()
             for kernel in ("softmax", "layer_norm"):
                 cells = []
-                for warps in warps_tried:
+                for per, warps in configs:
+                    grid = (-(-rows // per),)
                     if kernel == "softmax":
                         fn = functools.partial(
-                            _softmax_kernel[(rows,)], x, x, y, cols, x.stride(0), x.stride(0),
-                            y.stride(0), 1.0, HAS_MASK=False, BLOCK=block, num_warps=warps,
+                            _softmax_kernel[grid], x, x, y, rows, cols, x.stride(0), x.stride(0),
+                            y.stride(0), 1.0, HAS_MASK=False, BLOCK=block, ROWS=per,
+                            num_warps=warps,
                         )  # fmt: skip
                     else:
                         fn = functools.partial(
-                            _layer_norm_kernel[(rows,)], x, x, g, b.to(dtype), y, cols,
+                            _layer_norm_kernel[grid], x, x, g, b.to(dtype), y, rows, cols,
                             x.stride(0), x.stride(0), y.stride(0), 1e-5, HAS_RES=False,
-                            HAS_BETA=True, BLOCK=block, num_warps=warps,
+                            HAS_BETA=True, BLOCK=block, ROWS=per, num_warps=warps,
                         )  # fmt: skip
                     try:
                         cells.append(f"{nbytes / bw * 1e3 / timed(fn):.0%}")
@@ -167,8 +176,9 @@ def sweep_rows(bw: float) -> str:
                 lines.append(
                     f"| {rows}x{cols} | {str(dtype).removeprefix('torch.')} | {kernel} | "
                     + " | ".join(cells)
-                    + f" | w{row_warps(block, x.element_size())} |"
+                    + f" | r1 w{row_warps(block, x.element_size())} |"
                 )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

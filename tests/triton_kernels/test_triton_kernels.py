@@ -86,6 +86,35 @@ def test_layer_norm(rng: np.random.Generator, shape: tuple[int, ...], dtype: str
     close(kernels.layer_norm(t(x), t(gamma)), ref.layer_norm(x, gamma))
 
 
+@pytest.mark.parametrize("per", [2, 4])
+def test_row_kernels_with_several_rows_per_program(rng: np.random.Generator, per: int) -> None:
+    """The kernels' ROWS > 1 layout (what ``bench_triton.py --sweep rows`` times): 10 rows, so the
+    last program runs past the end, with a mask row per row and a residual."""
+    from phi_engine.kernels.layer_norm import _layer_norm_kernel
+    from phi_engine.kernels.softmax import _softmax_kernel
+
+    rows, cols = 10, 37
+    x = rng.standard_normal((rows, cols)).astype(np.float32) * 3
+    mask = np.where(rng.random((rows, cols)) < 0.3, -1e4, 0.0).astype(np.float32)
+    xt, mt, yt = t(x), t(mask), t(np.full((rows, cols), np.nan))
+    grid = (-(-rows // per),)
+    _softmax_kernel[grid](
+        xt, mt, yt, rows, cols, cols, cols, cols, 0.5, HAS_MASK=True, BLOCK=64, ROWS=per
+    )
+    close(yt, ref.softmax(x, mask, scale=0.5))
+    res = rng.standard_normal((rows, cols)).astype(np.float32)
+    gamma, beta = rng.standard_normal(cols), rng.standard_normal(cols)
+    yt = t(np.full((rows, cols), np.nan))
+    _layer_norm_kernel[grid](
+        xt, t(res), t(gamma), t(beta), yt, rows, cols, cols, cols, cols, 1e-5,
+        HAS_RES=True, HAS_BETA=True, BLOCK=64, ROWS=per,
+    )  # fmt: skip
+    want = ref.layer_norm(
+        x, gamma.astype(np.float32), beta.astype(np.float32), epsilon=1e-5, residual=res
+    )
+    close(yt, want)
+
+
 @pytest.mark.parametrize("mnk", [(1, 1, 1), (7, 13, 5), (33, 65, 17), (64, 96, 40)])
 @pytest.mark.parametrize("activation", kernels.ACTIVATIONS)
 def test_gemm_with_each_epilogue(

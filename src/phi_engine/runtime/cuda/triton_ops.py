@@ -92,8 +92,9 @@ def softmax(
     _launch(
         cu, stream,
         lambda: _softmax_kernel[(rows,)](
-            xt, mt, yt, cols, cols, mask_row_stride, cols, float(scale),
-            HAS_MASK=bool(mask), BLOCK=next_pow2(cols), num_warps=row_warps(next_pow2(cols), 4),
+            xt, mt, yt, rows, cols, cols, mask_row_stride, cols, float(scale),
+            HAS_MASK=bool(mask), BLOCK=next_pow2(cols), ROWS=1,
+            num_warps=row_warps(next_pow2(cols), 4),
         ),
     )  # fmt: skip
 
@@ -124,8 +125,8 @@ def layer_norm(
     _launch(
         cu, stream,
         lambda: _layer_norm_kernel[(rows,)](
-            xt, rt, gt, bt, yt, cols, cols, cols, cols, float(epsilon),
-            HAS_RES=bool(residual), HAS_BETA=bool(beta), BLOCK=next_pow2(cols),
+            xt, rt, gt, bt, yt, rows, cols, cols, cols, cols, float(epsilon),
+            HAS_RES=bool(residual), HAS_BETA=bool(beta), BLOCK=next_pow2(cols), ROWS=1,
             num_warps=row_warps(next_pow2(cols), 4),
         ),
     )  # fmt: skip
