@@ -185,7 +185,7 @@ def deploy(
     replicas: Annotated[int | None, typer.Option(help="Replicas (nodes).")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory budget, e.g. 2GiB.")] = None,
     scaling: Annotated[str, typer.Option(help="fixed or auto.")] = "fixed",
-    gpu: Annotated[int | None, typer.Option(help="GPUs (one per replica).")] = None,
+    gpu: Annotated[int | None, typer.Option(help="CUDA devices the replicas spread over.")] = None,
     precision: Annotated[
         str, typer.Option(help="fp32, or on a GPU tf32, fp16 or bf16 (bf16 also on the CPU).")
     ] = "fp32",
