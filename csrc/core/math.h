@@ -93,8 +93,7 @@ template <class T>
 PHI_MATH_INLINE T erf_of(T x) {
   // No clamp of x: past |x| = 3.9 the answer is replaced below, so whatever the fit gives there
   // (inf / inf = NaN for a huge x) is never returned.
-  const T xc = x;
-  const T y = xc * xc;
+  const T y = x * x;
   T p = 1.9214978053128107e-08f * y - 1.990380724237184e-06f;
   p = p * y + 0.0001555728813400492f;
   p = p * y + 0.004294694401323795f;
@@ -105,7 +104,7 @@ PHI_MATH_INLINE T erf_of(T x) {
   q = q * y + 0.12081596255302429f;
   q = q * y + 0.5229660272598267f;
   q = q * y + 1.0f;
-  T r = xc * p / q;
+  T r = x * p / q;
   r = x > 3.9f ? T{} + 1.0f : r;
   return x < -3.9f ? T{} - 1.0f : r;
 }

@@ -70,6 +70,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "InferenceResult"]
 
+# What a loaded model is shared by: (sha256, max_batch, threads per replica, device, precision).
+_RunnerKey = tuple[str, int, int, str, str]
+
 
 def default_home() -> Path:
     """``PHI_ENGINE_HOME``, or ``~/.phi_engine``."""
@@ -129,13 +132,11 @@ class Engine:
         self._events = EventLog(self.home / "events.db")
         self._jobs = JobStore(self.home / "jobs")
         self._deployments: dict[str, Deployment] = {}
-        # Loaded models shared by local slots, by (sha256, max_batch, threads); weak, so that a
-        # model no deployment serves is freed. Their measured latencies seed later slots.
-        self._runners: weakref.WeakValueDictionary[tuple[str, int, int, str, str], Any] = (
-            weakref.WeakValueDictionary()
-        )
-        self._latency_seeds: dict[tuple[str, int, int, str, str], dict[float, list[float]]] = {}
-        self._load_locks: dict[tuple[str, int, int, str, str], threading.Lock] = {}
+        # Loaded models shared by local slots, by _RunnerKey; weak, so that a model no deployment
+        # serves is freed. Their measured latencies seed later slots.
+        self._runners: weakref.WeakValueDictionary[_RunnerKey, Any] = weakref.WeakValueDictionary()
+        self._latency_seeds: dict[_RunnerKey, dict[float, list[float]]] = {}
+        self._load_locks: dict[_RunnerKey, threading.Lock] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._stop = threading.Event()
@@ -364,7 +365,7 @@ class Engine:
             device=spec.placement.device,
             precision=spec.precision,
         )
-        key = (
+        key: _RunnerKey = (
             record.sha256,
             spec.max_batch,
             settings.threads_per_replica,

@@ -25,6 +25,7 @@ from phi_engine.server._auth import Auth
 from phi_engine.server._errors import bug_parts, engine_error_parts
 from phi_engine.server._v1 import InferenceRequest, inference_body
 from phi_engine.server._v2 import find_deployment, infer_v2
+from phi_engine.serving import Deployment
 
 # Bodies are decoded natively with their number arrays read straight into numpy arrays (what
 # parse_inputs would make of the lists); anything that is not JSON raises ValueError.
@@ -89,25 +90,31 @@ class FastInference:
             return
         path: str = scope["path"]
         headers = scope.get("headers", ())
-        reply: Reply | None = None
+        v2: tuple[str, Deployment] | None = None  # a V2 request's model name and deployment
         if path != _PATH:
             target = v2_target(path)
             if target is None:  # not an infer route after all: the app's 404
                 await self.app(scope, receive, send)
                 return
-            reply = self._v2_before_body(target, path, headers)
-        if reply is None:
-            body = await _read(receive, self.limit)
-            if body is None:
-                await _too_large(send, self.limit)
+            # The bearer check and the model's lookup before the body is read (as the route
+            # does): a client without a token cannot make the server buffer a body.
+            checked = self._v2_check(target, path, headers)
+            if isinstance(checked, tuple):  # the error's reply
+                await _send(send, checked)
                 return
+            v2 = target[0], checked
+        body = await _read(receive, self.limit)
+        if body is None:
+            await _too_large(send, self.limit)
+            return
+        if v2 is None:
             reply = await self.answer(path, headers, body)
-            if reply is None:
-                await self.app(scope, _replay(body, receive), send)
-                return
-        status, answer_headers, payload = reply
-        await send({"type": "http.response.start", "status": status, "headers": answer_headers})
-        await send({"type": "http.response.body", "body": payload})
+        else:
+            reply = await self._v2_answer(*v2, path, headers, body)
+        if reply is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        await _send(send, reply)
 
     async def answer(self, path: str, headers: Headers, body: bytes) -> Reply | None:
         """The answer to a whole inline inference request that :meth:`handles` accepts;
@@ -119,7 +126,10 @@ class FastInference:
             target = v2_target(path)
             if target is None:
                 return None
-            return await self._v2(target, path, headers, body)
+            checked = self._v2_check(target, path, headers)
+            if isinstance(checked, tuple):  # the error's reply
+                return checked
+            return await self._v2_answer(target[0], checked, path, headers, body)
         except Exception as exc:  # a bug: logged, answered without internals
             return _error(exc, path)
 
@@ -147,27 +157,23 @@ class FastInference:
                     break
             require_scope(self.auth.verify_header(header), "infer")
 
-    def _v2_before_body(
+    def _v2_check(
         self, target: tuple[str, str | None], path: str, headers: Headers
-    ) -> Reply | None:
-        """The bearer check and the model's lookup, before a V2 body is read (as the route does):
-        a client without a token cannot make the server buffer a body. ``None`` when both pass."""
+    ) -> Deployment | Reply:
+        """A V2 request's bearer check and model lookup: the deployment, or the error's reply."""
         try:
             self._check_auth(headers)
-            find_deployment(self.engine, *target)
+            return find_deployment(self.engine, *target)
         except Exception as exc:  # errors by class; a bug is logged, answered without internals
             return _error(exc, path)
-        return None
 
-    async def _v2(
-        self, target: tuple[str, str | None], path: str, headers: Headers, raw: bytes
+    async def _v2_answer(
+        self, name: str, dep: Deployment, path: str, headers: Headers, raw: bytes
     ) -> Reply:
-        """``POST /v2/models/{name}[/versions/{version}]/infer``, as the ``/v2`` route does it
-        (the same function computes the answer), without the framework around it."""
-        name, version = target
+        """``POST /v2/models/{name}[/versions/{version}]/infer`` once :meth:`_v2_check` passed,
+        as the ``/v2`` route does it (the same function computes the answer), without the
+        framework around it."""
         try:
-            self._check_auth(headers)
-            dep = find_deployment(self.engine, name, version)
             length = None
             for key, value in headers:
                 if key == b"inference-header-content-length":
@@ -245,11 +251,17 @@ def _error(exc: Exception, path: str) -> Reply:
     return status, _JSON + raw, _dumps(body)
 
 
+async def _send(send: Send, reply: Reply) -> None:
+    status, headers, payload = reply
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 async def _too_large(send: Send, limit: int) -> None:
     message = f"the request body is over {limit} bytes"
-    payload = _dumps({"error": {"code": "payload_too_large", "message": message}})
-    await send({"type": "http.response.start", "status": 413, "headers": _JSON})
-    await send({"type": "http.response.body", "body": payload})
+    await _send(
+        send, (413, _JSON, _dumps({"error": {"code": "payload_too_large", "message": message}}))
+    )
 
 
 async def _read(receive: Receive, limit: int) -> bytes | None:

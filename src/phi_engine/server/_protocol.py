@@ -86,7 +86,10 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
         or not all(name in sets for name in _CYCLE_NEEDS)
         or not hasattr(impl, "STATUS_LINE")
     ):
-        _log.info("uvicorn %s: inline inference served through ASGI", _uvicorn_version())
+        import uvicorn
+
+        version = getattr(uvicorn, "__version__", "?")
+        _log.info("uvicorn %s: inline inference served through ASGI", version)
         return None
     status_lines: dict[int, bytes] = impl.STATUS_LINE
 
@@ -202,11 +205,3 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
 def _forwarded(scope: Any) -> bool:
     """Whether a request names a client behind a proxy (uvicorn's middleware rewrites those)."""
     return any(name in (b"x-forwarded-for", b"x-forwarded-proto") for name, _ in scope["headers"])
-
-
-def _uvicorn_version() -> str:
-    try:
-        import uvicorn
-    except ImportError:  # pragma: no cover - only called once uvicorn imported
-        return "?"
-    return str(getattr(uvicorn, "__version__", "?"))

@@ -89,12 +89,12 @@ def softmax(
 
     xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
     mt = _tensor(cu, mask, (mask_rows, cols)) if mask else xt
+    block = next_pow2(cols)
     _launch(
         cu, stream,
         lambda: _softmax_kernel[(rows,)](
             xt, mt, yt, rows, cols, cols, mask_row_stride, cols, float(scale),
-            HAS_MASK=bool(mask), BLOCK=next_pow2(cols), ROWS=1,
-            num_warps=row_warps(next_pow2(cols), 4),
+            HAS_MASK=bool(mask), BLOCK=block, ROWS=1, num_warps=row_warps(block, 4),
         ),
     )  # fmt: skip
 
@@ -122,12 +122,13 @@ def layer_norm(
     rt = _tensor(cu, residual, (rows, cols)) if residual else xt
     gt = _tensor(cu, gamma, (cols,))
     bt = _tensor(cu, beta, (cols,)) if beta else gt
+    block = next_pow2(cols)
     _launch(
         cu, stream,
         lambda: _layer_norm_kernel[(rows,)](
             xt, rt, gt, bt, yt, rows, cols, cols, cols, cols, float(epsilon),
-            HAS_RES=bool(residual), HAS_BETA=bool(beta), BLOCK=next_pow2(cols), ROWS=1,
-            num_warps=row_warps(next_pow2(cols), 4),
+            HAS_RES=bool(residual), HAS_BETA=bool(beta), BLOCK=block, ROWS=1,
+            num_warps=row_warps(block, 4),
         ),
     )  # fmt: skip
 
