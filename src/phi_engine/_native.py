@@ -7,6 +7,7 @@ what was built: ``HAS_NATIVE`` and ``HAS_CUDA``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import os
@@ -19,21 +20,26 @@ __all__ = ["HAS_CUDA", "HAS_NATIVE", "core", "cuda", "require_core"]
 
 
 def _preload_openblas() -> None:
-    try:
-        import scipy_openblas32
-    except ImportError:
-        return  # the extension's own rpath may still find it; import will say if not
-    lib = os.path.join(scipy_openblas32.get_lib_dir(), f"lib{scipy_openblas32.get_library()}.so")
-    if not os.path.exists(lib):
-        return
-    # The core calls this OpenBLAS single-threaded from its own pool; without this it would start
-    # an idle pthread pool of its own at load. Only this library's constructor sees the setting.
+    # The core calls this OpenBLAS single-threaded from its own pool. OpenBLAS reads its thread
+    # count once, when the library loads, and with more than one starts a pthread pool that spins
+    # a core for about 0.1 s right away; so the setting must be in place before the library
+    # loads, and `import scipy_openblas32` loads it. numpy is imported first so that its own
+    # OpenBLAS (a separate library) never sees the setting.
+    import numpy  # noqa: F401
+
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
-        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-    except OSError:
-        pass  # importing the core will then fail and say why
+        try:
+            import scipy_openblas32
+        except ImportError:
+            return  # the extension's own rpath may still find it; import will say if not
+        name = f"lib{scipy_openblas32.get_library()}.so"
+        lib = os.path.join(scipy_openblas32.get_lib_dir(), name)
+        if os.path.exists(lib):
+            # On failure, importing the core fails and says why.
+            with contextlib.suppress(OSError):
+                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
     finally:
         if saved is None:
             del os.environ["OPENBLAS_NUM_THREADS"]

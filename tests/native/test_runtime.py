@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import phi_engine as phi
@@ -14,6 +18,36 @@ def test_devices_lists_the_cpu() -> None:
     assert cpu["kind"] == "cpu"
     assert cpu["cores"] >= 1
     assert "OpenBLAS" in cpu["blas"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_loading_the_core_starts_no_blas_threads() -> None:
+    """The core's OpenBLAS runs single-threaded inside our pool: loading it must start no pthread
+    pool of its own (one would spin a core at start-up), and numpy's BLAS must keep its threads."""
+    script = """
+import os, numpy
+from threadpoolctl import threadpool_info
+def threads(): return len(os.listdir("/proc/self/task"))
+numpy_blas = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+before = threads()
+import phi_engine._native as native
+assert native.HAS_NATIVE
+after = threads()
+ours = [i for i in threadpool_info() if i["filepath"] not in numpy_blas]
+print(before, after, [i["num_threads"] for i in ours], os.environ.get("OPENBLAS_NUM_THREADS"))
+for i in threadpool_info():
+    if i["filepath"] in numpy_blas:
+        assert i["num_threads"] == numpy_blas[i["filepath"]], i
+"""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    before, after, ours, setting = out.stdout.split(maxsplit=3)
+    assert after == before  # the core's thread pool starts lazily, and OpenBLAS's never
+    assert ours == "[1]"
+    assert setting.strip() == "None"  # the process's environment is left as it was
 
 
 def test_num_threads_roundtrip_and_validation() -> None:
