@@ -17,6 +17,14 @@ Run:  python benchmarks/bench_runtime.py [--write]
 4. bfloat16 weights: the serving benchmark's MLP at batch 1 and MiniLM at 1 x 8 and 1 x 128
    tokens compiled with ``precision="bf16"`` against float32, 1 thread, alternating blocks; with
    the relative L2 distance between the two outputs.
+5. Thread placement after idle: rounds of (0.1 s idle, one untimed call, three timed calls) of
+   a 2-thread 256^3 and 512^3 product with packed weights and of MiniLM 1 x 128 on 2 threads,
+   in fresh processes with PHI_ENGINE_SPREAD=1 (the default: the pool wakes its helper on a CPU
+   its caller does not run on) and =0 (the OS places it), alternated, with numpy's 2-thread
+   sgemm in the same rounds; per round the median of its three calls, then the median and the
+   90th percentile over 30 rounds, and the share of rounds slower than 1.5x the fastest round.
+
+``--only`` runs some sections: ``--only placement spin``.
 """
 
 from __future__ import annotations
@@ -49,6 +57,76 @@ for _ in range(200):
     t = time.perf_counter(); plan.run({"x": xv}, 2); ts.append(time.perf_counter() - t)
 print(np.median(ts) * 1e6 / 150)
 """
+
+
+_PLACEMENT_CHILD = r"""
+import sys, time, numpy as np, phi_engine
+from phi_engine import ops
+case, gap, rounds = sys.argv[1], 0.1, 30
+phi_engine.set_num_threads(2)
+rng = np.random.default_rng(0)
+if case == "minilm":
+    sys.path.insert(0, sys.argv[2])
+    import tempfile, pathlib
+    from phi_engine.graph import compile
+    from phi_engine.models import minilm
+    with tempfile.TemporaryDirectory() as tmp:
+        cm = compile(minilm.write_onnx(pathlib.Path(tmp) / "m.onnx"), max_batch=8)
+    feeds = {"input_ids": rng.integers(1000, 20000, (1, 128)).astype(np.int64),
+             "attention_mask": np.ones((1, 128), np.int64),
+             "token_type_ids": np.zeros((1, 128), np.int64)}
+    fn = lambda: cm.run(feeds, threads=2)
+else:
+    n = int(case.split("-")[1])
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    packed = ops.pack_weights(b)
+    fn = (lambda: a @ b) if case.startswith("numpy") else (lambda: ops.gemm(a, packed, threads=2))
+fn()
+out = []
+for _ in range(rounds):
+    time.sleep(gap)
+    fn()
+    ts = []
+    for _ in range(3):
+        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    out.append(float(np.median(ts)))
+print(" ".join(repr(t) for t in out))
+"""
+
+
+def placement_rows(runs: int = 2) -> list[list[object]]:
+    here = str(pathlib.Path(__file__).resolve().parent)
+    cases = [("gemm-256", True), ("gemm-512", True), ("minilm", False)]
+    rows = []
+    for case, with_numpy in cases:
+        configs = {"spread": ("1", case), "os": ("0", case)}
+        if with_numpy:
+            configs["numpy"] = ("1", "numpy-" + case.split("-")[1])
+        times: dict[str, list[float]] = {k: [] for k in configs}
+        for _ in range(runs):
+            for key, (spread, child_case) in configs.items():
+                out = subprocess.run(
+                    [sys.executable, "-c", _PLACEMENT_CHILD, child_case, here],
+                    env={**os.environ, "PHI_ENGINE_SPREAD": spread},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                times[key] += [float(t) for t in out.stdout.split()]
+        best = min(min(v) for v in times.values())
+        cells = []
+        for key in ("spread", "os", "numpy"):
+            if key not in times:
+                cells.append("—")
+                continue
+            t = np.array(times[key]) * 1e3
+            slow = float(np.mean(t > 1.5 * best * 1e3))
+            cells.append(f"{np.median(t):.2f} / {np.percentile(t, 90):.2f} ms, {slow:.0%} slow")
+        ratio = np.median(times["os"]) / np.median(times["spread"])
+        label = "MiniLM 1x128" if case == "minilm" else f"{case.split('-')[1]}³ packed GEMM"
+        rows.append([f"{label}, 2 threads", *cells, f"{ratio:.2f}"])
+    return rows
 
 
 def spin_rows(rounds: int = 4) -> list[list[object]]:
@@ -213,26 +291,58 @@ def bf16_rows() -> list[list[object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["spin", "epilogue", "attention", "bf16", "placement"],
+        help="run only these sections",
+    )
     args = parser.parse_args()
-    spin = markdown_table(["case", "spin 100 µs", "sleep (spin 0)", "sleep / spin"], spin_rows())
-    gemm = markdown_table(
-        ["1 thread", "packed", "BLAS tiles", "packed speed-up", "GELU's share (packed)"],
-        epilogue_rows(),
-    )
-    attention = markdown_table(
-        ["model", "attention fused", "unfused", "speed-up"], attention_rows()
-    )
-    bf16 = markdown_table(
-        ["1 thread", "float32 weights", "bfloat16 weights", "speed-up", "rel L2 between"],
-        bf16_rows(),
-    )
-    text = f"{spin}\n\n{gemm}\n\n{attention}\n\n{bf16}\n"
+    only = set(args.only or ["spin", "epilogue", "attention", "bf16", "placement"])
+    sections = []
+    if "spin" in only:
+        sections.append(
+            markdown_table(["case", "spin 100 µs", "sleep (spin 0)", "sleep / spin"], spin_rows())
+        )
+    if "epilogue" in only:
+        sections.append(
+            markdown_table(
+                ["1 thread", "packed", "BLAS tiles", "packed speed-up", "GELU's share (packed)"],
+                epilogue_rows(),
+            )
+        )
+    if "attention" in only:
+        sections.append(
+            markdown_table(["model", "attention fused", "unfused", "speed-up"], attention_rows())
+        )
+    if "bf16" in only:
+        sections.append(
+            markdown_table(
+                ["1 thread", "float32 weights", "bfloat16 weights", "speed-up", "rel L2 between"],
+                bf16_rows(),
+            )
+        )
+    if "placement" in only:
+        sections.append(
+            markdown_table(
+                [
+                    "after 0.1 s idle",
+                    "pool places its helper: median / p90, slow rounds",
+                    "OS places it (PHI_ENGINE_SPREAD=0)",
+                    "numpy (OpenBLAS), same rounds",
+                    "OS / pool, medians",
+                ],
+                placement_rows(),
+            )
+        )
+    text = "\n\n".join(sections) + "\n"
     print(text)
     if args.write:
         stamp = datetime.date.today().isoformat()
         with pathlib.Path(__file__).with_name("RESULTS.md").open("a") as f:
             f.write(
-                f"\n### Runtime choices, {stamp} — `python benchmarks/bench_runtime.py --write`\n\n"
+                f"\n### Runtime choices, {stamp} — `python benchmarks/bench_runtime.py --write`"
+                f"{' --only ' + ' '.join(sorted(only)) if args.only else ''}\n\n"
                 f"Machine: {machine()}\n\n{text}"
             )
 

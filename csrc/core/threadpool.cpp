@@ -12,6 +12,8 @@
 
 #if defined(__linux__)
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace phi {
@@ -71,7 +73,73 @@ bool spin_until(Ready ready) {
     }
   }
 }
+
+// Whether the pool keeps the threads of one call on different CPUs (wake_sleepers, claim_cpu).
+// PHI_ENGINE_SPREAD=0 leaves placement to the OS alone.
+bool spread_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("PHI_ENGINE_SPREAD");
+    return env == nullptr || std::strtol(env, nullptr, 10) != 0;
+  }();
+  return enabled;
+}
+
+// The CPU the calling thread runs on, or -1 where that is unknown or outside the 64 CPUs a
+// call's set (Job::cpus) tracks.
+int current_cpu() {
+#if defined(__linux__)
+  const int cpu = sched_getcpu();
+  return cpu >= 0 && cpu < 64 ? cpu : -1;
+#else
+  return -1;
+#endif
+}
+
+// Records the CPU the calling thread runs on in a call's set; a helper that finds its CPU
+// already in the set (the caller or another helper runs there) moves to one that is not.
+// Narrowing its affinity makes the kernel migrate it at once; the old mask is restored right
+// after, which leaves the thread where it now is, so nothing stays pinned.
+void claim_cpu(std::atomic<uint64_t>& taken, bool helper) {
+#if defined(__linux__)
+  const int cpu = current_cpu();
+  if (cpu < 0) return;
+  const uint64_t before = taken.fetch_or(uint64_t{1} << cpu, std::memory_order_acq_rel);
+  if (!helper || (before & (uint64_t{1} << cpu)) == 0) return;
+  cpu_set_t mine;
+  if (sched_getaffinity(0, sizeof(mine), &mine) != 0) return;
+  cpu_set_t free_cpus;
+  CPU_ZERO(&free_cpus);
+  for (int c = 0; c < 64; ++c) {
+    if (CPU_ISSET(c, &mine) && (before & (uint64_t{1} << c)) == 0) CPU_SET(c, &free_cpus);
+  }
+  if (CPU_COUNT(&free_cpus) == 0 || sched_setaffinity(0, sizeof(free_cpus), &free_cpus) != 0) return;
+  sched_setaffinity(0, sizeof(mine), &mine);
+  const int now = current_cpu();
+  if (now >= 0) taken.fetch_or(uint64_t{1} << now, std::memory_order_acq_rel);
+#else
+  (void)taken;
+  (void)helper;
+#endif
+}
 }  // namespace
+
+// Why the pool places its threads: Linux often wakes a sleeping helper on its waker's CPU (on a
+// VM an idle vCPU looks busy to the guest, since the host has descheduled it), and then leaves
+// caller and helper together, both busy and cache-hot, so a two-thread call runs at one
+// thread's speed. After 0.1 s idle, 2-thread 256^3 and 512^3 products took 1.8-1.9x longer
+// (median) that way; 87-88 % of rounds slow against 13-30 % with the placement below
+// (`benchmarks/bench_runtime.py --only placement`). Narrowing a sleeping helper's affinity to a
+// free CPU before waking it decides where it wakes; it restores its mask once it runs.
+struct ThreadPool::Worker {
+  std::thread thread;
+  std::condition_variable wake;
+  bool asleep = false;              // guarded by mutex_
+  std::atomic<bool> placed{false};  // its affinity was narrowed for a wake-up: restore it
+#if defined(__linux__)
+  std::atomic<pid_t> tid{0};
+  cpu_set_t mask{};  // its affinity when it started, written before it first sleeps
+#endif
+};
 
 struct ThreadPool::Job {
   const std::function<void(int64_t)>* fn = nullptr;
@@ -81,10 +149,15 @@ struct ThreadPool::Job {
   std::mutex mutex;
   std::condition_variable finished;
   std::exception_ptr error;
+  std::atomic<uint64_t> cpus{0};  // CPUs (below 64) the call's threads run on: claim_cpu
 };
 
 ThreadPool::ThreadPool(int workers) {
-  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  for (int i = 0; i < workers; ++i) workers_.push_back(std::make_unique<Worker>());
+  for (auto& w : workers_) {
+    Worker* self = w.get();
+    w->thread = std::thread([this, self] { worker_loop(*self); });
+  }
 }
 
 ThreadPool::~ThreadPool() {
@@ -93,8 +166,8 @@ ThreadPool::~ThreadPool() {
     stop_ = true;
     stopping_.store(true);
   }
-  cv_.notify_all();
-  for (auto& t : workers_) t.join();
+  for (auto& w : workers_) w->wake.notify_one();
+  for (auto& w : workers_) w->thread.join();
 }
 
 ThreadPool& ThreadPool::global() {
@@ -104,7 +177,8 @@ ThreadPool& ThreadPool::global() {
   return *pool;
 }
 
-void ThreadPool::drain(Job& job) {
+void ThreadPool::drain(Job& job, bool helper) {
+  if (helper && spread_enabled() && job.next.load(std::memory_order_relaxed) < job.ntasks) claim_cpu(job.cpus, true);
   in_pool_task = true;
   for (;;) {
     int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
@@ -123,24 +197,72 @@ void ThreadPool::drain(Job& job) {
   in_pool_task = false;
 }
 
-void ThreadPool::worker_loop() {
+void ThreadPool::worker_loop(Worker& self) {
+#if defined(__linux__)
+  sched_getaffinity(0, sizeof(self.mask), &self.mask);
+  self.tid.store(static_cast<pid_t>(syscall(SYS_gettid)));
+#endif
   for (;;) {
     spin_until([this] { return pending_.load(std::memory_order_acquire) > 0 || stopping_.load(); });
     std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      if (!stop_ && queue_.empty()) {
-        ++sleepers_;  // under mutex_: parallel_for reads it under the same lock, so no lost wake-up
-        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-        --sleepers_;
+      while (!stop_ && queue_.empty()) {
+        // Under mutex_, as parallel_for reads both: no lost wake-up.
+        self.asleep = true;
+        ++sleepers_;
+        self.wake.wait(lock);
+        if (self.asleep) {  // woken by something other than wake_sleepers
+          self.asleep = false;
+          --sleepers_;
+        }
       }
       if (stop_ && queue_.empty()) return;
       job = std::move(queue_.front());
       queue_.pop_front();
       pending_.fetch_sub(1, std::memory_order_relaxed);
     }
-    drain(*job);
+#if defined(__linux__)
+    if (self.placed.exchange(false)) sched_setaffinity(0, sizeof(self.mask), &self.mask);
+#endif
+    drain(*job, true);
   }
+}
+
+std::vector<ThreadPool::Worker*> ThreadPool::wake_sleepers(int count) {
+  std::vector<Worker*> woken;
+#if defined(__linux__)
+  const bool place = spread_enabled();
+  cpu_set_t used;
+  CPU_ZERO(&used);
+  if (place) {
+    const int caller = sched_getcpu();
+    if (caller >= 0 && caller < CPU_SETSIZE) CPU_SET(caller, &used);
+  }
+#endif
+  for (auto& w : workers_) {
+    if (static_cast<int>(woken.size()) >= count) break;
+    if (!w->asleep) continue;
+    w->asleep = false;
+    --sleepers_;
+    woken.push_back(w.get());
+#if defined(__linux__)
+    const pid_t tid = w->tid.load();
+    if (!place || tid == 0) continue;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (!CPU_ISSET(c, &w->mask) || CPU_ISSET(c, &used)) continue;
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(c, &one);
+      if (sched_setaffinity(tid, sizeof(one), &one) == 0) {
+        w->placed.store(true);
+        CPU_SET(c, &used);
+      }
+      break;
+    }
+#endif
+  }
+  return woken;
 }
 
 void ThreadPool::parallel_for(int64_t ntasks, int threads, const std::function<void(int64_t)>& fn) {
@@ -154,20 +276,17 @@ void ThreadPool::parallel_for(int64_t ntasks, int threads, const std::function<v
   auto job = std::make_shared<Job>();
   job->fn = &fn;
   job->ntasks = ntasks;
-  int sleeping = 0;
+  if (spread_enabled()) claim_cpu(job->cpus, false);  // before any helper can look
+  std::vector<Worker*> woken;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (int i = 0; i < helpers; ++i) queue_.push_back(job);
     pending_.fetch_add(helpers, std::memory_order_release);
-    sleeping = sleepers_;
+    // Spinning workers see pending_ and need no wake-up (a futex syscall each).
+    if (sleepers_ > 0) woken = wake_sleepers(helpers);
   }
-  // Spinning workers see pending_ and need no wake-up (a futex syscall each).
-  if (sleeping == 1 || helpers == 1) {
-    if (sleeping > 0) cv_.notify_one();
-  } else if (sleeping > 1) {
-    cv_.notify_all();
-  }
-  drain(*job);
+  for (Worker* w : woken) w->wake.notify_one();
+  drain(*job, false);
   auto all_done = [&] { return job->done.load(std::memory_order_acquire) == job->ntasks; };
   if (!spin_until(all_done)) {
     std::unique_lock<std::mutex> lock(job->mutex);

@@ -38,15 +38,18 @@ class ThreadPool {
 
  private:
   struct Job;
-  void worker_loop();
-  static void drain(Job& job);
+  struct Worker;
+  void worker_loop(Worker& self);
+  // Wakes up to `count` sleeping workers for a job, each placed first on a CPU that neither the
+  // caller nor another woken worker runs on. Called with mutex_ held; returns those to notify.
+  std::vector<Worker*> wake_sleepers(int count);
+  static void drain(Job& job, bool helper);
 
-  std::vector<std::thread> workers_;
+  std::vector<std::unique_ptr<Worker>> workers_;
   std::deque<std::shared_ptr<Job>> queue_;
   std::mutex mutex_;
-  std::condition_variable cv_;
   bool stop_ = false;
-  int sleepers_ = 0;                 // workers blocked on cv_ (guarded by mutex_)
+  int sleepers_ = 0;                 // workers blocked in worker_loop (guarded by mutex_)
   std::atomic<int> pending_{0};      // queue_.size(), readable without the lock (spinning workers)
   std::atomic<bool> stopping_{false};
 };

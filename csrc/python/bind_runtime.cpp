@@ -2,7 +2,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <string>
+#include <utility>
+#include <vector>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include "convert.h"
 #include "core/common.h"
@@ -30,6 +37,36 @@ void init_runtime(py::module_& m) {
     d["neon"] = f.neon;
     return d;
   }, "What the CPU supports, as detected at run time.");
+  m.def(
+      "pool_placement_probe",
+      [](const py::object& threads_obj, double busy_ms) {
+        const int threads = threads_from(threads_obj, "pool_placement_probe");
+        PHI_CHECK(busy_ms >= 0.0 && busy_ms <= 100.0, "pool_placement_probe",
+                  "busy_ms must be in [0, 100], got " + std::to_string(busy_ms));
+        std::vector<std::pair<int, int>> seen(threads, {-1, -1});
+        {
+          py::gil_scoped_release release;
+          ThreadPool::global().parallel_for(threads, threads, [&](int64_t i) {
+#if defined(__linux__)
+            const int start = sched_getcpu();
+#else
+            const int start = -1;
+#endif
+            const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double, std::milli>(busy_ms);
+            while (std::chrono::steady_clock::now() < until) {
+            }
+#if defined(__linux__)
+            seen[i] = {start, sched_getcpu()};
+#else
+            seen[i] = {start, -1};
+#endif
+          });
+        }
+        return seen;
+      },
+      py::arg("threads"), py::arg("busy_ms") = 1.0,
+      "Test hook: runs one busy task of `busy_ms` per thread on the core's pool and returns each task's "
+      "(CPU at its start, CPU at its end); -1 where the OS does not say.");
   m.def("blas_info", &blas_info, "The BLAS library the GEMM driver calls and its configuration.");
   m.def(
       "measure_fma_peak",

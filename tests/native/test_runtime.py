@@ -68,3 +68,46 @@ def test_fma_peak_is_measured_and_scales() -> None:
     assert one > 1.0  # GFLOP/s: any CPU this runs on does more than a billion FMAs a second
     features = core.cpu_features()
     assert set(features) >= {"arch", "avx2", "fma"}
+
+
+_PLACEMENT_CHILD = """
+import os, sys, time
+from phi_engine._native import core
+core.pool_placement_probe(2, 1.0)
+distinct = 0
+for _ in range(10):
+    time.sleep(0.1)  # the helper stops spinning and sleeps; the OS alone often wakes it beside us
+    caller, helper = core.pool_placement_probe(2, 2.0)
+    assert caller[0] >= 0 and helper[0] >= 0, (caller, helper)
+    distinct += caller[0] != helper[0]
+masks = set()
+for tid in os.listdir("/proc/self/task"):
+    with open(f"/proc/self/task/{tid}/status") as f:
+        masks |= {line.split()[1] for line in f if line.startswith("Cpus_allowed_list")}
+print(distinct, " ".join(sorted(masks)))
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+    reason="placement is Linux-only and needs two CPUs",
+)
+@pytest.mark.parametrize("spread", ["1", "0"])
+def test_a_two_thread_call_runs_on_two_cpus_and_pins_nothing(spread: str) -> None:
+    """After idling, the pool's helper is woken on a CPU its caller does not run on (the OS alone
+    often wakes it on the caller's CPU, halving the call's speed), and no thread stays pinned."""
+    env = dict(os.environ, PHI_ENGINE_SPREAD=spread)
+    out = subprocess.run(
+        [sys.executable, "-c", _PLACEMENT_CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    distinct, masks = out.stdout.split(maxsplit=1)
+    with open("/proc/self/status") as f:
+        ours = {line.split()[1] for line in f if line.startswith("Cpus_allowed_list")}
+    assert masks.split() == sorted(ours)  # every thread of the child keeps the process's mask
+    if spread == "1":
+        assert int(distinct) >= 9
