@@ -341,8 +341,8 @@ def main() -> None:
         stamp = datetime.date.today().isoformat()
         with pathlib.Path(__file__).with_name("RESULTS.md").open("a") as f:
             f.write(
-                f"\n### Runtime choices, {stamp} — `python benchmarks/bench_runtime.py --write`"
-                f"{' --only ' + ' '.join(sorted(only)) if args.only else ''}\n\n"
+                f"\n### Runtime choices, {stamp} — `python benchmarks/bench_runtime.py --write"
+                f"{' --only ' + ' '.join(sorted(only)) if args.only else ''}`\n\n"
                 f"Machine: {machine()}\n\n{text}"
             )
 
