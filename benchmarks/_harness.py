@@ -50,6 +50,7 @@ def alternating_block_medians(
     min_time: float = 0.3,
     min_rounds: int = 3,
     settle: float = 0.0,
+    warmup: int = 1,
 ) -> list[float]:
     """Median seconds of each function, timed in alternating blocks of ``block`` calls.
 
@@ -59,7 +60,7 @@ def alternating_block_medians(
     with one untimed call, so the previous engine's threads have gone quiet before timing, and
     blocks alternate so drift still hits every engine alike. ``settle`` seconds of sleep before
     each block let spinning that outlasts one call (OpenBLAS's workers spin for about 0.1 s after
-    their last task) die down first.
+    their last task) die down first; ``warmup`` untimed calls then start each block.
     """
     samples: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
@@ -68,7 +69,8 @@ def alternating_block_medians(
         for i, fn in enumerate(fns):
             if settle:
                 time.sleep(settle)
-            fn()
+            for _ in range(warmup):
+                fn()
             for _ in range(block):
                 t0 = time.perf_counter()
                 fn()

@@ -3,16 +3,15 @@
 Run:  python benchmarks/bench_kernels.py [--threads 1 2] [--skinny] [--write]
 
 It measures the machine's float32 FMA peak with a native loop, checks every kernel result against
-numpy first, then times phi_engine and numpy alternately (medians) and prints markdown tables per
-thread count. Every product is timed twice for phi_engine: with the weights as a numpy array
-(``ops.gemm(a, b)``) and packed once (``ops.pack_weights``, as a compiled model holds its
-weights; skinny products also with the weights packed as bfloat16). Square and large products
-(the MiniLM batch-32 shapes) are timed in alternating blocks of calls, so that numpy's spinning
-BLAS workers have gone quiet before our two-thread calls. The skinny rows also give the rate at
-which B was read, since one row reads all of B for 2 FLOPs a weight and runs at memory speed, and
-the packed ratio with
-each side timed alone (see alone_ratio). ``--skinny`` times only those. ``--write`` appends the
-tables to benchmarks/RESULTS.md.
+numpy first, then times phi_engine and numpy and prints markdown tables per thread count. Every
+product is timed twice for phi_engine: with the weights as a numpy array (``ops.gemm(a, b)``) and
+packed once (``ops.pack_weights``, as a compiled model holds its weights; skinny products also
+with the weights packed as bfloat16). Each library is timed in its own blocks of calls, rounds
+alternating (``block_medians``), so that numpy's spinning BLAS workers have gone quiet before our
+two-thread calls; the alternation table times calls alternating one by one, which is what that
+interference costs. The skinny rows also give the rate at which B was read, since one row reads
+all of B for 2 FLOPs a weight and runs at memory speed. ``--skinny`` times only those.
+``--write`` appends the tables to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -51,28 +50,48 @@ def gelu_tanh_numpy(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
 
 
+def block_medians(fns: list[Callable[[], object]], threads: int) -> list[float]:
+    """Median seconds of each function, each timed in its own blocks of calls: rounds alternate
+    the functions, and on two threads each block starts after a pause (numpy's OpenBLAS workers
+    spin for about 0.1 s after a call, and our second thread would meet them on its core: the
+    alternation table measures that cost) and two untimed calls, then times enough calls to span
+    about 30 ms. Timed call by call instead, or in blocks of three right after the pause, the
+    two-thread figures measured those neighbours and the wake-up of an idle vCPU more than the
+    product (2-thread 512³: 101–149 GFLOP/s that way, 214 in 20-call blocks)."""
+    slowest = 0.0
+    for fn in fns:
+        t0 = time.perf_counter()
+        fn()
+        slowest = max(slowest, time.perf_counter() - t0)
+    block = int(np.clip(0.03 / max(slowest, 1e-6), 3, 20))
+    return alternating_block_medians(
+        fns,
+        block=block,
+        min_time=1.0,
+        min_rounds=6,
+        settle=0.2 if threads > 1 else 0.0,
+        warmup=2,
+    )
+
+
 def bench_gemm(
     m: int, k: int, n: int, threads: int, peak: float, rng: np.random.Generator
 ) -> list[object]:
     """A product with B as given per call, with B packed once (as a compiled model holds its
-    weights), and numpy's. Timed in alternating blocks of calls, on two threads with a pause
-    before each block: numpy's OpenBLAS workers spin for about 0.1 s after a call, and our second
-    thread would meet them on its core (the alternation table measures that cost)."""
+    weights), and numpy's (see block_medians for the timing)."""
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     packed = ops.pack_weights(b)
     expected = ref.gemm(a, b)
     for out in (ops.gemm(a, b, threads=threads), ops.gemm(a, packed, threads=threads)):
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3 * math.sqrt(k))
-    ours, ours_packed, numpy = alternating_block_medians(
+    ours, ours_packed, numpy = block_medians(
         [
             lambda: ops.gemm(a, b, threads=threads),
             lambda: ops.gemm(a, packed, threads=threads),
             lambda: a @ b,
         ],
-        block=3,
-        min_time=1.0,
-        settle=0.2 if threads > 1 else 0.0,
+        threads,
     )
     flops = 2.0 * m * n * k
     return [
@@ -107,7 +126,7 @@ def bench_skinny(
         lambda: a @ b,
         lambda: ops.gemm(a, packed16, threads=threads),
     ]
-    ours, ours_packed, numpy, ours_bf16 = interleaved_medians(fns)
+    ours, ours_packed, numpy, ours_bf16 = block_medians(fns, threads)
     flops = 2.0 * m * n * k
     return [
         f"{m}x{k}x{n}",
@@ -118,19 +137,9 @@ def bench_skinny(
         f"{4.0 * k * n / ours_packed / 1e9:.1f}",
         f"{numpy / ours:.2f}",
         f"{numpy / ours_packed:.2f}",
-        f"{alone_ratio(fns[2], fns[1]):.2f}",
         f"{flops / ours_bf16 / 1e9:.1f}",
         f"{numpy / ours_bf16:.2f}",
     ]
-
-
-def alone_ratio(baseline: Callable[[], object], ours: Callable[[], object]) -> float:
-    """Baseline time over ours, each timed alone: on more than one thread, numpy's OpenBLAS
-    threads spin for a while after each call and hold the core our next call's worker needs, so
-    alternating understates ours (the alternation table shows the effect on square GEMMs)."""
-    (ours_alone,) = interleaved_medians([ours])
-    (baseline_alone,) = interleaved_medians([baseline])
-    return baseline_alone / ours_alone
 
 
 def bench_mlp(m: int, k: int, n: int, threads: int, rng: np.random.Generator) -> list[object]:
@@ -150,7 +159,7 @@ def bench_mlp(m: int, k: int, n: int, threads: int, rng: np.random.Generator) ->
         lambda: ops.gemm(x, packed, bias, "gelu_tanh", threads=threads),
         lambda: gelu_tanh_numpy(x @ w + bias),
     ]
-    ours, ours_packed, numpy = interleaved_medians(fns)
+    ours, ours_packed, numpy = block_medians(fns, threads)
     return [
         f"linear+bias+gelu {m}x{k}x{n}",
         f"{ours * 1e6:.0f} µs",
@@ -158,7 +167,6 @@ def bench_mlp(m: int, k: int, n: int, threads: int, rng: np.random.Generator) ->
         f"{numpy * 1e6:.0f} µs",
         f"{numpy / ours:.2f}",
         f"{numpy / ours_packed:.2f}",
-        f"{alone_ratio(fns[2], fns[1]):.2f}",
     ]
 
 
@@ -190,7 +198,6 @@ SKINNY_HEADER = [
     "packed B GB/s",
     "phi / numpy",
     "packed / numpy",
-    "packed / numpy, each alone",
     "packed bf16 GFLOP/s",
     "packed bf16 / numpy",
 ]
@@ -211,7 +218,6 @@ MLP_HEADER = [
     "numpy (unfused)",
     "speed-up",
     "packed speed-up",
-    "packed speed-up, each alone",
 ]
 ALTERNATION_HEADER = [
     "GEMM",
