@@ -15,6 +15,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 namespace phi {
 
@@ -170,10 +173,37 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w->thread.join();
 }
 
+namespace {
+// The process-wide pool, and whether it was inherited through fork(): a child gets a copy of the
+// pool's state but none of its worker threads, so it must not queue work for them (it would wait
+// on nobody) or change their affinity (their thread ids name the parent's threads).
+std::atomic<ThreadPool*> g_pool{nullptr};
+std::atomic<bool> g_pool_inherited{false};
+std::atomic<bool> g_pool_busy{false};  // a spin lock (a mutex held at fork stays held in the child)
+
+void pool_after_fork_in_child() {
+  g_pool_inherited.store(true, std::memory_order_relaxed);
+  g_pool_busy.store(false, std::memory_order_relaxed);
+}
+}  // namespace
+
 ThreadPool& ThreadPool::global() {
-  // Leaked on purpose: worker threads must outlive every static destructor that may still run
-  // kernels during interpreter shutdown.
-  static ThreadPool* pool = new ThreadPool(available_cpus() - 1);
+  ThreadPool* pool = g_pool.load(std::memory_order_acquire);
+  if (pool != nullptr && !g_pool_inherited.load(std::memory_order_relaxed)) [[likely]]
+    return *pool;
+  while (g_pool_busy.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+  pool = g_pool.load(std::memory_order_relaxed);
+  if (pool == nullptr || g_pool_inherited.load(std::memory_order_relaxed)) {
+#if defined(__unix__) || defined(__APPLE__)
+    if (pool == nullptr) pthread_atfork(nullptr, nullptr, pool_after_fork_in_child);
+#endif
+    // Leaked on purpose, as is an inherited one (its workers do not exist here): worker threads
+    // must outlive every static destructor that may still run kernels at interpreter shutdown.
+    pool = new ThreadPool(available_cpus() - 1);
+    g_pool.store(pool, std::memory_order_release);
+    g_pool_inherited.store(false, std::memory_order_relaxed);
+  }
+  g_pool_busy.store(false, std::memory_order_release);
   return *pool;
 }
 

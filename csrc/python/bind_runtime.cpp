@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -43,30 +45,33 @@ void init_runtime(py::module_& m) {
         const int threads = threads_from(threads_obj, "pool_placement_probe");
         PHI_CHECK(busy_ms >= 0.0 && busy_ms <= 100.0, "pool_placement_probe",
                   "busy_ms must be in [0, 100], got " + std::to_string(busy_ms));
-        std::vector<std::pair<int, int>> seen(threads, {-1, -1});
+        auto cpu = [] {
+#if defined(__linux__)
+          return sched_getcpu();
+#else
+          return -1;
+#endif
+        };
+        std::vector<std::tuple<bool, int, int>> seen(threads, {false, -1, -1});
+        int entry = -1;
         {
           py::gil_scoped_release release;
+          const auto caller = std::this_thread::get_id();
+          entry = cpu();
           ThreadPool::global().parallel_for(threads, threads, [&](int64_t i) {
-#if defined(__linux__)
-            const int start = sched_getcpu();
-#else
-            const int start = -1;
-#endif
+            const int start = cpu();
             const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double, std::milli>(busy_ms);
             while (std::chrono::steady_clock::now() < until) {
             }
-#if defined(__linux__)
-            seen[i] = {start, sched_getcpu()};
-#else
-            seen[i] = {start, -1};
-#endif
+            seen[i] = {std::this_thread::get_id() == caller, start, cpu()};
           });
         }
-        return seen;
+        return std::make_pair(entry, seen);
       },
       py::arg("threads"), py::arg("busy_ms") = 1.0,
-      "Test hook: runs one busy task of `busy_ms` per thread on the core's pool and returns each task's "
-      "(CPU at its start, CPU at its end); -1 where the OS does not say.");
+      "Test hook: runs one busy task of `busy_ms` per thread on the core's pool; returns the caller's CPU "
+      "when it called, and per task (ran on the caller, CPU at its start, CPU at its end); -1 where the OS "
+      "does not say.");
   m.def("blas_info", &blas_info, "The BLAS library the GEMM driver calls and its configuration.");
   m.def(
       "measure_fma_peak",

@@ -74,17 +74,19 @@ _PLACEMENT_CHILD = """
 import os, sys, time
 from phi_engine._native import core
 core.pool_placement_probe(2, 1.0)
-distinct = 0
+apart = helped = 0
 for _ in range(10):
     time.sleep(0.1)  # the helper stops spinning and sleeps; the OS alone often wakes it beside us
-    caller, helper = core.pool_placement_probe(2, 2.0)
-    assert caller[0] >= 0 and helper[0] >= 0, (caller, helper)
-    distinct += caller[0] != helper[0]
+    entry, tasks = core.pool_placement_probe(2, 2.0)
+    helpers = [start for on_caller, start, _ in tasks if not on_caller]
+    assert entry >= 0, (entry, tasks)  # (a helper sharing the caller's CPU may take both tasks)
+    helped += bool(helpers)  # on a busy machine the caller may take both tasks before it wakes
+    apart += bool(helpers) and helpers[0] != entry
 masks = set()
 for tid in os.listdir("/proc/self/task"):
     with open(f"/proc/self/task/{tid}/status") as f:
         masks |= {line.split()[1] for line in f if line.startswith("Cpus_allowed_list")}
-print(distinct, " ".join(sorted(masks)))
+print(apart, helped, " ".join(sorted(masks)))
 """
 
 
@@ -105,9 +107,59 @@ def test_a_two_thread_call_runs_on_two_cpus_and_pins_nothing(spread: str) -> Non
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    distinct, masks = out.stdout.split(maxsplit=1)
+    apart, helped, masks = out.stdout.split(maxsplit=2)
     with open("/proc/self/status") as f:
         ours = {line.split()[1] for line in f if line.startswith("Cpus_allowed_list")}
     assert masks.split() == sorted(ours)  # every thread of the child keeps the process's mask
     if spread == "1":
-        assert int(distinct) >= 9
+        # The helper starts its task on a CPU other than the one its caller called from: where
+        # it wakes is decided by its narrowed affinity, whatever else the machine runs (the OS
+        # alone did that in 2 of 20 rounds on a 2-vCPU VM).
+        assert int(helped) >= 5 and int(apart) >= int(helped) - 1, (apart, helped)
+
+
+_FORK_CHILD = """
+import os, sys, time, warnings
+import numpy as np
+from phi_engine import ops
+from phi_engine._native import core
+warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running (Python 3.12+)
+rng = np.random.default_rng(0)
+a = rng.standard_normal((384, 384), dtype=np.float32)
+b = rng.standard_normal((384, 384), dtype=np.float32)
+expected = a.astype(np.float64) @ b
+ops.gemm(a, b, threads=2)  # the pool and its worker exist before the fork
+time.sleep(0.1)  # the worker sleeps: a call now places it (narrows its affinity) first
+def masks():
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/status") as f:
+            out[tid] = [l.split()[1] for l in f if l.startswith("Cpus_allowed_list")][0]
+    return out
+before = masks()
+pid = os.fork()
+if pid == 0:
+    ok = True
+    for _ in range(3):
+        time.sleep(0.1)
+        out = ops.gemm(a, b, threads=2)
+        ok &= bool(np.allclose(out, expected, rtol=1e-4, atol=1e-2))
+        ok &= len(core.pool_placement_probe(2, 1.0)[1]) == 2
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+after = masks()
+assert all(after[t] == m for t, m in before.items() if t in after), (before, after)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and /proc")
+def test_a_forked_child_gets_its_own_pool_and_leaves_the_parents_alone() -> None:
+    """A child forked after the pool started has none of its workers: it must neither wait on
+    them nor narrow the affinity of the parent's threads (whose ids it inherited)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
