@@ -36,6 +36,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -288,53 +289,40 @@ def bf16_rows() -> list[list[object]]:
     return rows
 
 
+# Each section: its table's header and the function that measures its rows.
+SECTIONS: dict[str, tuple[list[str], Callable[[], list[list[object]]]]] = {
+    "spin": (["case", "spin 100 µs", "sleep (spin 0)", "sleep / spin"], spin_rows),
+    "epilogue": (
+        ["1 thread", "packed", "BLAS tiles", "packed speed-up", "GELU's share (packed)"],
+        epilogue_rows,
+    ),
+    "attention": (["model", "attention fused", "unfused", "speed-up"], attention_rows),
+    "bf16": (
+        ["1 thread", "float32 weights", "bfloat16 weights", "speed-up", "rel L2 between"],
+        bf16_rows,
+    ),
+    "placement": (
+        [
+            "after 0.1 s idle",
+            "pool places its helper: median / p90, slow rounds",
+            "OS places it (PHI_ENGINE_SPREAD=0)",
+            "numpy (OpenBLAS), same rounds",
+            "OS / pool, medians",
+        ],
+        placement_rows,
+    ),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=["spin", "epilogue", "attention", "bf16", "placement"],
-        help="run only these sections",
-    )
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these sections")
     args = parser.parse_args()
-    only = set(args.only or ["spin", "epilogue", "attention", "bf16", "placement"])
-    sections = []
-    if "spin" in only:
-        sections.append(
-            markdown_table(["case", "spin 100 µs", "sleep (spin 0)", "sleep / spin"], spin_rows())
-        )
-    if "epilogue" in only:
-        sections.append(
-            markdown_table(
-                ["1 thread", "packed", "BLAS tiles", "packed speed-up", "GELU's share (packed)"],
-                epilogue_rows(),
-            )
-        )
-    if "attention" in only:
-        sections.append(
-            markdown_table(["model", "attention fused", "unfused", "speed-up"], attention_rows())
-        )
-    if "bf16" in only:
-        sections.append(
-            markdown_table(
-                ["1 thread", "float32 weights", "bfloat16 weights", "speed-up", "rel L2 between"],
-                bf16_rows(),
-            )
-        )
-    if "placement" in only:
-        sections.append(
-            markdown_table(
-                [
-                    "after 0.1 s idle",
-                    "pool places its helper: median / p90, slow rounds",
-                    "OS places it (PHI_ENGINE_SPREAD=0)",
-                    "numpy (OpenBLAS), same rounds",
-                    "OS / pool, medians",
-                ],
-                placement_rows(),
-            )
-        )
+    only = set(args.only or SECTIONS)
+    sections = [
+        markdown_table(header, rows()) for name, (header, rows) in SECTIONS.items() if name in only
+    ]
     text = "\n\n".join(sections) + "\n"
     print(text)
     if args.write:
