@@ -3,8 +3,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <string>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -21,15 +26,93 @@
 
 namespace phi {
 
+namespace {
+// The first line of a small file, or "" when it cannot be read.
+std::string first_line(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  if (f) std::getline(f, line);
+  return line;
+}
+
+// The directories from `mount` down to `mount + path`, the mount itself first: a limit set on
+// any of them applies (the smallest wins). Where the cgroup is the mount's root (a container
+// with its own cgroup namespace, or a v1 mount of just the container's cgroup), `mount` alone.
+std::vector<std::string> cgroup_dirs(const std::string& mount, const std::string& path) {
+  std::vector<std::string> dirs{mount};
+  std::string dir = mount;
+  std::stringstream parts(path);
+  std::string part;
+  while (std::getline(parts, part, '/')) {
+    if (part.empty() || part == "." || part == "..") continue;
+    dir += "/" + part;
+    dirs.push_back(dir);
+  }
+  return dirs;
+}
+
+// quota / period when both parse as positive numbers, else 0 (no limit).
+double ratio(const std::string& quota, const std::string& period) {
+  char* end = nullptr;
+  const double q = std::strtod(quota.c_str(), &end);
+  if (end == quota.c_str() || !(q > 0.0)) return 0.0;
+  const double p = std::strtod(period.c_str(), &end);
+  if (end == period.c_str() || !(p > 0.0)) return 0.0;
+  return q / p;
+}
+}  // namespace
+
+double cgroup_cpu_limit(const std::string& proc_cgroup, const std::string& root) {
+  double limit = 0.0;
+  auto take = [&](double r) {
+    if (r > 0.0 && (limit == 0.0 || r < limit)) limit = r;
+  };
+  std::stringstream lines(proc_cgroup);
+  std::string line;
+  while (std::getline(lines, line)) {
+    // hierarchy-id:controllers:path (cgroup v2: "0::path")
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    if (line.compare(0, a, "0") == 0 && controllers.empty()) {
+      for (const auto& dir : cgroup_dirs(root, path)) {
+        std::stringstream fields(first_line(dir + "/cpu.max"));  // "max 100000" or "150000 100000"
+        std::string quota, period;
+        fields >> quota >> period;
+        take(ratio(quota, period));
+      }
+      continue;
+    }
+    std::stringstream names(controllers);
+    std::string name;
+    bool cpu = false;
+    while (std::getline(names, name, ',')) cpu = cpu || name == "cpu";
+    if (!cpu) continue;
+    for (const char* mount : {"/cpu,cpuacct", "/cpuacct,cpu", "/cpu"}) {
+      for (const auto& dir : cgroup_dirs(root + mount, path)) {
+        take(ratio(first_line(dir + "/cpu.cfs_quota_us"), first_line(dir + "/cpu.cfs_period_us")));
+      }
+    }
+  }
+  return limit;
+}
+
 int available_cpus() {
-  // Read once: the affinity mask is fixed for the life of a serving process, and this is asked
-  // on every kernel call.
+  // Read once: the affinity mask and the CPU quota are fixed for the life of a serving process,
+  // and this is asked on every kernel call.
   static const int cpus = [] {
+    int n = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 #if defined(__linux__)
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) n = std::max(1, CPU_COUNT(&set));
+    // A container limited by a CPU quota (Kubernetes' CPU limits, docker --cpus) still sees
+    // every CPU of the host in its affinity mask; threads beyond the quota only get throttled.
+    std::ifstream f("/proc/self/cgroup");
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const double limit = cgroup_cpu_limit(text, "/sys/fs/cgroup");
+    if (limit > 0.0) n = std::clamp(static_cast<int>(std::ceil(limit - 1e-9)), 1, n);
 #endif
-    return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    return n;
   }();
   return cpus;
 }

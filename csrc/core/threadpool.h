@@ -10,13 +10,21 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 namespace phi {
 
-// Number of CPUs this process may run on (affinity mask aware).
+// Number of CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota
+// (rounded up) where one is set.
 int available_cpus();
+
+// The CPUs a cgroup CPU quota grants (quota / period: cgroup v2's cpu.max, v1's
+// cpu.cfs_quota_us and cpu.cfs_period_us), the smallest on the way from the hierarchy's mount to
+// the process's cgroup; 0 when none is set. `proc_cgroup` is /proc/self/cgroup's text, `root`
+// where the hierarchies are mounted (/sys/fs/cgroup).
+double cgroup_cpu_limit(const std::string& proc_cgroup, const std::string& root);
 
 class ThreadPool {
  public:

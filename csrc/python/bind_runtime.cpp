@@ -23,7 +23,11 @@ namespace py = pybind11;
 namespace phi::py_bind {
 
 void init_runtime(py::module_& m) {
-  m.def("available_cpus", &available_cpus, "CPUs this process may run on (affinity aware).");
+  m.def("available_cpus", &available_cpus,
+        "CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (rounded up).");
+  m.def("cgroup_cpu_limit", &cgroup_cpu_limit, py::arg("proc_cgroup"), py::arg("root"),
+        "CPUs a cgroup CPU quota grants (quota / period), the smallest along the process's cgroup path, "
+        "read from `root` for the /proc/self/cgroup text `proc_cgroup`; 0 when none is set.");
   m.def("get_num_threads", &default_threads, "Threads a kernel call uses when it does not say.");
   m.def(
       "set_num_threads", [](const py::object& threads) { set_default_threads(threads_from(threads, "set_num_threads")); },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -163,3 +164,37 @@ def test_a_forked_child_gets_its_own_pool_and_leaves_the_parents_alone() -> None
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, value in (line.split("=", 1) for line in text.split(";")):
+        (path / name).write_text(value + "\n")
+
+
+def test_cgroup_cpu_quota_is_read_from_v2_and_v1_hierarchies(tmp_path: pathlib.Path) -> None:
+    """A container limited by a CPU quota sees every host CPU in its affinity mask: the pool is
+    sized by the quota instead (the smallest along the cgroup's path), none meaning no limit."""
+    limit = core.cgroup_cpu_limit
+    root = tmp_path / "v2"
+    _write(root, "cpu.max=max 100000")
+    assert limit("0::/\n", str(root)) == 0.0  # "max": no limit
+    _write(root, "cpu.max=150000 100000")
+    assert limit("0::/\n", str(root)) == 1.5  # a container's own namespace: the mount's root
+    _write(root / "kubepods" / "pod1", "cpu.max=max 100000")
+    _write(root / "kubepods", "cpu.max=400000 100000")
+    assert limit("0::/kubepods/pod1\n", str(root)) == 1.5  # the smallest on the way down
+    _write(root, "cpu.max=max 100000")
+    assert limit("0::/kubepods/pod1\n", str(root)) == 4.0
+    v1 = tmp_path / "v1"
+    _write(v1 / "cpu,cpuacct" / "docker" / "abc", "cpu.cfs_quota_us=50000;cpu.cfs_period_us=100000")
+    text = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n"
+    assert limit(text, str(v1)) == 0.5
+    _write(v1 / "cpu,cpuacct" / "docker" / "abc", "cpu.cfs_quota_us=-1;cpu.cfs_period_us=100000")
+    assert limit(text, str(v1)) == 0.0  # -1: no limit
+    for junk in ("", "nonsense", "1:cpu\n", "0::/missing\n"):
+        assert limit(junk, str(tmp_path / "nowhere")) == 0.0
+    _write(root, "cpu.max=lots of cpus")
+    assert limit("0::/\n", str(root)) == 0.0  # unreadable values are no limit, not an error
+    if hasattr(os, "sched_getaffinity"):
+        assert 1 <= core.available_cpus() <= len(os.sched_getaffinity(0))
