@@ -214,8 +214,9 @@ void claim_cpu(std::atomic<uint64_t>& taken, bool helper) {
 // caller and helper together, both busy and cache-hot, so a two-thread call runs at one
 // thread's speed. After 0.1 s idle, 2-thread 256^3 and 512^3 products took 1.8-1.9x longer
 // (median) that way; 87-88 % of rounds slow against 13-30 % with the placement below
-// (`benchmarks/bench_runtime.py --only placement`). Narrowing a sleeping helper's affinity to a
-// free CPU before waking it decides where it wakes; it restores its mask once it runs.
+// (`benchmarks/bench_runtime.py --only placement`). Narrowing a sleeping helper's affinity to one
+// CPU before waking it decides where it wakes (the CPU it slept on, unless a thread of the call
+// is there); it restores its mask once it runs.
 struct ThreadPool::Worker {
   std::thread thread;
   std::condition_variable wake;
@@ -223,7 +224,8 @@ struct ThreadPool::Worker {
   std::atomic<bool> placed{false};  // its affinity was narrowed for a wake-up: restore it
 #if defined(__linux__)
   std::atomic<pid_t> tid{0};
-  cpu_set_t mask{};  // its affinity when it started, written before it first sleeps
+  cpu_set_t mask{};   // its affinity when it started, written before it first sleeps
+  int last_cpu = -1;  // where it went to sleep (guarded by mutex_)
 #endif
 };
 
@@ -323,6 +325,9 @@ void ThreadPool::worker_loop(Worker& self) {
       while (!stop_ && queue_.empty()) {
         // Under mutex_, as parallel_for reads both: no lost wake-up.
         self.asleep = true;
+#if defined(__linux__)
+        self.last_cpu = sched_getcpu();
+#endif
         ++sleepers_;
         self.wake.wait(lock);
         if (self.asleep) {  // woken by something other than wake_sleepers
@@ -348,8 +353,9 @@ std::vector<ThreadPool::Worker*> ThreadPool::wake_sleepers(int count) {
   const bool place = spread_enabled();
   cpu_set_t used;
   CPU_ZERO(&used);
+  int caller = -1;
   if (place) {
-    const int caller = sched_getcpu();
+    caller = sched_getcpu();
     if (caller >= 0 && caller < CPU_SETSIZE) CPU_SET(caller, &used);
   }
 #endif
@@ -362,16 +368,24 @@ std::vector<ThreadPool::Worker*> ThreadPool::wake_sleepers(int count) {
 #if defined(__linux__)
     const pid_t tid = w->tid.load();
     if (!place || tid == 0) continue;
-    for (int c = 0; c < CPU_SETSIZE; ++c) {
-      if (!CPU_ISSET(c, &w->mask) || CPU_ISSET(c, &used)) continue;
-      cpu_set_t one;
-      CPU_ZERO(&one);
-      CPU_SET(c, &one);
-      if (sched_setaffinity(tid, sizeof(one), &one) == 0) {
-        w->placed.store(true);
-        CPU_SET(c, &used);
+    // Where it slept, unless a thread of this call is there: then the next CPU of its mask after
+    // the caller's. Keeping the OS's own spread matters where several processes share a machine
+    // (a fixed choice would stack every process's helpers on the same CPUs).
+    int target = w->last_cpu;
+    if (target < 0 || target >= CPU_SETSIZE || !CPU_ISSET(target, &w->mask) || CPU_ISSET(target, &used)) {
+      target = -1;
+      for (int i = 1; i <= CPU_SETSIZE && target < 0; ++i) {
+        const int c = (std::max(caller, 0) + i) % CPU_SETSIZE;
+        if (CPU_ISSET(c, &w->mask) && !CPU_ISSET(c, &used)) target = c;
       }
-      break;
+    }
+    if (target < 0) continue;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(target, &one);
+    if (sched_setaffinity(tid, sizeof(one), &one) == 0) {
+      w->placed.store(true);
+      CPU_SET(target, &used);
     }
 #endif
   }
