@@ -170,41 +170,41 @@ bool spread_enabled() {
   return enabled;
 }
 
-// The CPU the calling thread runs on, or -1 where that is unknown or outside the 64 CPUs a
-// call's set (Job::cpus) tracks.
+// The CPU the calling thread runs on, or -1 where the OS does not say.
 int current_cpu() {
 #if defined(__linux__)
-  const int cpu = sched_getcpu();
-  return cpu >= 0 && cpu < 64 ? cpu : -1;
+  return sched_getcpu();
 #else
   return -1;
 #endif
 }
 
-// Records the CPU the calling thread runs on in a call's set; a helper that finds its CPU
-// already in the set (the caller or another helper runs there) moves to one that is not.
-// Narrowing its affinity makes the kernel migrate it at once; the old mask is restored right
-// after, which leaves the thread where it now is, so nothing stays pinned.
-void claim_cpu(std::atomic<uint64_t>& taken, bool helper) {
+// Records the CPU the calling thread runs on in a call's set (which holds CPUs 0-63) and returns
+// it (-1: unknown); a helper that finds its CPU already in the set (the caller or another helper
+// runs there) moves to one that is not. Narrowing its affinity makes the kernel migrate it at once; the old mask is
+// restored right after, which leaves the thread where it now is, so nothing stays pinned.
+int claim_cpu(std::atomic<uint64_t>& taken, bool helper) {
 #if defined(__linux__)
   const int cpu = current_cpu();
-  if (cpu < 0) return;
+  if (cpu < 0 || cpu >= 64) return cpu;
   const uint64_t before = taken.fetch_or(uint64_t{1} << cpu, std::memory_order_acq_rel);
-  if (!helper || (before & (uint64_t{1} << cpu)) == 0) return;
+  if (!helper || (before & (uint64_t{1} << cpu)) == 0) return cpu;
   cpu_set_t mine;
-  if (sched_getaffinity(0, sizeof(mine), &mine) != 0) return;
+  if (sched_getaffinity(0, sizeof(mine), &mine) != 0) return cpu;
   cpu_set_t free_cpus;
   CPU_ZERO(&free_cpus);
   for (int c = 0; c < 64; ++c) {
     if (CPU_ISSET(c, &mine) && (before & (uint64_t{1} << c)) == 0) CPU_SET(c, &free_cpus);
   }
-  if (CPU_COUNT(&free_cpus) == 0 || sched_setaffinity(0, sizeof(free_cpus), &free_cpus) != 0) return;
+  if (CPU_COUNT(&free_cpus) == 0 || sched_setaffinity(0, sizeof(free_cpus), &free_cpus) != 0) return cpu;
   sched_setaffinity(0, sizeof(mine), &mine);
   const int now = current_cpu();
-  if (now >= 0) taken.fetch_or(uint64_t{1} << now, std::memory_order_acq_rel);
+  if (now >= 0 && now < 64) taken.fetch_or(uint64_t{1} << now, std::memory_order_acq_rel);
+  return now;
 #else
   (void)taken;
   (void)helper;
+  return -1;
 #endif
 }
 }  // namespace
@@ -347,17 +347,15 @@ void ThreadPool::worker_loop(Worker& self) {
   }
 }
 
-std::vector<ThreadPool::Worker*> ThreadPool::wake_sleepers(int count) {
+std::vector<ThreadPool::Worker*> ThreadPool::wake_sleepers(int count, int caller) {
   std::vector<Worker*> woken;
 #if defined(__linux__)
   const bool place = spread_enabled();
   cpu_set_t used;
   CPU_ZERO(&used);
-  int caller = -1;
-  if (place) {
-    caller = sched_getcpu();
-    if (caller >= 0 && caller < CPU_SETSIZE) CPU_SET(caller, &used);
-  }
+  if (caller >= 0 && caller < CPU_SETSIZE) CPU_SET(caller, &used);
+#else
+  (void)caller;
 #endif
   for (auto& w : workers_) {
     if (static_cast<int>(woken.size()) >= count) break;
@@ -403,14 +401,15 @@ void ThreadPool::parallel_for(int64_t ntasks, int threads, const std::function<v
   auto job = std::make_shared<Job>();
   job->fn = &fn;
   job->ntasks = ntasks;
-  if (spread_enabled()) claim_cpu(job->cpus, false);  // before any helper can look
+  // The caller's CPU, recorded before any helper can look.
+  const int caller = spread_enabled() ? claim_cpu(job->cpus, false) : -1;
   std::vector<Worker*> woken;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (int i = 0; i < helpers; ++i) queue_.push_back(job);
     pending_.fetch_add(helpers, std::memory_order_release);
     // Spinning workers see pending_ and need no wake-up (a futex syscall each).
-    if (sleepers_ > 0) woken = wake_sleepers(helpers);
+    if (sleepers_ > 0) woken = wake_sleepers(helpers, caller);
   }
   for (Worker* w : woken) w->wake.notify_one();
   drain(*job, false);

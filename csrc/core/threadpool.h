@@ -49,8 +49,9 @@ class ThreadPool {
   struct Worker;
   void worker_loop(Worker& self);
   // Wakes up to `count` sleeping workers for a job, each placed first on a CPU that neither the
-  // caller nor another woken worker runs on. Called with mutex_ held; returns those to notify.
-  std::vector<Worker*> wake_sleepers(int count);
+  // caller (on CPU `caller`, -1 if unknown) nor another woken worker runs on. Called with mutex_
+  // held; returns those to notify.
+  std::vector<Worker*> wake_sleepers(int count, int caller);
   static void drain(Job& job, bool helper);
 
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -202,12 +202,13 @@ async def infer_v2(
     """
     header, tensors = _split(raw, header_length)
     inputs = _inputs(header, tensors)
-    params = header.get("parameters")
-    if params:
-        priority, deadline = _priority(params.get("priority", 0)), _deadline(params.get("timeout"))
-    else:  # the common request: the model's default priority, no timeout
-        priority, deadline = "normal", None
-    result = await engine.ainfer(dep.deployment_id, inputs, priority=priority, deadline_ms=deadline)
+    params = header.get("parameters") or {}
+    result = await engine.ainfer(
+        dep.deployment_id,
+        inputs,
+        priority=_priority(params.get("priority", 0)),
+        deadline_ms=_deadline(params.get("timeout")),
+    )
     return _response(header, name, result.model_version, result.outputs, result.model_sha256)
 
 
@@ -315,25 +316,6 @@ def _response(
     ``parameters.model_sha256`` names the verified artifact that computed them."""
     wanted = header.get("outputs")
     binary_all = bool((header.get("parameters") or {}).get("binary_data_output", False))
-    if not wanted and not binary_all:  # the common request: every output, as JSON
-        body: dict[str, Any] = {
-            "model_name": name,
-            "model_version": version,
-            "outputs": [
-                {
-                    "name": n,
-                    "datatype": _DATATYPE_OF.get(a.dtype, "BYTES"),
-                    "shape": list(a.shape),
-                    "data": a.ravel().tolist(),
-                }
-                for n, a in outputs.items()
-            ],
-        }
-        if "id" in header:
-            body["id"] = header["id"]
-        if sha256:
-            body["parameters"] = {"model_sha256": sha256}
-        return _dumps(body), "application/json", {}
     names = [o["name"] for o in wanted] if wanted else list(outputs)
     binary = {o["name"] for o in wanted or [] if (o.get("parameters") or {}).get("binary_data")}
     unknown = [n for n in names if n not in outputs]
@@ -354,7 +336,7 @@ def _response(
         else:
             entry["data"] = array.ravel().tolist()
         tensors.append(entry)
-    body = {"model_name": name, "model_version": version, "outputs": tensors}
+    body: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": tensors}
     if "id" in header:
         body["id"] = header["id"]
     if sha256:
