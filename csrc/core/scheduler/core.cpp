@@ -14,6 +14,7 @@ const std::string kOp = "scheduler";
 constexpr double kShareHorizon = 1.0;  // seconds over which served shares decay by 1/e
 constexpr size_t kGuardWindow = 256;   // requests per guarded class the headroom looks at
 constexpr double kGuardHorizon = 1.0;  // seconds after its last arrival a class stays guarded
+constexpr double kLoadHorizon = 1.0;   // seconds over which the offered load decays by 1/e
 
 const Config& validated(const Config& c) {
   PHI_CHECK(c.max_batch >= 1, kOp, "max_batch must be at least 1, got " + std::to_string(c.max_batch));
@@ -60,6 +61,9 @@ Outcome Core::submit(Request r, double now) {
             "a request's cost must be in (0, " + std::to_string(max_cost_) + "], the most one batch holds");
   PHI_CHECK(r.tenant >= 0, kOp, "tenant indices are non-negative");
   PHI_CHECK(!std::isnan(r.deadline), kOp, "the deadline is NaN");
+  offered_ = offered_ * std::exp(-(now - offered_at_) / kLoadHorizon) + r.cost;
+  offered_at_ = now;
+  first_arrival_ = std::min(first_arrival_, now);
   if (static_cast<int64_t>(queue_.size()) >= cfg_.max_queue) return Outcome::queue_full;
   const double tw = r.tenant < static_cast<int>(cfg_.tenant_weights.size()) ? cfg_.tenant_weights[r.tenant] : 1.0;
   r.ln_static = std::log(cfg_.class_weights[r.cls]) + std::log(tw) - cfg_.gamma * std::log(r.cost);
@@ -119,6 +123,20 @@ double Core::headroom(double now) const {
   for (const Guard& g : guard_)
     if (now - g.last_arrival <= kGuardHorizon) h = std::min(h, g.tight);
   return h;
+}
+
+// The decayed sum over a window of length `span` holds rate × horizon × (1 − e^(−span/horizon)):
+// divided by that, the first second's estimate is not biased low.
+double Core::offered_rate(double now) const {
+  if (!std::isfinite(first_arrival_)) return 0;
+  const double h = kLoadHorizon;
+  const double filled = 1 - std::exp(-std::max(now - first_arrival_, 1e-3) / h);
+  return offered_ * std::exp(-(now - offered_at_) / h) / (h * filled);
+}
+
+bool Core::overloaded(double now) const {
+  if (lat_.empty()) return false;
+  return offered_rate(now) > cfg_.workers * max_cost_ / lat_.median(max_cost_);
 }
 
 void Core::plan_all() {

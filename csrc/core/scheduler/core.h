@@ -73,8 +73,17 @@ class Core {
   // its relative deadline less its own planned latency. +inf when no guarded class is active.
   // Batches are held to it by their median latency, not their tail: guarding against the 1 %
   // slowest batches and the 1 % tightest deadlines at once would be far rarer than either, and,
-  // with heavy-tailed latencies, would cap every batch at one request.
+  // with heavy-tailed latencies, would cap every batch at one request. phi-optimized holds batches
+  // to it only while overloaded() or while a burst's backlog is queued: below capacity, a queue of
+  // a batch or so is ordinary queueing, and batches cut short to keep room for a guarded arrival
+  // would drain it slower, adding their delay to every request behind it, while Φ's order still
+  // puts a guarded request first in the next batch.
   double headroom(double now) const;
+  // Cost per second offered by recent submissions (rejected ones included), decaying over about a
+  // second; and whether it exceeds what the workers serve in full batches of typical (median)
+  // latency: then no schedule serves everyone, and phi-optimized reserves its headroom.
+  double offered_rate(double now) const;
+  bool overloaded(double now) const;
   int in_flight() const { return static_cast<int>(flight_.size()); }
   size_t queued() const { return queue_.size(); }
   int num_classes() const { return static_cast<int>(cfg_.class_weights.size()); }
@@ -116,6 +125,9 @@ class Core {
     double last_arrival = -kInf;
   };
   std::vector<Guard> guard_;        // by class
+  double offered_ = 0;              // decaying submitted cost
+  double offered_at_ = 0;           // when offered_ was last brought up to date
+  double first_arrival_ = kInf;
   void observe_guarded(const Request& r, double now);
 };
 

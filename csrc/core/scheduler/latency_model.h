@@ -2,10 +2,22 @@
 //
 // DESIGN.md asks for the measured p99 per batch size rather than an affine fit: the tails of small
 // batches are far from their medians. Costs fall into buckets (unit-wide up to 256 buckets, wider
-// beyond); each bucket keeps its last `window` samples and their quantile. Buckets never measured
-// take the linear interpolation of their measured neighbours, and past the last measured bucket the
-// estimate grows in proportion to cost (conservative for latencies of the form a + b·P). A running
-// maximum makes the estimate non-decreasing in cost, so "largest batch that fits" is a binary search.
+// beyond); each bucket keeps its last `window` samples, their median and their quantile.
+//
+// A bucket's own quantile is its tail estimate once it holds 1/(1 − q) samples (100 for the p99).
+// Below that the nearest-rank quantile is the bucket's slowest sample, and on a shared machine one
+// stall (a descheduled vCPU, 20 ms on a 5 ms batch) would then stand for the bucket's p99, and, by
+// the running maximum, for every larger batch's: the scheduler would plan all of them as if they
+// always stalled. So a sparse bucket's tail is its median times the tail ratio measured over every
+// bucket (the q-quantile of sample / median, pooled over the last 4·window samples): measured, and
+// from enough samples to mean something. Medians are made non-decreasing in cost by a weighted
+// isotonic fit (pool-adjacent-violators, weights the samples held), so a sparse bucket's outlier is
+// averaged with its well-measured neighbours instead of raising everything above it.
+//
+// Buckets never measured take the linear interpolation of their measured neighbours, and past the
+// last measured bucket the estimate grows in proportion to cost (conservative for latencies of the
+// form a + b·P). A running maximum makes the estimate non-decreasing in cost, so "largest batch that
+// fits" is a binary search.
 #pragma once
 
 #include <cmath>
@@ -38,6 +50,9 @@ class LatencyModel {
   double max_cost_within_median(double seconds) const { return max_cost_in(med_, seconds); }
   bool empty() const { return measured_ == 0; }
   std::vector<LatencyPoint> table() const;
+  // The pooled tail ratio (quantile of sample / median) sparse buckets are planned with; 1 before
+  // any ratio is known.
+  double tail_ratio() const { return ratio_; }
 
  private:
   // ceil(cost / width) clamped to [1, buckets], without std::ceil: on the baseline x86-64 ISA that
@@ -57,6 +72,7 @@ class LatencyModel {
     return curve[bucket_of(cost)];
   }
   void refresh_bucket(int b);
+  void record_ratio(float r);
   void rebuild();
   void build_curve(const std::vector<double>& per_bucket, std::vector<double>& curve) const;
   double max_cost_in(const std::vector<double>& curve, double seconds) const;
@@ -73,6 +89,12 @@ class LatencyModel {
   std::vector<double> m_;                  // per bucket, the median of its ring (NaN: none)
   std::vector<double> est_;                // index 0..buckets_: the tail estimate (est_[0] = 0)
   std::vector<double> med_;                // index 0..buckets_: the median estimate
+  std::vector<float> ratio_ring_;          // the last samples over their bucket's median then
+  std::vector<float> ratio_sorted_;        // the same, ascending
+  int64_t ratios_ = 0;                     // ratios ever recorded
+  double ratio_ = 1;                       // their quantile, at least 1
+  std::vector<double> fit_;                // scratch: per bucket, the isotonic medians
+  std::vector<float> fresh_;               // scratch: the samples of one record_many
 };
 
 }  // namespace phi::sched

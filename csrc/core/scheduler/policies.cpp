@@ -29,6 +29,8 @@ namespace phi::sched {
 
 namespace {
 
+constexpr double kBacklogBatches = 1.5;  // phi-optimized: a queue this many full batches long is a burst
+
 // Takes queue indices from `order` while the batch has room (count and cost), stopping at the first
 // that does not fit so the batch stays a prefix of the order.
 void take_fitting(const Core& core, const std::vector<int>& order, size_t limit, std::vector<int>& batch) {
@@ -247,9 +249,6 @@ class PhiPolicy final : public Policy {
   //    An ultra-high request alone still outweighs a full batch of normal ones, so strict classes
   //    keep their protection through the comparison.
   void fill(const Core& core, double now, std::vector<int>& batch) {
-    const double headroom = core.headroom(now);
-    double cap = core.max_batch_cost();
-    if (std::isfinite(headroom)) cap = std::min(cap, core.max_cost_typically_within(headroom));
     double offered = 0;
     min_cost_ = kInf;
     for (size_t k = 0; k < top_; ++k) {
@@ -257,6 +256,14 @@ class PhiPolicy final : public Policy {
       offered += c;
       min_cost_ = std::min(min_cost_, c);
     }
+    const double headroom = core.headroom(now);
+    double cap = core.max_batch_cost();
+    // The headroom is kept in overload and in a burst's backlog (more than kBacklogBatches full
+    // batches among the K best): there guarded requests keep arriving during a long drain. A
+    // shorter queue below capacity is a loaded server's ordinary queueing, which full batches
+    // clear at once; cut short, they left every request behind them waiting longer (Core::headroom).
+    if (std::isfinite(headroom) && (core.overloaded(now) || offered > kBacklogBatches * core.max_batch_cost()))
+      cap = std::min(cap, core.max_cost_typically_within(headroom));
     const double as_designed = fill_once(core, now, cap, offered, false, batch);
     // A full batch is not the collapse the second fill guards against: keep it.
     if (batch.size() >= static_cast<size_t>(core.max_batch())) return;
