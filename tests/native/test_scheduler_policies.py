@@ -289,38 +289,37 @@ def slow_table() -> tuple[list[float], list[list[float]]]:
     return linear_table(base=0.002, per_row=0.001)
 
 
-def test_phi_drains_a_short_backlog_in_full_batches_below_capacity() -> None:
-    # Half load, and at t = 1 s a burst of 40 low-class requests (1.25 full batches). The headroom
-    # kept for ultra-high arrivals would cut batches to about 17 rows; below capacity a queue this
-    # short must drain in full batches (as FIFO drains it) instead, or everyone behind it waits
-    # longer for nothing. (Who goes first is still Φ's order.)
+def half_load_with_burst(burst: int) -> tuple[dict, int]:
+    """Poisson arrivals at half of slow_table's capacity, plus ``burst`` low-class requests all
+    arriving at t = 1 s; returns the workload and the burst's first index."""
     wl = workload(1500, 941 * 0.5, 21)
     at = int(np.searchsorted(wl["arrival"], 1.0))
-    burst = 40
     for key in ("arrival", "cls", "tenant", "cost", "deadline"):
         wl[key] = np.insert(wl[key], at, np.repeat(wl[key][at : at + 1], burst))
     wl["arrival"][at : at + burst] = 1.0
     wl["cls"][at : at + burst] = 0
     wl["deadline"][at : at + burst] = 1.0 + SLO[0]
+    return wl, at
+
+
+def test_phi_drains_a_short_backlog_in_full_batches_below_capacity() -> None:
+    # Half load, and at t = 1 s a burst of 40 low-class requests (1.25 full batches). The headroom
+    # kept for ultra-high arrivals would cut batches to about 17 rows; below capacity a queue this
+    # short must drain in full batches (as FIFO drains it) instead, or everyone behind it waits
+    # longer for nothing. (Who goes first is still Φ's order.)
+    wl, at = half_load_with_burst(40)
     r = simulate("phi-optimized", wl, slow_table(), max_batch=32)
     assert (r["outcome"] == COMPLETED).all()
-    first = r["batch"][at : at + burst].min()
+    first = r["batch"][at : at + 40].min()
     assert r["batch_cost"][first] == 32
 
 
 def test_phi_keeps_headroom_in_a_burst_backlog() -> None:
     # The same at a burst of 160: a queue of five batches is a burst, during whose drain
     # ultra-high requests keep arriving; batches are held to the headroom.
-    wl = workload(1500, 941 * 0.5, 21)
-    at = int(np.searchsorted(wl["arrival"], 1.0))
-    burst = 160
-    for key in ("arrival", "cls", "tenant", "cost", "deadline"):
-        wl[key] = np.insert(wl[key], at, np.repeat(wl[key][at : at + 1], burst))
-    wl["arrival"][at : at + burst] = 1.0
-    wl["cls"][at : at + burst] = 0
-    wl["deadline"][at : at + burst] = 1.0 + SLO[0]
+    wl, at = half_load_with_burst(160)
     r = simulate("phi-optimized", wl, slow_table(), max_batch=32)
-    first = r["batch"][at : at + burst].min()
+    first = r["batch"][at : at + 160].min()
     assert r["batch_cost"][first] < 24
 
 

@@ -148,15 +148,15 @@ void LatencyModel::rebuild() {
       blocks.back().value = block_value(blocks.back().first, last);
     }
   }
-  fit_.assign(buckets_ + 1, std::numeric_limits<double>::quiet_NaN());
+  per_bucket_.assign(buckets_ + 1, std::numeric_limits<double>::quiet_NaN());
   for (const Block& k : blocks)
     for (int b = k.first; b <= k.last; ++b)
-      if (count_[b] > 0) fit_[b] = k.value;
-  build_curve(fit_, med_);
+      if (count_[b] > 0) per_bucket_[b] = k.value;
+  build_curve(per_bucket_, med_);
   // Tails: a bucket's own quantile once it has the samples for one, else its median times the
   // pooled ratio; never below the median.
   const auto own = static_cast<size_t>(std::min<double>(window_, std::ceil(1 / (1 - quantile_) - 1e-9)));
-  std::vector<double>& tail = fit_;  // reused: the fitted medians are in med_ now
+  std::vector<double>& tail = per_bucket_;  // reused: the fitted medians are in med_ now
   for (int b = 1; b <= buckets_; ++b) {
     if (count_[b] == 0) continue;
     tail[b] = sorted_[b].size() >= own ? std::max(q_[b], med_[b]) : med_[b] * ratio_;

@@ -93,7 +93,7 @@ class LatencyModel {
   std::vector<float> ratio_sorted_;        // the same, ascending
   int64_t ratios_ = 0;                     // ratios ever recorded
   double ratio_ = 1;                       // their quantile, at least 1
-  std::vector<double> fit_;                // scratch: per bucket, the isotonic medians
+  std::vector<double> per_bucket_;         // scratch: per bucket, the fitted medians, then the tails
   std::vector<float> fresh_;               // scratch: the samples of one record_many
 };
 
