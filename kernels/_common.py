@@ -44,6 +44,22 @@ def row_warps(block: int, itemsize: int) -> int:
     return min(16, max(4, int(block) * int(itemsize) // 1024))
 
 
+def row_config(n_cols: int, itemsize: int) -> tuple[int, int, int]:
+    """(BLOCK, ROWS, warps) for the row kernels (softmax, layer norm): one row of ``BLOCK``
+    (``n_cols`` rounded up to a power of two) per program while a row fills at least 4 KiB, and
+    otherwise as many rows per program (up to 16) as make 4 KiB, so that each thread still issues
+    32 bytes of loads; warps by :func:`row_warps` over the program's whole tile.
+
+    Why several rows: at 384 columns one float16 row is 1 KiB, which leaves each of 4 warps'
+    threads a single 8-byte load, and that reached 52 % of the copy floor on an H200 (RESULTS.md,
+    "Accelerators on an NVIDIA H200").
+    """
+    block = next_pow2(n_cols)
+    row_bytes = block * int(itemsize)
+    rows = min(16, max(1, 4096 // max(1, row_bytes)))
+    return block, rows, row_warps(rows * block, itemsize)
+
+
 def gemm_config(dtype: str, m: int, n: int) -> tuple[tuple[int, int, int], int, int]:
     """((BLOCK_M, BLOCK_N, BLOCK_K), warps, stages) for a product of ``m × n`` outputs.
 

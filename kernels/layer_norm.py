@@ -1,7 +1,8 @@
 """Layer normalisation over the last axis, with the residual add fused in front:
 ``y = (h − mean(h)) / sqrt(var(h) + ε) · γ + β`` where ``h = x + residual``.
 
-Each program holds ``ROWS`` rows in registers (the launcher: one): one read of ``x`` (and
+Each program holds ``ROWS`` rows in registers (the launcher: one, or several short ones, by
+``_common.row_config``): one read of ``x`` (and
 ``residual``), one write of ``y``; mean and variance in float32 (two-pass on the held row, so no
 cancellation).
 """
@@ -14,7 +15,7 @@ import triton
 import triton.language as tl
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
-from phi_engine.kernels._common import check_float, check_same_device, next_pow2, row_warps
+from phi_engine.kernels._common import check_float, check_same_device, row_config
 
 _OP = "layer_norm"
 MAX_ROW = 1 << 16
@@ -99,7 +100,8 @@ def layer_norm(
         return y.reshape(x.shape)
     g = gamma.contiguous()
     b = g if beta is None else beta.contiguous()
-    _layer_norm_kernel[(rows.shape[0],)](
+    block, per, warps = row_config(n_cols, rows.element_size())
+    _layer_norm_kernel[(-(-rows.shape[0] // per),)](
         rows,
         res,
         g,
@@ -113,8 +115,8 @@ def layer_norm(
         float(epsilon),
         HAS_RES=residual is not None,
         HAS_BETA=beta is not None,
-        BLOCK=next_pow2(n_cols),
-        ROWS=1,
-        num_warps=row_warps(next_pow2(n_cols), rows.element_size()),
+        BLOCK=block,
+        ROWS=per,
+        num_warps=warps,
     )
     return y.reshape(x.shape)

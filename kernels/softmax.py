@@ -4,8 +4,8 @@ one block.
 Each row is read once into registers (its length rounded up to a power of two, masked), the max
 subtracted, exponentiated, summed and divided, and written once: one read and one write of the
 tensor, which is what makes it memory-bound at the copy bandwidth. The launcher runs one row per
-program (measured best for rows of 384 to 4096 columns with its warps); several rows per program
-are for short rows, where ``benchmarks/gpu/bench_triton.py --sweep rows`` times them.
+program while a row fills 4 KiB and packs shorter rows several to a program
+(``_common.row_config``); ``benchmarks/gpu/bench_triton.py --sweep rows`` times each choice.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from phi_engine.errors import InvalidRequestError, UnsupportedError
-from phi_engine.kernels._common import check_float, check_same_device, next_pow2, row_warps
+from phi_engine.kernels._common import check_float, check_same_device, row_config
 
 _OP = "softmax"
 MAX_ROW = 1 << 16
@@ -89,7 +89,8 @@ def softmax(x: Any, mask: Any | None = None, scale: float = 1.0) -> Any:
             ) from exc
         if mask2d.stride(-1) != 1:
             mask2d = mask2d.contiguous()
-    _softmax_kernel[(rows2d.shape[0],)](
+    block, per, warps = row_config(n_cols, rows2d.element_size())
+    _softmax_kernel[(-(-rows2d.shape[0] // per),)](
         rows2d,
         mask2d,
         y,
@@ -100,8 +101,8 @@ def softmax(x: Any, mask: Any | None = None, scale: float = 1.0) -> Any:
         y.stride(0),
         float(scale),
         HAS_MASK=mask is not None,
-        BLOCK=next_pow2(n_cols),
-        ROWS=1,
-        num_warps=row_warps(next_pow2(n_cols), rows2d.element_size()),
+        BLOCK=block,
+        ROWS=per,
+        num_warps=warps,
     )
     return y.reshape(x.shape)

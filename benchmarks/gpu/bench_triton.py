@@ -128,6 +128,7 @@ def sweep_gemm(size: int = 4096) -> str:
 ROW_CONFIGS = {  # (rows, cols): (rows per program, warps) tried
     (16384, 4096): [(1, 4), (1, 8), (1, 16), (1, 32)],
     (131072, 384): [(1, 1), (1, 2), (1, 4), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8)],
+    (262144, 128): [(1, 4), (4, 4), (8, 4), (16, 4), (8, 8), (16, 8)],
 }
 
 
@@ -176,7 +177,7 @@ def sweep_rows(bw: float) -> str:
                 lines.append(
                     f"| {rows}x{cols} | {str(dtype).removeprefix('torch.')} | {kernel} | "
                     + " | ".join(cells)
-                    + f" | r1 w{row_warps(block, x.element_size())} |"
+                    + " | r{1} w{2} |".format(*row_config(cols, x.element_size()))
                 )
         lines.append("")
     return "\n".join(lines) + "\n"

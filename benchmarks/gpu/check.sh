@@ -173,7 +173,7 @@ else
   timeout 900 "$PY" benchmarks/gpu/bench_cuda.py --out "$OUT_DIR" 2>&1 | grep -v '^|'
   [[ ${PIPESTATUS[0]} == 0 ]] || bench_rc=1
   step "benchmark (bench_triton.py)"
-  timeout 600 "$PY" benchmarks/gpu/bench_triton.py --out "$OUT_DIR" >/dev/null 2>"$OUT_DIR/bench_triton.err"
+  timeout 600 "$PY" benchmarks/gpu/bench_triton.py --sweep rows --out "$OUT_DIR" >/dev/null 2>"$OUT_DIR/bench_triton.err"
   [[ $? == 0 ]] || { bench_rc=1; tail -n 20 "$OUT_DIR/bench_triton.err"; }
 fi
 

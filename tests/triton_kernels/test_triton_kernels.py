@@ -115,6 +115,32 @@ def test_row_kernels_with_several_rows_per_program(rng: np.random.Generator, per
     close(yt, want)
 
 
+def test_row_config_packs_short_rows() -> None:
+    """A program covers at least 4 KiB (so each of its threads loads 32 bytes) or 16 rows; rows of
+    4 KiB or more go one per program."""
+    from phi_engine.kernels._common import row_config
+
+    for cols in (1, 3, 64, 128, 384, 1000, 1024, 4096, 8191):
+        for itemsize in (2, 4):
+            block, per, warps = row_config(cols, itemsize)
+            assert block >= cols and block & (block - 1) == 0
+            assert per * block * itemsize >= 4096 or per == 16
+            assert per == 1 or (per // 2) * block * itemsize < 4096
+            assert 4 <= warps <= 16
+    assert row_config(384, 2)[1] == 4 and row_config(384, 4)[1] == 2
+    assert row_config(4096, 2)[1] == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_launchers_pack_short_rows_past_the_end(rng: np.random.Generator, dtype: str) -> None:
+    """17 rows of 128 columns: several rows per program, the last program partly past the end."""
+    x = rng.standard_normal((17, 128)).astype(np.float32) * 3
+    close(kernels.softmax(t(x, dtype)), ref.softmax(stored(x, dtype)), dtype)
+    gamma = rng.standard_normal(128).astype(np.float32)
+    got = kernels.layer_norm(t(x, dtype), t(gamma, dtype))
+    close(got, ref.layer_norm(stored(x, dtype), stored(gamma, dtype)), dtype)
+
+
 @pytest.mark.parametrize("mnk", [(1, 1, 1), (7, 13, 5), (33, 65, 17), (64, 96, 40)])
 @pytest.mark.parametrize("activation", kernels.ACTIVATIONS)
 def test_gemm_with_each_epilogue(

@@ -84,17 +84,17 @@ def softmax(
     ``r * mask_row_stride`` elements (0: one row for all)."""
     if rows == 0 or cols == 0:
         return
-    from phi_engine.kernels._common import next_pow2, row_warps
+    from phi_engine.kernels._common import row_config
     from phi_engine.kernels.softmax import _softmax_kernel
 
     xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
     mt = _tensor(cu, mask, (mask_rows, cols)) if mask else xt
-    block = next_pow2(cols)
+    block, per, warps = row_config(cols, 4)
     _launch(
         cu, stream,
-        lambda: _softmax_kernel[(rows,)](
+        lambda: _softmax_kernel[(-(-rows // per),)](
             xt, mt, yt, rows, cols, cols, mask_row_stride, cols, float(scale),
-            HAS_MASK=bool(mask), BLOCK=block, ROWS=1, num_warps=row_warps(block, 4),
+            HAS_MASK=bool(mask), BLOCK=block, ROWS=per, num_warps=warps,
         ),
     )  # fmt: skip
 
@@ -115,20 +115,20 @@ def layer_norm(
     """Layer norm of each row of ``x (+ residual)``, scaled by ``gamma``, shifted by ``beta``."""
     if rows == 0 or cols == 0:
         return
-    from phi_engine.kernels._common import next_pow2, row_warps
+    from phi_engine.kernels._common import row_config
     from phi_engine.kernels.layer_norm import _layer_norm_kernel
 
     xt, yt = _tensor(cu, x, (rows, cols)), _tensor(cu, out, (rows, cols))
     rt = _tensor(cu, residual, (rows, cols)) if residual else xt
     gt = _tensor(cu, gamma, (cols,))
     bt = _tensor(cu, beta, (cols,)) if beta else gt
-    block = next_pow2(cols)
+    block, per, warps = row_config(cols, 4)
     _launch(
         cu, stream,
-        lambda: _layer_norm_kernel[(rows,)](
+        lambda: _layer_norm_kernel[(-(-rows // per),)](
             xt, rt, gt, bt, yt, rows, cols, cols, cols, cols, float(epsilon),
-            HAS_RES=bool(residual), HAS_BETA=bool(beta), BLOCK=block, ROWS=1,
-            num_warps=row_warps(block, 4),
+            HAS_RES=bool(residual), HAS_BETA=bool(beta), BLOCK=block, ROWS=per,
+            num_warps=warps,
         ),
     )  # fmt: skip
 
