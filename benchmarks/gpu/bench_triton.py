@@ -134,9 +134,8 @@ ROW_CONFIGS = {  # (rows, cols): (rows per program, warps) tried
 
 def sweep_rows(bw: float) -> str:
     """Per cent of the copy floor of the softmax and layer-norm kernels with each number of rows
-    per program and warps (the launchers pick one row and
-    :func:`~phi_engine.kernels._common.row_warps`)."""
-    from phi_engine.kernels._common import next_pow2, row_warps
+    per program and warps (the launchers pick :func:`~phi_engine.kernels._common.row_config`)."""
+    from phi_engine.kernels._common import next_pow2, row_config
     from phi_engine.kernels.layer_norm import _layer_norm_kernel
     from phi_engine.kernels.softmax import _softmax_kernel
 
