@@ -45,19 +45,23 @@ def row_warps(block: int, itemsize: int) -> int:
 
 
 def row_config(n_cols: int, itemsize: int) -> tuple[int, int, int]:
-    """(BLOCK, ROWS, warps) for the row kernels (softmax, layer norm): one row of ``BLOCK``
-    (``n_cols`` rounded up to a power of two) per program while a row fills at least 4 KiB, and
-    otherwise as many rows per program (up to 16) as make 4 KiB, so that each thread still issues
-    32 bytes of loads; warps by :func:`row_warps` over the program's whole tile.
+    """(BLOCK, ROWS, warps) for the row kernels (softmax, layer norm): ``BLOCK`` is ``n_cols``
+    rounded up to a power of two; a row of 2 KiB or more goes one per program with
+    :func:`row_warps`, and shorter rows are packed as many to a program (up to 16) as make 2 KiB,
+    in 2 warps per KiB of the program's tile (at least 2).
 
-    Why several rows: at 384 columns one float16 row is 1 KiB, which leaves each of 4 warps'
-    threads a single 8-byte load, and that reached 52 % of the copy floor on an H200 (RESULTS.md,
-    "Accelerators on an NVIDIA H200").
+    Measured on an H200 (``bench_triton.py --sweep rows``, RESULTS.md, "Accelerators on an NVIDIA
+    H200"): one 384-column float16 row per program in 4 warps reached 50-51 % of the copy floor
+    (each thread a single 8-byte load); two rows in 2 warps 84-93 %, four rows in 4 warps 78-81 %;
+    at 384 columns float32 one row in 2 warps 92-96 % against 82-86 % in 4; at 128 columns 2 KiB
+    tiles were the best or within 2 points of it.
     """
     block = next_pow2(n_cols)
     row_bytes = block * int(itemsize)
-    rows = min(16, max(1, 4096 // max(1, row_bytes)))
-    return block, rows, row_warps(rows * block, itemsize)
+    if row_bytes >= 4096:
+        return block, 1, row_warps(block, itemsize)
+    rows = min(16, max(1, 2048 // row_bytes))
+    return block, rows, max(2, rows * row_bytes // 1024)
 
 
 def gemm_config(dtype: str, m: int, n: int) -> tuple[tuple[int, int, int], int, int]:

@@ -4,7 +4,7 @@ one block.
 Each row is read once into registers (its length rounded up to a power of two, masked), the max
 subtracted, exponentiated, summed and divided, and written once: one read and one write of the
 tensor, which is what makes it memory-bound at the copy bandwidth. The launcher runs one row per
-program while a row fills 4 KiB and packs shorter rows several to a program
+program while a row fills 2 KiB and packs shorter rows several to a program
 (``_common.row_config``); ``benchmarks/gpu/bench_triton.py --sweep rows`` times each choice.
 """
 

@@ -116,19 +116,23 @@ def test_row_kernels_with_several_rows_per_program(rng: np.random.Generator, per
 
 
 def test_row_config_packs_short_rows() -> None:
-    """A program covers at least 4 KiB (so each of its threads loads 32 bytes) or 16 rows; rows of
-    4 KiB or more go one per program."""
-    from phi_engine.kernels._common import row_config
+    """Rows shorter than 2 KiB are packed up to 2 KiB (or 16 rows) per program in 2 warps per
+    KiB; longer rows go one per program with ``row_warps``."""
+    from phi_engine.kernels._common import row_config, row_warps
 
     for cols in (1, 3, 64, 128, 384, 1000, 1024, 4096, 8191):
         for itemsize in (2, 4):
             block, per, warps = row_config(cols, itemsize)
+            tile = per * block * itemsize
             assert block >= cols and block & (block - 1) == 0
-            assert per * block * itemsize >= 4096 or per == 16
-            assert per == 1 or (per // 2) * block * itemsize < 4096
-            assert 4 <= warps <= 16
-    assert row_config(384, 2)[1] == 4 and row_config(384, 4)[1] == 2
-    assert row_config(4096, 2)[1] == 1
+            assert tile >= 2048 or per == 16
+            assert per == 1 or tile <= 2048
+            if block * itemsize >= 4096:
+                assert (per, warps) == (1, row_warps(block, itemsize))
+            else:
+                assert warps == max(2, tile // 1024)
+    assert row_config(384, 2) == (512, 2, 2) and row_config(384, 4) == (512, 1, 2)
+    assert row_config(128, 2) == (128, 8, 2) and row_config(4096, 2) == (4096, 1, 8)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
