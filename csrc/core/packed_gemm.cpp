@@ -91,6 +91,12 @@ struct TileArgs {
   // none). An integer, since it may point past the end of B, where a pointer may not.
   uintptr_t pf = 0;
   uintptr_t pf_step = 0;
+  // A read in place: the next row block's rows (lda apart), prefetched a line at a time through
+  // the K loop while this tile computes (0: none). Each row of A is only K floats long, too short
+  // a stream for the hardware prefetchers to ramp up on before it ends.
+  uintptr_t apf = 0;
+  // Prefetch the tile's rows of C for writing before the K loop (a first write of C).
+  bool cpf = false;
 };
 
 // DIRECT: A is read where it lies (row i of the tile at a + i * lda, k along the row) instead of
@@ -138,13 +144,27 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
     if constexpr (BF16) b16 += bs;
     else b += bs;
   };
-  // The prefetching loop apart, so that the other has no test of it per k.
-  if (t.pf) {
-    uintptr_t pf = t.pf;
-    for (int64_t k = 0; k < t.kc; ++k) {
+  if (t.cpf) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int j = 0; j < NR * (BF16 ? 2 : 4); j += 64) __builtin_prefetch(reinterpret_cast<const void*>(pf + j), 0, 3);
-      pf += t.pf_step;
+      for (int j = 0; j < NR * 4; j += 64) __builtin_prefetch(t.c + i * t.ldc + j / 4, 1, 3);
+  }
+  // The prefetching loop apart, so that the other has no test of it per k.
+  if (t.pf || t.apf) {
+    uintptr_t pf = t.pf;
+    // A's lines: row k % MR, line k / MR of the row, until every line of the next block's rows
+    // (kc floats each) is asked for.
+    const int64_t a_lines = t.apf ? MR * ((t.kc * 4 + 63) / 64) : 0;
+    const uintptr_t a_row_bytes = static_cast<uintptr_t>(t.lda) * 4;
+    for (int64_t k = 0; k < t.kc; ++k) {
+      if (t.pf) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NR * (BF16 ? 2 : 4); j += 64) __builtin_prefetch(reinterpret_cast<const void*>(pf + j), 0, 3);
+        pf += t.pf_step;
+      }
+      if (k < a_lines)
+        __builtin_prefetch(reinterpret_cast<const void*>(t.apf + (k % MR) * a_row_bytes + (k / MR) * 64), 0, 3);
       step();
     }
   } else {
@@ -669,6 +689,12 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
             // the others find it in L2.
             const uintptr_t b_addr = bf16 ? reinterpret_cast<uintptr_t>(ta.b16) : reinterpret_cast<uintptr_t>(ta.b);
             ta.pf = rb == rc && prefetch_b ? b_addr + pf_rows * ta.pf_step : 0;
+            // The first panel of a chunk reads its rows of A from memory: the next block's are
+            // prefetched meanwhile (the other panels find them in L2). C is written first there.
+            ta.apf = direct && p == p0 && rb + 1 < rc1 && rows == mr
+                         ? reinterpret_cast<uintptr_t>(ta.a + static_cast<int64_t>(mr) * g.lda)
+                         : 0;
+            ta.cpf = k0 == 0 && rows == mr && cols == nr;
             ks.fn(rows, ta);
           }
           k0 += kc;
