@@ -324,11 +324,18 @@ struct Decoder {
   py::object array(int depth) {
     const char* start = p;
     Numeric num;
-    bool ok = true;
-    try {
-      numeric(num, 0);
-    } catch (const NotNumeric&) {
-      ok = false;
+    // An array whose first element is plainly not a number or an array (an object, a string,
+    // a literal: V2's list of input tensors) goes to the generic path without the numeric
+    // attempt, whose exception costs more than decoding a small object.
+    const char* first = p + 1;
+    while (first < end && (*first == ' ' || *first == '\t' || *first == '\n' || *first == '\r')) ++first;
+    bool ok = first < end && (starts_number(*first) || *first == '[');
+    if (ok) {
+      try {
+        numeric(num, 0);
+      } catch (const NotNumeric&) {
+        ok = false;
+      }
     }
     if (ok) {
       if (num.all_int) {

@@ -195,3 +195,33 @@ def test_infer_fast_path_answers_like_the_route(
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
+
+
+def test_plain_and_general_requests_answer_alike_in_float32(
+    served: tuple[Server, dict[str, str]], rng: np.random.Generator
+) -> None:
+    """The common body (one JSON tensor, nothing else) takes a shorter decoding path than one
+    with parameters or requested outputs; both give the same answer, and the answer's float32
+    values are the model's own, exactly (they are written from the array)."""
+    server, headers = served
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    tensor = {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": x.ravel().tolist()}
+    bodies = [
+        {"inputs": [tensor]},  # plain
+        {"inputs": [tensor], "parameters": {}},
+        {"inputs": [tensor], "outputs": [{"name": "y"}]},
+        {"inputs": [{**tensor, "parameters": {}}]},
+    ]
+    dep = server.engine.deployments()[0]
+    want = server.engine.infer(dep.deployment_id, {"x": x}).outputs["y"]
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
+        answers = [c.post("/v2/models/mlp/infer", json=b).json() for b in bodies]
+        for answer in answers:
+            assert answer == answers[0]
+        out = answers[0]["outputs"][0]
+        got = np.asarray(out["data"], dtype=np.float64).astype(np.float32).reshape(out["shape"])
+        np.testing.assert_array_equal(got, want)
+        # a plain-looking body with a bad tensor still gets the general path's error
+        bad = {"inputs": [{**tensor, "name": 7}]}
+        r = c.post("/v2/models/mlp/infer", json=bad)
+        assert r.status_code == 400 and r.json()["error"]["field"] == "inputs"

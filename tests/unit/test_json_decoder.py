@@ -103,6 +103,14 @@ def test_integers_become_int64_arrays_only_when_numpy_would() -> None:
         '"plain"',
         '{"deployment_id": "dep_1", "input": {"data": [[0.1, 0.2]]}, "priority": "high"}',
         '[{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]',
+        # arrays whose first element is not a number (decoded without the numeric attempt),
+        # after whitespace, and ones that start numeric and then are not
+        '[ "a", 1]',
+        '[\n\t{"a": [1]}, [2]]',
+        "[ ]",
+        "[null, 1]",
+        '[-1, "x"]',
+        '[[1], {"a": 2}]',
     ],
 )
 def test_documents_decode_like_json_loads(doc: str) -> None:

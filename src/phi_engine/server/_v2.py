@@ -36,13 +36,18 @@ _loads: Callable[[bytes], Any] = require_core().json_loads
 try:
     import orjson
 
+    # numpy arrays are written directly (a float32 as its shortest float32 form), as /v1 does
     def _dumps(value: Any) -> bytes:
-        return orjson.dumps(value)
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    _ARRAY_KINDS = "fiub"  # what orjson writes from an array itself
 
 except ImportError:  # pragma: no cover - orjson is in the server extra
 
     def _dumps(value: Any) -> bytes:
         return json.dumps(value).encode()
+
+    _ARRAY_KINDS = ""
 
 
 _DATATYPE_OF = {dtype: name for name, dtype in V2_DATATYPES.items()}
@@ -200,9 +205,14 @@ async def infer_v2(
         InvalidRequestError: a body, tensor or parameter that does not fit (``field`` names it).
         OverloadedError: shed or rejected by the scheduler.
     """
-    header, tensors = _split(raw, header_length)
-    inputs = _inputs(header, tensors)
-    params = header.get("parameters") or {}
+    plain = _plain(raw) if header_length is None else None
+    params: dict[str, Any] = {}
+    if plain is not None:
+        header, inputs = plain, plain["inputs"]
+    else:
+        header, tensors = _split(raw, header_length)
+        inputs = _inputs(header, tensors)
+        params = header.get("parameters") or {}
     result = await engine.ainfer(
         dep.deployment_id,
         inputs,
@@ -243,6 +253,33 @@ def _deadline(timeout_us: Any) -> float | None:
     if not math.isfinite(ms):
         raise InvalidRequestError("parameters.timeout is too large", field="parameters.timeout")
     return ms
+
+
+_PLAIN_KEYS = frozenset(("inputs", "id"))
+_PLAIN_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data"))
+
+
+def _plain(raw: bytes) -> dict[str, Any] | None:
+    """The common request decoded, when it needs none of :func:`_split`'s and :func:`_inputs`'s
+    checks: JSON tensors only, one input with a string name and no parameters, no requested
+    outputs; ``None`` for anything else (which the general path then decodes and checks)."""
+    try:
+        header = _loads(raw)
+    except ValueError:
+        return None
+    if type(header) is not dict or not _PLAIN_KEYS.issuperset(header):
+        return None
+    inputs = header.get("inputs")
+    if type(inputs) is not list or len(inputs) != 1:
+        return None
+    tensor = inputs[0]
+    if (
+        type(tensor) is not dict
+        or not _PLAIN_TENSOR_KEYS.issuperset(tensor)
+        or type(tensor.get("name")) is not str
+    ):
+        return None
+    return header
 
 
 def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -334,7 +371,8 @@ def _response(
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = array.ravel().tolist()
+            flat = array.ravel()
+            entry["data"] = flat if flat.dtype.kind in _ARRAY_KINDS else flat.tolist()
         tensors.append(entry)
     body: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": tensors}
     if "id" in header:
