@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/scheduling/bench_real.py [--seq 8] [--duration 20]
           [--loads 0.5 0.8 1 1.5 2 4] [--policies phi-optimized fifo] [--threads 2]
-          [--window 0.5] [--sim-seeds 5] [--rounds 1] [--write]
+          [--window 0.5] [--sim-seeds 5] [--rounds 1] [--capacity-per-round] [--write]
 
 all-MiniLM-L6-v2 is compiled with phi_engine and deployed in process behind
 ``phi_engine.serving.Scheduler`` (one worker, max batch 32, every kernel on ``--threads``). A
@@ -28,7 +28,9 @@ within a round, in alternating order (A B, B A, ...), so that the machine's slow
 on each policy alike; a third table pools the rounds per policy (percentiles of all completed
 requests, and each round's p99 over the baseline's, the last policy named, on the same requests).
 On a shared 2-vCPU machine one 20-second p99 comes down to a handful of stalls, and this is the
-comparison that can tell policies apart there.
+comparison that can tell policies apart there. ``--capacity-per-round`` measures the capacity
+again before each round (1.5 s at saturation): the machine's speed drifts by 10-30 % between
+minutes, and a load meant as 0.8x of the capacity measured at the start can be 1x later.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ OUTCOME = {"completed": 1, "shed": 2, "queue_full": 3, "deadline_infeasible": 4,
 FAILED = 7
 CLASS_ORDER = ("ultra", "high", "normal", "low")  # the tables' order
 SIZES = (1, 2, 4, 8, 16, 32)
+CAPACITY_PER_ROUND_S = 1.5  # the saturation run before each round (--capacity-per-round)
 
 
 def load_model(seq: int, threads: int) -> tuple[ModelRunner, dict[str, np.ndarray]]:
@@ -361,7 +364,11 @@ def run(args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]]]:
             # Round r runs every policy on the same requests; the order alternates between
             # rounds, so that a slow stretch of the machine falls on each policy alike.
             seed = [args.seed, int(load * 100)] + ([r] if args.rounds > 1 else [])
-            wl = workloads.generate("poisson", load * cap, args.duration, seed)
+            round_cap = cap
+            if args.capacity_per_round:
+                round_cap = saturated_capacity(runner, payload, CAPACITY_PER_ROUND_S)
+                print(f"load {load:g} round {r}: capacity {round_cap:.0f} requests/s", flush=True)
+            wl = workloads.generate("poisson", load * round_cap, args.duration, seed)
             order = args.policies if r % 2 == 0 else args.policies[::-1]
             for policy in order:
                 real = run_real(runner, payload, wl, policy, seed_table)
@@ -470,6 +477,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=1,
         help="rounds per load, each on fresh requests, the policies' order alternating; with more "
         "than one, a last table pools them (the baseline is the last policy named)",
+    )
+    parser.add_argument(
+        "--capacity-per-round",
+        action="store_true",
+        help="measure the capacity again before each round (a 1.5 s saturation run), so that a "
+        "load is a multiple of what the machine serves at that time",
     )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
