@@ -325,8 +325,10 @@ def diagnose(
     rp: replay.Replay,
     sims: Sequence[dict[str, Any]],
     iid: tuple[workloads.Workload, dict[str, Any]],
+    capacity: float,
 ) -> list[str]:
-    """One row of the replay table: what was measured, the seeds' spread, the baseline."""
+    """One row of the replay table: what was measured, the seeds' spread, the baseline, and
+    the capacity the load was a multiple of."""
     r_att = attainment(real.workload, real.result)
     per_seed = np.array([attainment(real.workload, s) for s in sims])
     worst = int(np.argmax(np.abs(np.median(per_seed, axis=0) - r_att)))
@@ -342,6 +344,7 @@ def diagnose(
         f"{CLASS_ORDER[worst]} {r_att[worst]:.1f}: "
         f"{per_seed[:, worst].min():.1f}–{per_seed[:, worst].max():.1f}",
         f"{np.max(np.abs(attainment(*iid) - r_att)):.1f}",
+        f"{capacity:.0f}",
     ]
 
 
@@ -377,7 +380,7 @@ def run(args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]]]:
                 sims = simulate_replay(core, policy, real, rp, args.sim_seeds)
                 iid = simulate_iid(core, policy, real, seed_table, args.seed)
                 rows.append(compare(load, policy, real, sims, args.duration))
-                notes.append(diagnose(load, policy, real, rp, sims, iid))
+                notes.append(diagnose(load, policy, real, rp, sims, iid, round_cap))
                 print(" | ".join(rows[-1]) + " || " + " | ".join(notes[-1][2:]), flush=True)
         if args.rounds > 1:
             pooled += pool_rounds(load, runs, args.policies[-1])
@@ -437,6 +440,7 @@ REPLAY_HEADER = [
     "speed p5–p95",
     "worst class real %: sim range over seeds",
     "max \\|diff\\| plain sim",
+    "capacity req/s",
 ]
 
 

@@ -148,14 +148,14 @@ PHI_ALWAYS_INLINE void tile_kernel(const TileArgs& t) {
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int j = 0; j < NR * 4; j += 64) __builtin_prefetch(t.c + i * t.ldc + j / 4, 1, 3);
+      for (int j = 0; j <= NR * 4; j += 64) __builtin_prefetch(t.c + i * t.ldc + j / 4, 1, 3);  // a row may start mid-line
   }
-  // The prefetching loop apart, so that the other has no test of it per k.
+  // The loop with prefetches apart (it tests them per k), so that the common one has none.
   if (t.pf || t.apf) {
     uintptr_t pf = t.pf;
     // A's lines: row k % MR, line k / MR of the row, until every line of the next block's rows
-    // (kc floats each) is asked for.
-    const int64_t a_lines = t.apf ? MR * ((t.kc * 4 + 63) / 64) : 0;
+    // (kc floats each, one line more for a row that starts mid-line) is asked for.
+    const int64_t a_lines = t.apf ? MR * ((t.kc * 4 + 63) / 64 + 1) : 0;
     const uintptr_t a_row_bytes = static_cast<uintptr_t>(t.lda) * 4;
     for (int64_t k = 0; k < t.kc; ++k) {
       if (t.pf) {
@@ -689,9 +689,10 @@ void packed_gemm_f32(const GemmArgs& g, const PackedB* packed, int threads) {
             // the others find it in L2.
             const uintptr_t b_addr = bf16 ? reinterpret_cast<uintptr_t>(ta.b16) : reinterpret_cast<uintptr_t>(ta.b);
             ta.pf = rb == rc && prefetch_b ? b_addr + pf_rows * ta.pf_step : 0;
-            // The first panel of a chunk reads its rows of A from memory: the next block's are
-            // prefetched meanwhile (the other panels find them in L2). C is written first there.
-            ta.apf = direct && p == p0 && rb + 1 < rc1 && rows == mr
+            // The first panel of a chunk reads its rows of A from memory: the next block's (when
+            // it is a full one) are prefetched meanwhile; the other panels find them in L2. A tile
+            // whose C is written for the first time prefetches its rows of C.
+            ta.apf = direct && p == p0 && rb + 1 < rc1 && (rb + 2) * mr <= g.m
                          ? reinterpret_cast<uintptr_t>(ta.a + static_cast<int64_t>(mr) * g.lda)
                          : 0;
             ta.cpf = k0 == 0 && rows == mr && cols == nr;

@@ -200,9 +200,9 @@ def test_infer_fast_path_answers_like_the_route(
 def test_plain_and_general_requests_answer_alike_in_float32(
     served: tuple[Server, dict[str, str]], rng: np.random.Generator
 ) -> None:
-    """The common body (one JSON tensor, nothing else) takes a shorter decoding path than one
-    with parameters or requested outputs; both give the same answer, and the answer's float32
-    values are the model's own, exactly (they are written from the array)."""
+    """The common body (JSON tensors, nothing else) skips the general input checks that one
+    with parameters or requested outputs takes; both give the same answer, and the answer's
+    float32 values are the model's own, exactly (they are written from the array)."""
     server, headers = served
     x = rng.standard_normal((3, 4)).astype(np.float32)
     tensor = {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": x.ravel().tolist()}

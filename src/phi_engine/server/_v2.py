@@ -36,7 +36,8 @@ _loads: Callable[[bytes], Any] = require_core().json_loads
 try:
     import orjson
 
-    # numpy arrays are written directly (a float32 as its shortest float32 form), as /v1 does
+    # Output arrays are written by orjson itself: a float32 in its shortest float32 form, which
+    # reads back to the same float32 (/v1's answer, built with tolist(), spells it as a float64)
     def _dumps(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -205,12 +206,11 @@ async def infer_v2(
         InvalidRequestError: a body, tensor or parameter that does not fit (``field`` names it).
         OverloadedError: shed or rejected by the scheduler.
     """
-    plain = _plain(raw) if header_length is None else None
+    header, tensors = _split(raw, header_length)
     params: dict[str, Any] = {}
-    if plain is not None:
-        header, inputs = plain, plain["inputs"]
+    if not tensors and _plain(header):
+        inputs = header["inputs"]
     else:
-        header, tensors = _split(raw, header_length)
         inputs = _inputs(header, tensors)
         params = header.get("parameters") or {}
     result = await engine.ainfer(
@@ -259,27 +259,16 @@ _PLAIN_KEYS = frozenset(("inputs", "id"))
 _PLAIN_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data"))
 
 
-def _plain(raw: bytes) -> dict[str, Any] | None:
-    """The common request decoded, when it needs none of :func:`_split`'s and :func:`_inputs`'s
-    checks: JSON tensors only, one input with a string name and no parameters, no requested
-    outputs; ``None`` for anything else (which the general path then decodes and checks)."""
-    try:
-        header = _loads(raw)
-    except ValueError:
-        return None
-    if type(header) is not dict or not _PLAIN_KEYS.issuperset(header):
-        return None
-    inputs = header.get("inputs")
-    if type(inputs) is not list or len(inputs) != 1:
-        return None
-    tensor = inputs[0]
-    if (
-        type(tensor) is not dict
-        or not _PLAIN_TENSOR_KEYS.issuperset(tensor)
-        or type(tensor.get("name")) is not str
-    ):
-        return None
-    return header
+def _plain(header: dict[str, Any]) -> bool:
+    """Whether a decoded request (its inputs list already checked by :func:`_split`) needs none
+    of :func:`_inputs`'s work: JSON tensors only, each with a string name and no parameters, and
+    no parameters or requested outputs of its own."""
+    if not _PLAIN_KEYS.issuperset(header):
+        return False
+    return all(
+        type(t) is dict and _PLAIN_TENSOR_KEYS.issuperset(t) and type(t.get("name")) is str
+        for t in header["inputs"]
+    )
 
 
 def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -291,7 +280,7 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes
     else:
         raise InvalidRequestError(f"{_HEADER} is not a length within the body", field=_HEADER)
     try:
-        header = _loads(raw[:size])
+        header = _loads(raw if size == len(raw) else raw[:size])
     except ValueError as exc:
         raise InvalidRequestError(
             f"the inference request is not JSON: {exc}", field="body"
@@ -372,7 +361,8 @@ def _response(
             blobs.append(blob)
         else:
             flat = array.ravel()
-            entry["data"] = flat if flat.dtype.kind in _ARRAY_KINDS else flat.tolist()
+            direct = flat.dtype.isnative and flat.dtype.kind in _ARRAY_KINDS
+            entry["data"] = flat if direct else flat.tolist()
         tensors.append(entry)
     body: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": tensors}
     if "id" in header:
