@@ -37,9 +37,13 @@ struct Decoder {
     throw py::value_error(std::string("invalid JSON at byte ") + std::to_string(p - begin) + ": " + what);
   }
 
-  void ws() {
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) ++p;
+  // The first character at or after q that is not JSON whitespace.
+  const char* skip_ws(const char* q) const {
+    while (q < end && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t')) ++q;
+    return q;
   }
+
+  void ws() { p = skip_ws(p); }
 
   // ---- numbers -------------------------------------------------------------------------------
 
@@ -326,9 +330,8 @@ struct Decoder {
     Numeric num;
     // An array whose first element is plainly not a number or an array (an object, a string,
     // a literal: V2's list of input tensors) goes to the generic path without the numeric
-    // attempt, whose exception costs more than decoding a small object.
-    const char* first = p + 1;
-    while (first < end && (*first == ' ' || *first == '\t' || *first == '\n' || *first == '\r')) ++first;
+    // attempt, whose exception costs more than decoding a small object (about 0.9 us a time).
+    const char* first = skip_ws(p + 1);
     bool ok = first < end && (starts_number(*first) || *first == '[');
     if (ok) {
       try {

@@ -200,9 +200,9 @@ def test_infer_fast_path_answers_like_the_route(
 def test_plain_and_general_requests_answer_alike_in_float32(
     served: tuple[Server, dict[str, str]], rng: np.random.Generator
 ) -> None:
-    """The common body (JSON tensors, nothing else) skips the general input checks that one
-    with parameters or requested outputs takes; both give the same answer, and the answer's
-    float32 values are the model's own, exactly (they are written from the array)."""
+    """A body with nothing but its tensors, and the same with empty parameters, requested
+    outputs or tensor parameters, all give the same answer, and the answer's float32 values are
+    the model's own, exactly (they are written from the array)."""
     server, headers = served
     x = rng.standard_normal((3, 4)).astype(np.float32)
     tensor = {"name": "x", "shape": [3, 4], "datatype": "FP32", "data": x.ravel().tolist()}
@@ -221,7 +221,7 @@ def test_plain_and_general_requests_answer_alike_in_float32(
         out = answers[0]["outputs"][0]
         got = np.asarray(out["data"], dtype=np.float64).astype(np.float32).reshape(out["shape"])
         np.testing.assert_array_equal(got, want)
-        # a plain-looking body with a bad tensor still gets the general path's error
+        # a bad tensor name is a 400 naming the field
         bad = {"inputs": [{**tensor, "name": 7}]}
         r = c.post("/v2/models/mlp/infer", json=bad)
         assert r.status_code == 400 and r.json()["error"]["field"] == "inputs"

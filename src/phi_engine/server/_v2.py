@@ -207,12 +207,8 @@ async def infer_v2(
         OverloadedError: shed or rejected by the scheduler.
     """
     header, tensors = _split(raw, header_length)
-    params: dict[str, Any] = {}
-    if not tensors and _plain(header):
-        inputs = header["inputs"]
-    else:
-        inputs = _inputs(header, tensors)
-        params = header.get("parameters") or {}
+    inputs = _inputs(header, tensors)
+    params = header.get("parameters") or {}
     result = await engine.ainfer(
         dep.deployment_id,
         inputs,
@@ -253,22 +249,6 @@ def _deadline(timeout_us: Any) -> float | None:
     if not math.isfinite(ms):
         raise InvalidRequestError("parameters.timeout is too large", field="parameters.timeout")
     return ms
-
-
-_PLAIN_KEYS = frozenset(("inputs", "id"))
-_PLAIN_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data"))
-
-
-def _plain(header: dict[str, Any]) -> bool:
-    """Whether a decoded request (its inputs list already checked by :func:`_split`) needs none
-    of :func:`_inputs`'s work: JSON tensors only, each with a string name and no parameters, and
-    no parameters or requested outputs of its own."""
-    if not _PLAIN_KEYS.issuperset(header):
-        return False
-    return all(
-        type(t) is dict and _PLAIN_TENSOR_KEYS.issuperset(t) and type(t.get("name")) is str
-        for t in header["inputs"]
-    )
 
 
 def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
