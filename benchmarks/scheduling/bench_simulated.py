@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/scheduling/bench_simulated.py [--duration 60] [--loads 0.5 0.8 1 1.5 2 4]
           [--arrivals poisson mmpp] [--cost unit variable] [--policies ...] [--max-batch 32]
-          [--seed 0] [--table minilm_table.json] [--write]
+          [--seed 0] [--table minilm_table.json] [--slow-spells FACTOR] [--write]
 
 For every arrival process, cost kind and load (a multiple of one worker's capacity at full
 batches, workloads.capacity), one workload is drawn and every policy runs on that same workload
@@ -14,6 +14,12 @@ for a batch to fill) and no preferred sizes. A table row per policy gives goodpu
 class, latency, wasted work, decision time, scheduling overhead and tenant fairness (metrics.py),
 and a summary reads the results against issue 4's targets. Decision times and overhead are wall
 times of the native code on this machine; everything else is on the virtual clock.
+
+``--slow-spells FACTOR`` runs the machine FACTOR times slower in spells (exponential, mean 1 s,
+every 4 s on average; replay.slow_spells), the same spells for every policy of a run: the
+simulator's stand-in for the slow spells of a shared machine that the real runs (bench_real.py)
+meet. The model's latencies are drawn on a virtual clock that runs slower in a spell, and the
+results are read back in seconds.
 
 ``--write`` appends the command, the machine and the tables to benchmarks/RESULTS.md.
 """
@@ -40,7 +46,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from _harness import machine, markdown_table
 from phi_engine.serving import POLICIES
-from scheduling import latency_tables, metrics, workloads
+from scheduling import latency_tables, metrics, replay, workloads
 
 PHI = "phi-optimized"
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "RESULTS.md"
@@ -94,15 +100,29 @@ def run_policies(
     max_batch: int,
     duration: float,
     seed: int,
+    clock: replay.VirtualClock | None = None,
 ) -> dict[str, metrics.PolicyMetrics]:
-    """Every policy on the same workload, with the same latency draws (same seed)."""
+    """Every policy on the same workload, with the same latency draws (same seed).
+
+    With a ``clock`` (slow spells), the simulation runs on its virtual time and its start and
+    finish times are read back in seconds.
+    """
     out = {}
+    on_clock = workload
+    if clock is not None:
+        on_clock = dict(workload)
+        on_clock["arrival"] = clock.virtual(workload["arrival"])
+        on_clock["deadline"] = clock.virtual(workload["deadline"])
     for policy in policies:
         t0 = time.perf_counter()
         result = core.simulate(
-            policy_config(policy, max_batch), workload, table.cost, table.seconds, seed
+            policy_config(policy, max_batch), on_clock, table.cost, table.seconds, seed
         )
         elapsed = time.perf_counter() - t0
+        if clock is not None:
+            result = dict(result)
+            result["start"] = clock.real(result["start"])
+            result["finish"] = clock.real(result["finish"])
         out[policy] = metrics.summarize(policy, workload, result, duration, elapsed)
     return out
 
@@ -277,6 +297,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policies", nargs="+", default=list(POLICIES))
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--slow-spells",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="run the machine FACTOR (>= 1) times slower in spells of about 1 s every 4 s",
+    )
     p.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     return p.parse_args(argv)
 
@@ -292,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = latency_tables.load_table(args.table)
     if not 1 <= args.max_batch <= table.cost[-1]:
         sys.exit(f"--max-batch must be in [1, {table.cost[-1]:g}] (the table's largest cost)")
+    if args.slow_spells is not None and not 1 <= args.slow_spells <= 100:
+        sys.exit("--slow-spells must be in [1, 100]")
     cap = workloads.capacity(table.cost, table.seconds, args.max_batch)
     meta = ", ".join(f"{k} {v}" for k, v in sorted(table.meta.items()))
     lines = [
@@ -302,6 +331,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Duration {args.duration:g} s of arrivals per run (runs drain after), seed {args.seed}. "
         "Attainment counts sheds and rejections as misses; latencies are of completed requests.",
     ]
+    if args.slow_spells is not None:
+        lines.append(
+            f"Slow spells: the model runs {args.slow_spells:g}× slower in spells of mean 1 s, "
+            "mean gap 4 s, the same spells for every policy of a run; loads are multiples of "
+            "the capacity outside the spells."
+        )
     print("\n".join(lines), flush=True)
     results: Results = {}
     sections = []
@@ -312,8 +347,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rate = load * cap / mean
                 seed = [args.seed, ai, ci, round(load * 1000)]
                 w = workloads.generate(arrivals, rate, args.duration, seed, cost)
+                clock = None
+                if args.slow_spells is not None:
+                    spells_rng = np.random.default_rng([*seed, 1])
+                    clock = replay.slow_spells(args.duration, args.slow_spells, spells_rng)
                 r = run_policies(
-                    core, w, table, args.policies, args.max_batch, args.duration, args.seed
+                    core, w, table, args.policies, args.max_batch, args.duration, args.seed, clock
                 )
                 results[(arrivals, cost, load)] = r
                 title = (

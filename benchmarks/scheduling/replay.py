@@ -135,6 +135,31 @@ class VirtualClock:
         return np.where(np.isnan(tau), np.nan, self.at[i] + (safe - self.tau[i]) * self.speed[i])
 
 
+def slow_spells(
+    duration: float,
+    factor: float,
+    rng: np.random.Generator,
+    spell: float = 1.0,
+    gap: float = 4.0,
+) -> VirtualClock:
+    """A machine that runs ``factor`` times slower in spells, as this shared machine does.
+
+    Spells and the gaps between them last exponential times of means ``spell`` and ``gap``
+    seconds (a fifth of the time slow by default), drawn from ``rng`` over ``duration`` seconds
+    and a margin for the drain; the clock starts fast. A synthetic stand-in for a real run's
+    measured profile (``speed_profile``): every policy can be run through the same spells.
+    """
+    if factor < 1 or spell <= 0 or gap <= 0 or duration < 0:
+        raise ValueError("slow spells need factor >= 1 and positive spell and gap lengths")
+    at, speed, t, fast = [], [], 0.0, True
+    while t < duration + 60.0:
+        at.append(t)
+        speed.append(1.0 if fast else factor)
+        t += rng.exponential(gap if fast else spell)
+        fast = not fast
+    return VirtualClock(np.array(at), np.array(speed))
+
+
 def speed_profile(at: np.ndarray, speed: np.ndarray, window: float) -> VirtualClock:
     """A clock whose speed from each batch's start to the next one's is that batch's ``speed``,
     or, with a ``window`` > 0, the median speed of the batches started within half a window of

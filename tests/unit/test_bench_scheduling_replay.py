@@ -98,3 +98,27 @@ def test_replay_of_a_run_that_ran_nothing_uses_the_sweep() -> None:
     rp = replay.Replay.from_batches(b, t0=0.0, sweep={1: [0.002, 0.003]})
     assert rp.cost == [1.0] and rp.seconds == [[0.002, 0.003]]
     assert rp.clock.virtual(np.array([2.0])) == pytest.approx([2.0])
+
+
+def test_slow_spells_alternate_and_take_their_share_of_time() -> None:
+    clock = replay.slow_spells(2000.0, 2.0, np.random.default_rng(3), spell=1.0, gap=4.0)
+    assert clock.speed[0] == 1.0  # starts fast
+    assert set(np.unique(clock.speed)) == {1.0, 2.0}
+    assert np.all(clock.speed[1:] != clock.speed[:-1])  # spells and gaps alternate
+    span = np.diff(clock.at)
+    slow_share = span[clock.speed[:-1] == 2.0].sum() / span.sum()
+    assert slow_share == pytest.approx(0.2, abs=0.03)  # mean spell 1 s per 5 s
+    assert clock.at[-1] >= 2000.0
+    # Inside a spell, real time passes twice as fast as virtual time.
+    step = span[1] / 2
+    tau = clock.virtual(np.array([clock.at[1], clock.at[1] + step]))
+    assert tau[1] - tau[0] == pytest.approx(step / 2)
+
+
+def test_slow_spells_are_deterministic_and_refuse_bad_arguments() -> None:
+    a = replay.slow_spells(60.0, 1.5, np.random.default_rng(7))
+    b = replay.slow_spells(60.0, 1.5, np.random.default_rng(7))
+    assert np.array_equal(a.at, b.at) and np.array_equal(a.speed, b.speed)
+    for factor, spell, gap in ((0.5, 1.0, 4.0), (2.0, 0.0, 4.0), (2.0, 1.0, -1.0)):
+        with pytest.raises(ValueError):
+            replay.slow_spells(60.0, factor, np.random.default_rng(0), spell=spell, gap=gap)
