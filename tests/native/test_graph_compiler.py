@@ -132,6 +132,59 @@ def test_lists_convert_and_programs_are_cached_per_shape(rng: np.random.Generato
     assert cm.program({"x": (2, 4)}) is cm.program({"x": (2, 4)})
 
 
+def _gather() -> onnx.ModelProto:
+    data = onnx.numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "data")
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
+    node = helper.make_node("Gather", ["data", "i"], ["y"], name="pick")
+    graph = helper.make_graph([node], "g", [i], [y], [data])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_a_repeated_shape_runs_directly_with_the_same_answers(
+    rng: np.random.Generator, check: bool
+) -> None:
+    cm = compile(_add_relu())
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    want = np.maximum(x + np.linspace(-1, 1, 4, dtype=np.float32), 0)
+    assert cm.program({"x": (3, 4)}).direct_run() is not None  # one native plan: a direct path
+    first = cm.run({"x": x}, check=check)["y"]  # through the program cache
+    second = cm.run({"x": x}, check=check)["y"]  # the same shape again: the direct path
+    np.testing.assert_array_equal(first, want)
+    np.testing.assert_array_equal(second, want)
+    assert not np.shares_memory(first, second)  # each run hands out new arrays
+    second[:] = 7.0
+    np.testing.assert_array_equal(cm.run({"x": x}, check=check)["y"], want)
+    other = rng.standard_normal((5, 4)).astype(np.float32)  # another shape, then back
+    np.testing.assert_array_equal(
+        cm.run({"x": other})["y"], np.maximum(other + np.linspace(-1, 1, 4, dtype=np.float32), 0)
+    )
+    np.testing.assert_array_equal(cm.run({"x": x}, check=check)["y"], want)
+
+
+def test_the_direct_path_keeps_the_general_errors() -> None:
+    cm = compile(_gather())
+    np.testing.assert_array_equal(cm.run({"i": np.array([0, 3])})["y"][1], [9.0, 10.0, 11.0])
+    # The same shape again, so the direct path: a kernel's error still names its node.
+    with pytest.raises(InvalidRequestError, match=r"index 9 out of range .*\(in node 'pick'\)"):
+        cm.run({"i": np.array([0, 9])})
+    for threads in (-1, True, 1.5):
+        with pytest.raises(InvalidRequestError, match="threads"):
+            cm.run({"i": np.array([0, 1])}, threads)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(cm.run({"i": np.array([2, 2])})["y"][0], [6.0, 7.0, 8.0])
+
+
+def test_programs_with_reference_steps_have_no_direct_path(rng: np.random.Generator) -> None:
+    cm = compile(_add_relu(), device="reference")
+    assert cm.program({"x": (2, 4)}).direct_run() is None
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    runs = [cm.run({"x": x})["y"] for _ in range(3)]
+    for out in runs:
+        np.testing.assert_allclose(out, np.maximum(x + np.linspace(-1, 1, 4, dtype=np.float32), 0))
+    assert not np.shares_memory(runs[0], runs[1])
+
+
 def test_symbolic_dims_must_agree_across_inputs(rng: np.random.Generator) -> None:
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3])
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 3])

@@ -10,7 +10,7 @@ released for all of it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,12 +274,47 @@ def _needed_after(graph: Graph) -> list[set[str]]:
     return result
 
 
+# What Program.direct_run returns: (feeds, threads) -> outputs.
+DirectRun = Callable[[Mapping[str, np.ndarray], int], dict[str, np.ndarray]]
+
+
 class Program:
     """What runs one shape bucket: native segments and reference steps, in order."""
 
     def __init__(self, graph: Graph, steps: list[NativeSegment | ReferenceStep]) -> None:
         self.graph = graph
         self.steps = steps
+        self._direct: DirectRun | bool | None = False  # False: not worked out yet
+
+    def direct_run(self) -> DirectRun | None:
+        """:meth:`run` without its general bookkeeping, for the common program: one native plan
+        that reads the graph's inputs and produces every output. The plan is called with the
+        feeds as given and its outputs, new arrays, are handed out as they are, which is what
+        :meth:`run` does for such a program. ``None`` for any other program. Worked out once.
+        """
+        if self._direct is False:
+            self._direct = self._make_direct()
+        return self._direct  # type: ignore[return-value]
+
+    def _make_direct(self) -> DirectRun | None:
+        if len(self.steps) != 1 or not isinstance(self.steps[0], NativeSegment):
+            return None
+        segment = self.steps[0]
+        outputs = tuple(self.graph.outputs)
+        produced = set(segment.outputs)
+        if not isinstance(segment.plan, Plan) or not outputs or not set(outputs) <= produced:
+            return None
+        native = segment.plan.native
+        names = tuple(segment.inputs)
+
+        def run(feeds: Mapping[str, np.ndarray], threads: int) -> dict[str, np.ndarray]:
+            try:
+                produced = native.run({name: feeds[name] for name in names}, threads)
+            except PhiEngineError as exc:
+                raise _in_nodes(exc, segment._suspects(exc.message)) from exc
+            return {name: produced[name] for name in outputs}
+
+        return run
 
     @property
     def native_nodes(self) -> int:
