@@ -551,9 +551,63 @@ bool all_finite(const py::array& a) {
   throw py::type_error("all_finite: the array is not float32 or float64");
 }
 
+// The common inline input checked, and converted, in one call (the request path's
+// parse_inputs): a C-contiguous float32 or float64 array in native byte order, for an input of
+// `width` bytes per float (4 or 8), whose shape fits `dims` (-1: any size; None: any shape), with
+// 1..max_rows rows unless 0-d, at most max_bytes after conversion, and finite unless allowed.
+// Returns the array itself when the widths agree, a converted copy when they differ (float64 to
+// float32 rounds to nearest, as numpy's astype), or None when anything does not hold: the caller's
+// general checks then say what is wrong, in the same words as before.
+py::object float_input(const py::array& a, int width, const py::object& dims, py::ssize_t max_rows,
+                       py::ssize_t max_bytes, bool allow_non_finite) {
+  const py::dtype dt = a.dtype();
+  const auto from = dt.itemsize();
+  if (dt.kind() != 'f' || (from != 4 && from != 8) || dt.byteorder() == '>' || (width != 4 && width != 8) ||
+      (a.flags() & py::array::c_style) == 0)
+    return py::none();
+  const py::ssize_t nd = a.ndim();
+  if (!dims.is_none()) {
+    const auto want = py::reinterpret_borrow<py::tuple>(dims);
+    if (static_cast<py::ssize_t>(want.size()) != nd) return py::none();
+    if (nd > 0 && (a.shape(0) == 0 || a.shape(0) > max_rows)) return py::none();
+    for (py::ssize_t i = 0; i < nd; ++i) {
+      const auto d = want[i].cast<py::ssize_t>();
+      if (d >= 0 && d != a.shape(i)) return py::none();
+    }
+  }
+  const py::ssize_t n = a.size();
+  if (n * width > max_bytes) return py::none();
+  if (from == width) {
+    if (!allow_non_finite && !(width == 4 ? exponents_finite<uint32_t>(a.data(), n, 0x7f800000u)
+                                          : exponents_finite<uint64_t>(a.data(), n, 0x7ff0000000000000ull)))
+      return py::none();
+    return a;
+  }
+  std::vector<py::ssize_t> shape(a.shape(), a.shape() + nd);
+  if (width == 4) {
+    py::array_t<float> out(shape);
+    const double* src = static_cast<const double*>(a.data());
+    float* dst = out.mutable_data();
+    for (py::ssize_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+    if (!allow_non_finite && !exponents_finite<uint32_t>(dst, n, 0x7f800000u)) return py::none();
+    return std::move(out);
+  }
+  py::array_t<double> out(shape);
+  const float* src = static_cast<const float*>(a.data());
+  double* dst = out.mutable_data();
+  for (py::ssize_t i = 0; i < n; ++i) dst[i] = static_cast<double>(src[i]);
+  if (!allow_non_finite && !exponents_finite<uint64_t>(dst, n, 0x7ff0000000000000ull)) return py::none();
+  return std::move(out);
+}
+
 }  // namespace
 
 void init_json(py::module_& m) {
+  m.def("float_input", &float_input, py::arg("array"), py::arg("width"), py::arg("dims"), py::arg("max_rows"),
+        py::arg("max_bytes"), py::arg("allow_non_finite"),
+        "The common inline input checked and converted in one call: the array (converted to `width` bytes "
+        "per float when it differs) if it is a C-contiguous float32/float64 array that fits `dims` (-1: any; "
+        "None: any shape), 1..max_rows rows, max_bytes and finiteness; else None.");
   m.def("all_finite", &all_finite, py::arg("array"),
         "Whether a C-contiguous float32 or float64 array holds no NaN or infinity (TypeError for "
         "any other array).");

@@ -172,3 +172,62 @@ def test_native_finite_check_agrees_with_numpy(rng: np.random.Generator, dtype: 
     strided = np.zeros((2, 8), np.float32)[:, ::2]
     strided[1, 1] = np.nan
     refused({"x": strided}, [X], "x")
+
+
+def _outcome(data: object, spec: InputSpec, limits: InputLimits) -> object:
+    try:
+        return parse_inputs(data, [spec], limits)[spec.name]
+    except InvalidRequestError as exc:
+        return (exc.field, exc.message)
+
+
+def test_the_native_float_check_agrees_with_the_python_checks(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Float inputs take one native call (check and conversion); turned off, the Python checks
+    decide. Both must give the same array, or the same error, on every case."""
+    from phi_engine.serving import _inputs
+
+    specs = [
+        InputSpec("x", np.dtype(np.float32), ("batch", 4)),
+        InputSpec("x", np.dtype(np.float64), ("batch", "seq")),
+        InputSpec("x", np.dtype(np.float32), (2, 3)),
+        InputSpec("x", np.dtype(np.float32), None),
+        InputSpec("x", np.dtype(np.float32), ()),
+    ]
+    arrays = []
+    for _ in range(300):
+        shape = tuple(int(d) for d in rng.integers(0, 11, size=int(rng.integers(0, 4))))
+        dtype = rng.choice(["<f4", "<f8", "<f2", ">f4"])
+        with np.errstate(over="ignore"):  # large values become infinities in the narrow types
+            a = (rng.standard_normal(shape) * rng.choice([1.0, 1e39, 1e300])).astype(dtype)
+        if a.size and rng.random() < 0.2:
+            a.flat[int(rng.integers(a.size))] = rng.choice([np.nan, np.inf, -np.inf])
+        if a.ndim == 2 and a.shape[1] > 1 and rng.random() < 0.2:
+            a = a[:, ::2]  # not contiguous
+        arrays.append(a)
+    arrays += [np.ones((2, 4), np.float32), np.ones((2, 3)), np.array(1.5, np.float32)]
+    limits = [LIMITS, InputLimits(max_rows=3, max_bytes=64), InputLimits(allow_non_finite=True)]
+    with np.errstate(over="ignore"):  # numpy's astype warns of the infinities it makes
+        native = [[_outcome(a, s, lim) for s in specs for lim in limits] for a in arrays]
+        monkeypatch.setattr(_inputs, "_float_input", lambda *args: None)
+        python = [[_outcome(a, s, lim) for s in specs for lim in limits] for a in arrays]
+    accepted = 0
+    for a, got, want in zip(arrays, native, python, strict=True):
+        for g, w in zip(got, want, strict=True):
+            if isinstance(w, tuple):
+                assert g == w, (a.dtype, a.shape)
+                continue
+            accepted += 1
+            assert isinstance(g, np.ndarray) and g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
+    assert accepted > 200  # the cases are not all refusals
+
+
+def test_the_native_float_check_hands_back_the_array_it_was_given() -> None:
+    x = np.ones((2, 4), np.float32)
+    assert parse_inputs(x, [X], LIMITS)["x"] is x  # no copy when the dtype already fits
+    wide = np.full((2, 4), 0.1)
+    got = parse_inputs(wide, [X], LIMITS)["x"]
+    assert got.dtype == np.float32 and not np.shares_memory(got, wide)
+    np.testing.assert_array_equal(got, wide.astype(np.float32))  # rounds as numpy's astype

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ V2_DATATYPES = {
 
 
 _all_finite = require_core().all_finite
+_float_input = require_core().float_input
 _NATIVE_FINITE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -49,6 +50,18 @@ class InputSpec:
     name: str
     dtype: np.dtype[Any]
     shape: tuple[int | str, ...] | None
+    # For the native check of a float input: bytes per float (0: not float32 or float64) and
+    # the shape with -1 for each symbolic dimension.
+    width: int = field(init=False, repr=False, compare=False)
+    dims: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = self.shape or ()
+        fixed_ok = all(not isinstance(d, int) or d >= 0 for d in shape)
+        native = self.dtype in _NATIVE_FINITE and fixed_ok
+        object.__setattr__(self, "width", self.dtype.itemsize if native else 0)
+        dims = None if self.shape is None else tuple(d if isinstance(d, int) else -1 for d in shape)
+        object.__setattr__(self, "dims", dims)
 
 
 @dataclass(frozen=True)
@@ -118,12 +131,11 @@ def _one_float_array(
 ) -> dict[str, np.ndarray] | None:
     """The common request, a float array for a model's one float input (what the native JSON
     decoder gives), checked as :func:`parse_inputs` would; ``None`` for anything else."""
-    if (
-        type(value) is not np.ndarray
-        or value.dtype.kind != "f"
-        or spec.dtype.kind != "f"
-        or not value.flags.c_contiguous
-    ):
+    if type(value) is not np.ndarray:
+        return None
+    if spec.width and (a := _native_float(value, spec, limits)) is not None:
+        return {spec.name: a}
+    if value.dtype.kind != "f" or spec.dtype.kind != "f" or not value.flags.c_contiguous:
         return None
     array = value if value.dtype == spec.dtype else value.astype(spec.dtype)
     _check_array(spec, array, limits, 0)
@@ -150,9 +162,22 @@ def _one_v2_float_tensor(
         or value.size != math.prod(shape)
     ):
         return None
-    array = (value if value.dtype == spec.dtype else value.astype(spec.dtype)).reshape(shape)
+    shaped = value.reshape(shape)
+    if spec.width and (a := _native_float(shaped, spec, limits)) is not None:
+        return {spec.name: a}
+    array = shaped if shaped.dtype == spec.dtype else shaped.astype(spec.dtype)
     _check_array(spec, array, limits, 0)
     return {spec.name: array}
+
+
+def _native_float(value: np.ndarray, spec: InputSpec, limits: InputLimits) -> np.ndarray | None:
+    """A float32 or float64 input checked (and converted) in one native call, as
+    :func:`_check_array` would check it; ``None`` when any check fails or the array is not one
+    the native check takes (the Python checks then decide and name the problem)."""
+    a: np.ndarray | None = _float_input(
+        value, spec.width, spec.dims, limits.max_rows, limits.max_bytes, limits.allow_non_finite
+    )
+    return a
 
 
 def _check_array(spec: InputSpec, array: np.ndarray, limits: InputLimits, total: int) -> int:
