@@ -305,15 +305,18 @@ def test_scale_keeps_serving_and_autoscale_follows_load(
     m = engine.register("slow", "onnx", "1", str(slow))
     d = engine.deploy(m.model_id, resource_allocation={"cpu": 1, "nodes": 1})
     out = engine.autoscale(
-        d.deployment_id, replicas_min=1, replicas_max=2, threshold="50% utilization"
+        d.deployment_id, replicas_min=1, replicas_max=2, threshold="30% utilization"
     )
     assert out["scaling_mode"] == "adaptive" and out["gpu_allocated"] == 0
     # short windows so the test sees a decision: the policy object's own fields
     from phi_engine.serving import ScalingPolicy
 
-    policy = ScalingPolicy("auto", 1, 2, threshold=0.5, up_window_s=2.0, down_window_s=60.0)
+    policy = ScalingPolicy("auto", 1, 2, threshold=0.3, up_window_s=2.0, down_window_s=60.0)
     engine._control.set_policy(d.deployment_id, policy)
-    x = rng.standard_normal((8, 4)).astype(np.float32)
+    # Four Python clients keep the replica busy only part of the time: between batches it waits
+    # for them (58-67 % busy here with 8 or 32 rows a request). The threshold sits well below that,
+    # so the test reads the autoscaler's response to load, not how fast this machine runs Python.
+    x = rng.standard_normal((32, 4)).astype(np.float32)
     stop = threading.Event()
     failures: list[BaseException] = []
 
