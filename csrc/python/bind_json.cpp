@@ -546,9 +546,14 @@ bool all_finite(const py::array& a) {
   const auto kind = a.dtype().kind();
   const auto size = a.dtype().itemsize();
   const py::ssize_t n = a.size();
-  if (kind == 'f' && size == 4) return exponents_finite<uint32_t>(a.data(), n, 0x7f800000u);
-  if (kind == 'f' && size == 8) return exponents_finite<uint64_t>(a.data(), n, 0x7ff0000000000000ull);
-  throw py::type_error("all_finite: the array is not float32 or float64");
+  if (kind != 'f' || (size != 4 && size != 8)) throw py::type_error("all_finite: the array is not float32 or float64");
+  const auto check = [&] {
+    return size == 4 ? exponents_finite<uint32_t>(a.data(), n, 0x7f800000u)
+                     : exponents_finite<uint64_t>(a.data(), n, 0x7ff0000000000000ull);
+  };
+  if (n < (py::ssize_t{1} << 16)) return check();
+  py::gil_scoped_release unlocked;  // large arrays are read without the GIL, as numpy's loops run
+  return check();
 }
 
 // The common inline input checked, and converted, in one call (the request path's
@@ -567,37 +572,64 @@ py::object float_input(const py::array& a, int width, const py::object& dims, py
     return py::none();
   const py::ssize_t nd = a.ndim();
   if (!dims.is_none()) {
+    if (!py::isinstance<py::tuple>(dims)) return py::none();
     const auto want = py::reinterpret_borrow<py::tuple>(dims);
     if (static_cast<py::ssize_t>(want.size()) != nd) return py::none();
     if (nd > 0 && (a.shape(0) == 0 || a.shape(0) > max_rows)) return py::none();
     for (py::ssize_t i = 0; i < nd; ++i) {
-      const auto d = want[i].cast<py::ssize_t>();
+      PyObject* item = want[i].ptr();
+      if (!PyLong_Check(item)) return py::none();
+      const Py_ssize_t d = PyLong_AsSsize_t(item);
+      if (d == -1 && PyErr_Occurred()) {
+        PyErr_Clear();  // too large for a size: no array has that dimension
+        return py::none();
+      }
       if (d >= 0 && d != a.shape(i)) return py::none();
     }
   }
   const py::ssize_t n = a.size();
-  if (n * width > max_bytes) return py::none();
+  if (n > max_bytes / width) return py::none();
+  // Large inputs are checked and converted without the GIL, as numpy's own loops run.
+  const bool release = n >= (py::ssize_t{1} << 16);
+  const auto finite = [&](const void* p) {
+    return width == 4 ? exponents_finite<uint32_t>(p, n, 0x7f800000u)
+                      : exponents_finite<uint64_t>(p, n, 0x7ff0000000000000ull);
+  };
   if (from == width) {
-    if (!allow_non_finite && !(width == 4 ? exponents_finite<uint32_t>(a.data(), n, 0x7f800000u)
-                                          : exponents_finite<uint64_t>(a.data(), n, 0x7ff0000000000000ull)))
-      return py::none();
-    return a;
+    if (allow_non_finite) return a;
+    bool ok;
+    if (release) {
+      py::gil_scoped_release unlocked;
+      ok = finite(a.data());
+    } else {
+      ok = finite(a.data());
+    }
+    return ok ? py::object(a) : py::none();
   }
   std::vector<py::ssize_t> shape(a.shape(), a.shape() + nd);
-  if (width == 4) {
-    py::array_t<float> out(shape);
-    const double* src = static_cast<const double*>(a.data());
-    float* dst = out.mutable_data();
-    for (py::ssize_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-    if (!allow_non_finite && !exponents_finite<uint32_t>(dst, n, 0x7f800000u)) return py::none();
-    return std::move(out);
+  py::array out = width == 4 ? py::array(py::array_t<float>(shape)) : py::array(py::array_t<double>(shape));
+  const void* src = a.data();
+  void* dst = out.mutable_data();
+  const auto convert = [&] {
+    if (width == 4) {
+      const double* s = static_cast<const double*>(src);
+      float* o = static_cast<float*>(dst);
+      for (py::ssize_t i = 0; i < n; ++i) o[i] = static_cast<float>(s[i]);
+    } else {
+      const float* s = static_cast<const float*>(src);
+      double* o = static_cast<double*>(dst);
+      for (py::ssize_t i = 0; i < n; ++i) o[i] = static_cast<double>(s[i]);
+    }
+    return allow_non_finite || finite(dst);
+  };
+  bool ok;
+  if (release) {
+    py::gil_scoped_release unlocked;
+    ok = convert();
+  } else {
+    ok = convert();
   }
-  py::array_t<double> out(shape);
-  const float* src = static_cast<const float*>(a.data());
-  double* dst = out.mutable_data();
-  for (py::ssize_t i = 0; i < n; ++i) dst[i] = static_cast<double>(src[i]);
-  if (!allow_non_finite && !exponents_finite<uint64_t>(dst, n, 0x7ff0000000000000ull)) return py::none();
-  return std::move(out);
+  return ok ? py::object(out) : py::none();
 }
 
 }  // namespace

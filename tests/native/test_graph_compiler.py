@@ -226,3 +226,15 @@ def test_onnx_backend_interface(rng: np.random.Generator) -> None:
 def test_supported_ops_lists_onnx_and_fused_ops() -> None:
     ops = supported_ops()
     assert "Add" in ops and "phi::Linear" in ops and ops == sorted(ops)
+
+
+def test_an_evicted_program_is_not_kept_by_the_direct_path(rng: np.random.Generator) -> None:
+    cm = compile(_add_relu(), cache_size=1)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    first = cm.run({"x": x})["y"]
+    program = cm.program({"x": (2, 4)})
+    cm.program({"x": (3, 4)})  # built from outside run(): evicts (2, 4), the last run's shape
+    assert cm.cached_shapes == [{"x": (3, 4)}]
+    assert cm._last is None
+    np.testing.assert_array_equal(cm.run({"x": x})["y"], first)
+    assert cm.program({"x": (2, 4)}) is not program  # built again, then cached as usual

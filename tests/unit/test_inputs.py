@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -231,3 +233,55 @@ def test_the_native_float_check_hands_back_the_array_it_was_given() -> None:
     got = parse_inputs(wide, [X], LIMITS)["x"]
     assert got.dtype == np.float32 and not np.shares_memory(got, wide)
     np.testing.assert_array_equal(got, wide.astype(np.float32))  # rounds as numpy's astype
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        InputLimits(max_rows=64.0, max_bytes=1e9),  # type: ignore[arg-type]
+        InputLimits(max_rows=math.inf, max_bytes=math.inf),  # type: ignore[arg-type]
+        InputLimits(max_rows=1 << 64, max_bytes=1 << 70),
+        InputLimits(max_rows=True, max_bytes=64),  # a bool is not a row count for the native side
+    ],
+)
+def test_limits_the_native_check_cannot_hold_take_the_python_path(limits: InputLimits) -> None:
+    """Limits given as floats, infinity or integers past 64 bits still work: the request goes
+    through the Python checks instead of failing in the native call."""
+    x = np.ones((1, 4), np.float32)
+    assert parse_inputs(x, [X], limits)["x"] is x
+    np.testing.assert_array_equal(parse_inputs(np.ones((1, 4)), [X], limits)["x"], x)
+    with pytest.raises(InvalidRequestError) as exc:
+        parse_inputs(np.full((1, 4), np.nan, np.float32), [X], limits)
+    assert exc.value.field == "x"
+
+
+def test_the_native_float_check_declines_dims_it_cannot_read() -> None:
+    from phi_engine._native import require_core
+
+    float_input = require_core().float_input
+    x = np.ones((2, 4), np.float32)
+    assert float_input(x, 4, (-1, 4), 64, 1 << 20, False) is x
+    assert float_input(x, 4, [-1, 4], 64, 1 << 20, False) is None  # not a tuple
+    assert float_input(x, 4, (-1, "4"), 64, 1 << 20, False) is None  # not an int
+    assert float_input(x, 4, (-1, 1 << 70), 64, 1 << 20, False) is None  # past any size
+    assert float_input(x, 4, (-1, 4), 64, 31, False) is None  # 32 bytes over a 31 byte limit
+
+
+def test_large_inputs_are_checked_and_converted_natively(rng: np.random.Generator) -> None:
+    """Past 65,536 floats the native check runs without the GIL; its answers are the same."""
+    spec = InputSpec("x", np.dtype(np.float32), ("batch", 1 << 14))
+    wide = rng.standard_normal((8, 1 << 14))
+    got = parse_inputs(wide, [spec], LIMITS)["x"]
+    np.testing.assert_array_equal(got, wide.astype(np.float32))
+    same = got.copy()
+    assert parse_inputs(same, [spec], LIMITS)["x"] is same
+    for a in (wide, same):
+        a[7, -1] = np.inf
+        with pytest.raises(InvalidRequestError, match="NaN or infinity"):
+            parse_inputs(a, [spec], LIMITS)
+
+
+def test_an_input_spec_takes_a_dtype_by_name() -> None:
+    spec = InputSpec("x", "float32", ("batch", 4))  # type: ignore[arg-type]
+    assert spec.dtype == np.dtype(np.float32) and spec.width == 4
+    np.testing.assert_array_equal(parse_inputs([[1, 2, 3, 4]], [spec], LIMITS)["x"], [[1, 2, 3, 4]])

@@ -328,7 +328,10 @@ class CompiledModel:
             self._programs[key] = program
             self._programs.move_to_end(key)
             while len(self._programs) > self._cache_size:
-                self._programs.popitem(last=False)
+                evicted, _ = self._programs.popitem(last=False)
+                last = self._last
+                if last is not None and last[0] == evicted:
+                    self._last = None  # an evicted program is not kept alive by the fast path
         return program
 
     @property

@@ -41,6 +41,7 @@ V2_DATATYPES = {
 _all_finite = require_core().all_finite
 _float_input = require_core().float_input
 _NATIVE_FINITE = (np.dtype(np.float32), np.dtype(np.float64))
+_MAX = (1 << 62) - 1  # the largest limit handed to the native check (it holds 64-bit sizes)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class InputSpec:
     dims: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
         shape = self.shape or ()
         fixed_ok = all(not isinstance(d, int) or d >= 0 for d in shape)
         native = self.dtype in _NATIVE_FINITE and fixed_ok
@@ -78,6 +80,13 @@ class InputLimits:
     max_rows: int = 64
     max_bytes: int = 64 << 20
     allow_non_finite: bool = False
+    # Whether the native float check can take these limits: plain integers it holds as sizes
+    # (a float or infinity, allowed here, leaves the checks to Python).
+    native: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        native = all(type(v) is int and 0 <= v <= _MAX for v in (self.max_rows, self.max_bytes))
+        object.__setattr__(self, "native", native)
 
 
 def parse_inputs(
@@ -173,7 +182,10 @@ def _one_v2_float_tensor(
 def _native_float(value: np.ndarray, spec: InputSpec, limits: InputLimits) -> np.ndarray | None:
     """A float32 or float64 input checked (and converted) in one native call, as
     :func:`_check_array` would check it; ``None`` when any check fails or the array is not one
-    the native check takes (the Python checks then decide and name the problem)."""
+    the native check takes (the Python checks then decide and name the problem). Limits that
+    are not plain integers the native side can hold (a float, infinity) take the Python path."""
+    if not limits.native:
+        return None
     a: np.ndarray | None = _float_input(
         value, spec.width, spec.dims, limits.max_rows, limits.max_bytes, limits.allow_non_finite
     )
