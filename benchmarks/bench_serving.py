@@ -23,6 +23,10 @@ Servers (``--only``):
     phi-v1-asgi / phi-v2-asgi  the same under uvicorn's own httptools protocol (the app's ASGI
                       fast path answers, not phi_engine's protocol)
     phi-v1-std / phi-v2-std   the same on phi_engine's venv plus uvloop + httptools
+    bound-constant    a bare ASGI app answering a constant (uvicorn, httptools, uvloop;
+                      phi_engine's venv): the least a Python server does per request
+    bound-model       the same, running the compiled model on a fixed row per request: a floor
+                      under any server of this model (``serving/app_bound.py``; not checked)
 
 No speed asserts: this prints a markdown table for RESULTS.md.
 """
@@ -65,8 +69,10 @@ ALL = [
     "phi-v2-asgi",
     "phi-v1-std",
     "phi-v2-std",
+    "bound-constant",
+    "bound-model",
 ]
-DEFAULT = ALL
+DEFAULT = [n for n in ALL if not n.startswith("bound-")]
 FLOOR = "constant"
 
 
@@ -136,6 +142,9 @@ def spec(name: str, venvs: Path, port: int, info: Path, a: argparse.Namespace) -
         return Spec(name, PHI_PY, [*phi_args, "--http", "httptools"], name[:6], _phi_path(name))
     if name in ("phi-v1-std", "phi-v2-std"):
         return Spec(name, v("phi-std"), phi_args, name[:6], _phi_path(name))
+    if name in ("bound-constant", "bound-model"):
+        model = ["--model"] if name == "bound-model" else []
+        return Spec(name, PHI_PY, ["app_bound.py", "--port", str(port), *model], "constant")
     raise SystemExit(f"unknown server {name!r}; choose from {', '.join(ALL)}")
 
 
@@ -444,7 +453,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=3.0, help="excluded seconds before each run")
     p.add_argument("--concurrency", default="64,1", help="comma-separated connection counts")
     p.add_argument(
-        "--only", default=None, help=f"comma-separated servers (default: all: {','.join(DEFAULT)})"
+        "--only", default=None, help=f"comma-separated servers (default: {','.join(DEFAULT)})"
     )
     p.add_argument("--skip-setup", action="store_true", help="do not run serving/setup_peers.sh")
     p.add_argument(
