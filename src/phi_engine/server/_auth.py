@@ -176,7 +176,7 @@ async def _credentials_body(request: Request) -> dict[str, str]:
         return {k: v[0] for k, v in form.items()}
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidRequestError("the body must be JSON or a form") from exc
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise InvalidRequestError("the JSON body must be an object of strings")

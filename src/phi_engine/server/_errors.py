@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phi_engine.errors import PhiEngineError
 
-__all__ = ["error_response", "install_error_handlers", "retry_after"]
+__all__ = ["error_response", "install_error_handlers", "retry_after", "validation_parts"]
 
 log = logging.getLogger("phi_engine.server")
 
@@ -48,11 +50,20 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=headers or None)
 
 
+# The member of a union that pydantic names in an error's location (``("priority", "str")``
+# for ``priority: str | int``): a type, not a field of the request.
+_UNION_TAG = re.compile(
+    r"(str|int|float|bool|dict|list|literal|none|is-instance|function-\w+)(\[.*\])?"
+)
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     """``("body", "resource_allocation", "cpu")`` -> ``resource_allocation.cpu``."""
     if len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):
         return "body"  # a body that is not JSON: pydantic reports a byte offset
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    while len(parts) > 1 and _UNION_TAG.fullmatch(parts[-1]):
+        parts.pop()
     return ".".join(parts) or "body"
 
 
@@ -93,18 +104,32 @@ async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
+def validation_parts(errors: Sequence[Any]) -> tuple[str, str]:
+    """The field and message of a 400 for pydantic's (or FastAPI's) validation errors: the
+    first error, its location as a dotted field name. The one wording both the app's handler
+    and the fast path use."""
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    loc = tuple(first.get("loc", ("body",)))
+    field = _field(loc)
+    if field == "body" and isinstance(first.get("input"), bytes | bytearray):
+        # FastAPI hands a body not sent as JSON (no or another Content-Type) to the model as
+        # bytes: say so, rather than that the bytes are not an object.
+        return field, "body: send a JSON object, with Content-Type: application/json"
+    return field, f"{field}: {first.get('msg', 'invalid value')}"
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-    field = _field(tuple(first.get("loc", ("body",))))
-    message = f"{field}: {first.get('msg', 'invalid value')}"
+    field, message = validation_parts(exc.errors())
     return error_response(400, "invalid_request", message, field)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    # FastAPI's own 400 is a body it could not parse (not UTF-8, nested too deeply): name it.
+    field = "body" if exc.status_code == 400 else None
+    return error_response(exc.status_code, code, str(exc.detail), field)
 
 
 async def _bug(request: Request, exc: Exception) -> JSONResponse:

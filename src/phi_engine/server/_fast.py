@@ -19,10 +19,10 @@ from pydantic import ValidationError
 
 from phi_engine._native import require_core
 from phi_engine.engine import Engine
-from phi_engine.errors import PhiEngineError
+from phi_engine.errors import InvalidRequestError, PhiEngineError
 from phi_engine.security import require_scope
 from phi_engine.server._auth import Auth
-from phi_engine.server._errors import bug_parts, engine_error_parts
+from phi_engine.server._errors import bug_parts, engine_error_parts, validation_parts
 from phi_engine.server._v1 import InferenceRequest, inference_body
 from phi_engine.server._v2 import find_deployment, infer_v2
 from phi_engine.serving import Deployment
@@ -103,7 +103,7 @@ class FastInference:
                 await _send(send, checked)
                 return
             v2 = target[0], checked
-        body = await _read(receive, self.limit)
+        body = None if _declared_over(headers, self.limit) else await _read(receive, self.limit)
         if body is None:
             await _too_large(send, self.limit)
             return
@@ -137,14 +137,18 @@ class FastInference:
         try:
             obj = _loads(body)
         except _DECODE_ERRORS:
-            obj = None
-        data = obj.get("input") if isinstance(obj, dict) else None
-        if not isinstance(data, dict) or isinstance(data.get("data"), str) or obj.get("async"):
-            return None  # batch jobs and malformed bodies: the full route (and its errors)
+            return None  # not JSON: the full route's error
+        if type(obj) is not dict:
+            return None  # not a JSON object: the full route's error
+        data = obj.get("input")
+        if type(data) is dict and isinstance(data.get("data"), str):
+            return None  # a batch job: the full route
         try:
             return 200, _JSON, await self._infer(headers, obj)
-        except ValidationError:
-            return None  # the route's 400 naming the field
+        except ValidationError as exc:  # the route's 400, naming the field
+            field, message = validation_parts(exc.errors(include_url=False))
+            error = {"code": "invalid_request", "message": message, "field": field}
+            return 400, _JSON, _dumps({"error": error})
         except Exception as exc:  # errors by class; a bug is logged, answered without internals
             return _error(exc, _PATH)
 
@@ -191,6 +195,10 @@ class FastInference:
         fields = _plain_fields(obj)
         if fields is None:  # anything unusual: the route's model decides (and names the field)
             req = InferenceRequest.model_validate(obj)
+            if req.async_:  # as the route says it (only batch jobs run asynchronously)
+                raise InvalidRequestError(
+                    "async applies to batch jobs (input.data a file URI)", field="async"
+                )
             fields = (req.deployment_id, req.priority, req.deadline_ms, req.execution_policy)
         deployment_id, priority, deadline_ms, policy = fields
         result = await self.engine.ainfer(
@@ -217,12 +225,16 @@ def v2_target(path: str) -> tuple[str, str | None] | None:
 
 
 _PLAIN_KEYS = frozenset(("deployment_id", "input", "priority", "deadline_ms", "execution_policy"))
+_MAX_INT_DEADLINE = 1 << 1000  # an int above this may not convert to a float
 
 
 def _plain_fields(obj: dict[str, Any]) -> tuple[str, str | int, float | None, str | None] | None:
     """The fields of the common inline body, when each is plainly what ``InferenceRequest``
     accepts as is (so validating it would change nothing); ``None`` for anything else."""
-    if not _PLAIN_KEYS.issuperset(obj) or len(obj["input"]) != 1:
+    data = obj.get("input")
+    if not _PLAIN_KEYS.issuperset(obj) or type(data) is not dict or len(data) != 1:
+        return None
+    if "data" not in data:
         return None
     deployment_id = obj.get("deployment_id")
     priority = obj.get("priority", "normal")
@@ -235,6 +247,8 @@ def _plain_fields(obj: dict[str, Any]) -> tuple[str, str | int, float | None, st
     if deadline is not None:
         if type(deadline) not in (int, float) or not 0 < deadline < math.inf:
             return None
+        if type(deadline) is int and deadline > _MAX_INT_DEADLINE:
+            return None  # too large for a float: the model refuses it, naming deadline_ms
         deadline = float(deadline)
     return deployment_id, priority, deadline, policy
 
@@ -262,6 +276,15 @@ async def _too_large(send: Send, limit: int) -> None:
     await _send(
         send, (413, _JSON, _dumps({"error": {"code": "payload_too_large", "message": message}}))
     )
+
+
+def _declared_over(headers: Headers, limit: int) -> bool:
+    """Whether the request's Content-Length already says its body is over the limit (refused
+    then without reading it, as the app's body limit does)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) > limit
+    return False
 
 
 async def _read(receive: Receive, limit: int) -> bytes | None:

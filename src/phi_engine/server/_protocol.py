@@ -115,7 +115,10 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
                 or len(cycle.body) > self.hold  # a pipelined request's body can be here already
                 or not fast.handles(cycle.scope)
                 or (self.proxied and _forwarded(cycle.scope))
+                or (cycle.more_body and _declared_length(cycle.scope) > self.hold)
             ):
+                # A body declared larger than what is held here goes to the app at once, which
+                # refuses one over its limit by the header alone, before any of it is sent.
                 super()._start_asgi_task(cycle, app)
             elif cycle.more_body:
                 self.held = (cycle, app)  # answered once the body is complete
@@ -200,6 +203,15 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
             cycle.on_response()
 
     return PhiHttpToolsProtocol
+
+
+def _declared_length(scope: Any) -> int:
+    """The request's Content-Length (0 when absent or not a number: chunked, or refused by the
+    parser already)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _forwarded(scope: Any) -> bool:

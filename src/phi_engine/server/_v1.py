@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from phi_engine.engine import Engine, InferenceResult
-from phi_engine.errors import InvalidRequestError
+from phi_engine.errors import InvalidRequestError, PhiEngineError
 from phi_engine.observability import Event
 from phi_engine.registry import ModelRecord
 from phi_engine.security import TokenClaims
@@ -191,18 +191,21 @@ def v1_router(
     @r.post("/models/register", tags=["models"], dependencies=[write_models])
     async def register(body: RegisterRequest) -> dict[str, Any]:
         url = await run_in_threadpool(_source, body.storage_url, data_dir, allow_private_urls)
-        record = await run_in_threadpool(
-            engine.register,
-            body.model_name,
-            body.framework,
-            body.version,
-            url,
-            sha256=body.sha256,
-            model_card=body.model_card,
-            metadata=body.metadata,
-            signature=body.signature,
-            signer=body.signer,
-        )
+        try:
+            record = await run_in_threadpool(
+                engine.register,
+                body.model_name,
+                body.framework,
+                body.version,
+                url,
+                sha256=body.sha256,
+                model_card=body.model_card,
+                metadata=body.metadata,
+                signature=body.signature,
+                signer=body.signer,
+            )
+        except PhiEngineError as exc:
+            raise _as_sent(exc, data_dir, {}) from None
         return {
             "status": "success",
             "model_id": record.model_id,
@@ -374,14 +377,17 @@ async def _batch_job(
     """``input.data`` names a file of rows: a batch job, answered when done (or 202 if async)."""
     input_path = _inside(data, data_dir, "input.data")
     output = _inside(body.output_url, data_dir, "output_url") if body.output_url else None
-    job = await run_in_threadpool(
-        engine.run_job,
-        body.deployment_id,
-        str(input_path),
-        None if output is None else str(output),
-        body.batch_size or 128,
-        wait=not body.async_,
-    )
+    try:
+        job = await run_in_threadpool(
+            engine.run_job,
+            body.deployment_id,
+            str(input_path),
+            None if output is None else str(output),
+            body.batch_size or 128,
+            wait=not body.async_,
+        )
+    except PhiEngineError as exc:  # named as the client named it: input.data, not input_url
+        raise _as_sent(exc, data_dir, {"input_url": "input.data"}) from None
     if body.async_:
         return JSONResponse({"job_id": job.job_id, "status": job.status}, status_code=202)
     elapsed_ms = (job.updated_at - job.created_at) * 1000.0
@@ -398,6 +404,21 @@ async def _batch_job(
     return JSONResponse(out)
 
 
+def _as_sent(exc: PhiEngineError, data_dir: Path, fields: dict[str, str]) -> PhiEngineError:
+    """A client error of an engine call, said in the client's terms: the field as the request
+    names it, and files by their name under the data directory (where the server keeps its
+    files is not the client's to learn). Bugs (500) pass unchanged."""
+    if exc.status >= 500:
+        return exc
+    if exc.field in fields:
+        exc.field = fields[exc.field]
+    root = str(data_dir.resolve())
+    if root in exc.message:
+        exc.message = exc.message.replace(root + os.sep, "").replace(root, ".")
+        exc.args = (exc.message,)
+    return exc
+
+
 def _source(url: str, data_dir: Path, allow_private: bool) -> str:
     """A client's ``storage_url``, checked: the server's files are not the client's to read, nor
     its internal network the client's to probe (server-side request forgery)."""
@@ -405,10 +426,15 @@ def _source(url: str, data_dir: Path, allow_private: bool) -> str:
     if not sep or scheme.lower() == "file" or len(scheme) == 1:  # a path (or C:\...)
         return str(_inside(url, data_dir, "storage_url"))
     if scheme.lower() in ("http", "https") and not allow_private:
-        host = urlsplit(url).hostname or ""
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError as exc:  # e.g. "http://[::1/x": an IPv6 host not closed
+            raise InvalidRequestError(
+                f"storage_url is not a valid URL: {exc}", field="storage_url"
+            ) from exc
         try:
             infos = socket.getaddrinfo(host, None)
-        except (OSError, UnicodeError):
+        except (OSError, UnicodeError, ValueError):
             infos = []  # unresolvable: the fetch will say so
         for info in infos:
             address = ipaddress.ip_address(info[4][0])

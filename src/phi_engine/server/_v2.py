@@ -255,7 +255,7 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes
     """The JSON header and the binary tensor data after it (binary tensor data extension)."""
     if header_length is None:
         size = len(raw)
-    elif header_length.isdigit() and int(header_length) <= len(raw):
+    elif header_length.isascii() and header_length.isdigit() and int(header_length) <= len(raw):
         size = int(header_length)
     else:
         raise InvalidRequestError(f"{_HEADER} is not a length within the body", field=_HEADER)
@@ -267,22 +267,42 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes
         ) from exc
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidRequestError("the request needs an 'inputs' list", field="inputs")
-    if not isinstance(header.get("parameters") or {}, dict):
-        raise InvalidRequestError("parameters must be an object", field="parameters")
+    if not header["inputs"]:
+        raise InvalidRequestError("the request's 'inputs' list is empty", field="inputs")
+    params = header.get("parameters")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise InvalidRequestError("parameters must be an object", field="parameters")
+        if not isinstance(params.get("binary_data_output", False), bool):
+            raise InvalidRequestError(
+                "parameters.binary_data_output must be true or false",
+                field="parameters.binary_data_output",
+            )
+    if "id" in header and not isinstance(header["id"], str):
+        raise InvalidRequestError("id must be a string", field="id")
     outputs = header.get("outputs")
     if outputs is not None and not (
         isinstance(outputs, list)
         and all(
             isinstance(o, dict)
             and isinstance(o.get("name"), str)
-            and isinstance(o.get("parameters") or {}, dict)
+            and (p := _params(o.get("parameters"))) is not None
+            and isinstance(p.get("binary_data", False), bool)
             for o in outputs
         )
     ):
         raise InvalidRequestError(
-            "outputs must be a list of {name, parameters?} objects", field="outputs"
+            "outputs must be a list of {name, parameters?: {binary_data?: bool}} objects",
+            field="outputs",
         )
     return header, raw[size:]
+
+
+def _params(value: Any) -> dict[str, Any] | None:
+    """A ``parameters`` object (absent or null: empty); ``None`` for anything but an object."""
+    if value is None:
+        return {}
+    return value if isinstance(value, dict) else None
 
 
 def _inputs(header: dict[str, Any], binary: bytes) -> list[dict[str, Any]]:
@@ -291,23 +311,51 @@ def _inputs(header: dict[str, Any], binary: bytes) -> list[dict[str, Any]]:
     for t in header["inputs"]:
         if not isinstance(t, dict):
             raise InvalidRequestError("each input must be an object", field="inputs")
-        if not isinstance(t.get("name"), str) or not isinstance(t.get("parameters") or {}, dict):
+        name, params = t.get("name"), _params(t.get("parameters"))
+        if not isinstance(name, str) or params is None:
             raise InvalidRequestError(
                 "each input needs a string name and object parameters", field="inputs"
             )
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        if not isinstance(t.get("datatype"), str):
+            raise InvalidRequestError(
+                f"input {name!r} needs a datatype string (FP32, INT64, ...)",
+                field=f"{name}.datatype",
+            )
+        size = params.get("binary_data_size")
         if size is None:
             out.append(t)
             continue
-        name = str(t.get("name"))
-        dtype = V2_DATATYPES.get(str(t.get("datatype", "")).upper())
-        if dtype is None or not isinstance(size, int) or offset + size > len(binary):
-            raise InvalidRequestError(f"input {name!r}: bad binary data", field=name)
+        field = f"{name}.parameters.binary_data_size"
+        dtype = V2_DATATYPES.get(t["datatype"].upper())
+        if dtype is None:
+            raise InvalidRequestError(
+                f"input {name!r}: binary data of datatype {t['datatype']!r} is not supported; "
+                f"use one of {', '.join(V2_DATATYPES)}",
+                field=f"{name}.datatype",
+            )
+        if type(size) is not int or size < 0 or size % dtype.itemsize:
+            raise InvalidRequestError(
+                f"input {name!r}: binary_data_size must be a whole number of "
+                f"{dtype.itemsize}-byte {t['datatype'].upper()} values, got {size!r}",
+                field=field,
+            )
+        if offset + size > len(binary):
+            raise InvalidRequestError(
+                f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                f"({len(binary) - offset} bytes left)",
+                field=field,
+            )
         data = np.frombuffer(
             binary, dtype=dtype.newbyteorder("<"), count=size // dtype.itemsize, offset=offset
         )
         offset += size
         out.append({**t, "data": data.astype(dtype)})
+    if offset != len(binary):
+        raise InvalidRequestError(
+            f"{len(binary) - offset} bytes of binary data after the header belong to no input "
+            "(binary_data_size or inference-header-content-length is wrong)",
+            field=_HEADER if offset == 0 else "inputs",
+        )
     return out
 
 

@@ -284,6 +284,10 @@ def _from_v2(tensors: Sequence[Any], specs: Sequence[InputSpec]) -> dict[str, An
                 f"input {name!r}: shape must be a list of non-negative integers",
                 field=f"{name}.shape",
             )
+        if name in out:
+            raise InvalidRequestError(f"input {name!r} is given twice", field=str(name))
+        if t.get("data") is None:
+            raise InvalidRequestError(f"input {name!r} has no data", field=f"{name}.data")
         array = _convert(by_name[name], t.get("data"), source=V2_DATATYPES[datatype])
         if array.size != math.prod(shape):
             raise InvalidRequestError(
@@ -298,13 +302,23 @@ def _from_v2(tensors: Sequence[Any], specs: Sequence[InputSpec]) -> dict[str, An
 
 
 def _convert(spec: InputSpec, value: Any, source: np.dtype[Any] | None = None) -> np.ndarray:
-    """The value as an array of the input's dtype; refuses conversions that would lose data."""
+    """The value as an array of the input's dtype; refuses conversions that would lose data.
+    ``source`` is the datatype a V2 tensor declares: its values must be numbers that datatype
+    holds (not strings, not 1000 as INT8, not 1.5 as INT32)."""
     try:
-        array = np.asarray(value) if source is None else np.asarray(value, dtype=source)
+        array = np.asarray(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequestError(
             f"input {spec.name!r} is not a rectangular array of numbers: {exc}", field=spec.name
         ) from exc
+    if source is not None and array.dtype != source:
+        if array.dtype.kind not in "biuf" or not _lossless(array, source):
+            raise InvalidRequestError(
+                f"input {spec.name!r}: its data are not {_v2_name(source)} values "
+                f"(got {array.dtype.name}{'; is it ragged?' if array.dtype == object else ''})",
+                field=f"{spec.name}.data",
+            )
+        array = array.astype(source)
     if array.dtype == spec.dtype:
         return array
     if array.dtype.kind not in "biufc" or array.dtype == object:
@@ -322,6 +336,11 @@ def _convert(spec: InputSpec, value: Any, source: np.dtype[Any] | None = None) -
     )
 
 
+def _v2_name(dtype: np.dtype[Any]) -> str:
+    """The V2 datatype name of a numpy dtype (``FP32``)."""
+    return next((name for name, d in V2_DATATYPES.items() if d == dtype), dtype.name)
+
+
 def _lossless(array: np.ndarray, dtype: np.dtype[Any]) -> bool:
     """Whether converting ``array`` to ``dtype`` keeps every value.
 
@@ -336,6 +355,13 @@ def _lossless(array: np.ndarray, dtype: np.dtype[Any]) -> bool:
         return True
     if "c" in (array.dtype.kind, dtype.kind):
         return False
+    if array.dtype.kind in "iu" and dtype.kind in "iu":
+        # By range: a round trip through the other signedness of one width hides the wrap
+        # (-1 -> uint64 2**64 - 1 -> int64 -1).
+        if not array.size:
+            return True
+        info = np.iinfo(dtype)
+        return bool(int(array.min()) >= info.min and int(array.max()) <= info.max)
     with np.errstate(all="ignore"):
         converted = array.astype(dtype)
         return bool(np.array_equal(converted.astype(array.dtype), array))
