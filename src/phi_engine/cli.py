@@ -8,6 +8,7 @@ exit with status 2 (bad input), 3 (not found or conflict) or 1 (anything else).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -221,6 +222,8 @@ def infer(
         inputs = json.loads(data)
     except json.JSONDecodeError as exc:
         _fail(InvalidRequestError(f"data is not JSON: {exc}", field="data"))
+    except RecursionError:
+        _fail(InvalidRequestError("data is nested too deeply", field="data"))
     try:
         with _engine(home, restore=True) as eng:
             result = eng.infer(deployment_id, inputs, priority=priority, deadline_ms=deadline_ms)
@@ -322,6 +325,12 @@ def demo(
     """The whole product over HTTP: server, token, register, deploy, requests, profile, logs."""
     from phi_engine._demo import run
 
+    if not 0 < seconds < math.inf:  # NaN fails this too
+        _fail(
+            InvalidRequestError(
+                f"seconds must be a positive number, got {seconds}", field="seconds"
+            )
+        )
     try:
         run(home, seconds, echo=typer.echo, model=model)
     except PhiEngineError as exc:
@@ -360,8 +369,11 @@ def clients_create(
 @clients_app.command("list")
 def clients_list(home: Home = None, as_json: AsJson = False) -> None:
     """List the clients (never their secrets)."""
-    with _engine(home) as eng:
-        found = eng.clients.list()
+    try:
+        with _engine(home) as eng:
+            found = eng.clients.list()
+    except PhiEngineError as exc:
+        _fail(exc)
     rows = [
         {"client_id": c.client_id, "scopes": list(c.scopes), "name": c.name, "disabled": c.disabled}
         for c in found

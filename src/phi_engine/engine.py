@@ -19,6 +19,7 @@ import functools
 import html
 import json
 import math
+import numbers
 import os
 import secrets
 import sqlite3
@@ -56,6 +57,7 @@ from phi_engine.serving._deployment import (
 )
 from phi_engine.serving._inputs import InputLimits
 from phi_engine.serving._jobs import Job, JobStore
+from phi_engine.serving._policy import priority_class
 from phi_engine.serving._slot import Slot, SlotSettings
 from phi_engine.serving._specs import (
     build_spec,
@@ -122,15 +124,15 @@ class Engine:
                 or not 0 < value < math.inf
             ):
                 raise InvalidRequestError(f"{name} must be a positive number or None", field=name)
+        if home is not None and not isinstance(home, str | os.PathLike):
+            raise InvalidRequestError(
+                f"home must be a directory path, got {type(home).__name__}", field="home"
+            )
         self.rehash_interval_s = rehash_interval_s
         self.log_retention_days = log_retention_days
         self.home = Path(home).expanduser() if home is not None else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
-        self._db = Database(self.home / "registry.db")
-        self._registry = Registry(self.home, self._db)
-        self._events = EventLog(self.home / "events.db")
-        self._jobs = JobStore(self.home / "jobs")
+        self._open_stores()
         self._deployments: dict[str, Deployment] = {}
         # Loaded models shared by local slots, by _RunnerKey; weak, so that a model no deployment
         # serves is freed. Their measured latencies seed later slots.
@@ -165,6 +167,32 @@ class Engine:
                 target=self._retention_loop, name="phi-engine-retention", daemon=True
             )
             self._retainer.start()
+
+    def _open_stores(self) -> None:
+        """Open the registry, event log and job store under ``home``.
+
+        Raises:
+            InvalidRequestError: ``home`` (or a store in it) is not a usable directory or
+                database: a file, a path too long, a corrupt ``registry.db`` (``field="home"``).
+        """
+        opened: list[Any] = []
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self._db = Database(self.home / "registry.db")
+            opened.append(self._db)
+            self._registry = Registry(self.home, self._db)
+            self._events = EventLog(self.home / "events.db")
+            opened.append(self._events)
+            self._jobs = JobStore(self.home / "jobs")
+        except BaseException as exc:
+            for store in reversed(opened):
+                with contextlib.suppress(Exception):
+                    store.close()
+            if isinstance(exc, OSError | ValueError | sqlite3.Error):
+                raise InvalidRequestError(
+                    f"cannot use {str(self.home)!r} as the engine home: {exc}", field="home"
+                ) from exc
+            raise
 
     # ---- models -------------------------------------------------------------------------------
 
@@ -500,7 +528,8 @@ class Engine:
     def deployment(self, deployment_id: str) -> Deployment:
         """A deployment by id. Raises ``NotFoundError``."""
         self._check_open()
-        dep = self._deployments.get(deployment_id)  # one dict read: atomic, no lock needed
+        # One dict read: atomic, no lock needed. An id that is not a string names nothing.
+        dep = self._deployments.get(deployment_id) if isinstance(deployment_id, str) else None
         if dep is None:
             raise NotFoundError(f"no deployment {deployment_id!r}", field="deployment_id")
         return dep
@@ -669,6 +698,8 @@ class Engine:
             NotFoundError: the model is not blocked.
         """
         self._check_open()
+        if not isinstance(model_id, str):
+            raise NotFoundError(f"model {model_id!r} is not blocked", field="model_id")
         with self._db.transaction() as conn:
             cur = conn.execute("DELETE FROM model_blocks WHERE model_id = ?", (model_id,))
         if cur.rowcount == 0:
@@ -677,6 +708,8 @@ class Engine:
 
     def blocked(self, model_id: str) -> dict[str, Any] | None:
         """The kill switch's block on a model (``reason``, ``actor``, ``blocked_at``), if any."""
+        if not isinstance(model_id, str):
+            return None
         rows = self._db.query(
             "SELECT reason, actor, blocked_at FROM model_blocks WHERE model_id = ?", (model_id,)
         )
@@ -889,6 +922,8 @@ class Engine:
                 "output_url must be a path or URL string (batch_size is the fourth argument)",
                 field="output_url",
             )
+        # Refused now, not when the job's first chunk is submitted (a job created and failed).
+        priority_class(priority, len(dep.primary.scheduler().config.class_weights))
         specs = dep.primary.inputs
         job = self._jobs.create(
             deployment_id,
@@ -968,6 +1003,8 @@ class Engine:
 
     def cancel_job(self, job_id: str) -> Job:
         """Stop a running job after its current chunk (it can be resumed later)."""
+        if not isinstance(job_id, str):
+            raise NotFoundError(f"no job {job_id!r}", field="job_id")
         with self._lock:
             stop = self._job_stops.get(job_id)
             thread = self._job_threads.get(job_id)
@@ -1012,7 +1049,11 @@ class Engine:
         return self._events.verify(deployment_id)
 
     def _known_deployment(self, deployment_id: str) -> None:
-        rows = self._db.query("SELECT 1 FROM deployments WHERE deployment_id = ?", (deployment_id,))
+        rows = (
+            self._db.query("SELECT 1 FROM deployments WHERE deployment_id = ?", (deployment_id,))
+            if isinstance(deployment_id, str)
+            else []
+        )
         if not rows:
             raise NotFoundError(f"no deployment {deployment_id!r}", field="deployment_id")
 
@@ -1144,10 +1185,22 @@ class Engine:
                 f"unknown update strategy {strategy!r}; use one of {', '.join(STRATEGIES)}",
                 field="strategy",
             )
-        if isinstance(canary_percent, bool) or not 0 < float(canary_percent) < 100:
+        if (
+            isinstance(canary_percent, bool)
+            or not isinstance(canary_percent, numbers.Real)
+            or not 0 < float(canary_percent) < 100
+        ):
             raise InvalidRequestError(
                 "canary_percent must be a number between 0 and 100 (exclusive)",
                 field="canary_percent",
+            )
+        if (
+            isinstance(step_seconds, bool)
+            or not isinstance(step_seconds, numbers.Real)
+            or not 0 <= step_seconds < math.inf
+        ):
+            raise InvalidRequestError(
+                "step_seconds must be a finite number of seconds >= 0", field="step_seconds"
             )
         dep = self.deployment(deployment_id)
         record = self._registry.get(model_id)
@@ -1262,6 +1315,17 @@ class Engine:
             from phi_engine.graph import compile as compile_model
 
             model = compile_model(str(slot.path), max_batch=dep.spec.max_batch)
+        if batch_sizes is not None and (
+            isinstance(batch_sizes, str | bytes)
+            or not isinstance(batch_sizes, Sequence)
+            or not all(
+                isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in batch_sizes
+            )
+        ):
+            raise InvalidRequestError(
+                f"batch_sizes must be a list of positive integers, got {batch_sizes!r}",
+                field="batch_sizes",
+            )
         sizes = [b for b in (batch_sizes or (1, 8, 32)) if b <= dep.spec.max_batch] or [1]
         result = profile_model(
             model,
@@ -1373,7 +1437,24 @@ class Engine:
             auth: Require OAuth 2.0 bearer tokens; create clients with ``engine.clients.create``
                 or ``phi-engine clients create``.
             data_dir: Where batch-job files named by clients live (default ``home/data``).
+
+        Raises:
+            InvalidRequestError: a port outside 0-65535 (0: any free port), or a ``data_dir``
+                that is not (and cannot be made) a directory.
         """
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidRequestError(
+                f"port must be an integer in 0..65535, got {port!r}", field="port"
+            )
+        if data_dir is not None:
+            if not isinstance(data_dir, str | os.PathLike):
+                raise InvalidRequestError("data_dir must be a directory path", field="data_dir")
+            try:  # as the server would, but refused here with the field named
+                Path(data_dir).mkdir(parents=True, exist_ok=True)
+            except (OSError, ValueError) as exc:
+                raise InvalidRequestError(
+                    f"cannot use {str(data_dir)!r} as data_dir: {exc}", field="data_dir"
+                ) from exc
         from phi_engine.server import serve
 
         serve(self, host, port, auth=auth, data_dir=data_dir)

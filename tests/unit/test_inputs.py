@@ -285,3 +285,22 @@ def test_an_input_spec_takes_a_dtype_by_name() -> None:
     spec = InputSpec("x", "float32", ("batch", 4))  # type: ignore[arg-type]
     assert spec.dtype == np.dtype(np.float32) and spec.width == 4
     np.testing.assert_array_equal(parse_inputs([[1, 2, 3, 4]], [spec], LIMITS)["x"], [[1, 2, 3, 4]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_rows": -1}, "max_rows"),
+        ({"max_rows": 0}, "max_rows"),
+        ({"max_rows": math.nan}, "max_rows"),
+        ({"max_rows": "64"}, "max_rows"),
+        ({"max_bytes": 0}, "max_bytes"),
+        ({"max_bytes": None}, "max_bytes"),
+    ],
+)
+def test_limits_that_are_not_sizes_are_refused(kwargs: dict[str, object], field: str) -> None:
+    """A negative, zero, NaN or non-number limit was accepted, and then refused every request
+    (or, as NaN, none)."""
+    with pytest.raises(InvalidRequestError) as info:
+        InputLimits(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field

@@ -351,12 +351,15 @@ def _parse_since(text: str) -> float:
     return seconds
 
 
+_SQLITE_MAX_INT = (1 << 63) - 1
+
+
 def _check_limit(limit: object) -> int | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         raise InvalidRequestError("limit must be a positive integer", field="limit")
-    return limit
+    return min(limit, _SQLITE_MAX_INT)  # more than SQLite can bind means every event
 
 
 def _check_seconds(value: object, name: str, *, allow_zero: bool) -> float:

@@ -243,9 +243,16 @@ def build_manifest(path: str | os.PathLike[str], *, max_bytes: int = 4 << 30) ->
     from phi_engine.registry._formats import sniff
 
     root = Path(path)
-    if root.is_dir() and not root.is_symlink():
+    try:
+        is_dir = root.is_dir() and not root.is_symlink()
+        exists = is_dir or root.exists()
+    except (OSError, ValueError) as exc:  # e.g. a name too long
+        raise InvalidRequestError(
+            f"[registry] cannot read {str(root)!r}: {exc}", field=_FIELD
+        ) from exc
+    if is_dir:
         return manifest_of_files(root, list_directory(root, max_bytes=max_bytes))
-    if not root.exists():
+    if not exists:
         raise InvalidRequestError(f"[registry] no file or directory {str(root)!r}", field=_FIELD)
     kind = sniff(root)
     if kind in ("tar", "zip"):

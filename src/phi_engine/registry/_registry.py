@@ -107,7 +107,10 @@ def _local_directory(url: str) -> Path | None:
         return None
     else:
         path = Path(url).expanduser()
-    return path if path.is_dir() and not path.is_symlink() else None
+    try:
+        return path if path.is_dir() and not path.is_symlink() else None
+    except (OSError, ValueError):  # e.g. a name too long: the fetch refuses it clearly
+        return None
 
 
 @dataclass(frozen=True)
@@ -368,7 +371,11 @@ class Registry:
         Raises:
             NotFoundError: no such model (``field="model_id"``).
         """
-        rows = self.db.query("SELECT * FROM models WHERE model_id = ?", (model_id,))
+        rows = (
+            self.db.query("SELECT * FROM models WHERE model_id = ?", (model_id,))
+            if isinstance(model_id, str)
+            else []
+        )
         if not rows:
             raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
         return record_from_row(rows[0], self.home)
@@ -380,6 +387,9 @@ class Registry:
             NotFoundError: no such model (``field="version"``, or ``"model_name"`` when no
                 version of it exists).
         """
+        if not isinstance(name, str) or not isinstance(version, str):
+            field = "model_name" if not isinstance(name, str) else "version"
+            raise NotFoundError(f"[registry] no model {name!r} version {version!r}", field=field)
         rows = self.db.query("SELECT * FROM models WHERE name = ? AND version = ?", (name, version))
         if rows:
             return record_from_row(rows[0], self.home)
@@ -388,7 +398,15 @@ class Registry:
         raise NotFoundError(f"[registry] no model {name!r} version {version!r}", field=field)
 
     def list(self, name: str | None = None) -> list[ModelRecord]:
-        """Every model (or every version of ``name``), oldest first."""
+        """Every model (or every version of ``name``), oldest first.
+
+        Raises:
+            InvalidRequestError: ``name`` is not a string (``field="name"``).
+        """
+        if name is not None and not isinstance(name, str):
+            raise InvalidRequestError(
+                f"[registry] name must be a model name string, got {name!r}", field="name"
+            )
         if name is None:
             rows = self.db.query("SELECT * FROM models ORDER BY created_at, rowid")
         else:
@@ -407,6 +425,8 @@ class Registry:
             NotFoundError: no such model.
             ConflictError: a deployment that is not stopped uses it (the message names them).
         """
+        if not isinstance(model_id, str):
+            raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
         trashed: Path | None = None
         try:
             with self.db.transaction() as conn:
@@ -460,7 +480,11 @@ class Registry:
         Raises:
             NotFoundError: no such model (``field="model_id"``).
         """
-        rows = self.db.query(f"SELECT {columns} FROM models WHERE model_id = ?", (model_id,))
+        rows = (
+            self.db.query(f"SELECT {columns} FROM models WHERE model_id = ?", (model_id,))
+            if isinstance(model_id, str)
+            else []
+        )
         if not rows:
             raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
         row: sqlite3.Row = rows[0]
@@ -507,7 +531,11 @@ class Registry:
         Raises:
             InvalidRequestError: no key is pinned under that name (``field="signer"``).
         """
-        rows = self.db.query("SELECT public_key FROM trusted_keys WHERE name = ?", (name,))
+        rows = (
+            self.db.query("SELECT public_key FROM trusted_keys WHERE name = ?", (name,))
+            if isinstance(name, str)
+            else []
+        )
         if not rows:
             raise InvalidRequestError(
                 f"[registry] no trusted key named {name!r}; pin it with trust_key first",

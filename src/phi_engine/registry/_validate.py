@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from phi_engine.errors import InvalidRequestError
 
@@ -45,6 +46,11 @@ def check_args(
         raise InvalidRequestError(
             "[registry] storage_url must be a non-empty string", field="storage_url"
         )
+    if storage_url.lower().startswith("file://") and not urlsplit(storage_url).path.strip():
+        # file:// with no path would read as the current directory (and copy all of it)
+        raise InvalidRequestError(
+            f"[registry] storage_url {storage_url!r} names no file", field="storage_url"
+        )
     if type(max_bytes) is not int or max_bytes < 1:
         raise InvalidRequestError(
             f"[registry] max_bytes must be a positive integer, got {max_bytes!r}",
@@ -70,7 +76,7 @@ def to_json(value: Mapping[str, Any] | None, field: str) -> str | None:
         raise InvalidRequestError(f"[registry] {field} must be an object", field=field)
     try:
         return json.dumps(dict(value), allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise InvalidRequestError(
             f"[registry] {field} must be JSON-serializable: {exc}", field=field
         ) from exc

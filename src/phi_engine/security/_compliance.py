@@ -62,12 +62,22 @@ ALIASES: dict[str, tuple[str, ...]] = {
 def resolve_standards(names: Iterable[str]) -> tuple[str, ...]:
     """Standard names as given (ours, or the sheet's: ``ISO 27001``, ``NIST``...) -> ours.
 
+    A single string is one name (not its characters).
+
     Raises:
-        InvalidRequestError: a name neither we nor the sheet use.
+        InvalidRequestError: a name neither we nor the sheet use, or ``names`` not a list.
     """
+    if isinstance(names, str):
+        names = (names,)
+    elif not isinstance(names, Iterable) or isinstance(names, bytes | Mapping):
+        raise InvalidRequestError(
+            f"standards must be a list of standard names, got {names!r}", field="standards"
+        )
     out: list[str] = []
     for name in names:
-        found = (name,) if name in STANDARDS else ALIASES.get(name)
+        found = None
+        if isinstance(name, str):
+            found = (name,) if name in STANDARDS else ALIASES.get(name)
         if found is None:
             known = ", ".join([*STANDARDS, *ALIASES])
             raise InvalidRequestError(

@@ -85,6 +85,13 @@ class InputLimits:
     native: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("max_rows", "max_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value >= 1:  # NaN fails this too
+                raise InvalidRequestError(
+                    f"{name} must be a number >= 1 (infinity: no limit), got {value!r}",
+                    field=name,
+                )
         native = all(type(v) is int and 0 <= v <= _MAX for v in (self.max_rows, self.max_bytes))
         object.__setattr__(self, "native", native)
 

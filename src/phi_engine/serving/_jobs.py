@@ -418,7 +418,11 @@ class JobStore:
 
     def _dir(self, job_id: str) -> Path:
         # The id becomes a path: anything but job_<16 hex> could name a folder outside the root.
-        if not _JOB_ID.fullmatch(job_id) or not (self.root / job_id / _MANIFEST).is_file():
+        if (
+            not isinstance(job_id, str)
+            or not _JOB_ID.fullmatch(job_id)
+            or not (self.root / job_id / _MANIFEST).is_file()
+        ):
             raise NotFoundError(f"no job {job_id!r}", field="job_id")
         return self.root / job_id
 

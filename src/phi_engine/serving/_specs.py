@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXECUTION_MODES",
+    "MAX_BATCH",
     "build_spec",
     "check_planned_memory",
     "check_policy",
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 EXECUTION_MODES = ("local", "process", "distributed")
+
+MAX_BATCH = 1 << 20
+"""The largest ``max_batch`` a deployment takes: its warm-up runs a full batch of every power of
+two up to it, so a larger one would hold ``deploy`` for minutes and allocate without bound."""
 
 
 def build_spec(
@@ -74,9 +79,25 @@ def build_spec(
         )
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise InvalidRequestError("max_batch must be a positive integer", field="max_batch")
+    if max_batch > MAX_BATCH:
+        raise InvalidRequestError(
+            f"max_batch must be at most {MAX_BATCH}, got {max_batch}", field="max_batch"
+        )
+    for name, value in (("resource_allocation", resource_allocation), ("slo_ms", slo_ms)):
+        if value is not None and not isinstance(value, Mapping):
+            raise InvalidRequestError(f"{name} must be an object, got {value!r}", field=name)
+    if limits is not None and not isinstance(limits, InputLimits):
+        raise InvalidRequestError(
+            f"limits must be an InputLimits, got {type(limits).__name__}", field="limits"
+        )
     # The scheduler settings check the policy and SLOs and name the field at fault.
     slos: dict[str | int, float] = {k: v for k, v in (slo_ms or {}).items()}
-    SchedulerConfig(policy=execution_policy, max_batch=max_batch, slo_ms=slos)
+    try:
+        SchedulerConfig(policy=execution_policy, max_batch=max_batch, slo_ms=slos)
+    except InvalidRequestError as exc:
+        if exc.field == "priority":  # an slo_ms key that names no priority class
+            exc.field = "slo_ms"
+        raise
     where = place(
         dict(resource_allocation or {}),
         placement=placement,
