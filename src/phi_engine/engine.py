@@ -675,7 +675,8 @@ class Engine:
         touched = []
         for dep in self.deployments():
             if dep.model_id == model_id:
-                self.undeploy(dep.deployment_id, drain=False, status="killed")
+                with contextlib.suppress(NotFoundError):  # undeployed meanwhile: stopped anyway
+                    self.undeploy(dep.deployment_id, drain=False, status="killed")
                 touched.append(dep.deployment_id)
             elif dep.candidate_model_id == model_id:
                 dep.rollback(drain=False)
@@ -727,9 +728,9 @@ class Engine:
     def undeploy(self, deployment_id: str, drain: bool = True, *, status: str = "stopped") -> None:
         """Stop a deployment for good (answering what it queued when ``drain``)."""
         self._check_open()
-        dep = self.deployment(deployment_id)
-        self._set_status(deployment_id, status)
-        with self._lock:
+        with self._lock:  # one caller undeploys it; the others find it gone
+            dep = self.deployment(deployment_id)
+            self._set_status(deployment_id, status)
             self._deployments.pop(deployment_id, None)
             self._control.set_policy(deployment_id, None)
         dep.stop(drain=drain)

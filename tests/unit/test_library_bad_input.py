@@ -123,6 +123,34 @@ def test_ids_that_are_not_strings_are_not_found(engine: Engine) -> None:
     _works(engine, dep.deployment_id)
 
 
+def test_undeploy_from_many_threads_at_once_undeploys_once(engine: Engine) -> None:
+    """Every thread's undeploy succeeded, each stopping the deployment and logging it; now one
+    does and the others get NotFoundError."""
+    import threading
+
+    dep = engine.deploy(engine.models()[0].model_id)
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def undeploy() -> None:
+        start.wait()
+        try:
+            engine.undeploy(dep.deployment_id)
+            outcomes.append("ok")
+        except NotFoundError:
+            outcomes.append("not found")
+
+    threads = [threading.Thread(target=undeploy) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["not found"] * 7 + ["ok"]
+    events = [e for e in engine.logs(dep.deployment_id) if e.event == "undeployed"]
+    assert len(events) == 1
+    assert engine.deployments() == []
+
+
 # ---- register ---------------------------------------------------------------------------------
 
 
