@@ -23,6 +23,9 @@ Servers (``--only``):
     phi-v1-asgi / phi-v2-asgi  the same under uvicorn's own httptools protocol (the app's ASGI
                       fast path answers, not phi_engine's protocol)
     phi-v1-std / phi-v2-std   the same on phi_engine's venv plus uvloop + httptools
+    phi-v1-queued / phi-v2-queued  phi-v1/-v2 with the deployment's inline budget at 0: a lone
+                      request is queued for the worker thread instead of run on the event
+                      loop's thread (not in the default set)
     bound-constant    a bare ASGI app answering a constant (uvicorn, httptools, uvloop;
                       phi_engine's venv): the least a Python server does per request
     bound-model       the same, running the compiled model on a fixed row per request: a floor
@@ -65,6 +68,8 @@ ALL = [
     "bentoml",
     "phi-v1",
     "phi-v2",
+    "phi-v1-queued",
+    "phi-v2-queued",
     "phi-v1-asgi",
     "phi-v2-asgi",
     "phi-v1-std",
@@ -72,7 +77,7 @@ ALL = [
     "bound-constant",
     "bound-model",
 ]
-DEFAULT = [n for n in ALL if not n.startswith("bound-")]
+DEFAULT = [n for n in ALL if not n.startswith("bound-") and not n.endswith("-queued")]
 FLOOR = "constant"
 
 
@@ -138,6 +143,9 @@ def spec(name: str, venvs: Path, port: int, info: Path, a: argparse.Namespace) -
         )
     if name in ("phi-v1", "phi-v2"):
         return Spec(name, PHI_PY, phi_args, name, _phi_path(name))
+    if name in ("phi-v1-queued", "phi-v2-queued"):
+        env = {"PHI_BENCH_INLINE_MS": "0"}
+        return Spec(name, PHI_PY, phi_args, name[:6], _phi_path(name), env=env)
     if name in ("phi-v1-asgi", "phi-v2-asgi"):
         return Spec(name, PHI_PY, [*phi_args, "--http", "httptools"], name[:6], _phi_path(name))
     if name in ("phi-v1-std", "phi-v2-std"):

@@ -159,6 +159,8 @@ def main() -> None:
         "fixed",
         max_batch=a.max_batch,
     )
+    if os.environ.get("PHI_BENCH_INLINE_MS"):  # experiment: the inline budget (0: always queue)
+        dep.inline_budget_ms = float(os.environ["PHI_BENCH_INLINE_MS"])
     new = engine.clients.create(["admin"], name="bench")
     client = engine.clients.authenticate(new.client_id, new.client_secret)
     token = engine.tokens.issue(client, ["infer"])["access_token"]
