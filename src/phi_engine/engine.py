@@ -1307,9 +1307,14 @@ class Engine:
 
         dep = self.deployment(deployment_id)
         if live:
-            return summarize_live(
-                dep.primary.recent_results(), dep.primary.recent_batches(), deadline_ms=deadline_ms
-            )
+            results = dep.primary.recent_results()
+            if not results:
+                raise InvalidRequestError(
+                    f"deployment {deployment_id!r} has served no requests to profile yet; send "
+                    "traffic first, or profile without live for a sweep over batch sizes",
+                    field="live",
+                )
+            return summarize_live(results, dep.primary.recent_batches(), deadline_ms=deadline_ms)
         slot = dep.primary
         model = getattr(slot.runner, "model", None)
         if model is None:  # process mode: measure the same artifact compiled here

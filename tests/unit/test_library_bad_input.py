@@ -280,6 +280,16 @@ def test_profile_with_batch_sizes_of_the_wrong_kind(engine: Engine) -> None:
     assert prof.to_dict()["optimization_suggestions"] is not None
 
 
+def test_live_profile_before_any_traffic_names_live(engine: Engine) -> None:
+    """It said "results must be a non-empty list" naming ``results``, an internal argument."""
+    dep = engine.deploy(engine.models()[0].model_id)
+    with pytest.raises(InvalidRequestError) as info:
+        engine.profile(dep.deployment_id, live=True)
+    assert info.value.field == "live" and "no requests" in info.value.message
+    _works(engine, dep.deployment_id)
+    assert engine.profile(dep.deployment_id, live=True).source == "live"
+
+
 def test_logs_with_a_limit_sqlite_cannot_bind(engine: Engine) -> None:
     """logs(limit=10**30) used to raise OverflowError ("Python int too large to convert to
     SQLite INTEGER"); a limit over every event now returns every event."""
