@@ -728,11 +728,20 @@ class Engine:
     def undeploy(self, deployment_id: str, drain: bool = True, *, status: str = "stopped") -> None:
         """Stop a deployment for good (answering what it queued when ``drain``)."""
         self._check_open()
-        with self._lock:  # one caller undeploys it; the others find it gone
+        # One caller claims it (the others find it gone). The status is written after the
+        # claim, outside the lock: a write waiting on the database must not hold up every
+        # lookup of the other deployments. If it fails, the deployment is put back.
+        with self._lock:
             dep = self.deployment(deployment_id)
-            self._set_status(deployment_id, status)
-            self._deployments.pop(deployment_id, None)
+            del self._deployments[deployment_id]
             self._control.set_policy(deployment_id, None)
+        try:
+            self._set_status(deployment_id, status)
+        except BaseException:
+            with self._lock:
+                self._deployments.setdefault(deployment_id, dep)
+                self._control.set_policy(deployment_id, dep.spec.scaling)
+            raise
         dep.stop(drain=drain)
         self._note("undeployed", deployment_id=deployment_id, status=status)
 
@@ -1448,10 +1457,15 @@ class Engine:
             InvalidRequestError: a port outside 0-65535 (0: any free port), or a ``data_dir``
                 that is not (and cannot be made) a directory.
         """
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        if (
+            isinstance(port, bool)
+            or not isinstance(port, numbers.Integral)
+            or not 0 <= port <= 65535
+        ):
             raise InvalidRequestError(
                 f"port must be an integer in 0..65535, got {port!r}", field="port"
             )
+        port = int(port)
         if data_dir is not None:
             if not isinstance(data_dir, str | os.PathLike):
                 raise InvalidRequestError("data_dir must be a directory path", field="data_dir")

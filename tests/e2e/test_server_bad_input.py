@@ -210,10 +210,22 @@ def test_v2_tensors_whose_data_do_not_fit_their_datatype_are_refused(
     for url in urls.values():
         for body, field in cases:
             _assert_field(_post(url, V2, token, json=body), 400, field)
-        # what is right still works: ints that INT8 holds, a nested FP32 tensor
-        for tensor in (_tensor(datatype="INT8"), _tensor(data=ROW)):
-            r = _post(url, V2, token, json={"inputs": [tensor]})
+        # what is right still works: ints that INT8 holds, a nested FP32 tensor, whole numbers
+        # for FP32, and null for the optional id and binary flags (as pydantic clients send)
+        nulls = {
+            "id": None,
+            "parameters": {"binary_data_output": None},
+            "outputs": [{"name": "y", "parameters": {"binary_data": None}}],
+        }
+        for tensor, extra in (
+            (_tensor(datatype="INT8"), {}),
+            (_tensor(data=ROW), {}),
+            (_tensor(data=[1, 2, 3, 4]), {}),
+            (_tensor(), nulls),
+        ):
+            r = _post(url, V2, token, json={"inputs": [tensor], **extra})
             assert r.status_code == 200, r.text
+            assert "id" not in r.json()
             assert np.allclose(
                 r.json()["outputs"][0]["data"], mlp_reference(np.array(ROW, np.float32)).ravel()
             )

@@ -304,3 +304,42 @@ def test_limits_that_are_not_sizes_are_refused(kwargs: dict[str, object], field:
     with pytest.raises(InvalidRequestError) as info:
         InputLimits(**kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+def test_v2_integer_data_past_int64_is_exact() -> None:
+    """A list holding UINT64's largest value reads as float64 in numpy: it was refused, and
+    2**63 + 1 was accepted as 2**63."""
+    spec = [InputSpec("x", np.dtype(np.uint64), ("N", 2))]
+    for row in ([2**64 - 1, 2], [2**63 + 1, 2], [1.0, 2]):
+        tensor = {"name": "x", "shape": [1, 2], "datatype": "UINT64", "data": row}
+        got = parse_inputs([tensor], spec, InputLimits())["x"]
+        assert got.dtype == np.uint64 and [int(v) for v in got[0]] == [int(v) for v in row]
+    for row in ([2**64, 2], [-1, 2], [2.5, 2]):
+        tensor = {"name": "x", "shape": [1, 2], "datatype": "UINT64", "data": row}
+        with pytest.raises(InvalidRequestError) as info:
+            parse_inputs([tensor], spec, InputLimits())
+        assert info.value.field == "x.data"
+
+
+def test_v2_float_datatypes_take_any_json_number() -> None:
+    """JSON does not tell 16777217 from 16777217.0: both narrow to FP32 (the int was refused)."""
+    spec = [InputSpec("x", np.dtype(np.float32), ("N", 2))]
+    for datatype, row in (("FP32", [16777217, 3]), ("FP16", [2049, 3]), ("FP64", [2**53 + 1, 3])):
+        tensor = {"name": "x", "shape": [1, 2], "datatype": datatype, "data": row}
+        got = parse_inputs([tensor], spec, InputLimits())["x"]
+        want = np.array([row], dtype=np.dtype(datatype.replace("FP", "float")))
+        assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32))
+    # past FP16's range: infinity, refused as any non-finite input is
+    tensor = {"name": "x", "shape": [1, 2], "datatype": "FP16", "data": [70000, 3]}
+    with pytest.raises(InvalidRequestError) as info:
+        parse_inputs([tensor], spec, InputLimits())
+    assert info.value.field == "x"
+
+
+def test_limits_may_be_numpy_numbers() -> None:
+    limits = InputLimits(max_rows=np.int64(2), max_bytes=np.float64(1 << 20))  # type: ignore[arg-type]
+    x = np.ones((2, 4), np.float32)
+    spec = [InputSpec("x", np.dtype(np.float32), ("N", 4))]
+    assert parse_inputs({"x": x}, spec, limits)["x"].shape == (2, 4)
+    with pytest.raises(InvalidRequestError):
+        parse_inputs({"x": np.ones((3, 4), np.float32)}, spec, limits)

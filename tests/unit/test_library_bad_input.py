@@ -151,6 +151,49 @@ def test_undeploy_from_many_threads_at_once_undeploys_once(engine: Engine) -> No
     assert engine.deployments() == []
 
 
+def test_undeploy_waiting_on_the_database_holds_up_no_other_deployment(engine: Engine) -> None:
+    """undeploy wrote its status while holding the engine's lock, so while another connection
+    held the database's write lock every lookup (each /v2 request, /health, /metrics) waited up
+    to the 30 s busy timeout with it."""
+    import threading
+    import time
+
+    models = engine.models()
+    gone, kept = engine.deploy(models[0].model_id), engine.deploy(models[1].model_id)
+    other = sqlite3.connect(engine.home / "registry.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # someone else writing
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (engine.undeploy(gone.deployment_id), done.set()))
+    worker.start()
+    try:
+        time.sleep(0.2)
+        assert not done.is_set()  # waiting on the database
+        t0 = time.monotonic()
+        assert engine.deployments() == [kept]
+        _works(engine, kept.deployment_id)
+        assert time.monotonic() - t0 < 5
+    finally:
+        other.execute("COMMIT")
+        other.close()
+        worker.join(30)
+    assert done.is_set() and engine.deployments() == [kept]
+
+
+def test_undeploy_whose_status_write_fails_leaves_the_deployment_serving(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = engine.deploy(engine.models()[0].model_id)
+
+    def fail(*args: Any) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(engine, "_set_status", fail)
+    with pytest.raises(sqlite3.OperationalError):
+        engine.undeploy(dep.deployment_id)
+    assert engine.deployments() == [dep]
+    _works(engine, dep.deployment_id)
+
+
 # ---- register ---------------------------------------------------------------------------------
 
 
@@ -357,3 +400,17 @@ def test_serve_with_a_bad_port_or_data_dir(engine: Engine, tmp_path: Path) -> No
         assert info.value.field == "data_dir"
     assert afile.read_text() == "keep me"
     assert [m.version for m in engine.models()] == ["1.0", "2.0"]
+
+
+def test_fetch_errors_say_what_went_wrong_in_words(engine: Engine, tmp_path: Path) -> None:
+    """The message carried Python's exception class and errno ("OSError: [Errno 36] ...")."""
+    (tmp_path / "f").write_text("a file, not a folder")
+    for url, words in (
+        ("/" + "a" * 300 + ".onnx", "too long"),
+        (str(tmp_path / "f" / "x.onnx"), "Not a directory"),
+    ):
+        with pytest.raises(InvalidRequestError) as info:
+            engine.register("fetch", "onnx", "1", url)
+        message = info.value.message
+        assert info.value.field == "storage_url" and words in message, message
+        assert "Errno" not in message and "Error:" not in message, message

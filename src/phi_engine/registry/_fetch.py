@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -216,5 +217,18 @@ def _describe(url: str, exc: Exception) -> PhiEngineError:
     else:
         # fsspec's HTTP backend reports a refused connection as FileNotFoundError; the cause
         # says what really happened.
-        message = f"could not fetch {where!r}: {type(cause).__name__}: {cause}"
+        message = f"could not fetch {where!r}: {_reason(cause)}"
     return InvalidRequestError(f"[registry] {message}", field=_FIELD)
+
+
+def _reason(cause: BaseException) -> str:
+    """What went wrong, in words rather than Python's: the connection refused, the host not
+    found, else an OS error's text without its errno and path (the client named the path
+    already), else the exception's message."""
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return f"host not found ({cause.strerror})" if cause.strerror else "host not found"
+    if isinstance(cause, OSError) and cause.strerror:
+        return str(cause.strerror)
+    return str(cause) or type(cause).__name__

@@ -273,12 +273,12 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes
     if params is not None:
         if not isinstance(params, dict):
             raise InvalidRequestError("parameters must be an object", field="parameters")
-        if not isinstance(params.get("binary_data_output", False), bool):
+        if not _flag(params.get("binary_data_output")):
             raise InvalidRequestError(
                 "parameters.binary_data_output must be true or false",
                 field="parameters.binary_data_output",
             )
-    if "id" in header and not isinstance(header["id"], str):
+    if header.get("id") is not None and not isinstance(header["id"], str):  # null: no id
         raise InvalidRequestError("id must be a string", field="id")
     outputs = header.get("outputs")
     if outputs is not None and not (
@@ -287,7 +287,7 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes
             isinstance(o, dict)
             and isinstance(o.get("name"), str)
             and (p := _params(o.get("parameters"))) is not None
-            and isinstance(p.get("binary_data", False), bool)
+            and _flag(p.get("binary_data"))
             for o in outputs
         )
     ):
@@ -296,6 +296,11 @@ def _split(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes
             field="outputs",
         )
     return header, raw[size:]
+
+
+def _flag(value: Any) -> bool:
+    """Whether a boolean parameter is one: true, false, or null/absent (not 1 or "yes")."""
+    return value is None or type(value) is bool
 
 
 def _params(value: Any) -> dict[str, Any] | None:
@@ -393,7 +398,7 @@ def _response(
             entry["data"] = flat if direct else flat.tolist()
         tensors.append(entry)
     body: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": tensors}
-    if "id" in header:
+    if header.get("id") is not None:
         body["id"] = header["id"]
     if sha256:
         body["parameters"] = {"model_sha256": sha256}

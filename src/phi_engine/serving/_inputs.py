@@ -10,6 +10,7 @@ reaches a batch where it could fail its neighbours.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,8 +87,9 @@ class InputLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "max_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not value >= 1:  # NaN fails this too
+            value: Any = getattr(self, name)
+            number = isinstance(value, numbers.Real)
+            if not number or not value >= 1:  # NaN fails this too
                 raise InvalidRequestError(
                     f"{name} must be a number >= 1 (infinity: no limit), got {value!r}",
                     field=name,
@@ -319,13 +321,7 @@ def _convert(spec: InputSpec, value: Any, source: np.dtype[Any] | None = None) -
             f"input {spec.name!r} is not a rectangular array of numbers: {exc}", field=spec.name
         ) from exc
     if source is not None and array.dtype != source:
-        if array.dtype.kind not in "biuf" or not _lossless(array, source):
-            raise InvalidRequestError(
-                f"input {spec.name!r}: its data are not {_v2_name(source)} values "
-                f"(got {array.dtype.name}{'; is it ragged?' if array.dtype == object else ''})",
-                field=f"{spec.name}.data",
-            )
-        array = array.astype(source)
+        array = _as_declared(spec, value, array, source)
     if array.dtype == spec.dtype:
         return array
     if array.dtype.kind not in "biufc" or array.dtype == object:
@@ -341,6 +337,51 @@ def _convert(spec: InputSpec, value: Any, source: np.dtype[Any] | None = None) -
         "convert without loss",
         field=spec.name,
     )
+
+
+def _as_declared(
+    spec: InputSpec, value: Any, array: np.ndarray, source: np.dtype[Any]
+) -> np.ndarray:
+    """A V2 tensor's data as the datatype it declares. A JSON number is a number: any of them
+    narrows to a float datatype (FP32 data may be written 3 or 16777217). An integer datatype
+    takes only whole values it holds, checked one by one when numpy did not read them as
+    integers (a list with a value past int64, such as UINT64's largest, reads as float64)."""
+    kind = array.dtype.kind
+    if source.kind == "f" and kind in "iuf":
+        with np.errstate(over="ignore"):  # past the datatype's range: the finite check refuses
+            return array.astype(source)
+    if kind in "biu" and _lossless(array, source):  # BOOL, or integers in range
+        return array.astype(source)
+    if source.kind == "b" and kind == "f" and _lossless(array, source):  # 0.0 / 1.0 as BOOL
+        return array.astype(source)
+    if source.kind in "iu" and kind in "fO":  # whole numbers, even past float64's precision
+        exact = _whole_values(value, source)
+        if exact is not None:
+            return exact
+    raise InvalidRequestError(
+        f"input {spec.name!r}: its data are not {_v2_name(source)} values "
+        f"(got {array.dtype.name}{'; is it ragged?' if array.dtype == object else ''})",
+        field=f"{spec.name}.data",
+    )
+
+
+def _whole_values(value: Any, dtype: np.dtype[Any]) -> np.ndarray | None:
+    """``value``'s numbers as an array of the integer ``dtype``, each converted exactly from
+    the Python number; ``None`` if any is not a whole number within the dtype's range (or the
+    value is not a rectangular array of numbers)."""
+    try:
+        grid = np.asarray(value, dtype=object)
+    except (TypeError, ValueError):
+        return None
+    info = np.iinfo(dtype)
+    ints = []
+    for v in grid.ravel():
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if not isinstance(v, int | np.integer) or not info.min <= int(v) <= info.max:
+            return None
+        ints.append(int(v))
+    return np.array(ints, dtype=dtype).reshape(grid.shape)
 
 
 def _v2_name(dtype: np.dtype[Any]) -> str:
