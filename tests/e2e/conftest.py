@@ -91,3 +91,31 @@ def server(tmp_path: Path) -> Iterator[Server]:
             yield Server(engine, url, admin.client_id, admin.client_secret, engine.home / "data")
     finally:
         engine.close()
+
+
+def split_responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a byte stream into HTTP responses (Content-Length or chunked)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if headers.get("transfer-encoding") == "chunked":  # what the ASGI path sends
+            body = b""
+            while True:
+                size, _, rest = rest.partition(b"\r\n")
+                n = int(size, 16)
+                body, rest = body + rest[:n], rest[n + 2 :]
+                if n == 0:
+                    break
+            out.append((status, headers, body))
+            raw = rest
+            continue
+        n = int(headers.get("content-length", "0"))
+        out.append((status, headers, rest[:n]))
+        raw = rest[n:]
+    return out

@@ -20,7 +20,7 @@ from phi_engine.server import create_app
 from phi_engine.serving._inputs import InputLimits, InputSpec, parse_inputs
 from phi_test_models.tiny import mlp, mlp_reference
 
-from .conftest import Server, serving
+from .conftest import Server, serving, split_responses
 
 V1 = "/v1/inference/run"
 V2 = "/v2/models/mlp/infer"
@@ -60,26 +60,10 @@ def _head(path: str, length: int, headers: dict[str, str]) -> bytes:
 
 
 def _responses(raw: bytes) -> list[tuple[int, Any]]:
-    """Status and JSON body of each response in a byte stream (Content-Length or chunked)."""
-    out = []
-    while raw:
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
-        if headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                size, _, rest = rest.partition(b"\r\n")
-                n = int(size, 16)
-                body, rest = body + rest[:n], rest[n + 2 :]
-                if n == 0:
-                    break
-        else:
-            n = int(headers.get("content-length", "0"))
-            body, rest = rest[:n], rest[n:]
-        out.append((int(lines[0].split()[1]), json.loads(body) if body else None))
-        raw = rest
-    return out
+    """Status and JSON body of each response in a byte stream."""
+    return [
+        (status, json.loads(body) if body else None) for status, _, body in split_responses(raw)
+    ]
 
 
 def _assert_field(r: httpx.Response | tuple[int, Any], status: int, field: str) -> dict[str, Any]:

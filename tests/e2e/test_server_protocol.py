@@ -18,7 +18,7 @@ from phi_engine.server import create_app, http_protocol
 from phi_engine.server._protocol import find_fast
 from phi_test_models.tiny import mlp, mlp_reference
 
-from .conftest import Server, serving
+from .conftest import Server, serving, split_responses
 
 
 @pytest.fixture
@@ -67,34 +67,6 @@ def _request(path: str, body: bytes, headers: dict[str, str], version: str = "1.
     head = [f"POST {path} HTTP/{version}", "Host: t", f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-def _responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Split a byte stream into HTTP responses (Content-Length or chunked)."""
-    out = []
-    while raw:
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        if headers.get("transfer-encoding") == "chunked":  # what the ASGI path sends
-            body = b""
-            while True:
-                size, _, rest = rest.partition(b"\r\n")
-                n = int(size, 16)
-                body, rest = body + rest[:n], rest[n + 2 :]
-                if n == 0:
-                    break
-            out.append((status, headers, body))
-            raw = rest
-            continue
-        n = int(headers.get("content-length", "0"))
-        out.append((status, headers, rest[:n]))
-        raw = rest[n:]
-    return out
 
 
 def test_inline_inference_answers_alike_on_every_path(
@@ -149,7 +121,7 @@ def test_keep_alive_pipelining_and_close(deployed: tuple[Server, str]) -> None:
     # Three pipelined requests in one write, then one to the constant route: answered in order.
     data = b"".join(_request("/v1/inference/run", b.encode(), token) for b in bodies)
     data += b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n"
-    answers = _responses(_raw(server.url, data))
+    answers = split_responses(_raw(server.url, data))
     assert [a[0] for a in answers] == [200, 200, 200, 200]
     for (_, headers, body), x in zip(answers, rows, strict=False):
         y = json.loads(body)["output"]["y"]
@@ -163,7 +135,7 @@ def test_keep_alive_pipelining_and_close(deployed: tuple[Server, str]) -> None:
             _request("/v1/inference/run", bodies[0].encode(), {**token, **extra}, version),
             until_closed=True,
         )
-        (status, headers, body), *more = _responses(raw)
+        (status, headers, body), *more = split_responses(raw)
         assert status == 200 and headers.get("connection") == "close" and not more
 
 
@@ -270,7 +242,7 @@ def test_the_apps_body_limit_holds_below_the_protocols_hold_size(
         data = _request("/v1/inference/run", one, token) + _request(
             "/v1/inference/run", body, token
         )
-        answers = _responses(_raw(url, data))
+        answers = split_responses(_raw(url, data))
         assert [a[0] for a in answers] == [200, 413]
 
 
