@@ -1324,12 +1324,6 @@ class Engine:
                     field="live",
                 )
             return summarize_live(results, dep.primary.recent_batches(), deadline_ms=deadline_ms)
-        slot = dep.primary
-        model = getattr(slot.runner, "model", None)
-        if model is None:  # process mode: measure the same artifact compiled here
-            from phi_engine.graph import compile as compile_model
-
-            model = compile_model(str(slot.path), max_batch=dep.spec.max_batch)
         if batch_sizes is not None and (
             isinstance(batch_sizes, str | bytes)
             or not isinstance(batch_sizes, Sequence)
@@ -1341,6 +1335,12 @@ class Engine:
                 f"batch_sizes must be a list of positive integers, got {batch_sizes!r}",
                 field="batch_sizes",
             )
+        slot = dep.primary
+        model = getattr(slot.runner, "model", None)
+        if model is None:  # process mode: measure the same artifact compiled here
+            from phi_engine.graph import compile as compile_model
+
+            model = compile_model(str(slot.path), max_batch=dep.spec.max_batch)
         sizes = [b for b in (batch_sizes or (1, 8, 32)) if b <= dep.spec.max_batch] or [1]
         result = profile_model(
             model,
@@ -1454,27 +1454,9 @@ class Engine:
             data_dir: Where batch-job files named by clients live (default ``home/data``).
 
         Raises:
-            InvalidRequestError: a port outside 0-65535 (0: any free port), or a ``data_dir``
-                that is not (and cannot be made) a directory.
+            InvalidRequestError: a port outside 0-65535 (0: any free port), a ``data_dir``
+                that is not (and cannot be made) a directory, or ``auth=False`` off loopback.
         """
-        if (
-            isinstance(port, bool)
-            or not isinstance(port, numbers.Integral)
-            or not 0 <= port <= 65535
-        ):
-            raise InvalidRequestError(
-                f"port must be an integer in 0..65535, got {port!r}", field="port"
-            )
-        port = int(port)
-        if data_dir is not None:
-            if not isinstance(data_dir, str | os.PathLike):
-                raise InvalidRequestError("data_dir must be a directory path", field="data_dir")
-            try:  # as the server would, but refused here with the field named
-                Path(data_dir).mkdir(parents=True, exist_ok=True)
-            except (OSError, ValueError) as exc:
-                raise InvalidRequestError(
-                    f"cannot use {str(data_dir)!r} as data_dir: {exc}", field="data_dir"
-                ) from exc
         from phi_engine.server import serve
 
         serve(self, host, port, auth=auth, data_dir=data_dir)

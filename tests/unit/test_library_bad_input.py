@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,8 +128,6 @@ def test_ids_that_are_not_strings_are_not_found(engine: Engine) -> None:
 def test_undeploy_from_many_threads_at_once_undeploys_once(engine: Engine) -> None:
     """Every thread's undeploy succeeded, each stopping the deployment and logging it; now one
     does and the others get NotFoundError."""
-    import threading
-
     dep = engine.deploy(engine.models()[0].model_id)
     start = threading.Barrier(8)
     outcomes: list[str] = []
@@ -155,9 +155,6 @@ def test_undeploy_waiting_on_the_database_holds_up_no_other_deployment(engine: E
     """undeploy wrote its status while holding the engine's lock, so while another connection
     held the database's write lock every lookup (each /v2 request, /health, /metrics) waited up
     to the 30 s busy timeout with it."""
-    import threading
-    import time
-
     models = engine.models()
     gone, kept = engine.deploy(models[0].model_id), engine.deploy(models[1].model_id)
     other = sqlite3.connect(engine.home / "registry.db", isolation_level=None)

@@ -365,17 +365,18 @@ class Registry:
         finally:
             self.store.discard(staged)
 
+    def _where(self, sql: str, key: object) -> list[sqlite3.Row]:
+        """The rows ``sql`` selects for one key; none for a key that is not a string (an id or
+        name given as a list names nothing, rather than failing in SQLite's binding)."""
+        return self.db.query(sql, (key,)) if isinstance(key, str) else []
+
     def get(self, model_id: str) -> ModelRecord:
         """The model with this id.
 
         Raises:
             NotFoundError: no such model (``field="model_id"``).
         """
-        rows = (
-            self.db.query("SELECT * FROM models WHERE model_id = ?", (model_id,))
-            if isinstance(model_id, str)
-            else []
-        )
+        rows = self._where("SELECT * FROM models WHERE model_id = ?", model_id)
         if not rows:
             raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
         return record_from_row(rows[0], self.home)
@@ -480,11 +481,7 @@ class Registry:
         Raises:
             NotFoundError: no such model (``field="model_id"``).
         """
-        rows = (
-            self.db.query(f"SELECT {columns} FROM models WHERE model_id = ?", (model_id,))
-            if isinstance(model_id, str)
-            else []
-        )
+        rows = self._where(f"SELECT {columns} FROM models WHERE model_id = ?", model_id)
         if not rows:
             raise NotFoundError(f"[registry] no model {model_id!r}", field="model_id")
         row: sqlite3.Row = rows[0]
@@ -531,11 +528,7 @@ class Registry:
         Raises:
             InvalidRequestError: no key is pinned under that name (``field="signer"``).
         """
-        rows = (
-            self.db.query("SELECT public_key FROM trusted_keys WHERE name = ?", (name,))
-            if isinstance(name, str)
-            else []
-        )
+        rows = self._where("SELECT public_key FROM trusted_keys WHERE name = ?", name)
         if not rows:
             raise InvalidRequestError(
                 f"[registry] no trusted key named {name!r}; pin it with trust_key first",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -20,7 +21,7 @@ from phi_engine.security import ServerSettings
 from phi_engine.security._checks import is_loopback
 from phi_engine.server._auth import Auth
 from phi_engine.server._errors import error_response, install_error_handlers
-from phi_engine.server._fast import FastInference
+from phi_engine.server._fast import FastInference, declared_length
 from phi_engine.server._v1 import v1_router
 from phi_engine.server._v2 import v2_router
 
@@ -46,10 +47,9 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await self._refuse(scope, receive, send)
-                return
+        if declared_length(scope.get("headers", ())) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
         seen = 0
 
         async def counted() -> Message:
@@ -116,8 +116,7 @@ def create_app(
         allow_private_urls: Let clients register models from URLs on this machine or a private
             network (off: a client could otherwise make the server probe its own network).
     """
-    root = Path(data_dir) if data_dir is not None else engine.home / "data"
-    root.mkdir(parents=True, exist_ok=True)
+    root = _data_dir(engine, data_dir)
     gate = Auth(engine.clients, engine.tokens, enabled=auth)
     app = PhiApp(
         title="phi_engine",
@@ -199,10 +198,15 @@ def serve(
     """Run the server in the foreground until interrupted.
 
     Raises:
-        InvalidRequestError: ``auth=False`` on an address other than loopback.
+        InvalidRequestError: a port outside 0-65535, a ``data_dir`` that cannot be a directory,
+            or ``auth=False`` on an address other than loopback.
     """
     import uvicorn
 
+    if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 0 <= port <= 65535:
+        raise InvalidRequestError(
+            f"port must be an integer in 0..65535, got {port!r}", field="port"
+        )
     if not auth and not is_loopback(host):
         raise InvalidRequestError(
             "serving without authentication is only allowed on a loopback address", field="host"
@@ -211,7 +215,25 @@ def serve(
     bind_host(app, host)
     from phi_engine.server._protocol import http_protocol
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, http=http_protocol())
+    uvicorn.run(app, host=host, port=int(port), log_level=log_level, http=http_protocol())
+
+
+def _data_dir(engine: Engine, data_dir: str | os.PathLike[str] | None) -> Path:
+    """The batch-job data directory, made if missing.
+
+    Raises:
+        InvalidRequestError: not a path, or not (and not makeable as) a directory.
+    """
+    if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+        raise InvalidRequestError("data_dir must be a directory path", field="data_dir")
+    root = Path(data_dir) if data_dir is not None else engine.home / "data"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        raise InvalidRequestError(
+            f"cannot use {str(root)!r} as data_dir: {exc}", field="data_dir"
+        ) from exc
+    return root
 
 
 _OPEN = (

@@ -103,7 +103,8 @@ class FastInference:
                 await _send(send, checked)
                 return
             v2 = target[0], checked
-        body = None if _declared_over(headers, self.limit) else await _read(receive, self.limit)
+        over = declared_length(headers) > self.limit  # refused unread, as the app's limit does
+        body = None if over else await _read(receive, self.limit)
         if body is None:
             await _too_large(send, self.limit)
             return
@@ -278,13 +279,13 @@ async def _too_large(send: Send, limit: int) -> None:
     )
 
 
-def _declared_over(headers: Headers, limit: int) -> bool:
-    """Whether the request's Content-Length already says its body is over the limit (refused
-    then without reading it, as the app's body limit does)."""
+def declared_length(headers: Headers) -> int:
+    """The request's Content-Length (0 when absent or not a number: chunked, or refused by the
+    parser already)."""
     for name, value in headers:
         if name == b"content-length":
-            return value.isdigit() and int(value) > limit
-    return False
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 async def _read(receive: Receive, limit: int) -> bytes | None:

@@ -25,7 +25,7 @@ import functools
 import logging
 from typing import Any
 
-from phi_engine.server._fast import DECLINED, FastInference
+from phi_engine.server._fast import DECLINED, FastInference, declared_length
 
 __all__ = ["find_fast", "http_protocol"]
 
@@ -115,7 +115,7 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
                 or len(cycle.body) > self.hold  # a pipelined request's body can be here already
                 or not fast.handles(cycle.scope)
                 or (self.proxied and _forwarded(cycle.scope))
-                or (cycle.more_body and _declared_length(cycle.scope) > self.hold)
+                or (cycle.more_body and declared_length(cycle.scope["headers"]) > self.hold)
             ):
                 # A body declared larger than what is held here goes to the app at once, which
                 # refuses one over its limit by the header alone, before any of it is sent.
@@ -203,15 +203,6 @@ def _protocol_class() -> type[asyncio.Protocol] | None:
             cycle.on_response()
 
     return PhiHttpToolsProtocol
-
-
-def _declared_length(scope: Any) -> int:
-    """The request's Content-Length (0 when absent or not a number: chunked, or refused by the
-    parser already)."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else 0
-    return 0
 
 
 def _forwarded(scope: Any) -> bool:
